@@ -1,0 +1,28 @@
+//! sealpost's domain core: identifiers, the directory model, the closed event enum with its
+//! hash chain, commands and the pure decision and fold functions. No I/O: it takes
+//! commands and facts and returns events and view changes, so every rule can be tested
+//! exhaustively without a disk or a network.
+//!
+//! # Layout
+//! - [`ids`]: HPI-O / HPI-I / IHI with Luhn check digits; endpoint addresses.
+//! - [`directory`]: organisations, endpoints, payload types, public keys; field limits.
+//! - [`event`]: the versioned `Event` enum, `EventRecord`, the hash chain and its verifier.
+//! - [`canonical`]: the frozen byte encoding the chain hashes.
+//! - [`command`]: commands, stateless validation and the deterministic `decide`.
+//! - [`view`]: `fold` from events to view changes; search index keys.
+//! - [`batch`]: the Raft entry payload and per-proposal outcomes.
+//! - [`codec`]: the versioned storage codec.
+
+pub mod batch;
+pub mod canonical;
+pub mod codec;
+pub mod command;
+pub mod directory;
+pub mod event;
+pub mod ids;
+pub mod view;
+
+pub use batch::{Batch, BatchOutcome, Outcome};
+pub use command::{Command, Proposal, Rejection, decide};
+pub use event::{Event, EventRecord, Hash};
+pub use ids::{EndpointId, HpiI, HpiO, Ihi};

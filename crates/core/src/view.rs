@@ -1,0 +1,219 @@
+//! Views as a pure fold of events: [`fold`] turns one event into the view changes the store
+//! writes in the same batch as the event, and [`Facts`] is the slice of view state that a
+//! decision or fold reads.
+//!
+//! Views are derived data: folding the event store from sequence 1 must rebuild them byte
+//! for byte, which is why the fold depends only on the event, its sequence number and facts
+//! that earlier events produced.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::Reads;
+use crate::directory::{Endpoint, Organisation};
+use crate::event::Event;
+use crate::ids::{EndpointId, EndpointLocal, HpiO};
+
+/// The view records a decision or fold may read, loaded by the store for one command (and
+/// updated in memory as earlier commands of the same batch change them).
+#[derive(Default, Debug, Clone)]
+pub struct Facts {
+    organisations: BTreeMap<HpiO, Option<Organisation>>,
+    endpoints: BTreeMap<EndpointId, Option<Endpoint>>,
+}
+
+impl Facts {
+    pub fn organisation(&self, id: &HpiO) -> Option<&Organisation> {
+        self.organisations.get(id).and_then(Option::as_ref)
+    }
+
+    pub fn endpoint(&self, id: &EndpointId) -> Option<&Endpoint> {
+        self.endpoints.get(id).and_then(Option::as_ref)
+    }
+
+    pub fn knows_organisation(&self, id: &HpiO) -> bool {
+        self.organisations.contains_key(id)
+    }
+
+    pub fn knows_endpoint(&self, id: &EndpointId) -> bool {
+        self.endpoints.contains_key(id)
+    }
+
+    /// Records what the store found (or did not find) for a key.
+    pub fn load_organisation(&mut self, id: HpiO, value: Option<Organisation>) {
+        self.organisations.insert(id, value);
+    }
+
+    pub fn load_endpoint(&mut self, id: EndpointId, value: Option<Endpoint>) {
+        self.endpoints.insert(id, value);
+    }
+
+    /// Applies view changes so later decisions in the same batch see them.
+    pub fn absorb(&mut self, changes: &[ViewChange]) {
+        for c in changes {
+            match c {
+                ViewChange::PutOrganisation(o) => {
+                    self.organisations.insert(o.spec.hpio.clone(), Some(o.clone()));
+                }
+                ViewChange::PutEndpoint(e) => {
+                    self.endpoints.insert(e.spec.id.clone(), Some(e.clone()));
+                }
+                ViewChange::PutIndex(_) => {}
+            }
+        }
+    }
+}
+
+/// One write to the directory views.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum ViewChange {
+    PutOrganisation(Organisation),
+    PutEndpoint(Endpoint),
+    /// A search index key (the value is empty).
+    PutIndex(Vec<u8>),
+}
+
+/// The facts [`fold`] needs for an event.
+pub fn event_reads(event: &Event) -> Reads {
+    match event {
+        Event::OrganisationRegistered(o) => Reads {
+            organisations: vec![o.hpio.clone()],
+            endpoints: vec![],
+        },
+        Event::EndpointPublished(e) => Reads {
+            organisations: vec![e.id.org.clone()],
+            endpoints: vec![],
+        },
+        Event::EndpointRetired { id, .. } => Reads {
+            organisations: vec![],
+            endpoints: vec![id.clone()],
+        },
+        Event::KeysRotated { org, .. } => Reads {
+            organisations: vec![org.clone()],
+            endpoints: vec![],
+        },
+    }
+}
+
+/// Turns an applied event into view changes. Facts missing for an event that needs them
+/// mean the event store is inconsistent with its own history; the fold then skips the view
+/// change rather than invent state, and the store's rebuild check reports the difference.
+pub fn fold(event: &Event, seq: u64, facts: &Facts) -> Vec<ViewChange> {
+    match event {
+        Event::OrganisationRegistered(spec) => vec![ViewChange::PutOrganisation(Organisation {
+            spec: spec.clone(),
+            registered_seq: seq,
+            keys_seq: seq,
+        })],
+        Event::EndpointPublished(spec) => {
+            let ep = Endpoint {
+                spec: spec.clone(),
+                published_seq: seq,
+                retired_seq: None,
+            };
+            let mut out: Vec<ViewChange> = facts
+                .organisation(&spec.id.org)
+                .map(|org| index_keys(&ep, org))
+                .unwrap_or_default()
+                .into_iter()
+                .map(ViewChange::PutIndex)
+                .collect();
+            out.push(ViewChange::PutEndpoint(ep));
+            out
+        }
+        Event::EndpointRetired { id, .. } => facts
+            .endpoint(id)
+            .map(|ep| {
+                let mut ep = ep.clone();
+                ep.retired_seq = Some(seq);
+                vec![ViewChange::PutEndpoint(ep)]
+            })
+            .unwrap_or_default(),
+        Event::KeysRotated { org, keys } => facts
+            .organisation(org)
+            .map(|o| {
+                let mut o = o.clone();
+                o.spec.keys = keys.clone();
+                o.keys_seq = seq;
+                vec![ViewChange::PutOrganisation(o)]
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// Search index namespaces (first byte of an index key).
+pub mod index {
+    /// A lowercased word of the endpoint's or organisation's name.
+    pub const NAME_WORD: u8 = b'n';
+    pub const SPECIALTY: u8 = b's';
+    /// State code, then lowercased suburb.
+    pub const LOCATION: u8 = b'l';
+    pub const PAYLOAD_TYPE: u8 = b'p';
+    /// The organisation's HPI-O.
+    pub const ORGANISATION: u8 = b'o';
+    /// A practitioner's HPI-I.
+    pub const PRACTITIONER: u8 = b'i';
+    /// Separates the indexed value from the endpoint id.
+    pub const SEP: u8 = 0;
+}
+
+/// The index key prefix for a value in a namespace: scan it to find matching endpoints.
+pub fn index_prefix(namespace: u8, value: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(value.len() + 2);
+    k.push(namespace);
+    k.extend_from_slice(value.as_bytes());
+    k.push(index::SEP);
+    k
+}
+
+/// Extracts the endpoint id from an index key.
+pub fn index_key_endpoint(key: &[u8]) -> Option<EndpointId> {
+    let pos = key.iter().rposition(|b| *b == index::SEP)?;
+    let s = std::str::from_utf8(&key[pos + 1..]).ok()?;
+    EndpointId::parse(s).ok()
+}
+
+/// Location value as indexed: state code, separator, lowercased suburb.
+pub fn location_value(state: &str, suburb: &str) -> String {
+    format!("{}\u{1}{}", state.to_ascii_uppercase(), suburb.trim().to_lowercase())
+}
+
+/// Lowercased words of a name, as indexed.
+pub fn name_words(name: &str) -> impl Iterator<Item = String> + '_ {
+    name.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+}
+
+fn index_keys(ep: &Endpoint, org: &Organisation) -> Vec<Vec<u8>> {
+    let id = ep.spec.id.to_string();
+    let key = |ns: u8, value: &str| {
+        let mut k = index_prefix(ns, value);
+        k.extend_from_slice(id.as_bytes());
+        k
+    };
+    let mut keys = Vec::new();
+    let mut words: Vec<String> = name_words(&ep.spec.display_name)
+        .chain(name_words(&org.spec.name))
+        .collect();
+    words.sort();
+    words.dedup();
+    keys.extend(words.iter().map(|w| key(index::NAME_WORD, w)));
+    keys.push(key(index::SPECIALTY, &ep.spec.specialty.trim().to_lowercase()));
+    keys.push(key(
+        index::LOCATION,
+        &location_value(org.spec.state.as_str(), &org.spec.suburb),
+    ));
+    keys.extend(
+        ep.spec
+            .payload_types
+            .iter()
+            .map(|p| key(index::PAYLOAD_TYPE, p.as_str())),
+    );
+    keys.push(key(index::ORGANISATION, org.spec.hpio.as_str()));
+    if let EndpointLocal::Practitioner(p) = &ep.spec.id.local {
+        keys.push(key(index::PRACTITIONER, p.as_str()));
+    }
+    keys
+}

@@ -1,0 +1,56 @@
+//! sealpost's storage: two RocksDB instances per node. The Raft log (entries, vote,
+//! committed, last purged) and the state machine (the permanent, hash-chained event store
+//! and the directory views, written together in one batch per apply). Snapshots are
+//! checkpoints of the state machine only, moved between nodes as files.
+//!
+//! # Layout
+//! - [`log_store`]: openraft's `RaftLogStorage`; appends are WAL-synced before they are
+//!   reported durable.
+//! - [`state_machine`]: openraft's `RaftStateMachine`; apply, views, snapshot install, and
+//!   [`StateView`] for reads.
+//! - [`snapshot`]: checkpoint folders, building, keeping and copying them.
+//! - [`search`]: directory search over the index column family.
+//! - [`types`]: the openraft type configuration.
+//! - [`rocks`]: how RocksDB is opened (paranoid checks, AbsoluteConsistency recovery).
+
+pub mod error;
+pub mod log_store;
+mod rocks;
+pub mod search;
+pub mod snapshot;
+pub mod state_machine;
+pub mod types;
+
+use std::path::Path;
+
+pub use error::{Error, Result};
+pub use log_store::LogStore;
+pub use search::{SearchHit, SearchQuery};
+pub use state_machine::{SmStatus, StateMachine, StateView};
+pub use types::{NodeId, SnapshotFiles, TypeConfig};
+
+/// Options for a node's storage.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Create the stores if missing (a new node). A restarting node passes false, so a
+    /// missing folder is an error rather than a silent fresh start under an old id.
+    pub create: bool,
+    /// Fsync each state-machine apply batch (the log is always fsynced).
+    pub sync_state_machine: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            create: true,
+            sync_state_machine: true,
+        }
+    }
+}
+
+/// Opens both stores of a node under `dir`: `dir/raft-log` and `dir/sm`.
+pub fn open(dir: &Path, opts: &StoreOptions) -> Result<(LogStore, StateMachine)> {
+    let log = LogStore::open(&dir.join("raft-log"), opts.create)?;
+    let sm = StateMachine::open(&dir.join("sm"), opts.create, opts.sync_state_machine)?;
+    Ok((log, sm))
+}

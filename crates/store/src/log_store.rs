@@ -1,0 +1,329 @@
+//! The Raft log in its own RocksDB instance: entries keyed by index, plus the vote, the
+//! committed log id and the last purged log id.
+//!
+//! An append is one `WriteBatch` written with WAL sync, and openraft is told the entries are
+//! durable only after that write returns: nothing acknowledged can be lost. The log never
+//! shares an instance with the state machine, so a snapshot never carries a vote or a log.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader};
+use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
+use sealpost_core::codec;
+
+use crate::error::{Error, Result};
+use crate::rocks;
+use crate::types::{Entry, LogId, StorageError, StorageIOError, TypeConfig, Vote};
+
+const CF_ENTRIES: &str = "entries";
+const CF_META: &str = "meta";
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+
+/// Entries read from the log in one call at most; openraft asks again for more.
+pub const LOG_READ_ENTRIES_MAX: u64 = 4096;
+
+/// The Raft log store. Cheap to clone: clones share the database.
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: DB,
+    path: PathBuf,
+    /// Bytes appended since the last purge: the snapshot policy reads it.
+    bytes_since_purge: AtomicU64,
+}
+
+fn key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn index_of(key: &[u8]) -> Result<u64> {
+    let bytes: [u8; 8] = key
+        .try_into()
+        .map_err(|_| Error::Invalid(format!("log key of {} bytes", key.len())))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+fn io_err(e: Error) -> StorageError {
+    StorageIOError::read_logs(&e).into()
+}
+
+impl LogStore {
+    /// Opens the log at `path`, creating it when `create`. Every stored entry is decoded and
+    /// checked for density once, so a damaged log refuses to start here rather than fail
+    /// later in the middle of replication.
+    pub fn open(path: &Path, create: bool) -> Result<Self> {
+        let db = rocks::open(path, &[CF_ENTRIES, CF_META], create)?;
+        let store = Self {
+            inner: Arc::new(Inner {
+                db,
+                path: path.to_path_buf(),
+                bytes_since_purge: AtomicU64::new(0),
+            }),
+        };
+        store.check()?;
+        Ok(store)
+    }
+
+    fn corrupt(&self, detail: String) -> Error {
+        Error::Corrupt {
+            path: self.inner.path.clone(),
+            detail,
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        let db = &self.inner.db;
+        let cf = rocks::cf(db, CF_ENTRIES);
+        let mut prev: Option<u64> = None;
+        let mut bytes = 0u64;
+        for item in db.iterator_cf(cf, IteratorMode::Start) {
+            let (k, v) = item.map_err(rocks::rocks_err(&self.inner.path))?;
+            let index = index_of(&k).map_err(|e| self.corrupt(e.to_string()))?;
+            let entry: Entry = codec::decode(&v)
+                .map_err(|e| self.corrupt(format!("log entry {index} does not decode: {e}")))?;
+            if entry.log_id.index != index {
+                return Err(self.corrupt(format!(
+                    "log entry stored at {index} claims index {}",
+                    entry.log_id.index
+                )));
+            }
+            if let Some(p) = prev {
+                if index != p + 1 {
+                    return Err(self.corrupt(format!("log has a hole between {p} and {index}")));
+                }
+            }
+            prev = Some(index);
+            bytes += v.len() as u64;
+        }
+        self.inner.bytes_since_purge.store(bytes, Ordering::Relaxed);
+        self.read_meta::<Vote>(KEY_VOTE)?;
+        self.read_meta::<Option<LogId>>(KEY_COMMITTED)?;
+        self.read_meta::<LogId>(KEY_LAST_PURGED)?;
+        Ok(())
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned>(&self, k: &[u8]) -> Result<Option<T>> {
+        let db = &self.inner.db;
+        match db
+            .get_cf(rocks::cf(db, CF_META), k)
+            .map_err(rocks::rocks_err(&self.inner.path))?
+        {
+            None => Ok(None),
+            Some(v) => codec::decode(&v).map(Some).map_err(|e| {
+                self.corrupt(format!(
+                    "log metadata {} does not decode: {e}",
+                    String::from_utf8_lossy(k)
+                ))
+            }),
+        }
+    }
+
+    fn write_meta<T: serde::Serialize>(&self, k: &[u8], v: &T) -> Result<()> {
+        let mut b = WriteBatch::default();
+        b.put_cf(rocks::cf(&self.inner.db, CF_META), k, codec::encode(v));
+        rocks::write(&self.inner.db, &self.inner.path, b, true)
+    }
+
+    /// Bytes of log entries appended since the last purge (approximate after restarts).
+    pub fn bytes_since_purge(&self) -> u64 {
+        self.inner.bytes_since_purge.load(Ordering::Relaxed)
+    }
+
+    /// Number of entries currently held (after purges).
+    pub fn entry_count(&self) -> Result<u64> {
+        let first = self.first_index()?;
+        let last = self.last_entry()?.map(|e| e.log_id.index);
+        Ok(match (first, last) {
+            (Some(f), Some(l)) => l - f + 1,
+            _ => 0,
+        })
+    }
+
+    fn first_index(&self) -> Result<Option<u64>> {
+        let db = &self.inner.db;
+        match db
+            .iterator_cf(rocks::cf(db, CF_ENTRIES), IteratorMode::Start)
+            .next()
+        {
+            None => Ok(None),
+            Some(item) => {
+                let (k, _) = item.map_err(rocks::rocks_err(&self.inner.path))?;
+                index_of(&k).map(Some)
+            }
+        }
+    }
+
+    fn last_entry(&self) -> Result<Option<Entry>> {
+        let db = &self.inner.db;
+        match db
+            .iterator_cf(rocks::cf(db, CF_ENTRIES), IteratorMode::End)
+            .next()
+        {
+            None => Ok(None),
+            Some(item) => {
+                let (_, v) = item.map_err(rocks::rocks_err(&self.inner.path))?;
+                codec::decode(&v).map(Some).map_err(|e| Error::Codec {
+                    what: "last log entry".into(),
+                    source: e,
+                })
+            }
+        }
+    }
+
+    fn entries(&self, start: u64, end_exclusive: u64) -> Result<Vec<Entry>> {
+        let db = &self.inner.db;
+        let cf = rocks::cf(db, CF_ENTRIES);
+        let end = end_exclusive.min(start.saturating_add(LOG_READ_ENTRIES_MAX));
+        let mut out = Vec::new();
+        for item in db.iterator_cf(cf, IteratorMode::From(&key(start), Direction::Forward)) {
+            let (k, v) = item.map_err(rocks::rocks_err(&self.inner.path))?;
+            let index = index_of(&k)?;
+            if index >= end {
+                break;
+            }
+            let entry: Entry = codec::decode(&v).map_err(|e| Error::Codec {
+                what: format!("log entry {index}"),
+                source: e,
+            })?;
+            out.push(entry);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(x) => *x,
+            Bound::Excluded(x) => x + 1,
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(x) => x + 1,
+            Bound::Excluded(x) => *x,
+            Bound::Unbounded => u64::MAX,
+        };
+        self.entries(start, end).map_err(io_err)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged: Option<LogId> = self.read_meta(KEY_LAST_PURGED).map_err(io_err)?;
+        let last = self
+            .last_entry()
+            .map_err(io_err)?
+            .map(|e| e.log_id)
+            .or(last_purged);
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.write_meta(KEY_VOTE, vote)
+            .map_err(|e| StorageIOError::write_vote(&e).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.read_meta(KEY_VOTE)
+            .map_err(|e| StorageIOError::read_vote(&e).into())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Written without sync: a lost committed marker only means re-applying from the
+        // state machine's own last applied id, which is always safe.
+        let mut b = WriteBatch::default();
+        b.put_cf(
+            rocks::cf(&self.inner.db, CF_META),
+            KEY_COMMITTED,
+            codec::encode(&committed),
+        );
+        rocks::write(&self.inner.db, &self.inner.path, b, false)
+            .map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self
+            .read_meta::<Option<LogId>>(KEY_COMMITTED)
+            .map_err(io_err)?
+            .flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let cf = rocks::cf(&self.inner.db, CF_ENTRIES);
+        let mut batch = WriteBatch::default();
+        let mut bytes = 0u64;
+        for entry in entries {
+            let v = codec::encode(&entry);
+            bytes += v.len() as u64;
+            batch.put_cf(cf, key(entry.log_id.index), v);
+        }
+        // One batch, one fsync: durable before openraft hears it is done.
+        let res = rocks::write(&self.inner.db, &self.inner.path, batch, true);
+        match res {
+            Ok(()) => {
+                self.inner.bytes_since_purge.fetch_add(bytes, Ordering::Relaxed);
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(StorageIOError::write_logs(&e).into())
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut b = WriteBatch::default();
+        b.delete_range_cf(
+            rocks::cf(&self.inner.db, CF_ENTRIES),
+            key(log_id.index),
+            key(u64::MAX),
+        );
+        rocks::write(&self.inner.db, &self.inner.path, b, true)
+            .map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut b = WriteBatch::default();
+        b.put_cf(
+            rocks::cf(&self.inner.db, CF_META),
+            KEY_LAST_PURGED,
+            codec::encode(&log_id),
+        );
+        b.delete_range_cf(
+            rocks::cf(&self.inner.db, CF_ENTRIES),
+            key(0),
+            key(log_id.index + 1),
+        );
+        rocks::write(&self.inner.db, &self.inner.path, b, true)
+            .map_err(|e| StorageIOError::write_logs(&e).into())?;
+        self.inner.bytes_since_purge.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+}

@@ -1,0 +1,607 @@
+//! The state machine in its own RocksDB instance: the permanent event store (sequence →
+//! hash-chained record, never purged) and the directory views, written together in one
+//! batch per apply.
+//!
+//! On disk, `sm/ACTIVE` names the live database folder (`sm/db-N`); snapshots are RocksDB
+//! checkpoints under `sm/snapshots/`, and a received snapshot replaces the live folder by
+//! writing a new `ACTIVE` atomically. [`StateView`] is the read side used by the gRPC
+//! services; it always reads the live database.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
+use sealpost_core::batch::{Batch, BatchOutcome, Outcome};
+use sealpost_core::command::{Reads, decide};
+use sealpost_core::directory::{Endpoint, Organisation};
+use sealpost_core::event::{ChainError, ChainVerifier, EVENT_VERSION_CURRENT, EventRecord, GENESIS_HASH, Hash};
+use sealpost_core::ids::{EndpointId, HpiO};
+use sealpost_core::view::{Facts, ViewChange, event_reads, fold};
+use sealpost_core::codec;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::rocks::{self, rocks_err};
+use crate::search::{SearchHit, SearchQuery};
+use crate::snapshot;
+use crate::types::{
+    Entry, LogId, Snapshot, SnapshotFiles, SnapshotMeta, StorageError, StorageIOError,
+    StoredMembership, TypeConfig,
+};
+
+pub(crate) const CF_EVENTS: &str = "events";
+pub(crate) const CF_ORGS: &str = "orgs";
+pub(crate) const CF_ENDPOINTS: &str = "endpoints";
+pub(crate) const CF_INDEX: &str = "dir_index";
+pub(crate) const CF_META: &str = "meta";
+pub(crate) const SM_CFS: &[&str] = &[CF_EVENTS, CF_ORGS, CF_ENDPOINTS, CF_INDEX, CF_META];
+
+pub(crate) const KEY_LAST_APPLIED: &[u8] = b"last_applied";
+pub(crate) const KEY_MEMBERSHIP: &[u8] = b"membership";
+pub(crate) const KEY_CHAIN: &[u8] = b"chain";
+pub(crate) const KEY_CLUSTER_VERSION: &[u8] = b"cluster_version";
+
+/// Longest time a replaced database folder waits for its last reader before it is left
+/// for the next start-up to delete.
+pub const RETIRED_DB_WAIT_MS_MAX: u64 = 60_000;
+
+/// Where the chain stands after the last applied event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainState {
+    pub next_seq: u64,
+    pub head: Hash,
+    pub last_ts_ms: u64,
+}
+
+impl Default for ChainState {
+    fn default() -> Self {
+        Self {
+            next_seq: 1,
+            head: GENESIS_HASH,
+            last_ts_ms: 0,
+        }
+    }
+}
+
+/// A snapshot of the state machine's progress, for cluster status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SmStatus {
+    pub last_applied: Option<LogId>,
+    pub event_count: u64,
+    pub chain_head: Hash,
+    pub cluster_version: u16,
+}
+
+/// The live database and the folder it lives in.
+pub(crate) struct SmDb {
+    pub(crate) db: DB,
+    pub(crate) path: PathBuf,
+}
+
+impl SmDb {
+    pub(crate) fn get<T: serde::de::DeserializeOwned>(&self, cf: &str, key: &[u8]) -> Result<Option<T>> {
+        match self
+            .db
+            .get_cf(rocks::cf(&self.db, cf), key)
+            .map_err(rocks_err(&self.path))?
+        {
+            None => Ok(None),
+            Some(v) => codec::decode(&v).map(Some).map_err(|e| Error::Codec {
+                what: format!("{cf}/{}", String::from_utf8_lossy(key)),
+                source: e,
+            }),
+        }
+    }
+
+    pub(crate) fn chain(&self) -> Result<ChainState> {
+        Ok(self.get(CF_META, KEY_CHAIN)?.unwrap_or_default())
+    }
+
+    pub(crate) fn applied(&self) -> Result<(Option<LogId>, StoredMembership)> {
+        let last: Option<LogId> = self.get::<Option<LogId>>(CF_META, KEY_LAST_APPLIED)?.flatten();
+        let membership: StoredMembership = self.get(CF_META, KEY_MEMBERSHIP)?.unwrap_or_default();
+        Ok((last, membership))
+    }
+
+    fn cluster_version(&self) -> Result<u16> {
+        Ok(self
+            .get(CF_META, KEY_CLUSTER_VERSION)?
+            .unwrap_or(EVENT_VERSION_CURRENT))
+    }
+
+    pub(crate) fn event(&self, seq: u64) -> Result<Option<EventRecord>> {
+        self.get(CF_EVENTS, &seq.to_be_bytes())
+    }
+
+    /// Checks that the newest event matches the recorded chain head, so a store whose
+    /// tail was damaged or lost refuses to start.
+    fn check_tail(&self) -> Result<()> {
+        let chain = self.chain().map_err(|e| self.corrupt(e.to_string()))?;
+        if chain.next_seq == 1 {
+            return Ok(());
+        }
+        let seq = chain.next_seq - 1;
+        let rec = self
+            .event(seq)
+            .map_err(|e| self.corrupt(e.to_string()))?
+            .ok_or_else(|| self.corrupt(format!("event {seq} (the chain head) is missing")))?;
+        if rec.seq != seq || rec.hash != chain.head || rec.computed_hash() != rec.hash {
+            return Err(self.corrupt(format!(
+                "event {seq} does not match the recorded chain head"
+            )));
+        }
+        Ok(())
+    }
+
+    fn corrupt(&self, detail: String) -> Error {
+        Error::Corrupt {
+            path: self.path.clone(),
+            detail,
+        }
+    }
+
+    fn open(path: &Path, create: bool) -> Result<Self> {
+        let db = rocks::open(path, SM_CFS, create)?;
+        let sm = Self {
+            db,
+            path: path.to_path_buf(),
+        };
+        sm.check_tail()?;
+        Ok(sm)
+    }
+}
+
+pub(crate) struct Shared {
+    root: PathBuf,
+    live: RwLock<Arc<SmDb>>,
+    /// Number of the newest `db-N` folder, for naming the next one.
+    generation: AtomicU64,
+    /// Fsync every apply batch (on by default; see `StateMachine::open`).
+    sync_writes: bool,
+}
+
+impl Shared {
+    pub(crate) fn live(&self) -> Arc<SmDb> {
+        self.live
+            .read()
+            .expect("the live-database lock is never held across a panic")
+            .clone()
+    }
+
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+/// The openraft state machine.
+pub struct StateMachine {
+    shared: Arc<Shared>,
+}
+
+/// Read access to the live views and event store, for the services. Cheap to clone.
+#[derive(Clone)]
+pub struct StateView {
+    shared: Arc<Shared>,
+}
+
+fn active_file(root: &Path) -> PathBuf {
+    root.join("ACTIVE")
+}
+
+fn read_active(root: &Path) -> Result<Option<String>> {
+    match std::fs::read_to_string(active_file(root)) {
+        Ok(s) => Ok(Some(s.trim().to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(active_file(root))(e)),
+    }
+}
+
+fn generation_of(name: &str) -> Option<u64> {
+    name.strip_prefix("db-")?.parse().ok()
+}
+
+impl StateMachine {
+    /// Opens the state machine under `root` (a node's `sm` folder), creating it when
+    /// `create`. `sync_writes` fsyncs each apply batch.
+    pub fn open(root: &Path, create: bool, sync_writes: bool) -> Result<Self> {
+        std::fs::create_dir_all(root).map_err(Error::io(root))?;
+        let active = match read_active(root)? {
+            Some(name) => name,
+            None if create => {
+                let name = "db-1".to_string();
+                snapshot::write_atomic(&active_file(root), name.as_bytes())?;
+                name
+            }
+            None => {
+                return Err(Error::Corrupt {
+                    path: root.to_path_buf(),
+                    detail: "sm/ACTIVE is missing".into(),
+                });
+            }
+        };
+        let generation = generation_of(&active).ok_or_else(|| Error::Corrupt {
+            path: root.to_path_buf(),
+            detail: format!("sm/ACTIVE names {active:?}, not a db-N folder"),
+        })?;
+        let live_path = root.join(&active);
+        let db = SmDb::open(&live_path, create && generation == 1)?;
+        snapshot::collect_garbage(root, &active);
+        Ok(Self {
+            shared: Arc::new(Shared {
+                root: root.to_path_buf(),
+                live: RwLock::new(Arc::new(db)),
+                generation: AtomicU64::new(generation),
+                sync_writes,
+            }),
+        })
+    }
+
+    pub fn view(&self) -> StateView {
+        StateView {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Applies entries in one write batch. Separate from the trait method so the rebuild
+    /// and tests can drive it directly.
+    fn apply_entries(&self, entries: Vec<Entry>) -> Result<Vec<BatchOutcome>> {
+        let live = self.shared.live();
+        let db = &live.db;
+        let mut chain = live.chain()?;
+        let cluster_version = live.cluster_version()?;
+        let (mut last_applied, mut membership) = live.applied()?;
+        let mut facts = Facts::default();
+        let mut wb = WriteBatch::default();
+        let mut results = Vec::with_capacity(entries.len());
+        for entry in entries {
+            last_applied = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Blank => results.push(BatchOutcome::default()),
+                EntryPayload::Membership(m) => {
+                    membership = StoredMembership::new(Some(entry.log_id), m);
+                    results.push(BatchOutcome::default());
+                }
+                EntryPayload::Normal(batch) => {
+                    let out = apply_batch(
+                        &live,
+                        &mut wb,
+                        &mut facts,
+                        &mut chain,
+                        cluster_version,
+                        entry.log_id.index,
+                        batch,
+                    )?;
+                    results.push(out);
+                }
+            }
+        }
+        let meta = rocks::cf(db, CF_META);
+        wb.put_cf(meta, KEY_LAST_APPLIED, codec::encode(&last_applied));
+        wb.put_cf(meta, KEY_MEMBERSHIP, codec::encode(&membership));
+        wb.put_cf(meta, KEY_CHAIN, codec::encode(&chain));
+        rocks::write(db, &live.path, wb, self.shared.sync_writes)?;
+        Ok(results)
+    }
+}
+
+/// Loads into `facts` whatever `reads` names that it does not hold yet.
+fn load_facts(live: &SmDb, facts: &mut Facts, reads: &Reads) -> Result<()> {
+    for o in &reads.organisations {
+        if !facts.knows_organisation(o) {
+            let v: Option<Organisation> = live.get(CF_ORGS, o.as_str().as_bytes())?;
+            facts.load_organisation(o.clone(), v);
+        }
+    }
+    for e in &reads.endpoints {
+        if !facts.knows_endpoint(e) {
+            let v: Option<Endpoint> = live.get(CF_ENDPOINTS, e.to_string().as_bytes())?;
+            facts.load_endpoint(e.clone(), v);
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn write_view_changes(db: &DB, wb: &mut WriteBatch, changes: &[ViewChange]) {
+    for c in changes {
+        match c {
+            ViewChange::PutOrganisation(o) => wb.put_cf(
+                rocks::cf(db, CF_ORGS),
+                o.spec.hpio.as_str().as_bytes(),
+                codec::encode(o),
+            ),
+            ViewChange::PutEndpoint(e) => wb.put_cf(
+                rocks::cf(db, CF_ENDPOINTS),
+                e.spec.id.to_string().as_bytes(),
+                codec::encode(e),
+            ),
+            ViewChange::PutIndex(k) => wb.put_cf(rocks::cf(db, CF_INDEX), k, []),
+        }
+    }
+}
+
+fn apply_batch(
+    live: &SmDb,
+    wb: &mut WriteBatch,
+    facts: &mut Facts,
+    chain: &mut ChainState,
+    cluster_version: u16,
+    log_index: u64,
+    batch: Batch,
+) -> Result<BatchOutcome> {
+    // Event time never goes backwards, whatever the clocks of successive leaders say.
+    let ts_ms = batch.ts_ms.max(chain.last_ts_ms);
+    let mut outcomes = Vec::with_capacity(batch.proposals.len());
+    for p in batch.proposals {
+        if let Err(r) = p.validate() {
+            outcomes.push(Outcome::Rejected(r));
+            continue;
+        }
+        load_facts(live, facts, &p.command.reads())?;
+        match decide(&p.command, facts, cluster_version) {
+            Err(r) => outcomes.push(Outcome::Rejected(r)),
+            Ok(events) => {
+                let first_seq = chain.next_seq;
+                let count = events.len() as u64;
+                for event in events {
+                    load_facts(live, facts, &event_reads(&event))?;
+                    let changes = fold(&event, chain.next_seq, facts);
+                    let rec = EventRecord::chain(
+                        chain.next_seq,
+                        ts_ms,
+                        log_index,
+                        p.actor.clone(),
+                        chain.head,
+                        event,
+                    );
+                    wb.put_cf(
+                        rocks::cf(&live.db, CF_EVENTS),
+                        rec.seq.to_be_bytes(),
+                        codec::encode(&rec),
+                    );
+                    write_view_changes(&live.db, wb, &changes);
+                    facts.absorb(&changes);
+                    chain.head = rec.hash;
+                    chain.next_seq += 1;
+                }
+                chain.last_ts_ms = ts_ms;
+                outcomes.push(Outcome::Applied { first_seq, count });
+            }
+        }
+    }
+    Ok(BatchOutcome { outcomes })
+}
+
+fn sm_err(e: Error) -> StorageError {
+    StorageIOError::write_state_machine(&e).into()
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        self.shared
+            .live()
+            .applied()
+            .map_err(|e| StorageIOError::read_state_machine(&e).into())
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchOutcome>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        self.apply_entries(entries.into_iter().collect()).map_err(sm_err)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            shared: self.shared.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFiles>, StorageError> {
+        let dir = snapshot::incoming_dir(&self.shared.root)
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        Ok(Box::new(SnapshotFiles { dir }))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<SnapshotFiles>,
+    ) -> Result<(), StorageError> {
+        let shared = self.shared.clone();
+        let meta = meta.clone();
+        let sig = meta.signature();
+        tokio::task::spawn_blocking(move || install(&shared, &meta, &snapshot))
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(Some(sig.clone()), &e))?
+            .map_err(|e| StorageIOError::write_snapshot(Some(sig), &e).into())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        snapshot::current(&self.shared.root).map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+    }
+}
+
+/// Replaces the live database with the snapshot's files.
+fn install(shared: &Shared, meta: &SnapshotMeta, files: &SnapshotFiles) -> Result<()> {
+    let kept = snapshot::keep(&shared.root, meta, files)?;
+    let generation = shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
+    let name = format!("db-{generation}");
+    let new_path = shared.root.join(&name);
+    snapshot::copy_checkpoint(&kept, &new_path)?;
+    let db = SmDb::open(&new_path, false)?;
+    let (applied, _) = db.applied()?;
+    if applied != meta.last_log_id {
+        return Err(Error::Corrupt {
+            path: new_path,
+            detail: format!(
+                "snapshot claims last log id {:?} but its state machine applied {applied:?}",
+                meta.last_log_id
+            ),
+        });
+    }
+    snapshot::write_atomic(&active_file(&shared.root), name.as_bytes())?;
+    let old = {
+        let mut live = shared
+            .live
+            .write()
+            .expect("the live-database lock is never held across a panic");
+        std::mem::replace(&mut *live, Arc::new(db))
+    };
+    retire(old);
+    tracing::info!(snapshot = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "installed snapshot");
+    Ok(())
+}
+
+/// Closes and deletes a replaced database once its last reader lets go; if readers hold on
+/// too long, the folder is left for the next start-up's garbage collection.
+fn retire(old: Arc<SmDb>) {
+    std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_millis(RETIRED_DB_WAIT_MS_MAX);
+        let mut old = old;
+        loop {
+            match Arc::try_unwrap(old) {
+                Ok(db) => {
+                    let path = db.path.clone();
+                    drop(db);
+                    if let Err(e) = std::fs::remove_dir_all(&path) {
+                        tracing::warn!(path = %path.display(), error = %e, "could not delete replaced state machine");
+                    }
+                    return;
+                }
+                Err(still_shared) => {
+                    if std::time::Instant::now() > deadline {
+                        return;
+                    }
+                    old = still_shared;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    });
+}
+
+/// Builds snapshots as RocksDB checkpoints of the live database.
+pub struct SnapshotBuilder {
+    shared: Arc<Shared>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || snapshot::build(&shared))
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?
+            .map_err(|e| StorageIOError::write_snapshot(None, &e).into())
+    }
+}
+
+pub(crate) fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+impl StateView {
+    pub fn organisation(&self, id: &HpiO) -> Result<Option<Organisation>> {
+        self.shared.live().get(CF_ORGS, id.as_str().as_bytes())
+    }
+
+    pub fn endpoint(&self, id: &EndpointId) -> Result<Option<Endpoint>> {
+        self.shared.live().get(CF_ENDPOINTS, id.to_string().as_bytes())
+    }
+
+    pub fn search(&self, q: &SearchQuery) -> Result<Vec<SearchHit>> {
+        crate::search::search(&self.shared.live(), q)
+    }
+
+    pub fn status(&self) -> Result<SmStatus> {
+        let live = self.shared.live();
+        let chain = live.chain()?;
+        let (last_applied, _) = live.applied()?;
+        Ok(SmStatus {
+            last_applied,
+            event_count: chain.next_seq - 1,
+            chain_head: chain.head,
+            cluster_version: live.cluster_version()?,
+        })
+    }
+
+    pub fn last_applied(&self) -> Result<Option<LogId>> {
+        Ok(self.shared.live().applied()?.0)
+    }
+
+    /// Events from `from_seq` on, at most `limit` of them.
+    pub fn events(&self, from_seq: u64, limit: usize) -> Result<Vec<EventRecord>> {
+        let live = self.shared.live();
+        let cf = rocks::cf(&live.db, CF_EVENTS);
+        let start = from_seq.max(1).to_be_bytes();
+        let mut out = Vec::new();
+        for item in live
+            .db
+            .iterator_cf(cf, IteratorMode::From(&start, Direction::Forward))
+            .take(limit)
+        {
+            let (k, v) = item.map_err(rocks_err(&live.path))?;
+            out.push(codec::decode(&v).map_err(|e| Error::Codec {
+                what: format!("event {}", hex::encode(&k)),
+                source: e,
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// Walks the whole event store and checks every link of the hash chain and the
+    /// recorded head. Returns the number of events verified.
+    pub fn verify_chain(&self) -> Result<Result<u64, ChainError>> {
+        let live = self.shared.live();
+        let chain = live.chain()?;
+        let cf = rocks::cf(&live.db, CF_EVENTS);
+        let mut v = ChainVerifier::default();
+        for item in live.db.iterator_cf(cf, IteratorMode::Start) {
+            let (k, bytes) = item.map_err(rocks_err(&live.path))?;
+            let seq = k
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .unwrap_or(u64::MAX);
+            let rec: EventRecord = match codec::decode(&bytes) {
+                Ok(r) => r,
+                Err(e) => {
+                    return Ok(Err(ChainError::Undecodable {
+                        seq,
+                        reason: e.to_string(),
+                    }));
+                }
+            };
+            if rec.seq != seq {
+                return Ok(Err(ChainError::Altered { seq }));
+            }
+            if let Err(e) = v.push(&rec) {
+                return Ok(Err(e));
+            }
+        }
+        Ok(v.finish(&chain.head))
+    }
+
+    /// Path of the live database folder (for tests and operators).
+    pub fn live_path(&self) -> PathBuf {
+        self.shared.live().path.clone()
+    }
+
+    /// Root folder of the state machine.
+    pub fn root(&self) -> PathBuf {
+        self.shared.root().to_path_buf()
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
