@@ -1,1 +1,118 @@
-fn main() {}
+//! The `sealpost` command: the embedded `dev` cluster, a single `node`, and the client
+//! commands (`cluster`, `directory`). Client commands read `client.toml` (from
+//! `--client-config` or `SEALPOST_CLIENT_CONFIG`), act as the profile chosen with `--as`,
+//! and print JSON with `--json`.
+
+mod client_cmd;
+mod dev;
+mod output;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "sealpost", version, about = "Secure clinical messaging on a Raft-replicated event log")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every client command takes.
+#[derive(Args, Debug, Clone)]
+pub struct ClientOpts {
+    /// The client configuration file.
+    #[arg(long, global = true, env = "SEALPOST_CLIENT_CONFIG")]
+    pub client_config: Option<PathBuf>,
+    /// The profile to act as.
+    #[arg(long = "as", global = true, value_name = "PROFILE")]
+    pub profile: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the embedded development cluster: N providers of N nodes each, in this process.
+    Dev(dev::DevArgs),
+    /// Run one node of a multi-process or multi-machine cluster.
+    Node {
+        /// The node's configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Print the effective configuration (file, then environment) and exit.
+        #[arg(long)]
+        dump_config: bool,
+    },
+    /// Write a provider's CA, node certificates and client certificates into a folder.
+    Certs(dev::CertsArgs),
+    /// Cluster membership and health.
+    Cluster {
+        #[command(flatten)]
+        opts: ClientOpts,
+        #[command(subcommand)]
+        cmd: client_cmd::ClusterCmd,
+    },
+    /// The provider directory.
+    Directory {
+        #[command(flatten)]
+        opts: ClientOpts,
+        #[command(subcommand)]
+        cmd: client_cmd::DirectoryCmd,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SEALPOST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sealpost=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Dev(args) => {
+            init_tracing();
+            dev::run(args).await
+        }
+        Command::Node { config, dump_config } => {
+            let cfg = sealpost_server::NodeConfig::load(&config)
+                .with_context(|| format!("loading {}", config.display()))?;
+            if dump_config {
+                print!("{}", cfg.to_toml());
+                return Ok(());
+            }
+            init_tracing();
+            let handle = sealpost_server::start(cfg, None).await?;
+            eprintln!("node {} serving on {}", handle.raft.id(), handle.addr);
+            dev::wait_for_signal().await;
+            handle.stop().await;
+            Ok(())
+        }
+        Command::Certs(args) => dev::certs(args),
+        Command::Cluster { opts, cmd } => client_cmd::cluster(&opts, cmd).await,
+        Command::Directory { opts, cmd } => client_cmd::directory(&opts, cmd).await,
+    }
+}

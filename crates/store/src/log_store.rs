@@ -322,7 +322,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             key(log_id.index + 1),
         );
         rocks::write(&self.inner.db, &self.inner.path, b, true)
-            .map_err(|e| StorageIOError::write_logs(&e).into())?;
+            .map_err(|e| StorageError::from(StorageIOError::write_logs(&e)))?;
         self.inner.bytes_since_purge.store(0, Ordering::Relaxed);
         Ok(())
     }

@@ -600,8 +600,11 @@ impl StateView {
     pub fn root(&self) -> PathBuf {
         self.shared.root().to_path_buf()
     }
+}
 
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+impl StateView {
+    /// A fresh folder for a snapshot being received from the leader.
+    pub fn incoming_snapshot_dir(&self) -> Result<PathBuf> {
+        snapshot::incoming_dir(self.shared.root())
     }
 }

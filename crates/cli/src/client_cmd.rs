@@ -1,0 +1,380 @@
+//! Client commands: `cluster ...` and `directory ...`, each a gRPC call (or a few) through
+//! the chosen profile, printed as text or JSON.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use sealpost_client::{Client, ClientConfig, Profile};
+use sealpost_crypto::keys::OrgKeys;
+use sealpost_proto::v1 as pb;
+
+use crate::ClientOpts;
+use crate::output::{self, Out};
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCmd {
+    /// Nodes, roles, term, log and applied index, event count and chain head of every member.
+    Status {
+        /// Only this node's own view, without asking the other members.
+        #[arg(long)]
+        local: bool,
+    },
+    /// Add a node as a learner, then promote it to voter once it caught up.
+    AddNode {
+        #[arg(long)]
+        id: u64,
+        /// host:port the node serves on.
+        #[arg(long)]
+        addr: String,
+        /// Leave it a learner.
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Remove a node from the cluster.
+    RemoveNode {
+        #[arg(long)]
+        id: u64,
+    },
+    /// Build a snapshot on the node this client is connected to.
+    Snapshot,
+    /// Walk the event store of the connected node and check its hash chain.
+    Verify,
+    /// Stop one node of a running `sealpost dev` cluster.
+    StopNode {
+        #[arg(long)]
+        node: u64,
+        /// Provider of the node (default: the profile's provider).
+        #[arg(long)]
+        provider: Option<String>,
+    },
+    /// Start a stopped node of a running `sealpost dev` cluster.
+    StartNode {
+        #[arg(long)]
+        node: u64,
+        #[arg(long)]
+        provider: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DirectoryCmd {
+    /// Register an organisation with its public keys.
+    RegisterOrg {
+        #[arg(long)]
+        hpio: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        suburb: String,
+        /// ACT, NSW, NT, QLD, SA, TAS, VIC or WA.
+        #[arg(long)]
+        state: String,
+        #[arg(long)]
+        postcode: String,
+        /// Key id to publish.
+        #[arg(long, default_value = "k1")]
+        key_id: String,
+        /// X25519 public key, hex. With --signing-key; when both are omitted a fresh key
+        /// pair is generated and only its public halves are published.
+        #[arg(long, requires = "signing_key")]
+        encryption_key: Option<String>,
+        /// Ed25519 public key, hex.
+        #[arg(long, requires = "encryption_key")]
+        signing_key: Option<String>,
+    },
+    /// Publish a service or practitioner endpoint of an organisation.
+    Publish {
+        /// <HPI-O>/<service> or <HPI-O>/<HPI-I>.
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        specialty: String,
+        /// Payload types accepted (REF^I12, ORU^R01, MDM^T02, CDA, FHIR, PDF, TEXT); repeat or
+        /// separate with commas.
+        #[arg(long = "accepts", value_delimiter = ',', required = true)]
+        accepts: Vec<String>,
+    },
+    /// Retire an endpoint: it stops accepting messages.
+    Retire {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Show an organisation (HPI-O) or an endpoint (<HPI-O>/<local>).
+    Show {
+        id: String,
+        /// Serve from the connected node's applied state, without a read index.
+        #[arg(long)]
+        local: bool,
+    },
+    /// Search by name words or identifier, specialty, location and payload type.
+    Search {
+        /// Name words, an HPI-O or an HPI-I.
+        text: Option<String>,
+        #[arg(long)]
+        specialty: Option<String>,
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        suburb: Option<String>,
+        #[arg(long)]
+        accepts: Option<String>,
+        #[arg(long)]
+        include_retired: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        local: bool,
+    },
+}
+
+/// The configuration file, its profile name and the profile.
+pub fn load_profile(opts: &ClientOpts) -> anyhow::Result<(PathBuf, String, Profile)> {
+    let path = opts
+        .client_config
+        .clone()
+        .ok_or(sealpost_client::config::ConfigError::NotGiven)?;
+    let cfg = ClientConfig::load(&path)?;
+    let (name, profile) = cfg.profile(opts.profile.as_deref(), &path)?;
+    Ok((path, name, profile))
+}
+
+async fn connect(opts: &ClientOpts) -> anyhow::Result<(Client, Profile)> {
+    let (_, _, profile) = load_profile(opts)?;
+    let client = Client::connect(&profile).await?;
+    Ok((client, profile))
+}
+
+fn status_err(what: &str) -> impl FnOnce(tonic::Status) -> anyhow::Error + '_ {
+    move |s| anyhow::anyhow!("{what}: {} ({:?})", s.message(), s.code())
+}
+
+pub async fn cluster(opts: &ClientOpts, cmd: ClusterCmd) -> anyhow::Result<()> {
+    let out = Out::new(opts.json);
+    if let ClusterCmd::StopNode { node, provider } | ClusterCmd::StartNode { node, provider } = &cmd {
+        let verb = if matches!(cmd, ClusterCmd::StopNode { .. }) { "stop-node" } else { "start-node" };
+        let (path, _, profile) = load_profile(opts)?;
+        let provider = provider
+            .clone()
+            .or(profile.provider.clone())
+            .context("name the node's provider with --provider")?;
+        let dir = path.parent().context("the client configuration has no folder")?;
+        let answer = crate::dev::control(dir, &format!("{verb} {provider} {node}")).await?;
+        out.message(&answer, serde_json::json!({ "result": answer }));
+        return Ok(());
+    }
+    let (client, _) = connect(opts).await?;
+    let mut admin = client.admin();
+    match cmd {
+        ClusterCmd::Status { local } => {
+            let r = admin
+                .status(pb::StatusRequest { all_members: !local })
+                .await
+                .map_err(status_err("cluster status"))?
+                .into_inner();
+            output::cluster_status(&out, &client.endpoint, &r);
+        }
+        ClusterCmd::AddNode { id, addr, learner } => {
+            let r = admin
+                .add_node(pb::AddNodeRequest {
+                    id,
+                    addr: addr.clone(),
+                    promote: !learner,
+                })
+                .await
+                .map_err(status_err("add node"))?
+                .into_inner();
+            let role = if learner { "learner" } else { "voter" };
+            out.message(
+                &format!("node {id} at {addr} added as a {role} (log index {})", r.log_index),
+                serde_json::json!({ "id": id, "addr": addr, "role": role, "log_index": r.log_index }),
+            );
+        }
+        ClusterCmd::RemoveNode { id } => {
+            let r = admin
+                .remove_node(pb::RemoveNodeRequest { id })
+                .await
+                .map_err(status_err("remove node"))?
+                .into_inner();
+            out.message(
+                &format!("node {id} removed (log index {})", r.log_index),
+                serde_json::json!({ "id": id, "log_index": r.log_index }),
+            );
+        }
+        ClusterCmd::Snapshot => {
+            let r = admin
+                .snapshot(pb::SnapshotRequest {})
+                .await
+                .map_err(status_err("snapshot"))?
+                .into_inner();
+            out.message(
+                &format!("snapshot built on {} up to log index {}", client.endpoint, r.snapshot_index),
+                serde_json::json!({ "node": client.endpoint, "snapshot_index": r.snapshot_index }),
+            );
+        }
+        ClusterCmd::Verify => {
+            let r = admin
+                .verify_chain(pb::VerifyChainRequest {})
+                .await
+                .map_err(status_err("verify"))?
+                .into_inner();
+            out.message(
+                &if r.ok {
+                    format!("chain intact: {} events, head {}", r.events, r.chain_head)
+                } else {
+                    format!("CHAIN BROKEN: {}", r.problem)
+                },
+                serde_json::json!({ "ok": r.ok, "events": r.events, "chain_head": r.chain_head, "problem": r.problem }),
+            );
+            if !r.ok {
+                bail!("the hash chain does not verify");
+            }
+        }
+        ClusterCmd::StopNode { .. } | ClusterCmd::StartNode { .. } => {}
+    }
+    Ok(())
+}
+
+fn key_bytes(field: &str, hex_str: &str) -> anyhow::Result<Vec<u8>> {
+    hex::decode(hex_str.trim()).with_context(|| format!("{field} is not hex"))
+}
+
+fn consistency(local: bool) -> i32 {
+    if local {
+        pb::Consistency::Local as i32
+    } else {
+        pb::Consistency::Linearizable as i32
+    }
+}
+
+pub async fn directory(opts: &ClientOpts, cmd: DirectoryCmd) -> anyhow::Result<()> {
+    let out = Out::new(opts.json);
+    let (client, _) = connect(opts).await?;
+    let mut dir = client.directory();
+    let written = |out: &Out, what: String, r: pb::WriteResult| {
+        out.message(
+            &format!("{what} (event {}, log index {})", r.first_seq, r.log_index),
+            serde_json::json!({ "result": what, "first_seq": r.first_seq, "event_count": r.event_count, "log_index": r.log_index }),
+        );
+    };
+    match cmd {
+        DirectoryCmd::RegisterOrg {
+            hpio,
+            name,
+            suburb,
+            state,
+            postcode,
+            key_id,
+            encryption_key,
+            signing_key,
+        } => {
+            let (encryption, signing) = match (encryption_key, signing_key) {
+                (Some(e), Some(s)) => (key_bytes("--encryption-key", &e)?, key_bytes("--signing-key", &s)?),
+                _ => {
+                    let k = OrgKeys::generate(&key_id)?;
+                    (k.encryption_public().to_vec(), k.signing_public().to_vec())
+                }
+            };
+            let r = dir
+                .register_organisation(pb::RegisterOrganisationRequest {
+                    organisation: Some(pb::Organisation {
+                        hpio: hpio.clone(),
+                        name,
+                        suburb,
+                        state,
+                        postcode,
+                        keys: Some(pb::PublicKeys {
+                            key_id,
+                            encryption,
+                            signing,
+                        }),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .map_err(status_err("register organisation"))?
+                .into_inner();
+            written(&out, format!("organisation {hpio} registered"), r);
+        }
+        DirectoryCmd::Publish {
+            id,
+            name,
+            specialty,
+            accepts,
+        } => {
+            let r = dir
+                .publish_endpoint(pb::PublishEndpointRequest {
+                    id: id.clone(),
+                    display_name: name,
+                    specialty,
+                    payload_types: accepts,
+                })
+                .await
+                .map_err(status_err("publish endpoint"))?
+                .into_inner();
+            written(&out, format!("endpoint {id} published"), r);
+        }
+        DirectoryCmd::Retire { id, reason } => {
+            let r = dir
+                .retire_endpoint(pb::RetireEndpointRequest { id: id.clone(), reason })
+                .await
+                .map_err(status_err("retire endpoint"))?
+                .into_inner();
+            written(&out, format!("endpoint {id} retired"), r);
+        }
+        DirectoryCmd::Show { id, local } => {
+            if id.contains('/') {
+                let e = dir
+                    .get_endpoint(pb::GetEndpointRequest {
+                        id,
+                        consistency: consistency(local),
+                    })
+                    .await
+                    .map_err(status_err("show endpoint"))?
+                    .into_inner();
+                output::endpoints(&out, &[e]);
+            } else {
+                let o = dir
+                    .get_organisation(pb::GetOrganisationRequest {
+                        hpio: id,
+                        consistency: consistency(local),
+                    })
+                    .await
+                    .map_err(status_err("show organisation"))?
+                    .into_inner();
+                output::organisation(&out, &o);
+            }
+        }
+        DirectoryCmd::Search {
+            text,
+            specialty,
+            state,
+            suburb,
+            accepts,
+            include_retired,
+            limit,
+            local,
+        } => {
+            let r = dir
+                .search(pb::SearchRequest {
+                    text: text.unwrap_or_default(),
+                    specialty: specialty.unwrap_or_default(),
+                    state: state.unwrap_or_default(),
+                    suburb: suburb.unwrap_or_default(),
+                    payload_type: accepts.unwrap_or_default(),
+                    include_retired,
+                    limit,
+                    consistency: consistency(local),
+                })
+                .await
+                .map_err(status_err("search"))?
+                .into_inner();
+            output::endpoints(&out, &r.endpoints);
+        }
+    }
+    Ok(())
+}

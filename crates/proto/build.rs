@@ -1,0 +1,25 @@
+//! Compiles the .proto files with a vendored protoc (unless `PROTOC` names another), so no
+//! system package is needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-env-changed=PROTOC");
+    println!("cargo:rerun-if-changed=proto");
+    let mut config = tonic_prost_build::Config::new();
+    match std::env::var_os("PROTOC") {
+        Some(p) => config.protoc_executable(p),
+        None => config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?),
+    };
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("sealpost_descriptor.bin"))
+        .compile_with_config(
+            config,
+            &[
+                "proto/sealpost/v1/directory.proto",
+                "proto/sealpost/v1/admin.proto",
+                "proto/sealpost/v1/raft.proto",
+            ],
+            &["proto"],
+        )?;
+    Ok(())
+}

@@ -1,0 +1,537 @@
+//! A Raft node: openraft wired to the RocksDB stores, the tonic network and the proposer,
+//! plus what the services need from it: writes (from any node; followers forward to the
+//! leader), linearizable read barriers, membership changes, snapshots and status.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, Raft, ServerState};
+use sealpost_core::batch::{Batch, Outcome};
+use sealpost_core::codec;
+use sealpost_core::command::Proposal;
+use sealpost_proto::v1::RaftBytes;
+use sealpost_proto::v1::raft_server::RaftServer;
+use sealpost_store::types::NodeId;
+use sealpost_store::{LogStore, SmStatus, StateView, StoreOptions, TypeConfig};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tonic::transport::ClientTlsConfig;
+
+use crate::config::RaftOptions;
+use crate::network::{Faults, NetShared, NetworkFactory, SnapshotCounters};
+use crate::proposer::{self, Committed, ProposeError, ProposerHandle, Submit};
+use crate::service::RaftService;
+
+/// Attempts a write makes when leadership moves under it.
+pub const WRITE_ATTEMPTS_MAX: u32 = 5;
+/// How often the snapshot policy looks at the log.
+pub const SNAPSHOT_POLICY_TICK_MS: u64 = 1_000;
+
+/// Everything needed to start a node.
+#[derive(Clone)]
+pub struct NodeOptions {
+    pub id: NodeId,
+    /// The node's folder: `raft-log/` and `sm/` live in it.
+    pub data_dir: PathBuf,
+    /// Where peers and clients reach this node (host:port).
+    pub advertise_addr: String,
+    /// Peer addresses from this node's configuration (may include itself).
+    pub peers: BTreeMap<NodeId, String>,
+    pub cluster_name: String,
+    pub raft: RaftOptions,
+    /// TLS for connecting to peers (CA, and this node's certificate as client identity).
+    pub client_tls: ClientTlsConfig,
+    pub store: StoreOptions,
+}
+
+/// Errors of reads and administration.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeError {
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+/// A membership change, executed by the leader.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipOp {
+    AddLearner { id: NodeId, addr: String },
+    Promote { id: NodeId },
+    Remove { id: NodeId },
+}
+
+/// A leader's answer to a forwarded write.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) enum ForwardReply {
+    Done(u64, Vec<Outcome>),
+    NotLeader,
+    Failed(String),
+}
+
+/// What one node knows about itself and the cluster.
+#[derive(Clone, Debug)]
+pub struct LocalStatus {
+    pub id: NodeId,
+    pub addr: String,
+    pub state: ServerState,
+    pub voter: bool,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub last_log_index: u64,
+    pub last_applied_index: u64,
+    pub snapshot_index: u64,
+    pub purged_index: u64,
+    pub log_entries: u64,
+    pub sm: SmStatus,
+    /// Members by id: address and whether it votes.
+    pub members: BTreeMap<NodeId, (String, bool)>,
+}
+
+/// The parts shared by the proposer, the service and the node handle.
+pub(crate) struct Core {
+    pub(crate) id: NodeId,
+    pub(crate) raft: Raft<TypeConfig>,
+    pub(crate) net: Arc<NetShared>,
+    pub(crate) opts: RaftOptions,
+    pub(crate) view: StateView,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Core {
+    /// The current leader, waiting up to `leader_wait_ms` for one to be known.
+    pub(crate) async fn leader(&self) -> Option<NodeId> {
+        let mut rx = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + self.opts.leader_wait();
+        loop {
+            if let Some(l) = rx.borrow().current_leader {
+                return Some(l);
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    fn address_of(&self, id: NodeId) -> Option<String> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        let from_membership = m.membership().get_node(&id).map(|n| n.addr.clone());
+        self.net.address_of(id, from_membership.as_deref())
+    }
+
+    async fn call_leader(
+        &self,
+        leader: NodeId,
+        what: &'static str,
+        payload: Vec<u8>,
+    ) -> Result<Vec<u8>, String> {
+        let addr = self
+            .address_of(leader)
+            .ok_or_else(|| format!("the address of leader {leader} is unknown"))?;
+        if self.net.faults.is_isolated() {
+            return Err("this node is isolated by fault injection".into());
+        }
+        let mut client = self.net.client(&addr).map_err(|e| e.to_string())?;
+        let mut req = tonic::Request::new(RaftBytes { data: payload });
+        req.set_timeout(self.opts.forward_timeout());
+        let resp = match what {
+            "forward" => client.forward(req).await,
+            "read_index" => client.read_index(req).await,
+            _ => client.change_membership(req).await,
+        };
+        resp.map(|r| r.into_inner().data)
+            .map_err(|s| format!("{what} to leader {leader} at {addr}: {}", s.message()))
+    }
+
+    /// Appends a batch on this node, which must be the leader.
+    pub(crate) async fn write_local(&self, proposals: Vec<Proposal>) -> ForwardReply {
+        let batch = Batch {
+            ts_ms: now_ms(),
+            proposals,
+        };
+        match self.raft.client_write(batch).await {
+            Ok(resp) => ForwardReply::Done(resp.log_id.index, resp.data.outcomes),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => ForwardReply::NotLeader,
+            Err(e) => ForwardReply::Failed(e.to_string()),
+        }
+    }
+
+    /// A read index confirmed by a quorum; this node must be the leader.
+    pub(crate) async fn read_index_local(&self) -> Result<u64, NodeError> {
+        match tokio::time::timeout(self.opts.forward_timeout(), self.raft.get_read_log_id()).await {
+            Ok(Ok((read, _applied))) => Ok(read.map(|l| l.index).unwrap_or(0)),
+            Ok(Err(e)) => Err(NodeError::Unavailable(format!(
+                "this node cannot serve a linearizable read: {e}"
+            ))),
+            Err(_) => Err(NodeError::Unavailable(
+                "this node could not confirm its leadership with a quorum in time; \
+                 it may be partitioned from the cluster"
+                    .into(),
+            )),
+        }
+    }
+
+    pub(crate) async fn membership_local(&self, op: MembershipOp) -> Result<u64, NodeError> {
+        let unavailable = |e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
+                NodeError::Unavailable("leadership moved; retry".into())
+            }
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+                NodeError::Invalid(c.to_string())
+            }
+            other => NodeError::Unavailable(other.to_string()),
+        };
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let voters: BTreeSet<NodeId> = membership.membership().voter_ids().collect();
+        let resp = match op {
+            MembershipOp::AddLearner { id, addr } => {
+                if membership.membership().get_node(&id).is_some() {
+                    return Err(NodeError::Invalid(format!("node {id} is already a member")));
+                }
+                self.raft
+                    .add_learner(id, BasicNode::new(addr), true)
+                    .await
+                    .map_err(unavailable)?
+            }
+            MembershipOp::Promote { id } => {
+                if membership.membership().get_node(&id).is_none() {
+                    return Err(NodeError::Invalid(format!(
+                        "node {id} is not a learner of this cluster; add it first"
+                    )));
+                }
+                self.raft
+                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                    .await
+                    .map_err(unavailable)?
+            }
+            MembershipOp::Remove { id } => {
+                if membership.membership().get_node(&id).is_none() {
+                    return Err(NodeError::Invalid(format!("node {id} is not a member")));
+                }
+                let change = if voters.contains(&id) {
+                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+                } else {
+                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+                };
+                self.raft.change_membership(change, false).await.map_err(unavailable)?
+            }
+        };
+        Ok(resp.log_id.index)
+    }
+}
+
+impl Submit for Core {
+    async fn submit(&self, proposals: Vec<Proposal>) -> Result<(u64, Vec<Outcome>), ProposeError> {
+        for attempt in 0..WRITE_ATTEMPTS_MAX {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+            }
+            let Some(leader) = self.leader().await else {
+                return Err(ProposeError::NoLeader(format!(
+                    "no leader elected within {} ms",
+                    self.opts.leader_wait_ms
+                )));
+            };
+            let reply = if leader == self.id {
+                self.write_local(proposals.clone()).await
+            } else {
+                match self
+                    .call_leader(leader, "forward", codec::encode(&proposals))
+                    .await
+                    .and_then(|b| codec::decode::<ForwardReply>(&b).map_err(|e| e.to_string()))
+                {
+                    Ok(r) => r,
+                    Err(e) => return Err(ProposeError::Unknown(e)),
+                }
+            };
+            match reply {
+                ForwardReply::Done(index, outcomes) => return Ok((index, outcomes)),
+                ForwardReply::NotLeader => continue,
+                ForwardReply::Failed(e) => return Err(ProposeError::Unknown(e)),
+            }
+        }
+        Err(ProposeError::NoLeader("leadership kept moving; retry".into()))
+    }
+}
+
+/// A running Raft node. Cheap to clone.
+#[derive(Clone)]
+pub struct RaftNode {
+    core: Arc<Core>,
+    proposer: ProposerHandle,
+    log: LogStore,
+    faults: Faults,
+    counters: Arc<SnapshotCounters>,
+    advertise_addr: String,
+    stop: watch::Sender<bool>,
+}
+
+impl RaftNode {
+    /// Opens the stores and starts Raft. Does not initialize a cluster: see
+    /// [`RaftNode::initialize`].
+    pub async fn start(opts: NodeOptions) -> Result<Self, NodeError> {
+        let config = opts
+            .raft
+            .openraft_config(&opts.cluster_name)
+            .map_err(|e| NodeError::Invalid(e.to_string()))?;
+        let store_opts = opts.store.clone();
+        let dir = opts.data_dir.clone();
+        let (log, sm) = tokio::task::spawn_blocking(move || sealpost_store::open(&dir, &store_opts))
+            .await
+            .map_err(|e| NodeError::Storage(e.to_string()))?
+            .map_err(|e| NodeError::Storage(e.to_string()))?;
+        let view = sm.view();
+        let faults = Faults::default();
+        let net = Arc::new(NetShared::new(
+            opts.client_tls.clone(),
+            opts.raft.grpc_message_bytes_max,
+            opts.raft.snapshot_chunk_bytes,
+            opts.peers.clone(),
+            faults.clone(),
+        ));
+        let counters = net.counters.clone();
+        let raft = Raft::new(
+            opts.id,
+            Arc::new(config),
+            NetworkFactory { shared: net.clone() },
+            log.clone(),
+            sm,
+        )
+        .await
+        .map_err(|e| NodeError::Storage(e.to_string()))?;
+        let core = Arc::new(Core {
+            id: opts.id,
+            raft,
+            net,
+            opts: opts.raft.clone(),
+            view,
+        });
+        let proposer = proposer::start(&opts.raft, core.clone());
+        let (stop, stop_rx) = watch::channel(false);
+        tokio::spawn(snapshot_policy(core.clone(), log.clone(), stop_rx));
+        Ok(Self {
+            core,
+            proposer,
+            log,
+            faults,
+            counters,
+            advertise_addr: opts.advertise_addr,
+            stop,
+        })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.core.id
+    }
+
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.core.raft
+    }
+
+    pub fn view(&self) -> &StateView {
+        &self.core.view
+    }
+
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    pub fn snapshot_counters(&self) -> &SnapshotCounters {
+        &self.counters
+    }
+
+    /// The gRPC service peers call.
+    pub fn service(&self) -> RaftServer<RaftService> {
+        RaftServer::new(RaftService::new(self.core.clone(), self.counters.clone(), self.faults.clone()))
+            .max_decoding_message_size(self.core.opts.grpc_message_bytes_max)
+            .max_encoding_message_size(self.core.opts.grpc_message_bytes_max)
+    }
+
+    /// Initializes a new cluster with these voters. Harmless on a node that already has
+    /// state: every initial member may call it.
+    pub async fn initialize(&self, members: BTreeMap<NodeId, String>) -> Result<(), NodeError> {
+        if self
+            .core
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| NodeError::Unavailable(e.to_string()))?
+        {
+            return Ok(());
+        }
+        let nodes: BTreeMap<NodeId, BasicNode> = members
+            .into_iter()
+            .map(|(id, addr)| (id, BasicNode::new(addr)))
+            .collect();
+        match self.core.raft.initialize(nodes).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(NodeError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Commits one proposal, through the leader, batched with concurrent ones.
+    pub async fn propose(&self, proposal: Proposal) -> Result<Committed, ProposeError> {
+        self.proposer.propose(proposal).await
+    }
+
+    /// Waits until this node has applied everything committed before the call: a read
+    /// index from the leader, confirmed by a quorum. A partitioned old leader fails here.
+    pub async fn linearizable_barrier(&self) -> Result<(), NodeError> {
+        let core = &self.core;
+        let leader = core
+            .leader()
+            .await
+            .ok_or_else(|| NodeError::Unavailable("no leader is known".into()))?;
+        let index = if leader == core.id {
+            core.read_index_local().await?
+        } else {
+            let bytes = core
+                .call_leader(leader, "read_index", Vec::new())
+                .await
+                .map_err(NodeError::Unavailable)?;
+            codec::decode::<Result<u64, NodeError>>(&bytes)
+                .map_err(|e| NodeError::Unavailable(e.to_string()))??
+        };
+        core.raft
+            .wait(Some(core.opts.forward_timeout()))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map_err(|e| NodeError::Unavailable(format!("this node did not catch up in time: {e}")))?;
+        Ok(())
+    }
+
+    /// Runs a membership change on the leader (forwarded when this node is not it).
+    pub async fn change_membership(&self, op: MembershipOp) -> Result<u64, NodeError> {
+        let core = &self.core;
+        let leader = core
+            .leader()
+            .await
+            .ok_or_else(|| NodeError::Unavailable("no leader is known".into()))?;
+        if leader == core.id {
+            return core.membership_local(op).await;
+        }
+        let bytes = core
+            .call_leader(leader, "membership", codec::encode(&op))
+            .await
+            .map_err(NodeError::Unavailable)?;
+        codec::decode::<Result<u64, NodeError>>(&bytes).map_err(|e| NodeError::Unavailable(e.to_string()))?
+    }
+
+    /// Builds a snapshot now and waits for it. Returns its last included index.
+    pub async fn snapshot(&self) -> Result<u64, NodeError> {
+        let raft = &self.core.raft;
+        let applied = raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map(|l| l.index)
+            .unwrap_or(0);
+        raft.trigger()
+            .snapshot()
+            .await
+            .map_err(|e| NodeError::Unavailable(e.to_string()))?;
+        let mut rx = raft.metrics();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.core.opts.snapshot_timeout_ms);
+        loop {
+            let snap = rx.borrow().snapshot.map(|l| l.index).unwrap_or(0);
+            if snap >= applied && snap > 0 {
+                return Ok(snap);
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return Err(NodeError::Unavailable("snapshot did not finish in time".into())),
+            }
+        }
+    }
+
+    pub fn status(&self) -> Result<LocalStatus, NodeError> {
+        let m = self.core.raft.metrics().borrow().clone();
+        let sm = self
+            .core
+            .view
+            .status()
+            .map_err(|e| NodeError::Storage(e.to_string()))?;
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, n)| (*id, (n.addr.clone(), voters.contains(id))))
+            .collect();
+        Ok(LocalStatus {
+            id: self.core.id,
+            addr: self.advertise_addr.clone(),
+            state: m.state,
+            voter: voters.contains(&self.core.id),
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            last_applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
+            purged_index: m.purged.map(|l| l.index).unwrap_or(0),
+            log_entries: self.log.entry_count().unwrap_or(0),
+            sm,
+            members,
+        })
+    }
+
+    /// Stops Raft and the node's background tasks.
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        if let Err(e) = self.core.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+}
+
+/// Triggers a snapshot when the log grew past `snapshot_log_bytes_max` since the last
+/// purge, or `snapshot_interval_secs` passed with new entries applied.
+async fn snapshot_policy(core: Arc<Core>, log: LogStore, mut stop: watch::Receiver<bool>) {
+    let opts = &core.opts;
+    let mut last = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(Duration::from_millis(SNAPSHOT_POLICY_TICK_MS)) => {}
+        }
+        let (applied, snap) = {
+            let m = core.raft.metrics();
+            let m = m.borrow();
+            (
+                m.last_applied.map(|l| l.index).unwrap_or(0),
+                m.snapshot.map(|l| l.index).unwrap_or(0),
+            )
+        };
+        if applied <= snap {
+            continue;
+        }
+        let by_size = log.bytes_since_purge() >= opts.snapshot_log_bytes_max;
+        let by_time = opts.snapshot_interval_secs > 0
+            && last.elapsed() >= Duration::from_secs(opts.snapshot_interval_secs);
+        if by_size || by_time {
+            last = tokio::time::Instant::now();
+            if core.raft.trigger().snapshot().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+impl RaftNode {
+    /// A TLS channel to another node, with this node's identity (for admin fan-out).
+    pub fn peer_channel(&self, addr: &str) -> Result<tonic::transport::Channel, String> {
+        self.core.net.channel(addr).map_err(|e| e.to_string())
+    }
+}

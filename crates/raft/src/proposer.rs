@@ -1,0 +1,175 @@
+//! The per-node proposer: coalesces concurrent client proposals into one Raft entry.
+//!
+//! Proposals queue on a bounded channel. The proposer takes a permit for a batch in flight
+//! first and only then drains the queue, so while earlier batches are being committed new
+//! proposals pile up and leave together: under load a batch is as large as the load, with
+//! no added wait. Each batch is capped in count and bytes; a full queue refuses at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sealpost_core::batch::Outcome;
+use sealpost_core::codec;
+use sealpost_core::command::Proposal;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::config::RaftOptions;
+
+/// Where a committed proposal landed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    pub outcome: Outcome,
+    pub log_index: u64,
+}
+
+/// Why a proposal was not committed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// Retryable: no leader could be reached; nothing was written.
+    #[error("no leader is available: {0}")]
+    NoLeader(String),
+    /// The write may or may not have been committed (the connection to the leader failed
+    /// after sending). Retrying a directory write is safe: a duplicate is refused.
+    #[error("the outcome is unknown: {0}")]
+    Unknown(String),
+    #[error("this node has too many proposals queued ({0}); retry later")]
+    Overloaded(usize),
+    #[error("the proposal is {size} bytes, more than the batch limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    #[error("this node is shutting down")]
+    ShuttingDown,
+}
+
+pub(crate) struct Pending {
+    pub(crate) proposal: Proposal,
+    bytes: usize,
+    reply: oneshot::Sender<Result<Committed, ProposeError>>,
+}
+
+/// Sends proposals to the proposer task. Cheap to clone.
+#[derive(Clone)]
+pub struct ProposerHandle {
+    tx: mpsc::Sender<Pending>,
+    batch_bytes_max: usize,
+    queue_max: usize,
+}
+
+impl ProposerHandle {
+    pub async fn propose(&self, proposal: Proposal) -> Result<Committed, ProposeError> {
+        let bytes = codec::encode(&proposal).len();
+        if bytes > self.batch_bytes_max {
+            return Err(ProposeError::TooLarge {
+                size: bytes,
+                limit: self.batch_bytes_max,
+            });
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .try_send(Pending {
+                proposal,
+                bytes,
+                reply,
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => ProposeError::Overloaded(self.queue_max),
+                mpsc::error::TrySendError::Closed(_) => ProposeError::ShuttingDown,
+            })?;
+        rx.await.map_err(|_| ProposeError::ShuttingDown)?
+    }
+}
+
+/// What the proposer calls to commit one batch: returns one outcome per proposal.
+pub(crate) trait Submit: Send + Sync + 'static {
+    fn submit(
+        &self,
+        proposals: Vec<Proposal>,
+    ) -> impl std::future::Future<Output = Result<(u64, Vec<Outcome>), ProposeError>> + Send;
+}
+
+/// Starts the proposer task; it ends when every handle is dropped.
+pub(crate) fn start<S: Submit>(opts: &RaftOptions, submit: Arc<S>) -> ProposerHandle {
+    let (tx, rx) = mpsc::channel(opts.proposal_queue_max);
+    let handle = ProposerHandle {
+        tx,
+        batch_bytes_max: opts.batch_bytes_max,
+        queue_max: opts.proposal_queue_max,
+    };
+    tokio::spawn(run(opts.clone(), rx, submit));
+    handle
+}
+
+async fn run<S: Submit>(opts: RaftOptions, mut rx: mpsc::Receiver<Pending>, submit: Arc<S>) {
+    let in_flight = Arc::new(Semaphore::new(opts.proposals_in_flight_max));
+    let wait = Duration::from_micros(opts.batch_wait_us);
+    // A proposal that did not fit the previous batch starts the next one.
+    let mut next: Option<Pending> = None;
+    loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let first = match next.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let mut bytes = first.bytes;
+        let mut batch = vec![first];
+        let fits = |batch: &Vec<Pending>, bytes: usize, p: &Pending| {
+            batch.len() < opts.batch_proposals_max && bytes + p.bytes <= opts.batch_bytes_max
+        };
+        while let Ok(p) = rx.try_recv() {
+            if !fits(&batch, bytes, &p) {
+                next = Some(p);
+                break;
+            }
+            bytes += p.bytes;
+            batch.push(p);
+        }
+        if next.is_none() && !wait.is_zero() {
+            let deadline = tokio::time::Instant::now() + wait;
+            while let Ok(Some(p)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+                if !fits(&batch, bytes, &p) {
+                    next = Some(p);
+                    break;
+                }
+                bytes += p.bytes;
+                batch.push(p);
+            }
+        }
+        let submit = submit.clone();
+        tokio::spawn(async move {
+            commit(&*submit, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn commit<S: Submit>(submit: &S, batch: Vec<Pending>) {
+    let (proposals, replies): (Vec<Proposal>, Vec<_>) =
+        batch.into_iter().map(|p| (p.proposal, p.reply)).unzip();
+    let n = proposals.len();
+    match submit.submit(proposals).await {
+        Ok((log_index, outcomes)) if outcomes.len() == n => {
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(Ok(Committed { outcome, log_index }));
+            }
+        }
+        Ok((_, outcomes)) => {
+            let e = ProposeError::Unknown(format!(
+                "the state machine answered {} outcomes for {n} proposals",
+                outcomes.len()
+            ));
+            tracing::error!(error = %e, "batch outcome mismatch");
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}

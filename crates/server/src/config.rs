@@ -1,0 +1,241 @@
+//! Node configuration in layers: a TOML file, then `SEALPOST_*` environment variables, then
+//! validation that names the bad field. `sealpost node --dump-config` prints the result.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use sealpost_crypto::tls::TlsPaths;
+use sealpost_raft::RaftOptions;
+use sealpost_store::types::NodeId;
+use serde::{Deserialize, Serialize};
+
+/// A member of the cluster: its id and the address peers and clients reach it at.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    pub id: NodeId,
+    pub addr: String,
+}
+
+/// Limits of the client-facing API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiLimits {
+    /// Largest gRPC request or response a client may exchange with this node.
+    pub grpc_message_bytes_max: usize,
+    /// Concurrent requests served per client connection.
+    pub requests_per_connection_max: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    pub streams_per_connection_max: u32,
+    /// Deadline for one request, unless the client sets a shorter one.
+    pub request_timeout_ms: u64,
+    /// Deadline for asking one other member for its status.
+    pub member_status_timeout_ms: u64,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        Self {
+            grpc_message_bytes_max: 32 * 1024 * 1024,
+            requests_per_connection_max: 1024,
+            streams_per_connection_max: 1024,
+            request_timeout_ms: 30_000,
+            member_status_timeout_ms: 2_000,
+        }
+    }
+}
+
+/// One node's configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    /// The provider this cluster serves; also the Raft cluster name.
+    pub provider: String,
+    pub data_dir: PathBuf,
+    /// Address to bind (host:port).
+    pub listen: String,
+    /// Address peers and clients use to reach this node; defaults to `listen`.
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// The voters of a new cluster. Every initial member lists the same set; a node that
+    /// joins later (added as a learner) leaves it empty.
+    #[serde(default)]
+    pub initial_members: Vec<Member>,
+    /// Addresses of other nodes known to this one (they win over addresses in membership).
+    #[serde(default)]
+    pub peers: Vec<Member>,
+    pub tls: TlsPaths,
+    #[serde(default)]
+    pub raft: RaftOptions,
+    #[serde(default)]
+    pub api: ApiLimits,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid node configuration: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {name}: {problem}")]
+    Env { name: &'static str, problem: String },
+    #[error("node configuration field {field}: {problem}")]
+    Invalid { field: &'static str, problem: String },
+}
+
+fn invalid(field: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        problem: problem.into(),
+    }
+}
+
+impl NodeConfig {
+    /// Reads the file, applies environment overrides and validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut cfg: NodeConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        // Relative paths are relative to the configuration file.
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut cfg.data_dir,
+            &mut cfg.tls.ca,
+            &mut cfg.tls.cert,
+            &mut cfg.tls.key,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Environment overrides: `SEALPOST_NODE_ID`, `SEALPOST_DATA_DIR`, `SEALPOST_LISTEN`,
+    /// `SEALPOST_ADVERTISE`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = get("SEALPOST_NODE_ID") {
+            self.id = v.parse().map_err(|_| ConfigError::Env {
+                name: "SEALPOST_NODE_ID",
+                problem: format!("{v:?} is not a positive integer"),
+            })?;
+        }
+        if let Some(v) = get("SEALPOST_DATA_DIR") {
+            self.data_dir = v.into();
+        }
+        if let Some(v) = get("SEALPOST_LISTEN") {
+            self.listen = v;
+        }
+        if let Some(v) = get("SEALPOST_ADVERTISE") {
+            self.advertise = Some(v);
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.id == 0 {
+            return Err(invalid("id", "must be a positive integer"));
+        }
+        sealpost_core::directory::check_text("provider", &self.provider, 64)
+            .map_err(|e| invalid("provider", e.problem))?;
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid("listen", format!("{:?} is not host:port with an IP host", self.listen)));
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for m in &self.initial_members {
+            if !ids.insert(m.id) {
+                return Err(invalid("initial_members", format!("node {} is listed twice", m.id)));
+            }
+        }
+        if !self.initial_members.is_empty() && !ids.contains(&self.id) {
+            return Err(invalid(
+                "initial_members",
+                format!("does not include this node ({})", self.id),
+            ));
+        }
+        self.raft.validate().map_err(|e| invalid("raft", e.to_string()))?;
+        if self.api.grpc_message_bytes_max == 0 {
+            return Err(invalid("api.grpc_message_bytes_max", "must be positive"));
+        }
+        Ok(())
+    }
+
+    pub fn advertise_addr(&self) -> String {
+        self.advertise.clone().unwrap_or_else(|| self.listen.clone())
+    }
+
+    /// Peer addresses this node knows from its own configuration.
+    pub fn peer_map(&self) -> BTreeMap<NodeId, String> {
+        self.initial_members
+            .iter()
+            .chain(&self.peers)
+            .map(|m| (m.id, m.addr.clone()))
+            .collect()
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a node configuration always serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> NodeConfig {
+        NodeConfig {
+            id: 1,
+            provider: "prov-a".into(),
+            data_dir: "/tmp/x".into(),
+            listen: "127.0.0.1:7001".into(),
+            advertise: None,
+            initial_members: vec![Member { id: 1, addr: "127.0.0.1:7001".into() }],
+            peers: vec![],
+            tls: TlsPaths {
+                ca: "ca.pem".into(),
+                cert: "node.pem".into(),
+                key: "node-key.pem".into(),
+            },
+            raft: RaftOptions::default(),
+            api: ApiLimits::default(),
+        }
+    }
+
+    #[test]
+    fn round_trips_and_env_overrides() {
+        let c = sample();
+        let back: NodeConfig = toml::from_str(&c.to_toml()).expect("parse");
+        assert_eq!(back, c);
+        let mut c = sample();
+        c.apply_env(|k| (k == "SEALPOST_LISTEN").then(|| "127.0.0.1:9".to_string()))
+            .expect("env");
+        assert_eq!(c.listen, "127.0.0.1:9");
+        let err = c.apply_env(|k| (k == "SEALPOST_NODE_ID").then(|| "x".to_string()));
+        assert!(matches!(err, Err(ConfigError::Env { name: "SEALPOST_NODE_ID", .. })));
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut c = sample();
+        c.id = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("field id"));
+        let mut c = sample();
+        c.initial_members[0].id = 2;
+        assert!(c.validate().unwrap_err().to_string().contains("initial_members"));
+        let mut c = sample();
+        c.listen = "nowhere".into();
+        assert!(c.validate().unwrap_err().to_string().contains("listen"));
+    }
+}

@@ -1,0 +1,181 @@
+//! The `Directory` gRPC service: registering organisations, publishing and retiring
+//! endpoints, rotating keys, and reading the directory.
+//!
+//! Consistency: writes answer once committed by a quorum and applied on the leader. Reads
+//! are linearizable by default (a read index from the leader, served once this node has
+//! applied it) or local when the request asks for `CONSISTENCY_LOCAL`.
+
+use sealpost_core::command::{Command, Proposal};
+use sealpost_core::ids::HpiO;
+use sealpost_core::Outcome;
+use sealpost_proto::v1 as pb;
+use sealpost_proto::v1::directory_server::Directory;
+use sealpost_raft::RaftNode;
+use sealpost_store::SearchQuery;
+use tonic::{Request, Response, Status};
+
+use crate::convert::{self, field_error, id_error};
+
+/// The `sealpost.v1.Directory` service of one node.
+#[derive(Clone)]
+pub struct DirectoryService {
+    node: RaftNode,
+}
+
+/// Names the caller by its TLS client certificate. Until client identities map to
+/// organisations, the actor is the certificate's fingerprint.
+pub fn actor_of<T>(req: &Request<T>) -> String {
+    req.peer_certs()
+        .and_then(|certs| certs.first().map(|c| sealpost_crypto::tls::fingerprint(c.as_ref())))
+        .map(|fp| format!("cert:{}", &fp[..16]))
+        .unwrap_or_else(|| "anonymous".to_string())
+}
+
+impl DirectoryService {
+    pub fn new(node: RaftNode) -> Self {
+        Self { node }
+    }
+
+    async fn write(&self, actor: String, command: Command) -> Result<Response<pb::WriteResult>, Status> {
+        let proposal = Proposal { actor, command };
+        // Refuse bad input before it reaches the log.
+        proposal.validate().map_err(convert::rejection)?;
+        let committed = self
+            .node
+            .propose(proposal)
+            .await
+            .map_err(convert::propose_error)?;
+        match committed.outcome {
+            Outcome::Applied { first_seq, count } => Ok(Response::new(pb::WriteResult {
+                first_seq,
+                event_count: count,
+                log_index: committed.log_index,
+            })),
+            Outcome::Rejected(r) => Err(convert::rejection(r)),
+        }
+    }
+
+    async fn read_barrier(&self, consistency: i32) -> Result<(), Status> {
+        match pb::Consistency::try_from(consistency) {
+            Ok(pb::Consistency::Local) => Ok(()),
+            Ok(pb::Consistency::Linearizable) => self
+                .node
+                .linearizable_barrier()
+                .await
+                .map_err(convert::node_error),
+            Err(_) => Err(Status::invalid_argument(format!(
+                "consistency: unknown value {consistency}"
+            ))),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Directory for DirectoryService {
+    #[tracing::instrument(skip_all, fields(node = self.node.id()))]
+    async fn register_organisation(
+        &self,
+        req: Request<pb::RegisterOrganisationRequest>,
+    ) -> Result<Response<pb::WriteResult>, Status> {
+        let actor = actor_of(&req);
+        let org = req
+            .into_inner()
+            .organisation
+            .ok_or_else(|| Status::invalid_argument("organisation: required"))?;
+        let spec = convert::organisation_spec(org)?;
+        self.write(actor, Command::RegisterOrganisation(spec)).await
+    }
+
+    #[tracing::instrument(skip_all, fields(node = self.node.id()))]
+    async fn publish_endpoint(
+        &self,
+        req: Request<pb::PublishEndpointRequest>,
+    ) -> Result<Response<pb::WriteResult>, Status> {
+        let actor = actor_of(&req);
+        let spec = convert::endpoint_spec(req.into_inner())?;
+        self.write(actor, Command::PublishEndpoint(spec)).await
+    }
+
+    #[tracing::instrument(skip_all, fields(node = self.node.id()))]
+    async fn retire_endpoint(
+        &self,
+        req: Request<pb::RetireEndpointRequest>,
+    ) -> Result<Response<pb::WriteResult>, Status> {
+        let actor = actor_of(&req);
+        let r = req.into_inner();
+        let id = convert::endpoint_id("id", &r.id)?;
+        self.write(actor, Command::RetireEndpoint { id, reason: r.reason }).await
+    }
+
+    #[tracing::instrument(skip_all, fields(node = self.node.id()))]
+    async fn rotate_keys(&self, req: Request<pb::RotateKeysRequest>) -> Result<Response<pb::WriteResult>, Status> {
+        let actor = actor_of(&req);
+        let r = req.into_inner();
+        let org = HpiO::parse(&r.hpio).map_err(|e| id_error("hpio", e))?;
+        let keys = convert::keys_from_pb(r.keys)?;
+        keys.validate().map_err(field_error)?;
+        self.write(actor, Command::RotateKeys { org, keys }).await
+    }
+
+    async fn get_organisation(
+        &self,
+        req: Request<pb::GetOrganisationRequest>,
+    ) -> Result<Response<pb::Organisation>, Status> {
+        let r = req.into_inner();
+        let id = HpiO::parse(&r.hpio).map_err(|e| id_error("hpio", e))?;
+        self.read_barrier(r.consistency).await?;
+        let org = self
+            .node
+            .view()
+            .organisation(&id)
+            .map_err(convert::store_error)?
+            .ok_or_else(|| Status::not_found(format!("organisation {id} is not registered")))?;
+        Ok(Response::new(convert::organisation_to_pb(&org)))
+    }
+
+    async fn get_endpoint(&self, req: Request<pb::GetEndpointRequest>) -> Result<Response<pb::Endpoint>, Status> {
+        let r = req.into_inner();
+        let id = convert::endpoint_id("id", &r.id)?;
+        self.read_barrier(r.consistency).await?;
+        let view = self.node.view();
+        let ep = view
+            .endpoint(&id)
+            .map_err(convert::store_error)?
+            .ok_or_else(|| Status::not_found(format!("endpoint {id} is not published")))?;
+        let org = view.organisation(&id.org).map_err(convert::store_error)?;
+        Ok(Response::new(convert::endpoint_to_pb(&ep, org.as_ref())))
+    }
+
+    async fn search(&self, req: Request<pb::SearchRequest>) -> Result<Response<pb::SearchResponse>, Status> {
+        let r = req.into_inner();
+        let nonempty = |s: String| (!s.trim().is_empty()).then_some(s);
+        let q = SearchQuery {
+            text: r.text,
+            specialty: nonempty(r.specialty),
+            state: nonempty(r.state)
+                .map(|s| s.parse().map_err(field_error))
+                .transpose()?,
+            suburb: nonempty(r.suburb),
+            payload_type: nonempty(r.payload_type)
+                .map(|s| convert::payload_type(&s))
+                .transpose()?,
+            include_retired: r.include_retired,
+            limit: r.limit as usize,
+        };
+        if q.text.len() > sealpost_core::directory::NAME_BYTES_MAX {
+            return Err(Status::invalid_argument(format!(
+                "text: is {} bytes, the limit is {} bytes",
+                q.text.len(),
+                sealpost_core::directory::NAME_BYTES_MAX
+            )));
+        }
+        self.read_barrier(r.consistency).await?;
+        let hits = self.node.view().search(&q).map_err(convert::store_error)?;
+        Ok(Response::new(pb::SearchResponse {
+            endpoints: hits
+                .iter()
+                .map(|h| convert::endpoint_to_pb(&h.endpoint, Some(&h.organisation)))
+                .collect(),
+        }))
+    }
+}

@@ -1,0 +1,345 @@
+//! A provider's cluster of nodes in one process, laid out on disk as
+//! `DIR/<provider>/node-<id>/` (each with `node.toml`, `tls/`, `raft-log/` and `sm/`), with
+//! the provider's CA in `DIR/<provider>/ca.pem` and client certificates in
+//! `DIR/<provider>/clients/`.
+//!
+//! Ports are chosen by the OS at first start and saved in each node's `node.toml`, so a
+//! restart serves on the same addresses. `sealpost dev` and the end-to-end tests use this;
+//! every node is a real node on loopback with real gRPC and TLS.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sealpost_crypto::tls::{DevCa, TlsPaths, write_file};
+use sealpost_raft::RaftOptions;
+use sealpost_store::types::NodeId;
+use tokio::net::TcpListener;
+
+use crate::config::{ApiLimits, Member, NodeConfig};
+use crate::node::{NodeHandle, ServerError, start};
+
+/// Loopback host every local node listens on.
+pub const LOCAL_HOST: &str = "127.0.0.1";
+/// Attempts to reopen a node's stores while its previous instance is still closing.
+pub const RESTART_ATTEMPTS_MAX: u32 = 100;
+/// Pause between those attempts.
+pub const RESTART_RETRY_MS: u64 = 100;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    #[error(transparent)]
+    Crypto(#[from] sealpost_crypto::Error),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Layout(String),
+    #[error("node {0} is not part of this local cluster")]
+    UnknownNode(NodeId),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LocalError + '_ {
+    move |source| LocalError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A provider's nodes, running in this process.
+pub struct LocalCluster {
+    pub provider: String,
+    /// `DIR/<provider>`.
+    pub dir: PathBuf,
+    ca: DevCa,
+    configs: BTreeMap<NodeId, NodeConfig>,
+    running: BTreeMap<NodeId, NodeHandle>,
+}
+
+impl std::fmt::Debug for LocalCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalCluster")
+            .field("provider", &self.provider)
+            .field("running", &self.running.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+fn node_dir(dir: &Path, id: NodeId) -> PathBuf {
+    dir.join(format!("node-{id}"))
+}
+
+impl LocalCluster {
+    /// Creates a provider's layout under `dir` (which must not hold one yet) and starts
+    /// `nodes` nodes as the initial voters.
+    pub async fn create(
+        dir: &Path,
+        provider: &str,
+        nodes: u64,
+        raft: RaftOptions,
+        api: ApiLimits,
+    ) -> Result<Self, LocalError> {
+        if dir.join("ca.pem").exists() {
+            return Err(LocalError::Layout(format!(
+                "{} already holds a provider; open it instead",
+                dir.display()
+            )));
+        }
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let ca = DevCa::generate(provider)?;
+        ca.save(&dir.join("ca.pem"), &dir.join("ca-key.pem"))?;
+        let mut listeners = BTreeMap::new();
+        for id in 1..=nodes {
+            let l = TcpListener::bind((LOCAL_HOST, 0))
+                .await
+                .map_err(|source| LocalError::Io {
+                    path: PathBuf::from(LOCAL_HOST),
+                    source,
+                })?;
+            listeners.insert(id, l);
+        }
+        let members: Vec<Member> = listeners
+            .iter()
+            .map(|(id, l)| {
+                l.local_addr().map(|a| Member {
+                    id: *id,
+                    addr: a.to_string(),
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(io(dir))?;
+        let mut cluster = Self {
+            provider: provider.to_string(),
+            dir: dir.to_path_buf(),
+            ca,
+            configs: BTreeMap::new(),
+            running: BTreeMap::new(),
+        };
+        for m in &members {
+            let cfg = cluster.write_node(m.id, &m.addr, members.clone(), vec![], &raft, &api)?;
+            cluster.configs.insert(m.id, cfg);
+        }
+        for (id, l) in listeners {
+            let cfg = cluster.configs[&id].clone();
+            let handle = start(cfg, Some(l)).await?;
+            cluster.running.insert(id, handle);
+        }
+        Ok(cluster)
+    }
+
+    /// Opens an existing layout and starts every node on its saved port.
+    pub async fn open(dir: &Path, provider: &str) -> Result<Self, LocalError> {
+        let ca = DevCa::load(provider, &dir.join("ca.pem"), &dir.join("ca-key.pem"))?;
+        let mut configs = BTreeMap::new();
+        for e in std::fs::read_dir(dir).map_err(io(dir))? {
+            let path = e.map_err(io(dir))?.path();
+            let toml = path.join("node.toml");
+            if toml.exists() {
+                let cfg = NodeConfig::load(&toml)?;
+                if path != node_dir(dir, cfg.id) {
+                    return Err(LocalError::Layout(format!(
+                        "{} holds the configuration of node {}",
+                        path.display(),
+                        cfg.id
+                    )));
+                }
+                configs.insert(cfg.id, cfg);
+            }
+        }
+        if configs.is_empty() {
+            return Err(LocalError::Layout(format!("{} holds no node folders", dir.display())));
+        }
+        let mut cluster = Self {
+            provider: provider.to_string(),
+            dir: dir.to_path_buf(),
+            ca,
+            configs,
+            running: BTreeMap::new(),
+        };
+        let ids: Vec<NodeId> = cluster.configs.keys().copied().collect();
+        for id in ids {
+            cluster.start_node(id).await?;
+        }
+        Ok(cluster)
+    }
+
+    fn write_node(
+        &self,
+        id: NodeId,
+        addr: &str,
+        initial_members: Vec<Member>,
+        peers: Vec<Member>,
+        raft: &RaftOptions,
+        api: &ApiLimits,
+    ) -> Result<NodeConfig, LocalError> {
+        let nd = node_dir(&self.dir, id);
+        let tls_dir = nd.join("tls");
+        let ident = self
+            .ca
+            .issue_node(&format!("{}-node-{id}", self.provider), &[LOCAL_HOST.into(), "localhost".into()])?;
+        write_file(&tls_dir.join("node.pem"), &ident.cert_pem, false)?;
+        write_file(&tls_dir.join("node-key.pem"), &ident.key_pem, true)?;
+        let cfg = NodeConfig {
+            id,
+            provider: self.provider.clone(),
+            data_dir: nd.clone(),
+            listen: addr.to_string(),
+            advertise: None,
+            initial_members,
+            peers,
+            tls: TlsPaths {
+                ca: self.dir.join("ca.pem"),
+                cert: tls_dir.join("node.pem"),
+                key: tls_dir.join("node-key.pem"),
+            },
+            raft: raft.clone(),
+            api: api.clone(),
+        };
+        cfg.validate()?;
+        write_file(&nd.join("node.toml"), &cfg.to_toml(), false)?;
+        Ok(cfg)
+    }
+
+    pub fn node(&self, id: NodeId) -> Option<&NodeHandle> {
+        self.running.get(&id)
+    }
+
+    pub fn running_ids(&self) -> Vec<NodeId> {
+        self.running.keys().copied().collect()
+    }
+
+    pub fn node_ids(&self) -> Vec<NodeId> {
+        self.configs.keys().copied().collect()
+    }
+
+    pub fn config(&self, id: NodeId) -> Option<&NodeConfig> {
+        self.configs.get(&id)
+    }
+
+    /// Every node's address, running or not.
+    pub fn addrs(&self) -> BTreeMap<NodeId, String> {
+        self.configs
+            .iter()
+            .map(|(id, c)| (*id, c.advertise_addr()))
+            .collect()
+    }
+
+    /// Stops one node; its folder and port stay for a restart.
+    pub async fn stop_node(&mut self, id: NodeId) -> Result<(), LocalError> {
+        let h = self.running.remove(&id).ok_or(LocalError::UnknownNode(id))?;
+        h.stop().await;
+        Ok(())
+    }
+
+    /// Starts a stopped node from its folder, on its saved port.
+    pub async fn start_node(&mut self, id: NodeId) -> Result<(), LocalError> {
+        if self.running.contains_key(&id) {
+            return Ok(());
+        }
+        let cfg = self.configs.get(&id).ok_or(LocalError::UnknownNode(id))?.clone();
+        let mut attempt = 0;
+        loop {
+            // The previous instance may still be closing its stores.
+            match start(cfg.clone(), None).await {
+                Ok(h) => {
+                    self.running.insert(id, h);
+                    return Ok(());
+                }
+                Err(ServerError::Raft(e)) if attempt < RESTART_ATTEMPTS_MAX && e.to_string().contains("lock") => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(RESTART_RETRY_MS)).await;
+                }
+                Err(ServerError::Bind { .. }) if attempt < RESTART_ATTEMPTS_MAX => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(RESTART_RETRY_MS)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Creates and starts a new node that is not yet a member (it joins when the cluster
+    /// adds it). Returns its id and address.
+    pub async fn spawn_joiner(&mut self) -> Result<(NodeId, String), LocalError> {
+        let id = self.configs.keys().max().copied().unwrap_or(0) + 1;
+        let template = self
+            .configs
+            .values()
+            .next()
+            .cloned()
+            .ok_or_else(|| LocalError::Layout("no node to copy settings from".into()))?;
+        let l = TcpListener::bind((LOCAL_HOST, 0)).await.map_err(io(&self.dir))?;
+        let addr = l.local_addr().map_err(io(&self.dir))?.to_string();
+        let peers: Vec<Member> = self
+            .addrs()
+            .into_iter()
+            .map(|(id, addr)| Member { id, addr })
+            .collect();
+        let cfg = self.write_node(id, &addr, vec![], peers, &template.raft, &template.api)?;
+        self.configs.insert(id, cfg.clone());
+        let h = start(cfg, Some(l)).await?;
+        self.running.insert(id, h);
+        Ok((id, addr))
+    }
+
+    /// Forgets a node that was removed from the cluster: stops it if running.
+    pub async fn discard_node(&mut self, id: NodeId) -> Result<(), LocalError> {
+        if let Some(h) = self.running.remove(&id) {
+            h.stop().await;
+        }
+        self.configs.remove(&id);
+        Ok(())
+    }
+
+    /// A client certificate for `name`, issued on first use and kept in `clients/`.
+    pub fn client_identity(&self, name: &str) -> Result<TlsPaths, LocalError> {
+        let dir = self.dir.join("clients");
+        let paths = TlsPaths {
+            ca: self.dir.join("ca.pem"),
+            cert: dir.join(format!("{name}.pem")),
+            key: dir.join(format!("{name}-key.pem")),
+        };
+        if !paths.cert.exists() {
+            let id = self.ca.issue_client(name)?;
+            write_file(&paths.cert, &id.cert_pem, false)?;
+            write_file(&paths.key, &id.key_pem, true)?;
+        }
+        Ok(paths)
+    }
+
+    /// Waits until the running nodes agree on a leader that is one of them.
+    pub async fn wait_leader(&self, timeout: Duration) -> Option<NodeId> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            let leaders: Vec<Option<NodeId>> = self
+                .running
+                .values()
+                .map(|h| h.raft.raft().metrics().borrow().current_leader)
+                .collect();
+            if let Some(Some(l)) = leaders.first() {
+                if self.running.contains_key(l) && leaders.iter().all(|x| x == &Some(*l)) {
+                    return Some(*l);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
+    /// Stops every running node.
+    pub async fn stop_all(&mut self) {
+        let ids: Vec<NodeId> = self.running.keys().copied().collect();
+        for id in ids {
+            if let Some(h) = self.running.remove(&id) {
+                h.stop().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! Running one node: load TLS material, open the stores, start Raft, serve every gRPC
+//! service (Raft, Directory, Admin, reflection) on one mutually authenticated TLS port,
+//! and bootstrap the cluster when this node is an initial member.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use sealpost_proto::v1::admin_server::AdminServer;
+use sealpost_proto::v1::directory_server::DirectoryServer;
+use sealpost_raft::{NodeOptions, RaftNode};
+use sealpost_store::StoreOptions;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
+
+use crate::admin::AdminService;
+use crate::config::NodeConfig;
+use crate::directory::DirectoryService;
+
+/// Name of the file that records which node id owns a data folder.
+pub const NODE_ID_FILE: &str = "NODE_ID";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("TLS material: {0}")]
+    Tls(#[from] sealpost_crypto::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("data folder {path}: {problem}")]
+    DataDir { path: String, problem: String },
+    #[error("starting raft: {0}")]
+    Raft(#[from] sealpost_raft::NodeError),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A running node. Dropping it does not stop it: call [`NodeHandle::stop`].
+pub struct NodeHandle {
+    pub raft: RaftNode,
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl std::fmt::Debug for NodeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeHandle")
+            .field("id", &self.raft.id())
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl NodeHandle {
+    /// Stops serving, shuts Raft down and waits until the stores are closed.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.raft.shutdown().await;
+        match tokio::time::timeout(Duration::from_secs(10), &mut self.server).await {
+            Ok(_) => {}
+            Err(_) => {
+                tracing::warn!(node = self.raft.id(), "server did not drain in 10 s; aborting it");
+                self.server.abort();
+            }
+        }
+    }
+}
+
+/// Checks that the data folder belongs to this node id. Returns true when the folder is
+/// new; the caller claims it with [`NODE_ID_FILE`] once the stores exist.
+fn claim_data_dir(dir: &Path, id: u64) -> Result<bool, ServerError> {
+    let err = |problem: String| ServerError::DataDir {
+        path: dir.display().to_string(),
+        problem,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    let marker = dir.join(NODE_ID_FILE);
+    match std::fs::read_to_string(&marker) {
+        Ok(s) => {
+            let owner: u64 = s
+                .trim()
+                .parse()
+                .map_err(|_| err(format!("{NODE_ID_FILE} holds {s:?}, not a node id")))?;
+            if owner != id {
+                return Err(err(format!(
+                    "it belongs to node {owner}, not node {id}; a node that lost its data \
+                     rejoins under a new id"
+                )));
+            }
+            if !dir.join("raft-log").exists() || !dir.join("sm").exists() {
+                return Err(err(format!(
+                    "node {id}'s stores are missing; a node that lost its data rejoins as a \
+                     new learner id, never under its old id"
+                )));
+            }
+            Ok(false)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if dir.join("raft-log").exists() {
+                return Err(err(format!("it holds stores but no {NODE_ID_FILE} file")));
+            }
+            Ok(true)
+        }
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+/// Starts a node. `listener` is an already bound socket (tests and `dev` bind port 0
+/// first); otherwise the node binds `cfg.listen`.
+pub async fn start(cfg: NodeConfig, listener: Option<TcpListener>) -> Result<NodeHandle, ServerError> {
+    let tls = cfg.tls.load()?;
+    let listener = match listener {
+        Some(l) => l,
+        None => TcpListener::bind(&cfg.listen).await.map_err(|source| ServerError::Bind {
+            addr: cfg.listen.clone(),
+            source,
+        })?,
+    };
+    let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: cfg.listen.clone(),
+        source,
+    })?;
+    let fresh = claim_data_dir(&cfg.data_dir, cfg.id)?;
+    let ca = Certificate::from_pem(&tls.ca_pem);
+    let identity = Identity::from_pem(&tls.identity.cert_pem, &tls.identity.key_pem);
+    let client_tls = ClientTlsConfig::new()
+        .ca_certificate(ca.clone())
+        .identity(identity.clone());
+    let raft = RaftNode::start(NodeOptions {
+        id: cfg.id,
+        data_dir: cfg.data_dir.clone(),
+        advertise_addr: cfg.advertise_addr(),
+        peers: cfg.peer_map(),
+        cluster_name: cfg.provider.clone(),
+        raft: cfg.raft.clone(),
+        client_tls,
+        store: StoreOptions {
+            create: fresh,
+            ..StoreOptions::default()
+        },
+    })
+    .await?;
+    if fresh {
+        let marker = cfg.data_dir.join(NODE_ID_FILE);
+        std::fs::write(&marker, format!("{}\n", cfg.id)).map_err(|e| ServerError::DataDir {
+            path: marker.display().to_string(),
+            problem: e.to_string(),
+        })?;
+    }
+
+    let limit = cfg.api.grpc_message_bytes_max;
+    let directory = DirectoryServer::new(DirectoryService::new(raft.clone()))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let admin = AdminServer::new(AdminService::new(
+        raft.clone(),
+        Duration::from_millis(cfg.api.member_status_timeout_ms),
+    ))
+    .max_decoding_message_size(limit)
+    .max_encoding_message_size(limit);
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(sealpost_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError::DataDir {
+            path: "reflection".into(),
+            problem: e.to_string(),
+        })?;
+    let server_tls = ServerTlsConfig::new().identity(identity).client_ca_root(ca);
+    let router = Server::builder()
+        .tls_config(server_tls)?
+        .tcp_nodelay(true)
+        .concurrency_limit_per_connection(cfg.api.requests_per_connection_max)
+        .max_concurrent_streams(cfg.api.streams_per_connection_max)
+        .timeout(Duration::from_millis(cfg.api.request_timeout_ms))
+        .add_service(raft.service())
+        .add_service(directory)
+        .add_service(admin)
+        .add_service(reflection);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+        let _ = stop_rx.await;
+    }));
+    if !cfg.initial_members.is_empty() {
+        let members = cfg
+            .initial_members
+            .iter()
+            .map(|m| (m.id, m.addr.clone()))
+            .collect();
+        raft.initialize(members).await?;
+    }
+    tracing::info!(node = cfg.id, %addr, provider = %cfg.provider, "node serving");
+    Ok(NodeHandle {
+        raft,
+        addr,
+        stop: Some(stop_tx),
+        server,
+    })
+}
