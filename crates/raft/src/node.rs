@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, Raft, ServerState};
-use sealpost_core::batch::{Batch, Outcome};
+use sealpost_core::batch::Batch;
 use sealpost_core::codec;
 use sealpost_core::command::Proposal;
 use sealpost_proto::v1::RaftBytes;
@@ -69,7 +69,8 @@ pub enum MembershipOp {
 /// A leader's answer to a forwarded write.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) enum ForwardReply {
-    Done(u64, Vec<Outcome>),
+    /// One result per forwarded proposal, in order.
+    Done(Vec<Result<Committed, ProposeError>>),
     NotLeader,
     Failed(String),
 }
@@ -162,7 +163,16 @@ impl Core {
             proposals,
         };
         match self.raft.client_write(batch).await {
-            Ok(resp) => ForwardReply::Done(resp.log_id.index, resp.data.outcomes),
+            Ok(resp) => {
+                let log_index = resp.log_id.index;
+                ForwardReply::Done(
+                    resp.data
+                        .outcomes
+                        .into_iter()
+                        .map(|outcome| Ok(Committed { outcome, log_index }))
+                        .collect(),
+                )
+            }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => ForwardReply::NotLeader,
             Err(e) => ForwardReply::Failed(e.to_string()),
         }
@@ -233,7 +243,7 @@ impl Core {
 }
 
 impl Submit for Core {
-    async fn submit(&self, proposals: Vec<Proposal>) -> Result<(u64, Vec<Outcome>), ProposeError> {
+    async fn submit(&self, proposals: Vec<Proposal>) -> Result<Vec<Result<Committed, ProposeError>>, ProposeError> {
         for attempt in 0..WRITE_ATTEMPTS_MAX {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
@@ -257,7 +267,7 @@ impl Submit for Core {
                 }
             };
             match reply {
-                ForwardReply::Done(index, outcomes) => return Ok((index, outcomes)),
+                ForwardReply::Done(results) => return Ok(results),
                 ForwardReply::NotLeader => continue,
                 ForwardReply::Failed(e) => return Err(ProposeError::Unknown(e)),
             }
@@ -354,7 +364,12 @@ impl RaftNode {
 
     /// The gRPC service peers call.
     pub fn service(&self) -> RaftServer<RaftService> {
-        RaftServer::new(RaftService::new(self.core.clone(), self.counters.clone(), self.faults.clone()))
+        RaftServer::new(RaftService::new(
+            self.core.clone(),
+            self.proposer.clone(),
+            self.counters.clone(),
+            self.faults.clone(),
+        ))
             .max_decoding_message_size(self.core.opts.grpc_message_bytes_max)
             .max_encoding_message_size(self.core.opts.grpc_message_bytes_max)
     }

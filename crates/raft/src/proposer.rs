@@ -16,14 +16,14 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use crate::config::RaftOptions;
 
 /// Where a committed proposal landed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Committed {
     pub outcome: Outcome,
     pub log_index: u64,
 }
 
 /// Why a proposal was not committed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ProposeError {
     /// Retryable: no leader could be reached; nothing was written.
     #[error("no leader is available: {0}")]
@@ -78,12 +78,12 @@ impl ProposerHandle {
     }
 }
 
-/// What the proposer calls to commit one batch: returns one outcome per proposal.
+/// What the proposer calls to commit one batch: returns one result per proposal.
 pub(crate) trait Submit: Send + Sync + 'static {
     fn submit(
         &self,
         proposals: Vec<Proposal>,
-    ) -> impl std::future::Future<Output = Result<(u64, Vec<Outcome>), ProposeError>> + Send;
+    ) -> impl std::future::Future<Output = Result<Vec<Result<Committed, ProposeError>>, ProposeError>> + Send;
 }
 
 /// Starts the proposer task; it ends when every handle is dropped.
@@ -151,17 +151,17 @@ async fn commit<S: Submit>(submit: &S, batch: Vec<Pending>) {
         batch.into_iter().map(|p| (p.proposal, p.reply)).unzip();
     let n = proposals.len();
     match submit.submit(proposals).await {
-        Ok((log_index, outcomes)) if outcomes.len() == n => {
-            for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                let _ = reply.send(Ok(Committed { outcome, log_index }));
+        Ok(results) if results.len() == n => {
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(result);
             }
         }
-        Ok((_, outcomes)) => {
+        Ok(results) => {
             let e = ProposeError::Unknown(format!(
-                "the state machine answered {} outcomes for {n} proposals",
-                outcomes.len()
+                "the leader answered {} results for {n} proposals",
+                results.len()
             ));
-            tracing::error!(error = %e, "batch outcome mismatch");
+            tracing::error!(error = %e, "batch result mismatch");
             for reply in replies {
                 let _ = reply.send(Err(e.clone()));
             }

@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::network::{Faults, SnapshotCounters, SnapshotHeader};
 use crate::node::{Core, ForwardReply, MembershipOp, NodeError};
+use crate::proposer::ProposerHandle;
 
 /// Largest snapshot a node accepts, in bytes.
 pub const SNAPSHOT_BYTES_MAX: u64 = 1 << 40;
@@ -28,14 +29,22 @@ pub const SNAPSHOT_BYTES_MAX: u64 = 1 << 40;
 /// The `sealpost.v1.Raft` service of one node.
 pub struct RaftService {
     core: Arc<Core>,
+    /// This node's proposer: writes forwarded by followers join the leader's own batches.
+    proposer: ProposerHandle,
     counters: Arc<SnapshotCounters>,
     faults: Faults,
 }
 
 impl RaftService {
-    pub(crate) fn new(core: Arc<Core>, counters: Arc<SnapshotCounters>, faults: Faults) -> Self {
+    pub(crate) fn new(
+        core: Arc<Core>,
+        proposer: ProposerHandle,
+        counters: Arc<SnapshotCounters>,
+        faults: Faults,
+    ) -> Self {
         Self {
             core,
+            proposer,
             counters,
             faults,
         }
@@ -182,7 +191,12 @@ impl RaftRpc for RaftService {
             )));
         }
         let reply = if self.core.raft.metrics().borrow().current_leader == Some(self.core.id) {
-            self.core.write_local(proposals).await
+            // Through the proposer, so batches forwarded by every follower coalesce with
+            // the leader's own into as few entries as possible.
+            let proposer = &self.proposer;
+            ForwardReply::Done(
+                futures::future::join_all(proposals.into_iter().map(|p| proposer.propose(p))).await,
+            )
         } else {
             ForwardReply::NotLeader
         };

@@ -1,0 +1,436 @@
+//! End-to-end tests of the replicated event log: three (and four) real nodes in this
+//! process, each with its own RocksDB folders, talking gRPC over mutual TLS on loopback
+//! ports chosen by the OS.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use sealpost_core::ids::HpiO;
+use sealpost_proto::v1 as pb;
+use sealpost_server::local::LocalCluster;
+
+/// Writes through every node; the leader stops; a new leader is elected and writes go on;
+/// the old leader restarts from its RocksDB folder on its old port and catches up; all
+/// nodes end with identical chain heads and every write is readable everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_failover_restart_and_catch_up() {
+    let (_dir, mut c) = cluster(3).await;
+    let ids = c.node_ids();
+    let mut serial = 1;
+    for id in &ids {
+        let cl = client(&c, *id).await;
+        for _ in 0..10 {
+            register(&cl, serial).await.expect("write through any node");
+            serial += 1;
+        }
+    }
+    let old_leader = c.wait_leader(WAIT).await.expect("leader");
+    let old_addr = c.addrs()[&old_leader].clone();
+    c.stop_node(old_leader).await.expect("stop leader");
+
+    let survivors: Vec<u64> = ids.iter().copied().filter(|i| *i != old_leader).collect();
+    let new_leader = c.wait_leader(WAIT).await.expect("a new leader is elected");
+    assert_ne!(new_leader, old_leader);
+    for id in &survivors {
+        let cl = client(&c, *id).await;
+        for _ in 0..10 {
+            register_retrying(&cl, serial).await.expect("writes continue");
+            serial += 1;
+        }
+    }
+
+    c.start_node(old_leader).await.expect("old leader restarts from disk");
+    assert_eq!(c.addrs()[&old_leader], old_addr, "the port is kept across restarts");
+    let (_, events, head) = converged(&c).await;
+    assert_eq!(events, serial - 1);
+
+    // Every organisation is on the restarted node, and its chain verifies.
+    let cl = client(&c, old_leader).await;
+    for s in 1..serial {
+        let o = cl
+            .directory()
+            .get_organisation(pb::GetOrganisationRequest {
+                hpio: HpiO::from_serial(s).to_string(),
+                consistency: pb::Consistency::Local as i32,
+            })
+            .await
+            .expect("present after catch-up")
+            .into_inner();
+        assert_eq!(o.name, format!("Clinic number {s}"));
+    }
+    let v = cl
+        .admin()
+        .verify_chain(pb::VerifyChainRequest {})
+        .await
+        .expect("verify")
+        .into_inner();
+    assert!(v.ok, "{}", v.problem);
+    assert_eq!(v.events, serial - 1);
+    assert_eq!(v.chain_head, hex::encode(head));
+    c.stop_all().await;
+}
+
+/// A fourth node joins as a learner after the log was purged, catches up from a snapshot
+/// larger than one gRPC message (streamed in several chunks and written to disk), is
+/// promoted to voter; then a node is removed and writes go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn learner_joins_from_a_multi_chunk_snapshot_then_a_node_is_removed() {
+    let (_dir, mut c) = cluster(3).await;
+    let leader = c.wait_leader(WAIT).await.expect("leader");
+    let cl = client(&c, leader).await;
+    let total = 1200u64;
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..16u64 {
+        let cl = cl.clone();
+        tasks.spawn(async move {
+            for i in 0..total / 16 {
+                register(&cl, 1 + w * (total / 16) + i).await.expect("write");
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.expect("writer");
+    }
+    converged(&c).await;
+    // Snapshot on every node, so the leader's log is purged behind the snapshot.
+    for id in c.node_ids() {
+        let snap = client(&c, id)
+            .await
+            .admin()
+            .snapshot(pb::SnapshotRequest {})
+            .await
+            .expect("snapshot")
+            .into_inner();
+        assert!(snap.snapshot_index > 0);
+    }
+    let st = c.node(leader).expect("leader").raft.status().expect("status");
+    assert!(st.purged_index > 0, "the leader purged its log: {st:?}");
+    let snapshot_bytes: u64 = std::fs::read_dir(c.dir.join(format!("node-{leader}/sm/snapshots")))
+        .expect("snapshots")
+        .filter_map(|e| e.ok())
+        .map(|e| {
+            sealpost_store::snapshot::list_files(&e.path())
+                .expect("files")
+                .iter()
+                .map(|f| f.1)
+                .sum::<u64>()
+        })
+        .max()
+        .expect("a snapshot");
+    assert!(
+        snapshot_bytes > fast_opts().grpc_message_bytes_max as u64,
+        "snapshot of {snapshot_bytes} bytes must exceed one gRPC message"
+    );
+
+    let (new_id, new_addr) = c.spawn_joiner().await.expect("new node starts");
+    let r = cl
+        .admin()
+        .add_node(pb::AddNodeRequest {
+            id: new_id,
+            addr: new_addr,
+            promote: true,
+        })
+        .await
+        .expect("add node")
+        .into_inner();
+    assert!(r.log_index > 0);
+    let (_, events, _) = converged(&c).await;
+    assert_eq!(events, total);
+    let joiner = c.node(new_id).expect("joiner");
+    let counters = joiner.raft.snapshot_counters();
+    assert!(counters.snapshots_installed.load(Ordering::Relaxed) >= 1);
+    assert!(
+        counters.chunks_received.load(Ordering::Relaxed) >= 2,
+        "the snapshot came in several chunks"
+    );
+    let st = joiner.raft.status().expect("status");
+    assert!(st.voter, "the learner was promoted");
+    assert!(st.members.len() == 4);
+
+    // Remove a follower that is not the leader, then write again.
+    let victim = c
+        .node_ids()
+        .into_iter()
+        .find(|id| *id != leader && *id != new_id)
+        .expect("a follower");
+    cl.admin()
+        .remove_node(pb::RemoveNodeRequest { id: victim })
+        .await
+        .expect("remove node");
+    c.discard_node(victim).await.expect("discard");
+    register_retrying(&cl, total + 1).await.expect("write after removal");
+    let (_, events, _) = converged(&c).await;
+    assert_eq!(events, total + 1);
+    let members: BTreeSet<u64> = c
+        .node(leader)
+        .expect("leader")
+        .raft
+        .status()
+        .expect("status")
+        .members
+        .keys()
+        .copied()
+        .collect();
+    assert!(!members.contains(&victim));
+    assert!(members.contains(&new_id));
+    c.stop_all().await;
+}
+
+/// With 64 concurrent writers, the proposer coalesces commands: the log holds far fewer
+/// entries than commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_are_batched_into_few_entries() {
+    let (_dir, mut c) = cluster(3).await;
+    let leader = c.wait_leader(WAIT).await.expect("leader");
+    let before = c.node(leader).expect("leader").raft.status().expect("status").last_log_index;
+    let writers = 64u64;
+    let per_writer = 10u64;
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..writers {
+        // Writers spread over all three nodes: followers forward their batches.
+        let cl = client(&c, 1 + w % 3).await;
+        tasks.spawn(async move {
+            for i in 0..per_writer {
+                register(&cl, 1 + w * per_writer + i).await.expect("write");
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.expect("writer");
+    }
+    let after = c.node(leader).expect("leader").raft.status().expect("status").last_log_index;
+    let entries = after - before;
+    let commands = writers * per_writer;
+    assert!(
+        entries * 4 <= commands,
+        "{commands} commands took {entries} log entries: batching is not working"
+    );
+    let (_, events, _) = converged(&c).await;
+    assert_eq!(events, commands);
+    c.stop_all().await;
+}
+
+/// A leader cut off from the others keeps believing it leads for a while, but refuses
+/// linearizable reads; local reads still answer. After healing it rejoins and converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_old_leader_refuses_linearizable_reads() {
+    let (_dir, mut c) = cluster(3).await;
+    let old = c.wait_leader(WAIT).await.expect("leader");
+    let cl = client(&c, old).await;
+    register(&cl, 1).await.expect("write");
+    c.node(old).expect("node").raft.faults().isolate(true);
+
+    let req = |consistency: pb::Consistency| pb::GetOrganisationRequest {
+        hpio: HpiO::from_serial(1).to_string(),
+        consistency: consistency as i32,
+    };
+    let err = cl
+        .directory()
+        .get_organisation(req(pb::Consistency::Linearizable))
+        .await
+        .expect_err("a partitioned old leader must refuse");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    let local = cl
+        .directory()
+        .get_organisation(req(pb::Consistency::Local))
+        .await
+        .expect("a local read answers from applied state");
+    assert_eq!(local.into_inner().hpio, HpiO::from_serial(1).to_string());
+
+    // The majority elects a new leader and serves linearizable reads.
+    let other = c.node_ids().into_iter().find(|i| *i != old).expect("other");
+    let cl2 = client(&c, other).await;
+    register_retrying(&cl2, 2).await.expect("majority writes");
+    cl2.directory()
+        .get_organisation(req(pb::Consistency::Linearizable))
+        .await
+        .expect("majority serves linearizable reads");
+
+    c.node(old).expect("node").raft.faults().isolate(false);
+    let (_, events, _) = converged(&c).await;
+    assert_eq!(events, 2);
+    c.stop_all().await;
+}
+
+/// Every acknowledged write survives a restart of the whole cluster from disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_cluster_restart_keeps_every_acknowledged_event() {
+    let (dir, mut c) = cluster(3).await;
+    let cl = client(&c, 1).await;
+    let mut acked = Vec::new();
+    for s in 1..=50 {
+        register(&cl, s).await.expect("write");
+        acked.push(s);
+    }
+    let (_, _, head) = converged(&c).await;
+    c.stop_all().await;
+    drop(c);
+
+    let c = LocalCluster::open(&dir.path().join("prov-a"), "prov-a").await.expect("reopen");
+    c.wait_leader(WAIT).await.expect("leader after restart");
+    let (_, events, head_after) = converged(&c).await;
+    assert_eq!(events, acked.len() as u64);
+    assert_eq!(head_after, head);
+    let cl = client(&c, 2).await;
+    for s in acked {
+        cl.directory()
+            .get_organisation(pb::GetOrganisationRequest {
+                hpio: HpiO::from_serial(s).to_string(),
+                consistency: pb::Consistency::Linearizable as i32,
+            })
+            .await
+            .expect("acknowledged organisation survives");
+    }
+    let mut c = c;
+    c.stop_all().await;
+}
+
+/// Bad input over gRPC gets the right status naming the problem, and nothing is written:
+/// no event and no view change on any node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_is_refused_with_a_clear_status_and_writes_nothing() {
+    let (_dir, mut c) = cluster(3).await;
+    let cl = client(&c, 2).await;
+    register(&cl, 1).await.expect("a good registration");
+    let before = converged(&c).await;
+
+    let mut bad_id = org_request(2);
+    if let Some(o) = bad_id.organisation.as_mut() {
+        o.hpio = "8003620000000000".into();
+    }
+    let e = cl.directory().register_organisation(bad_id).await.expect_err("bad check digit");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("HPI-O") && e.message().contains("check digit"), "{}", e.message());
+
+    let mut long_name = org_request(3);
+    if let Some(o) = long_name.organisation.as_mut() {
+        o.name = "x".repeat(201);
+    }
+    let e = cl.directory().register_organisation(long_name).await.expect_err("oversized");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("name") && e.message().contains("200"), "{}", e.message());
+
+    let mut short_key = org_request(4);
+    if let Some(o) = short_key.organisation.as_mut() {
+        o.keys.as_mut().expect("keys").signing.truncate(31);
+    }
+    let e = cl.directory().register_organisation(short_key).await.expect_err("short key");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("keys.signing"), "{}", e.message());
+
+    let e = cl.directory().register_organisation(org_request(1)).await.expect_err("duplicate");
+    assert_eq!(e.code(), tonic::Code::AlreadyExists);
+    assert!(e.message().contains(HpiO::from_serial(1).as_str()), "{}", e.message());
+
+    let unknown = HpiO::from_serial(999);
+    let e = cl
+        .directory()
+        .publish_endpoint(pb::PublishEndpointRequest {
+            id: format!("{unknown}/cardiology"),
+            display_name: "Cardiology".into(),
+            specialty: "Cardiology".into(),
+            payload_types: vec!["REF^I12".into()],
+        })
+        .await
+        .expect_err("unknown organisation");
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    assert!(e.message().contains(unknown.as_str()), "{}", e.message());
+
+    let e = cl
+        .directory()
+        .publish_endpoint(pb::PublishEndpointRequest {
+            id: format!("{}/cardiology", HpiO::from_serial(1)),
+            display_name: "Cardiology".into(),
+            specialty: "Cardiology".into(),
+            payload_types: vec!["REF^I99".into()],
+        })
+        .await
+        .expect_err("unknown payload type");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("REF^I99"), "{}", e.message());
+
+    let e = cl
+        .directory()
+        .get_organisation(pb::GetOrganisationRequest {
+            hpio: unknown.to_string(),
+            consistency: 0,
+        })
+        .await
+        .expect_err("not registered");
+    assert_eq!(e.code(), tonic::Code::NotFound);
+
+    // Nothing was written: same event count and chain head everywhere, no view change.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = converged(&c).await;
+    assert_eq!(after.1, before.1, "no event was written");
+    assert_eq!(after.2, before.2, "the chain head did not move");
+    for id in c.node_ids() {
+        let view = c.node(id).expect("node").raft.view().clone();
+        assert!(view.organisation(&HpiO::from_serial(2)).expect("read").is_none());
+        assert!(view.organisation(&HpiO::from_serial(3)).expect("read").is_none());
+        assert!(view.organisation(&unknown).expect("read").is_none());
+    }
+    c.stop_all().await;
+}
+
+/// Directory search by name words, identifier, specialty, location and payload type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn directory_search_finds_endpoints_by_each_criterion() {
+    let (_dir, mut c) = cluster(3).await;
+    let cl = client(&c, 1).await;
+    register(&cl, 1).await.expect("org");
+    let org = HpiO::from_serial(1);
+    let publish = |id: String, name: &str, specialty: &str, types: &[&str]| pb::PublishEndpointRequest {
+        id,
+        display_name: name.into(),
+        specialty: specialty.into(),
+        payload_types: types.iter().map(|s| s.to_string()).collect(),
+    };
+    let practitioner = sealpost_core::ids::HpiI::from_serial(77);
+    cl.directory()
+        .publish_endpoint(publish(format!("{org}/cardiology"), "Heart clinic", "Cardiology", &["REF^I12", "PDF"]))
+        .await
+        .expect("publish");
+    cl.directory()
+        .publish_endpoint(publish(format!("{org}/{practitioner}"), "Dr Jane Smith", "Oncology", &["ORU^R01"]))
+        .await
+        .expect("publish");
+    let search = |text: &str, specialty: &str, state: &str, ptype: &str| pb::SearchRequest {
+        text: text.into(),
+        specialty: specialty.into(),
+        state: state.into(),
+        payload_type: ptype.into(),
+        ..Default::default()
+    };
+    let ids = |r: pb::SearchResponse| r.endpoints.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    let d = || cl.directory();
+    assert_eq!(ids(d().search(search("heart", "", "", "")).await.expect("s").into_inner()), vec![format!("{org}/cardiology")]);
+    assert_eq!(ids(d().search(search("jan smi", "", "", "")).await.expect("s").into_inner()).len(), 1);
+    assert_eq!(ids(d().search(search(practitioner.as_str(), "", "", "")).await.expect("s").into_inner()).len(), 1);
+    assert_eq!(ids(d().search(search(org.as_str(), "", "", "")).await.expect("s").into_inner()).len(), 2);
+    assert_eq!(ids(d().search(search("", "oncology", "", "")).await.expect("s").into_inner()).len(), 1);
+    assert_eq!(ids(d().search(search("", "", "VIC", "")).await.expect("s").into_inner()).len(), 2);
+    assert_eq!(ids(d().search(search("", "", "NSW", "")).await.expect("s").into_inner()).len(), 0);
+    assert_eq!(ids(d().search(search("", "", "", "PDF")).await.expect("s").into_inner()).len(), 1);
+    assert_eq!(ids(d().search(search("clinic", "cardiology", "VIC", "REF^I12")).await.expect("s").into_inner()).len(), 1);
+
+    // Retired endpoints drop out of search unless asked for.
+    cl.directory()
+        .retire_endpoint(pb::RetireEndpointRequest {
+            id: format!("{org}/cardiology"),
+            reason: "service closed".into(),
+        })
+        .await
+        .expect("retire");
+    assert_eq!(ids(d().search(search("heart", "", "", "")).await.expect("s").into_inner()).len(), 0);
+    let mut q = search("heart", "", "", "");
+    q.include_retired = true;
+    let r = d().search(q).await.expect("s").into_inner();
+    assert_eq!(r.endpoints.len(), 1);
+    assert!(!r.endpoints[0].active);
+    c.stop_all().await;
+}

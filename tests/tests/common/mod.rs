@@ -1,0 +1,138 @@
+//! Shared helpers for the end-to-end tests: a local cluster with fast timings, clients
+//! with a real client certificate, and convergence checks.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use sealpost_client::{Client, Profile};
+use sealpost_core::ids::HpiO;
+use sealpost_proto::v1 as pb;
+use sealpost_raft::RaftOptions;
+use sealpost_server::config::ApiLimits;
+use sealpost_server::local::LocalCluster;
+use tempfile::TempDir;
+use tonic::Status;
+
+/// Bound on every wait in these tests.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub fn fast_opts() -> RaftOptions {
+    RaftOptions {
+        heartbeat_interval_ms: 50,
+        election_timeout_min_ms: 300,
+        election_timeout_max_ms: 600,
+        leader_wait_ms: 3_000,
+        forward_timeout_ms: 3_000,
+        snapshot_keep_log_entries: 0,
+        // Small messages, so a modest snapshot needs several of them.
+        grpc_message_bytes_max: 256 * 1024,
+        batch_bytes_max: 64 * 1024,
+        snapshot_chunk_bytes: 32 * 1024,
+        snapshot_interval_secs: 0,
+        ..RaftOptions::default()
+    }
+}
+
+pub async fn cluster(nodes: u64) -> (TempDir, LocalCluster) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = LocalCluster::create(&dir.path().join("prov-a"), "prov-a", nodes, fast_opts(), ApiLimits::default())
+        .await
+        .expect("cluster starts");
+    c.wait_leader(WAIT).await.expect("a leader is elected");
+    (dir, c)
+}
+
+/// A client connected to one node, with the `tester` client certificate.
+pub async fn client(c: &LocalCluster, node: u64) -> Client {
+    let tls = c.client_identity("tester").expect("client certificate");
+    let addr = c.addrs()[&node].clone();
+    Client::connect(&Profile {
+        endpoints: vec![addr],
+        tls,
+        organisation: None,
+        default_endpoint: None,
+        provider: Some("prov-a".into()),
+    })
+    .await
+    .expect("client connects")
+}
+
+/// Deterministic but varied key bytes, so stored records do not compress away.
+pub fn key_bytes(serial: u64, salt: u8) -> Vec<u8> {
+    let mut x = serial.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(salt);
+    (0..32)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x & 0xff) as u8 | 1
+        })
+        .collect()
+}
+
+pub fn org_request(serial: u64) -> pb::RegisterOrganisationRequest {
+    pb::RegisterOrganisationRequest {
+        organisation: Some(pb::Organisation {
+            hpio: HpiO::from_serial(serial).to_string(),
+            name: format!("Clinic number {serial}"),
+            suburb: "Carlton".into(),
+            state: "VIC".into(),
+            postcode: "3053".into(),
+            keys: Some(pb::PublicKeys {
+                key_id: "k1".into(),
+                encryption: key_bytes(serial, 1),
+                signing: key_bytes(serial, 2),
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+pub async fn register(c: &Client, serial: u64) -> Result<pb::WriteResult, Status> {
+    c.directory().register_organisation(org_request(serial)).await.map(|r| r.into_inner())
+}
+
+/// Registers, retrying while leadership is in flux (bounded). A retry that finds the
+/// organisation already registered counts as success: the first attempt landed.
+pub async fn register_retrying(c: &Client, serial: u64) -> Result<(), Status> {
+    let mut last = None;
+    for _ in 0..60 {
+        match register(c, serial).await {
+            Ok(_) => return Ok(()),
+            Err(s) if s.code() == tonic::Code::AlreadyExists && last.is_some() => return Ok(()),
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                last = Some(s);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(s) => return Err(s),
+        }
+    }
+    Err(last.unwrap_or_else(|| Status::unavailable("no attempt")))
+}
+
+/// (applied index, event count, chain head) of every running node.
+pub fn progress(c: &LocalCluster) -> BTreeMap<u64, (u64, u64, [u8; 32])> {
+    c.running_ids()
+        .into_iter()
+        .filter_map(|id| {
+            let s = c.node(id)?.raft.status().ok()?;
+            Some((id, (s.last_applied_index, s.sm.event_count, s.sm.chain_head)))
+        })
+        .collect()
+}
+
+/// Waits until every running node applied the same index with the same chain head.
+pub async fn converged(c: &LocalCluster) -> (u64, u64, [u8; 32]) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let p = progress(c);
+        let first = p.values().next().copied().expect("a running node");
+        if p.len() == c.running_ids().len() && p.values().all(|v| *v == first) {
+            return first;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "nodes did not converge: {p:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
