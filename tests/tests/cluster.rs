@@ -38,13 +38,21 @@ async fn leader_failover_restart_and_catch_up() {
     for id in &survivors {
         let cl = client(&c, *id).await;
         for _ in 0..10 {
-            register_retrying(&cl, serial).await.expect("writes continue");
+            register_retrying(&cl, serial)
+                .await
+                .expect("writes continue");
             serial += 1;
         }
     }
 
-    c.start_node(old_leader).await.expect("old leader restarts from disk");
-    assert_eq!(c.addrs()[&old_leader], old_addr, "the port is kept across restarts");
+    c.start_node(old_leader)
+        .await
+        .expect("old leader restarts from disk");
+    assert_eq!(
+        c.addrs()[&old_leader],
+        old_addr,
+        "the port is kept across restarts"
+    );
     let (_, events, head) = converged(&c).await;
     assert_eq!(events, serial - 1);
 
@@ -88,7 +96,9 @@ async fn learner_joins_from_a_multi_chunk_snapshot_then_a_node_is_removed() {
         let cl = cl.clone();
         tasks.spawn(async move {
             for i in 0..total / 16 {
-                register(&cl, 1 + w * (total / 16) + i).await.expect("write");
+                register(&cl, 1 + w * (total / 16) + i)
+                    .await
+                    .expect("write");
             }
         });
     }
@@ -107,7 +117,12 @@ async fn learner_joins_from_a_multi_chunk_snapshot_then_a_node_is_removed() {
             .into_inner();
         assert!(snap.snapshot_index > 0);
     }
-    let st = c.node(leader).expect("leader").raft.status().expect("status");
+    let st = c
+        .node(leader)
+        .expect("leader")
+        .raft
+        .status()
+        .expect("status");
     assert!(st.purged_index > 0, "the leader purged its log: {st:?}");
     let snapshot_bytes: u64 = std::fs::read_dir(c.dir.join(format!("node-{leader}/sm/snapshots")))
         .expect("snapshots")
@@ -162,7 +177,9 @@ async fn learner_joins_from_a_multi_chunk_snapshot_then_a_node_is_removed() {
         .await
         .expect("remove node");
     c.discard_node(victim).await.expect("discard");
-    register_retrying(&cl, total + 1).await.expect("write after removal");
+    register_retrying(&cl, total + 1)
+        .await
+        .expect("write after removal");
     let (_, events, _) = converged(&c).await;
     assert_eq!(events, total + 1);
     let members: BTreeSet<u64> = c
@@ -186,7 +203,13 @@ async fn learner_joins_from_a_multi_chunk_snapshot_then_a_node_is_removed() {
 async fn concurrent_writers_are_batched_into_few_entries() {
     let (_dir, mut c) = cluster(3).await;
     let leader = c.wait_leader(WAIT).await.expect("leader");
-    let before = c.node(leader).expect("leader").raft.status().expect("status").last_log_index;
+    let before = c
+        .node(leader)
+        .expect("leader")
+        .raft
+        .status()
+        .expect("status")
+        .last_log_index;
     let writers = 64u64;
     let per_writer = 10u64;
     let mut tasks = tokio::task::JoinSet::new();
@@ -202,7 +225,13 @@ async fn concurrent_writers_are_batched_into_few_entries() {
     while let Some(r) = tasks.join_next().await {
         r.expect("writer");
     }
-    let after = c.node(leader).expect("leader").raft.status().expect("status").last_log_index;
+    let after = c
+        .node(leader)
+        .expect("leader")
+        .raft
+        .status()
+        .expect("status")
+        .last_log_index;
     let entries = after - before;
     let commands = writers * per_writer;
     assert!(
@@ -270,7 +299,9 @@ async fn a_full_cluster_restart_keeps_every_acknowledged_event() {
     c.stop_all().await;
     drop(c);
 
-    let c = LocalCluster::open(&dir.path().join("prov-a"), "prov-a").await.expect("reopen");
+    let c = LocalCluster::open(&dir.path().join("prov-a"), "prov-a")
+        .await
+        .expect("reopen");
     c.wait_leader(WAIT).await.expect("leader after restart");
     let (_, events, head_after) = converged(&c).await;
     assert_eq!(events, acked.len() as u64);
@@ -302,29 +333,57 @@ async fn bad_input_is_refused_with_a_clear_status_and_writes_nothing() {
     if let Some(o) = bad_id.organisation.as_mut() {
         o.hpio = "8003620000000000".into();
     }
-    let e = cl.directory().register_organisation(bad_id).await.expect_err("bad check digit");
+    let e = cl
+        .directory()
+        .register_organisation(bad_id)
+        .await
+        .expect_err("bad check digit");
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
-    assert!(e.message().contains("HPI-O") && e.message().contains("check digit"), "{}", e.message());
+    assert!(
+        e.message().contains("HPI-O") && e.message().contains("check digit"),
+        "{}",
+        e.message()
+    );
 
     let mut long_name = org_request(3);
     if let Some(o) = long_name.organisation.as_mut() {
         o.name = "x".repeat(201);
     }
-    let e = cl.directory().register_organisation(long_name).await.expect_err("oversized");
+    let e = cl
+        .directory()
+        .register_organisation(long_name)
+        .await
+        .expect_err("oversized");
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
-    assert!(e.message().contains("name") && e.message().contains("200"), "{}", e.message());
+    assert!(
+        e.message().contains("name") && e.message().contains("200"),
+        "{}",
+        e.message()
+    );
 
     let mut short_key = org_request(4);
     if let Some(o) = short_key.organisation.as_mut() {
         o.keys.as_mut().expect("keys").signing.truncate(31);
     }
-    let e = cl.directory().register_organisation(short_key).await.expect_err("short key");
+    let e = cl
+        .directory()
+        .register_organisation(short_key)
+        .await
+        .expect_err("short key");
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("keys.signing"), "{}", e.message());
 
-    let e = cl.directory().register_organisation(org_request(1)).await.expect_err("duplicate");
+    let e = cl
+        .directory()
+        .register_organisation(org_request(1))
+        .await
+        .expect_err("duplicate");
     assert_eq!(e.code(), tonic::Code::AlreadyExists);
-    assert!(e.message().contains(HpiO::from_serial(1).as_str()), "{}", e.message());
+    assert!(
+        e.message().contains(HpiO::from_serial(1).as_str()),
+        "{}",
+        e.message()
+    );
 
     let unknown = HpiO::from_serial(999);
     let e = cl
@@ -370,8 +429,16 @@ async fn bad_input_is_refused_with_a_clear_status_and_writes_nothing() {
     assert_eq!(after.2, before.2, "the chain head did not move");
     for id in c.node_ids() {
         let view = c.node(id).expect("node").raft.view().clone();
-        assert!(view.organisation(&HpiO::from_serial(2)).expect("read").is_none());
-        assert!(view.organisation(&HpiO::from_serial(3)).expect("read").is_none());
+        assert!(
+            view.organisation(&HpiO::from_serial(2))
+                .expect("read")
+                .is_none()
+        );
+        assert!(
+            view.organisation(&HpiO::from_serial(3))
+                .expect("read")
+                .is_none()
+        );
         assert!(view.organisation(&unknown).expect("read").is_none());
     }
     c.stop_all().await;
@@ -384,19 +451,30 @@ async fn directory_search_finds_endpoints_by_each_criterion() {
     let cl = client(&c, 1).await;
     register(&cl, 1).await.expect("org");
     let org = HpiO::from_serial(1);
-    let publish = |id: String, name: &str, specialty: &str, types: &[&str]| pb::PublishEndpointRequest {
-        id,
-        display_name: name.into(),
-        specialty: specialty.into(),
-        payload_types: types.iter().map(|s| s.to_string()).collect(),
-    };
+    let publish =
+        |id: String, name: &str, specialty: &str, types: &[&str]| pb::PublishEndpointRequest {
+            id,
+            display_name: name.into(),
+            specialty: specialty.into(),
+            payload_types: types.iter().map(|s| s.to_string()).collect(),
+        };
     let practitioner = sealpost_core::ids::HpiI::from_serial(77);
     cl.directory()
-        .publish_endpoint(publish(format!("{org}/cardiology"), "Heart clinic", "Cardiology", &["REF^I12", "PDF"]))
+        .publish_endpoint(publish(
+            format!("{org}/cardiology"),
+            "Heart clinic",
+            "Cardiology",
+            &["REF^I12", "PDF"],
+        ))
         .await
         .expect("publish");
     cl.directory()
-        .publish_endpoint(publish(format!("{org}/{practitioner}"), "Dr Jane Smith", "Oncology", &["ORU^R01"]))
+        .publish_endpoint(publish(
+            format!("{org}/{practitioner}"),
+            "Dr Jane Smith",
+            "Oncology",
+            &["ORU^R01"],
+        ))
         .await
         .expect("publish");
     let search = |text: &str, specialty: &str, state: &str, ptype: &str| pb::SearchRequest {
@@ -408,15 +486,86 @@ async fn directory_search_finds_endpoints_by_each_criterion() {
     };
     let ids = |r: pb::SearchResponse| r.endpoints.into_iter().map(|e| e.id).collect::<Vec<_>>();
     let d = || cl.directory();
-    assert_eq!(ids(d().search(search("heart", "", "", "")).await.expect("s").into_inner()), vec![format!("{org}/cardiology")]);
-    assert_eq!(ids(d().search(search("jan smi", "", "", "")).await.expect("s").into_inner()).len(), 1);
-    assert_eq!(ids(d().search(search(practitioner.as_str(), "", "", "")).await.expect("s").into_inner()).len(), 1);
-    assert_eq!(ids(d().search(search(org.as_str(), "", "", "")).await.expect("s").into_inner()).len(), 2);
-    assert_eq!(ids(d().search(search("", "oncology", "", "")).await.expect("s").into_inner()).len(), 1);
-    assert_eq!(ids(d().search(search("", "", "VIC", "")).await.expect("s").into_inner()).len(), 2);
-    assert_eq!(ids(d().search(search("", "", "NSW", "")).await.expect("s").into_inner()).len(), 0);
-    assert_eq!(ids(d().search(search("", "", "", "PDF")).await.expect("s").into_inner()).len(), 1);
-    assert_eq!(ids(d().search(search("clinic", "cardiology", "VIC", "REF^I12")).await.expect("s").into_inner()).len(), 1);
+    assert_eq!(
+        ids(d()
+            .search(search("heart", "", "", ""))
+            .await
+            .expect("s")
+            .into_inner()),
+        vec![format!("{org}/cardiology")]
+    );
+    assert_eq!(
+        ids(d()
+            .search(search("jan smi", "", "", ""))
+            .await
+            .expect("s")
+            .into_inner())
+        .len(),
+        1
+    );
+    assert_eq!(
+        ids(d()
+            .search(search(practitioner.as_str(), "", "", ""))
+            .await
+            .expect("s")
+            .into_inner())
+        .len(),
+        1
+    );
+    assert_eq!(
+        ids(d()
+            .search(search(org.as_str(), "", "", ""))
+            .await
+            .expect("s")
+            .into_inner())
+        .len(),
+        2
+    );
+    assert_eq!(
+        ids(d()
+            .search(search("", "oncology", "", ""))
+            .await
+            .expect("s")
+            .into_inner())
+        .len(),
+        1
+    );
+    assert_eq!(
+        ids(d()
+            .search(search("", "", "VIC", ""))
+            .await
+            .expect("s")
+            .into_inner())
+        .len(),
+        2
+    );
+    assert_eq!(
+        ids(d()
+            .search(search("", "", "NSW", ""))
+            .await
+            .expect("s")
+            .into_inner())
+        .len(),
+        0
+    );
+    assert_eq!(
+        ids(d()
+            .search(search("", "", "", "PDF"))
+            .await
+            .expect("s")
+            .into_inner())
+        .len(),
+        1
+    );
+    assert_eq!(
+        ids(d()
+            .search(search("clinic", "cardiology", "VIC", "REF^I12"))
+            .await
+            .expect("s")
+            .into_inner())
+        .len(),
+        1
+    );
 
     // Retired endpoints drop out of search unless asked for.
     cl.directory()
@@ -426,7 +575,15 @@ async fn directory_search_finds_endpoints_by_each_criterion() {
         })
         .await
         .expect("retire");
-    assert_eq!(ids(d().search(search("heart", "", "", "")).await.expect("s").into_inner()).len(), 0);
+    assert_eq!(
+        ids(d()
+            .search(search("heart", "", "", ""))
+            .await
+            .expect("s")
+            .into_inner())
+        .len(),
+        0
+    );
     let mut q = search("heart", "", "", "");
     q.include_retired = true;
     let r = d().search(q).await.expect("s").into_inner();

@@ -155,14 +155,21 @@ fn status_err(what: &str) -> impl FnOnce(tonic::Status) -> anyhow::Error + '_ {
 
 pub async fn cluster(opts: &ClientOpts, cmd: ClusterCmd) -> anyhow::Result<()> {
     let out = Out::new(opts.json);
-    if let ClusterCmd::StopNode { node, provider } | ClusterCmd::StartNode { node, provider } = &cmd {
-        let verb = if matches!(cmd, ClusterCmd::StopNode { .. }) { "stop-node" } else { "start-node" };
+    if let ClusterCmd::StopNode { node, provider } | ClusterCmd::StartNode { node, provider } = &cmd
+    {
+        let verb = if matches!(cmd, ClusterCmd::StopNode { .. }) {
+            "stop-node"
+        } else {
+            "start-node"
+        };
         let (path, _, profile) = load_profile(opts)?;
         let provider = provider
             .clone()
             .or(profile.provider.clone())
             .context("name the node's provider with --provider")?;
-        let dir = path.parent().context("the client configuration has no folder")?;
+        let dir = path
+            .parent()
+            .context("the client configuration has no folder")?;
         let answer = crate::dev::control(dir, &format!("{verb} {provider} {node}")).await?;
         out.message(&answer, serde_json::json!({ "result": answer }));
         return Ok(());
@@ -172,7 +179,9 @@ pub async fn cluster(opts: &ClientOpts, cmd: ClusterCmd) -> anyhow::Result<()> {
     match cmd {
         ClusterCmd::Status { local } => {
             let r = admin
-                .status(pb::StatusRequest { all_members: !local })
+                .status(pb::StatusRequest {
+                    all_members: !local,
+                })
                 .await
                 .map_err(status_err("cluster status"))?
                 .into_inner();
@@ -212,7 +221,10 @@ pub async fn cluster(opts: &ClientOpts, cmd: ClusterCmd) -> anyhow::Result<()> {
                 .map_err(status_err("snapshot"))?
                 .into_inner();
             out.message(
-                &format!("snapshot built on {} up to log index {}", client.endpoint, r.snapshot_index),
+                &format!(
+                    "snapshot built on {} up to log index {}",
+                    client.endpoint, r.snapshot_index
+                ),
                 serde_json::json!({ "node": client.endpoint, "snapshot_index": r.snapshot_index }),
             );
         }
@@ -273,7 +285,10 @@ pub async fn directory(opts: &ClientOpts, cmd: DirectoryCmd) -> anyhow::Result<(
             signing_key,
         } => {
             let (encryption, signing) = match (encryption_key, signing_key) {
-                (Some(e), Some(s)) => (key_bytes("--encryption-key", &e)?, key_bytes("--signing-key", &s)?),
+                (Some(e), Some(s)) => (
+                    key_bytes("--encryption-key", &e)?,
+                    key_bytes("--signing-key", &s)?,
+                ),
                 _ => {
                     let k = OrgKeys::generate(&key_id)?;
                     (k.encryption_public().to_vec(), k.signing_public().to_vec())
@@ -320,7 +335,10 @@ pub async fn directory(opts: &ClientOpts, cmd: DirectoryCmd) -> anyhow::Result<(
         }
         DirectoryCmd::Retire { id, reason } => {
             let r = dir
-                .retire_endpoint(pb::RetireEndpointRequest { id: id.clone(), reason })
+                .retire_endpoint(pb::RetireEndpointRequest {
+                    id: id.clone(),
+                    reason,
+                })
                 .await
                 .map_err(status_err("retire endpoint"))?
                 .into_inner();

@@ -87,25 +87,25 @@ fn shape_of(args: &DevArgs) -> anyhow::Result<(DevShape, bool)> {
     let marker = args.data.join(DEV_MARKER);
     if marker.exists() {
         let text = std::fs::read_to_string(&marker)?;
-        let shape: DevShape = toml::from_str(&text)
-            .with_context(|| format!("{} is damaged", marker.display()))?;
-        if let Some(p) = args.providers {
-            if p != shape.providers.len() {
-                bail!(
-                    "{} holds a dev cluster of {} provider(s); you asked for {p}. Use another --data folder",
-                    args.data.display(),
-                    shape.providers.len()
-                );
-            }
+        let shape: DevShape =
+            toml::from_str(&text).with_context(|| format!("{} is damaged", marker.display()))?;
+        if let Some(p) = args.providers
+            && p != shape.providers.len()
+        {
+            bail!(
+                "{} holds a dev cluster of {} provider(s); you asked for {p}. Use another --data folder",
+                args.data.display(),
+                shape.providers.len()
+            );
         }
-        if let Some(n) = args.nodes {
-            if n != shape.nodes {
-                bail!(
-                    "{} holds providers of {} nodes; you asked for {n}. Use another --data folder",
-                    args.data.display(),
-                    shape.nodes
-                );
-            }
+        if let Some(n) = args.nodes
+            && n != shape.nodes
+        {
+            bail!(
+                "{} holds providers of {} nodes; you asked for {n}. Use another --data folder",
+                args.data.display(),
+                shape.nodes
+            );
         }
         for p in &shape.providers {
             if !args.data.join(p).join("ca.pem").exists() {
@@ -157,7 +157,12 @@ struct DemoOrg {
     suburb: &'static str,
     state: &'static str,
     postcode: &'static str,
-    services: &'static [(&'static str, &'static str, &'static str, &'static [&'static str])],
+    services: &'static [(
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static [&'static str],
+    )],
     practitioners: &'static [(u64, &'static str, &'static str)],
 }
 
@@ -169,8 +174,16 @@ const DEMO: &[DemoOrg] = &[
         suburb: "Brunswick",
         state: "VIC",
         postcode: "3056",
-        services: &[("general-practice", "Northside GP reception", "General practice", &["ORU^R01", "MDM^T02", "REF^I12", "PDF", "TEXT"])],
-        practitioners: &[(2001, "Dr Amelia Chen", "General practice"), (2002, "Dr Tom Okafor", "General practice")],
+        services: &[(
+            "general-practice",
+            "Northside GP reception",
+            "General practice",
+            &["ORU^R01", "MDM^T02", "REF^I12", "PDF", "TEXT"],
+        )],
+        practitioners: &[
+            (2001, "Dr Amelia Chen", "General practice"),
+            (2002, "Dr Tom Okafor", "General practice"),
+        ],
     },
     DemoOrg {
         profile: "citylab",
@@ -180,8 +193,18 @@ const DEMO: &[DemoOrg] = &[
         state: "VIC",
         postcode: "3000",
         services: &[
-            ("requests", "Pathology requests", "Pathology", &["REF^I12", "FHIR"]),
-            ("results", "Pathology results desk", "Pathology", &["ORU^R01", "TEXT"]),
+            (
+                "requests",
+                "Pathology requests",
+                "Pathology",
+                &["REF^I12", "FHIR"],
+            ),
+            (
+                "results",
+                "Pathology results desk",
+                "Pathology",
+                &["ORU^R01", "TEXT"],
+            ),
         ],
         practitioners: &[],
     },
@@ -193,8 +216,18 @@ const DEMO: &[DemoOrg] = &[
         state: "VIC",
         postcode: "3065",
         services: &[
-            ("cardiology", "Cardiology outpatients", "Cardiology", &["REF^I12", "CDA", "PDF"]),
-            ("discharge", "Discharge summaries", "Hospital medicine", &["MDM^T02", "CDA"]),
+            (
+                "cardiology",
+                "Cardiology outpatients",
+                "Cardiology",
+                &["REF^I12", "CDA", "PDF"],
+            ),
+            (
+                "discharge",
+                "Discharge summaries",
+                "Hospital medicine",
+                &["MDM^T02", "CDA"],
+            ),
         ],
         practitioners: &[(2003, "Dr Priya Raman", "Cardiology")],
     },
@@ -205,7 +238,12 @@ const DEMO: &[DemoOrg] = &[
         suburb: "Sydney",
         state: "NSW",
         postcode: "2000",
-        services: &[("imaging", "Imaging bookings and reports", "Radiology", &["REF^I12", "ORU^R01", "PDF"])],
+        services: &[(
+            "imaging",
+            "Imaging bookings and reports",
+            "Radiology",
+            &["REF^I12", "ORU^R01", "PDF"],
+        )],
         practitioners: &[],
     },
 ];
@@ -216,7 +254,10 @@ async fn seed(admin: &Profile) -> anyhow::Result<()> {
     let ignore_exists = |r: Result<tonic::Response<pb::WriteResult>, tonic::Status>| match r {
         Ok(_) => Ok(()),
         Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
-        Err(s) => Err(anyhow::anyhow!("seeding the demo directory: {}", s.message())),
+        Err(s) => Err(anyhow::anyhow!(
+            "seeding the demo directory: {}",
+            s.message()
+        )),
     };
     for org in DEMO {
         let hpio = HpiO::from_serial(org.serial);
@@ -256,7 +297,12 @@ async fn seed(admin: &Profile) -> anyhow::Result<()> {
                     id: format!("{hpio}/{}", HpiI::from_serial(*serial)),
                     display_name: (*name).into(),
                     specialty: (*specialty).into(),
-                    payload_types: vec!["REF^I12".into(), "ORU^R01".into(), "MDM^T02".into(), "PDF".into()],
+                    payload_types: vec![
+                        "REF^I12".into(),
+                        "ORU^R01".into(),
+                        "MDM^T02".into(),
+                        "PDF".into(),
+                    ],
                 })
                 .await,
             )?;
@@ -266,16 +312,24 @@ async fn seed(admin: &Profile) -> anyhow::Result<()> {
 }
 
 fn relative(base: &Path, p: &Path) -> PathBuf {
-    p.strip_prefix(base).map(Path::to_path_buf).unwrap_or_else(|_| p.to_path_buf())
+    p.strip_prefix(base)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|_| p.to_path_buf())
 }
 
 /// Profiles for every provider: `admin` (operator), and one per demo organisation on the
 /// first provider.
-fn client_config(data: &Path, clusters: &BTreeMap<String, LocalCluster>) -> anyhow::Result<ClientConfig> {
+fn client_config(
+    data: &Path,
+    clusters: &BTreeMap<String, LocalCluster>,
+) -> anyhow::Result<ClientConfig> {
     let mut profiles = BTreeMap::new();
     for (i, (name, cluster)) in clusters.iter().enumerate() {
         let endpoints: Vec<String> = cluster.addrs().into_values().collect();
-        let mk = |who: &str, org: Option<String>, default_endpoint: Option<String>| -> anyhow::Result<Profile> {
+        let mk = |who: &str,
+                  org: Option<String>,
+                  default_endpoint: Option<String>|
+         -> anyhow::Result<Profile> {
             let t = cluster.client_identity(who)?;
             Ok(Profile {
                 endpoints: endpoints.clone(),
@@ -289,13 +343,20 @@ fn client_config(data: &Path, clusters: &BTreeMap<String, LocalCluster>) -> anyh
                 provider: Some(name.clone()),
             })
         };
-        let admin_name = if i == 0 { "admin".to_string() } else { format!("{name}-admin") };
+        let admin_name = if i == 0 {
+            "admin".to_string()
+        } else {
+            format!("{name}-admin")
+        };
         profiles.insert(admin_name, mk("admin", None, None)?);
         if i == 0 {
             for org in DEMO {
                 let hpio = HpiO::from_serial(org.serial);
                 let default_ep = org.services.first().map(|s| format!("{hpio}/{}", s.0));
-                profiles.insert(org.profile.to_string(), mk(org.profile, Some(hpio.to_string()), default_ep)?);
+                profiles.insert(
+                    org.profile.to_string(),
+                    mk(org.profile, Some(hpio.to_string()), default_ep)?,
+                );
             }
         }
     }
@@ -320,7 +381,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         let cluster = if dir.join("ca.pem").exists() {
             LocalCluster::open(&dir, p).await?
         } else {
-            LocalCluster::create(&dir, p, shape.nodes, RaftOptions::default(), ApiLimits::default()).await?
+            LocalCluster::create(
+                &dir,
+                p,
+                shape.nodes,
+                RaftOptions::default(),
+                ApiLimits::default(),
+            )
+            .await?
         };
         clusters.insert(p.clone(), cluster);
     }
@@ -368,7 +436,10 @@ fn print_summary(data: &Path, client_toml: &Path, clusters: &BTreeMap<String, Lo
     for (p, c) in clusters {
         println!("  provider {p} (CA {}):", c.dir.join("ca.pem").display());
         for (id, addr) in c.addrs() {
-            println!("    node {id}  https://{addr}  data {}", c.dir.join(format!("node-{id}")).display());
+            println!(
+                "    node {id}  https://{addr}  data {}",
+                c.dir.join(format!("node-{id}")).display()
+            );
         }
     }
     println!("  client profiles: {}", client_toml.display());
@@ -397,7 +468,9 @@ pub async fn wait_for_signal() {
 
 async fn serve_control(listener: tokio::net::UnixListener, clusters: Clusters) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { return };
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
         let clusters = clusters.clone();
         tokio::spawn(async move {
             let (r, mut w) = stream.into_split();
@@ -420,7 +493,9 @@ async fn handle_control(line: &str, clusters: &Clusters) -> anyhow::Result<Strin
     let [verb, provider, node] = parts.as_slice() else {
         bail!("expected: stop-node|start-node PROVIDER NODE");
     };
-    let id: u64 = node.parse().with_context(|| format!("{node:?} is not a node id"))?;
+    let id: u64 = node
+        .parse()
+        .with_context(|| format!("{node:?} is not a node id"))?;
     let mut clusters = clusters.lock().await;
     let c = clusters
         .get_mut(*provider)
@@ -449,7 +524,12 @@ pub async fn control(dir: &Path, command: &str) -> anyhow::Result<String> {
     let sock = dir.join(CONTROL_SOCKET);
     let stream = tokio::net::UnixStream::connect(&sock)
         .await
-        .with_context(|| format!("no running `sealpost dev` at {} (no control socket)", dir.display()))?;
+        .with_context(|| {
+            format!(
+                "no running `sealpost dev` at {} (no control socket)",
+                dir.display()
+            )
+        })?;
     let (r, mut w) = stream.into_split();
     w.write_all(format!("{command}\n").as_bytes()).await?;
     let mut line = String::new();
@@ -492,7 +572,11 @@ pub fn certs(args: CertsArgs) -> anyhow::Result<()> {
         if !cert.exists() {
             let id = ca.issue_client(c)?;
             write_file(&cert, &id.cert_pem, false)?;
-            write_file(&out.join("clients").join(format!("{c}-key.pem")), &id.key_pem, true)?;
+            write_file(
+                &out.join("clients").join(format!("{c}-key.pem")),
+                &id.key_pem,
+                true,
+            )?;
         }
     }
     println!("certificates for {} in {}", args.provider, out.display());

@@ -13,7 +13,11 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "sealpost", version, about = "Secure clinical messaging on a Raft-replicated event log")]
+#[command(
+    name = "sealpost",
+    version,
+    about = "Secure clinical messaging on a Raft-replicated event log"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -75,7 +79,10 @@ fn init_tracing() {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -97,7 +104,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_tracing();
             dev::run(args).await
         }
-        Command::Node { config, dump_config } => {
+        Command::Node {
+            config,
+            dump_config,
+        } => {
             let cfg = sealpost_server::NodeConfig::load(&config)
                 .with_context(|| format!("loading {}", config.display()))?;
             if dump_config {

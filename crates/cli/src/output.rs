@@ -59,7 +59,14 @@ pub fn cluster_status(out: &Out, endpoint: &str, r: &pb::StatusResponse) {
         let head = n.chain_head.get(..16).unwrap_or(&n.chain_head);
         println!(
             "{:>4}  {:<21}  {:<9}  {:>5}  {:>9}  {:>9}  {:>8}  {:>8}  {head}",
-            n.id, n.addr, n.role, n.term, n.last_log_index, n.last_applied_index, n.snapshot_index, n.event_count
+            n.id,
+            n.addr,
+            n.role,
+            n.term,
+            n.last_log_index,
+            n.last_applied_index,
+            n.snapshot_index,
+            n.event_count
         );
     }
 }
@@ -83,7 +90,12 @@ pub fn organisation(out: &Out, o: &pb::Organisation) {
     println!("{}  {}", o.hpio, o.name);
     println!("  location  {}, {} {}", o.suburb, o.state, o.postcode);
     if let Some(k) = &o.keys {
-        println!("  keys      {} (x25519 {}…, ed25519 {}…)", k.key_id, hex::encode(&k.encryption[..4.min(k.encryption.len())]), hex::encode(&k.signing[..4.min(k.signing.len())]));
+        println!(
+            "  keys      {} (x25519 {}…, ed25519 {}…)",
+            k.key_id,
+            hex::encode(&k.encryption[..4.min(k.encryption.len())]),
+            hex::encode(&k.signing[..4.min(k.signing.len())])
+        );
     }
     println!("  registered at event {}", o.registered_seq);
 }

@@ -90,10 +90,16 @@ impl ClientConfig {
     }
 
     /// The named profile, or the default one.
-    pub fn profile(&self, name: Option<&str>, path: &Path) -> Result<(String, Profile), ConfigError> {
+    pub fn profile(
+        &self,
+        name: Option<&str>,
+        path: &Path,
+    ) -> Result<(String, Profile), ConfigError> {
         let name = match name.or(self.default_profile.as_deref()) {
             Some(n) => n.to_string(),
-            None if self.profiles.len() == 1 => self.profiles.keys().next().cloned().unwrap_or_default(),
+            None if self.profiles.len() == 1 => {
+                self.profiles.keys().next().cloned().unwrap_or_default()
+            }
             None => {
                 return Err(ConfigError::Ambiguous {
                     path: path.to_path_buf(),

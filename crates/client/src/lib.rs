@@ -53,7 +53,10 @@ impl Client {
         let tls = profile.tls.load()?;
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&tls.ca_pem))
-            .identity(Identity::from_pem(&tls.identity.cert_pem, &tls.identity.key_pem));
+            .identity(Identity::from_pem(
+                &tls.identity.cert_pem,
+                &tls.identity.key_pem,
+            ));
         let mut problems = Vec::new();
         for ep in &profile.endpoints {
             let endpoint = Endpoint::from_shared(format!("https://{ep}"))

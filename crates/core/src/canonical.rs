@@ -79,12 +79,18 @@ mod tests {
     #[test]
     fn layout_is_frozen() {
         let mut c = Canon::new();
-        c.u8(1).u16(2).u64(3).str("ab").opt_u64(None).opt_u64(Some(4)).count(2);
+        c.u8(1)
+            .u16(2)
+            .u64(3)
+            .str("ab")
+            .opt_u64(None)
+            .opt_u64(Some(4))
+            .count(2);
         assert_eq!(
             c.finish(),
             vec![
-                1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 2, b'a', b'b', 0, 1, 0, 0, 0, 0, 0, 0,
-                0, 4, 0, 0, 0, 2
+                1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 2, b'a', b'b', 0, 1, 0, 0, 0, 0, 0, 0, 0,
+                4, 0, 0, 0, 2
             ]
         );
     }

@@ -13,7 +13,9 @@ pub const RECORD_VERSION_CURRENT: u8 = 1;
 pub enum CodecError {
     #[error("empty record")]
     Empty,
-    #[error("record version {found} is newer than this build understands ({RECORD_VERSION_CURRENT})")]
+    #[error(
+        "record version {found} is newer than this build understands ({RECORD_VERSION_CURRENT})"
+    )]
     UnknownVersion { found: u8 },
     #[error("record does not decode: {0}")]
     Malformed(String),
@@ -61,10 +63,16 @@ mod tests {
         assert_eq!(bytes[0], RECORD_VERSION_CURRENT);
         assert_eq!(decode::<(u64, String, Vec<u8>)>(&bytes), Ok(v));
         assert_eq!(decode::<u64>(&[]), Err(CodecError::Empty));
-        assert_eq!(decode::<u64>(&[9, 0]), Err(CodecError::UnknownVersion { found: 9 }));
+        assert_eq!(
+            decode::<u64>(&[9, 0]),
+            Err(CodecError::UnknownVersion { found: 9 })
+        );
         let mut long = encode(&1u64);
         long.push(0);
         assert_eq!(decode::<u64>(&long), Err(CodecError::Trailing(1)));
-        assert!(matches!(decode::<u64>(&[1, 0]), Err(CodecError::Malformed(_))));
+        assert!(matches!(
+            decode::<u64>(&[1, 0]),
+            Err(CodecError::Malformed(_))
+        ));
     }
 }

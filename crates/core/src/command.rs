@@ -141,7 +141,11 @@ pub fn decide(cmd: &Command, facts: &Facts, cluster_version: u16) -> Result<Vec<
             vec![Event::EndpointPublished(e.clone())]
         }
         Command::RetireEndpoint { id, reason } => match facts.endpoint(id) {
-            None => return Err(Rejection::NotFound(format!("endpoint {id} is not published"))),
+            None => {
+                return Err(Rejection::NotFound(format!(
+                    "endpoint {id} is not published"
+                )));
+            }
             Some(ep) if !ep.is_active() => {
                 return Err(Rejection::FailedPrecondition(format!(
                     "endpoint {id} is already retired"

@@ -52,7 +52,10 @@ pub fn check_text(field: &'static str, value: &str, bytes_max: usize) -> Result<
         ));
     }
     if value.chars().any(char::is_control) {
-        return Err(FieldError::new(field, "must not contain control characters"));
+        return Err(FieldError::new(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(())
 }
@@ -199,9 +202,7 @@ impl FromStr for PayloadType {
             .ok_or_else(|| {
                 FieldError::new(
                     "payload_type",
-                    format!(
-                        "{s:?} is not one of REF^I12, ORU^R01, MDM^T02, CDA, FHIR, PDF, TEXT"
-                    ),
+                    format!("{s:?} is not one of REF^I12, ORU^R01, MDM^T02, CDA, FHIR, PDF, TEXT"),
                 )
             })
     }
@@ -229,7 +230,10 @@ impl PublicKeys {
     pub fn validate(&self) -> Result<(), FieldError> {
         check_text("key_id", &self.key_id, SHORT_TEXT_BYTES_MAX)?;
         if self.encryption == [0; PUBLIC_KEY_BYTES] || self.signing == [0; PUBLIC_KEY_BYTES] {
-            return Err(FieldError::new("keys", "a public key must not be all zeroes"));
+            return Err(FieldError::new(
+                "keys",
+                "a public key must not be all zeroes",
+            ));
         }
         Ok(())
     }

@@ -342,7 +342,14 @@ mod tests {
     /// The canonical encoding is frozen: this hash of a fixed record must never change.
     #[test]
     fn canonical_hash_is_frozen() {
-        let r = EventRecord::chain(1, 1_700_000_000_000, 1, "dev".into(), GENESIS_HASH, org_event(1));
+        let r = EventRecord::chain(
+            1,
+            1_700_000_000_000,
+            1,
+            "dev".into(),
+            GENESIS_HASH,
+            org_event(1),
+        );
         assert_eq!(
             hex::encode(r.hash),
             hex::encode(hash_canonical(&r.canonical_bytes()))

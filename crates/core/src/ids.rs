@@ -213,8 +213,7 @@ pub fn validate_service_slug(s: &str) -> Result<(), IdError> {
     let ok = !s.is_empty()
         && s.len() <= SERVICE_SLUG_BYTES_MAX
         && !s.starts_with('-')
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if ok {
         Ok(())
@@ -320,8 +319,11 @@ mod tests {
             s.push(char::from_digit((last + 1) % 10, 10).unwrap_or('0'));
             s
         };
-        let cases: Vec<(String, fn(&IdError) -> bool)> = vec![
-            ("".into(), |e| matches!(e, IdError::WrongLength { len: 0, .. })),
+        type Case = (String, fn(&IdError) -> bool);
+        let cases: Vec<Case> = vec![
+            ("".into(), |e| {
+                matches!(e, IdError::WrongLength { len: 0, .. })
+            }),
             ("80036200000000".into(), |e| {
                 matches!(e, IdError::WrongLength { len: 14, .. })
             }),
@@ -341,11 +343,18 @@ mod tests {
             ("800362 000000001".into(), |e| {
                 matches!(e, IdError::NonDigit { position: 6, .. })
             }),
-            ("８００３６２０００００００１２".into(), |e| {
-                matches!(e, IdError::WrongLength { .. } | IdError::NonDigit { .. })
-            }),
+            (
+                "８００３６２０００００００１２".into(),
+                |e| matches!(e, IdError::WrongLength { .. } | IdError::NonDigit { .. }),
+            ),
             (with_check("800361000000001"), |e| {
-                matches!(e, IdError::WrongPrefix { expected: "800362", .. })
+                matches!(
+                    e,
+                    IdError::WrongPrefix {
+                        expected: "800362",
+                        ..
+                    }
+                )
             }),
             (bad_check, |e| matches!(e, IdError::BadCheckDigit { .. })),
         ];

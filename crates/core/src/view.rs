@@ -54,7 +54,8 @@ impl Facts {
         for c in changes {
             match c {
                 ViewChange::PutOrganisation(o) => {
-                    self.organisations.insert(o.spec.hpio.clone(), Some(o.clone()));
+                    self.organisations
+                        .insert(o.spec.hpio.clone(), Some(o.clone()));
                 }
                 ViewChange::PutEndpoint(e) => {
                     self.endpoints.insert(e.spec.id.clone(), Some(e.clone()));
@@ -176,7 +177,11 @@ pub fn index_key_endpoint(key: &[u8]) -> Option<EndpointId> {
 
 /// Location value as indexed: state code, separator, lowercased suburb.
 pub fn location_value(state: &str, suburb: &str) -> String {
-    format!("{}\u{1}{}", state.to_ascii_uppercase(), suburb.trim().to_lowercase())
+    format!(
+        "{}\u{1}{}",
+        state.to_ascii_uppercase(),
+        suburb.trim().to_lowercase()
+    )
 }
 
 /// Lowercased words of a name, as indexed.
@@ -200,7 +205,10 @@ fn index_keys(ep: &Endpoint, org: &Organisation) -> Vec<Vec<u8>> {
     words.sort();
     words.dedup();
     keys.extend(words.iter().map(|w| key(index::NAME_WORD, w)));
-    keys.push(key(index::SPECIALTY, &ep.spec.specialty.trim().to_lowercase()));
+    keys.push(key(
+        index::SPECIALTY,
+        &ep.spec.specialty.trim().to_lowercase(),
+    ));
     keys.push(key(
         index::LOCATION,
         &location_value(org.spec.state.as_str(), &org.spec.suburb),

@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use sha2::{Digest, Sha256};
 
@@ -108,7 +108,9 @@ pub struct DevCa {
 
 impl std::fmt::Debug for DevCa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DevCa").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("DevCa")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -163,10 +165,11 @@ impl DevCa {
     fn issue(&self, common_name: &str, sans: &[String], server: bool) -> Result<Identity> {
         let mut p = CertificateParams::new(Vec::<String>::new())?;
         for san in sans {
-            p.subject_alt_names.push(match san.parse::<std::net::IpAddr>() {
-                Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => SanType::DnsName(san.clone().try_into()?),
-            });
+            p.subject_alt_names
+                .push(match san.parse::<std::net::IpAddr>() {
+                    Ok(ip) => SanType::IpAddress(ip),
+                    Err(_) => SanType::DnsName(san.clone().try_into()?),
+                });
         }
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, common_name);
@@ -178,7 +181,8 @@ impl DevCa {
         ];
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         if server {
-            p.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
+            p.extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ServerAuth);
         }
         let key = KeyPair::generate()?;
         // The issuer is rebuilt from the CA's parameters: same subject, same key.
@@ -218,8 +222,12 @@ mod tests {
         let ca = DevCa::generate("prov-a").expect("ca");
         ca.save(&dir.path().join("ca.pem"), &dir.path().join("ca-key.pem"))
             .expect("save");
-        let ca2 = DevCa::load("prov-a", &dir.path().join("ca.pem"), &dir.path().join("ca-key.pem"))
-            .expect("load");
+        let ca2 = DevCa::load(
+            "prov-a",
+            &dir.path().join("ca.pem"),
+            &dir.path().join("ca-key.pem"),
+        )
+        .expect("load");
         let id = ca2
             .issue_node("node-1", &["localhost".into(), "127.0.0.1".into()])
             .expect("issue");

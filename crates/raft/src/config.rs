@@ -90,22 +90,41 @@ impl RaftOptions {
             return bad("heartbeat_interval_ms", "must be positive");
         }
         if self.election_timeout_min_ms <= self.heartbeat_interval_ms {
-            return bad("election_timeout_min_ms", "must exceed heartbeat_interval_ms");
+            return bad(
+                "election_timeout_min_ms",
+                "must exceed heartbeat_interval_ms",
+            );
         }
         if self.election_timeout_max_ms <= self.election_timeout_min_ms {
-            return bad("election_timeout_max_ms", "must exceed election_timeout_min_ms");
+            return bad(
+                "election_timeout_max_ms",
+                "must exceed election_timeout_min_ms",
+            );
         }
-        if self.batch_proposals_max == 0 || self.batch_proposals_max > sealpost_core::batch::BATCH_PROPOSALS_MAX {
+        if self.batch_proposals_max == 0
+            || self.batch_proposals_max > sealpost_core::batch::BATCH_PROPOSALS_MAX
+        {
             return bad("batch_proposals_max", "must be between 1 and 1024");
         }
         if self.batch_bytes_max == 0 || self.batch_bytes_max * 2 > self.grpc_message_bytes_max {
-            return bad("batch_bytes_max", "must be positive and at most half of grpc_message_bytes_max");
+            return bad(
+                "batch_bytes_max",
+                "must be positive and at most half of grpc_message_bytes_max",
+            );
         }
         if self.proposals_in_flight_max == 0 || self.proposal_queue_max == 0 {
-            return bad("proposals_in_flight_max", "queues must hold at least one proposal");
+            return bad(
+                "proposals_in_flight_max",
+                "queues must hold at least one proposal",
+            );
         }
-        if self.snapshot_chunk_bytes == 0 || self.snapshot_chunk_bytes + 4096 > self.grpc_message_bytes_max {
-            return bad("snapshot_chunk_bytes", "must be positive and fit in grpc_message_bytes_max");
+        if self.snapshot_chunk_bytes == 0
+            || self.snapshot_chunk_bytes + 4096 > self.grpc_message_bytes_max
+        {
+            return bad(
+                "snapshot_chunk_bytes",
+                "must be positive and fit in grpc_message_bytes_max",
+            );
         }
         if self.append_entries_max == 0 {
             return bad("append_entries_max", "must be positive");

@@ -8,7 +8,7 @@
 //! - [`proposer`]: batching of proposals into Raft entries.
 //! - [`network`]: openraft's network (client side), snapshot streaming, fault injection.
 //! - [`service`]: the `sealpost.v1.Raft` gRPC service (server side).
-//! - [`config`]: [`RaftOptions`].
+//! - [`config`]: the [`RaftOptions`] of a node.
 
 pub mod config;
 pub mod network;

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use openraft::BasicNode;
 use openraft::error::{
     Fatal, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError,
     Unreachable,
@@ -21,13 +22,12 @@ use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
 use sealpost_core::codec;
 use sealpost_proto::v1::raft_client::RaftClient;
 use sealpost_proto::v1::{FileChunk, RaftBytes, SnapshotChunk, snapshot_chunk};
+use sealpost_store::TypeConfig;
 use sealpost_store::snapshot::list_files;
 use sealpost_store::types::{NodeId, Snapshot, Vote};
-use sealpost_store::TypeConfig;
 use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
@@ -40,7 +40,11 @@ pub const PEER_RETRY_BACKOFF_MS: u64 = 200;
 
 /// The header of a snapshot stream: the leader's vote, the snapshot's metadata and the
 /// files that follow, with their sizes.
-pub type SnapshotHeader = (Vote, sealpost_store::types::SnapshotMeta, Vec<(String, u64)>);
+pub type SnapshotHeader = (
+    Vote,
+    sealpost_store::types::SnapshotMeta,
+    Vec<(String, u64)>,
+);
 
 /// Fault injection for chaos and partition tests: an isolated node neither sends nor
 /// accepts Raft traffic, as if its network cable were pulled.
@@ -166,7 +170,9 @@ pub struct PeerClient {
 #[error("{0}")]
 struct Msg(String);
 
-fn unreachable<E: std::error::Error>(why: impl std::fmt::Display) -> RPCError<NodeId, BasicNode, E> {
+fn unreachable<E: std::error::Error>(
+    why: impl std::fmt::Display,
+) -> RPCError<NodeId, BasicNode, E> {
     RPCError::Unreachable(Unreachable::new(&Msg(why.to_string())))
 }
 
@@ -177,8 +183,12 @@ fn status_error<E: std::error::Error>(s: &tonic::Status) -> RPCError<NodeId, Bas
     }
 }
 
+// openraft's RPC error type is large; these helpers only pass it through.
+#[allow(clippy::result_large_err)]
 impl PeerClient {
-    fn client<E: std::error::Error>(&self) -> Result<RaftClient<Channel>, RPCError<NodeId, BasicNode, E>> {
+    fn client<E: std::error::Error>(
+        &self,
+    ) -> Result<RaftClient<Channel>, RPCError<NodeId, BasicNode, E>> {
         if self.shared.faults.is_isolated() {
             return Err(unreachable("this node is isolated by fault injection"));
         }
@@ -254,7 +264,9 @@ impl PeerClient {
     }
 }
 
-fn to_streaming(e: RPCError<NodeId, BasicNode, Fatal<NodeId>>) -> StreamingError<TypeConfig, Fatal<NodeId>> {
+fn to_streaming(
+    e: RPCError<NodeId, BasicNode, Fatal<NodeId>>,
+) -> StreamingError<TypeConfig, Fatal<NodeId>> {
     match e {
         RPCError::Unreachable(u) => StreamingError::Unreachable(u),
         RPCError::Timeout(t) => StreamingError::Timeout(t),
@@ -275,7 +287,10 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             data: codec::encode(&rpc),
         });
         req.set_timeout(option.hard_ttl());
-        let resp = client.append_entries(req).await.map_err(|s| status_error(&s))?;
+        let resp = client
+            .append_entries(req)
+            .await
+            .map_err(|s| status_error(&s))?;
         let r: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
             Self::decode(&resp.into_inner().data)?;
         r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -292,7 +307,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         });
         req.set_timeout(option.hard_ttl());
         let resp = client.vote(req).await.map_err(|s| status_error(&s))?;
-        let r: Result<VoteResponse<NodeId>, RaftError<NodeId>> = Self::decode(&resp.into_inner().data)?;
+        let r: Result<VoteResponse<NodeId>, RaftError<NodeId>> =
+            Self::decode(&resp.into_inner().data)?;
         r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 
@@ -310,6 +326,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     }
 
     fn backoff(&self) -> Backoff {
-        Backoff::new(std::iter::repeat(Duration::from_millis(PEER_RETRY_BACKOFF_MS)))
+        Backoff::new(std::iter::repeat(Duration::from_millis(
+            PEER_RETRY_BACKOFF_MS,
+        )))
     }
 }

@@ -173,7 +173,9 @@ impl Core {
                         .collect(),
                 )
             }
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => ForwardReply::NotLeader,
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                ForwardReply::NotLeader
+            }
             Err(e) => ForwardReply::Failed(e.to_string()),
         }
     }
@@ -235,7 +237,10 @@ impl Core {
                 } else {
                     ChangeMembers::RemoveNodes(BTreeSet::from([id]))
                 };
-                self.raft.change_membership(change, false).await.map_err(unavailable)?
+                self.raft
+                    .change_membership(change, false)
+                    .await
+                    .map_err(unavailable)?
             }
         };
         Ok(resp.log_id.index)
@@ -243,7 +248,10 @@ impl Core {
 }
 
 impl Submit for Core {
-    async fn submit(&self, proposals: Vec<Proposal>) -> Result<Vec<Result<Committed, ProposeError>>, ProposeError> {
+    async fn submit(
+        &self,
+        proposals: Vec<Proposal>,
+    ) -> Result<Vec<Result<Committed, ProposeError>>, ProposeError> {
         for attempt in 0..WRITE_ATTEMPTS_MAX {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
@@ -272,7 +280,9 @@ impl Submit for Core {
                 ForwardReply::Failed(e) => return Err(ProposeError::Unknown(e)),
             }
         }
-        Err(ProposeError::NoLeader("leadership kept moving; retry".into()))
+        Err(ProposeError::NoLeader(
+            "leadership kept moving; retry".into(),
+        ))
     }
 }
 
@@ -298,10 +308,11 @@ impl RaftNode {
             .map_err(|e| NodeError::Invalid(e.to_string()))?;
         let store_opts = opts.store.clone();
         let dir = opts.data_dir.clone();
-        let (log, sm) = tokio::task::spawn_blocking(move || sealpost_store::open(&dir, &store_opts))
-            .await
-            .map_err(|e| NodeError::Storage(e.to_string()))?
-            .map_err(|e| NodeError::Storage(e.to_string()))?;
+        let (log, sm) =
+            tokio::task::spawn_blocking(move || sealpost_store::open(&dir, &store_opts))
+                .await
+                .map_err(|e| NodeError::Storage(e.to_string()))?
+                .map_err(|e| NodeError::Storage(e.to_string()))?;
         let view = sm.view();
         let faults = Faults::default();
         let net = Arc::new(NetShared::new(
@@ -315,7 +326,9 @@ impl RaftNode {
         let raft = Raft::new(
             opts.id,
             Arc::new(config),
-            NetworkFactory { shared: net.clone() },
+            NetworkFactory {
+                shared: net.clone(),
+            },
             log.clone(),
             sm,
         )
@@ -370,8 +383,8 @@ impl RaftNode {
             self.counters.clone(),
             self.faults.clone(),
         ))
-            .max_decoding_message_size(self.core.opts.grpc_message_bytes_max)
-            .max_encoding_message_size(self.core.opts.grpc_message_bytes_max)
+        .max_decoding_message_size(self.core.opts.grpc_message_bytes_max)
+        .max_encoding_message_size(self.core.opts.grpc_message_bytes_max)
     }
 
     /// Initializes a new cluster with these voters. Harmless on a node that already has
@@ -424,7 +437,9 @@ impl RaftNode {
             .wait(Some(core.opts.forward_timeout()))
             .applied_index_at_least(Some(index), "linearizable read")
             .await
-            .map_err(|e| NodeError::Unavailable(format!("this node did not catch up in time: {e}")))?;
+            .map_err(|e| {
+                NodeError::Unavailable(format!("this node did not catch up in time: {e}"))
+            })?;
         Ok(())
     }
 
@@ -442,7 +457,8 @@ impl RaftNode {
             .call_leader(leader, "membership", codec::encode(&op))
             .await
             .map_err(NodeError::Unavailable)?;
-        codec::decode::<Result<u64, NodeError>>(&bytes).map_err(|e| NodeError::Unavailable(e.to_string()))?
+        codec::decode::<Result<u64, NodeError>>(&bytes)
+            .map_err(|e| NodeError::Unavailable(e.to_string()))?
     }
 
     /// Builds a snapshot now and waits for it. Returns its last included index.
@@ -459,7 +475,8 @@ impl RaftNode {
             .await
             .map_err(|e| NodeError::Unavailable(e.to_string()))?;
         let mut rx = raft.metrics();
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.core.opts.snapshot_timeout_ms);
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(self.core.opts.snapshot_timeout_ms);
         loop {
             let snap = rx.borrow().snapshot.map(|l| l.index).unwrap_or(0);
             if snap >= applied && snap > 0 {
@@ -467,7 +484,11 @@ impl RaftNode {
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => {}
-                _ => return Err(NodeError::Unavailable("snapshot did not finish in time".into())),
+                _ => {
+                    return Err(NodeError::Unavailable(
+                        "snapshot did not finish in time".into(),
+                    ));
+                }
             }
         }
     }

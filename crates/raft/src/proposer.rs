@@ -83,7 +83,9 @@ pub(crate) trait Submit: Send + Sync + 'static {
     fn submit(
         &self,
         proposals: Vec<Proposal>,
-    ) -> impl std::future::Future<Output = Result<Vec<Result<Committed, ProposeError>>, ProposeError>> + Send;
+    ) -> impl std::future::Future<
+        Output = Result<Vec<Result<Committed, ProposeError>>, ProposeError>,
+    > + Send;
 }
 
 /// Starts the proposer task; it ends when every handle is dropped.

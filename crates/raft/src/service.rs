@@ -12,9 +12,9 @@ use sealpost_core::codec;
 use sealpost_core::command::Proposal;
 use sealpost_proto::v1::raft_server::Raft as RaftRpc;
 use sealpost_proto::v1::{RaftBytes, SnapshotChunk, snapshot_chunk};
+use sealpost_store::TypeConfig;
 use sealpost_store::snapshot::check_name;
 use sealpost_store::types::{NodeId, Snapshot, SnapshotFiles};
-use sealpost_store::TypeConfig;
 use tokio::io::AsyncWriteExt;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -58,16 +58,22 @@ impl RaftService {
     }
 
     fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
-        codec::decode(bytes).map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+        codec::decode(bytes)
+            .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
     }
 
-    async fn receive_snapshot(&self, mut stream: Streaming<SnapshotChunk>) -> Result<Vec<u8>, Status> {
+    async fn receive_snapshot(
+        &self,
+        mut stream: Streaming<SnapshotChunk>,
+    ) -> Result<Vec<u8>, Status> {
         let first = stream
             .next()
             .await
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
         let Some(snapshot_chunk::Part::Header(h)) = first.part else {
-            return Err(Status::invalid_argument("a snapshot stream must start with its header"));
+            return Err(Status::invalid_argument(
+                "a snapshot stream must start with its header",
+            ));
         };
         let (vote, meta, files): SnapshotHeader = Self::decode(&h)?;
         check_name(&meta.snapshot_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -96,7 +102,10 @@ impl RaftService {
                 return Err(Status::invalid_argument("a second snapshot header"));
             };
             let Some(&len) = expected.get(&chunk.name) else {
-                return Err(Status::invalid_argument(format!("unexpected snapshot file {:?}", chunk.name)));
+                return Err(Status::invalid_argument(format!(
+                    "unexpected snapshot file {:?}",
+                    chunk.name
+                )));
             };
             let at = written.entry(chunk.name.clone()).or_insert(0);
             if chunk.offset != *at || *at + chunk.data.len() as u64 > len {
@@ -107,7 +116,9 @@ impl RaftService {
             }
             if open.as_ref().is_none_or(|(n, _)| n != &chunk.name) {
                 if let Some((_, f)) = open.take() {
-                    f.sync_all().await.map_err(|e| Status::internal(e.to_string()))?;
+                    f.sync_all()
+                        .await
+                        .map_err(|e| Status::internal(e.to_string()))?;
                 }
                 let f = tokio::fs::OpenOptions::new()
                     .create(true)
@@ -118,13 +129,19 @@ impl RaftService {
                 open = Some((chunk.name.clone(), f));
             }
             if let Some((_, f)) = open.as_mut() {
-                f.write_all(&chunk.data).await.map_err(|e| Status::internal(e.to_string()))?;
+                f.write_all(&chunk.data)
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?;
             }
             *at += chunk.data.len() as u64;
-            self.counters.chunks_received.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .chunks_received
+                .fetch_add(1, Ordering::Relaxed);
         }
         if let Some((_, f)) = open.take() {
-            f.sync_all().await.map_err(|e| Status::internal(e.to_string()))?;
+            f.sync_all()
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
         }
         for (name, len) in &expected {
             let got = written.get(name).copied().unwrap_or(0);
@@ -146,7 +163,9 @@ impl RaftService {
         };
         let res = self.core.raft.install_full_snapshot(vote, snapshot).await;
         if res.is_ok() {
-            self.counters.snapshots_installed.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .snapshots_installed
+                .fetch_add(1, Ordering::Relaxed);
         }
         Ok(codec::encode(&res))
     }
@@ -213,7 +232,10 @@ impl RaftRpc for RaftService {
         }))
     }
 
-    async fn change_membership(&self, req: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
+    async fn change_membership(
+        &self,
+        req: Request<RaftBytes>,
+    ) -> Result<Response<RaftBytes>, Status> {
         self.check_reachable()?;
         let op: MembershipOp = Self::decode(&req.into_inner().data)?;
         let res = self.core.membership_local(op).await;

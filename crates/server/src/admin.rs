@@ -84,7 +84,10 @@ impl AdminService {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
-    async fn status(&self, req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         let local = self.node.status().map_err(convert::node_error)?;
         let this = status_to_pb(&local);
         let mut members = Vec::new();
@@ -103,17 +106,26 @@ impl Admin for AdminService {
         }))
     }
 
-    async fn add_node(&self, req: Request<pb::AddNodeRequest>) -> Result<Response<pb::AddNodeResponse>, Status> {
+    async fn add_node(
+        &self,
+        req: Request<pb::AddNodeRequest>,
+    ) -> Result<Response<pb::AddNodeResponse>, Status> {
         let r = req.into_inner();
         if r.id == 0 {
             return Err(Status::invalid_argument("id: must be a positive integer"));
         }
         if r.addr.parse::<std::net::SocketAddr>().is_err() {
-            return Err(Status::invalid_argument(format!("addr: {:?} is not host:port", r.addr)));
+            return Err(Status::invalid_argument(format!(
+                "addr: {:?} is not host:port",
+                r.addr
+            )));
         }
         let mut index = self
             .node
-            .change_membership(MembershipOp::AddLearner { id: r.id, addr: r.addr })
+            .change_membership(MembershipOp::AddLearner {
+                id: r.id,
+                addr: r.addr,
+            })
             .await
             .map_err(convert::node_error)?;
         if r.promote {
@@ -139,7 +151,10 @@ impl Admin for AdminService {
         Ok(Response::new(pb::RemoveNodeResponse { log_index: index }))
     }
 
-    async fn snapshot(&self, _req: Request<pb::SnapshotRequest>) -> Result<Response<pb::SnapshotResponse>, Status> {
+    async fn snapshot(
+        &self,
+        _req: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<pb::SnapshotResponse>, Status> {
         let index = self.node.snapshot().await.map_err(convert::node_error)?;
         Ok(Response::new(pb::SnapshotResponse {
             snapshot_index: index,
@@ -152,12 +167,15 @@ impl Admin for AdminService {
         _req: Request<pb::VerifyChainRequest>,
     ) -> Result<Response<pb::VerifyChainResponse>, Status> {
         let view = self.node.view().clone();
-        let res = tokio::task::spawn_blocking(move || view.verify_chain().map(|r| (r, view.status())))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(convert::store_error)?;
+        let res =
+            tokio::task::spawn_blocking(move || view.verify_chain().map(|r| (r, view.status())))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(convert::store_error)?;
         let (verdict, status) = res;
-        let head = status.map(|s| hex::encode(s.chain_head)).unwrap_or_default();
+        let head = status
+            .map(|s| hex::encode(s.chain_head))
+            .unwrap_or_default();
         Ok(Response::new(match verdict {
             Ok(events) => pb::VerifyChainResponse {
                 ok: true,

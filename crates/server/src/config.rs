@@ -85,7 +85,10 @@ pub enum ConfigError {
     #[error("environment variable {name}: {problem}")]
     Env { name: &'static str, problem: String },
     #[error("node configuration field {field}: {problem}")]
-    Invalid { field: &'static str, problem: String },
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
 }
 
 fn invalid(field: &'static str, problem: impl Into<String>) -> ConfigError {
@@ -151,12 +154,18 @@ impl NodeConfig {
         sealpost_core::directory::check_text("provider", &self.provider, 64)
             .map_err(|e| invalid("provider", e.problem))?;
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(invalid("listen", format!("{:?} is not host:port with an IP host", self.listen)));
+            return Err(invalid(
+                "listen",
+                format!("{:?} is not host:port with an IP host", self.listen),
+            ));
         }
         let mut ids = std::collections::BTreeSet::new();
         for m in &self.initial_members {
             if !ids.insert(m.id) {
-                return Err(invalid("initial_members", format!("node {} is listed twice", m.id)));
+                return Err(invalid(
+                    "initial_members",
+                    format!("node {} is listed twice", m.id),
+                ));
             }
         }
         if !self.initial_members.is_empty() && !ids.contains(&self.id) {
@@ -165,7 +174,9 @@ impl NodeConfig {
                 format!("does not include this node ({})", self.id),
             ));
         }
-        self.raft.validate().map_err(|e| invalid("raft", e.to_string()))?;
+        self.raft
+            .validate()
+            .map_err(|e| invalid("raft", e.to_string()))?;
         if self.api.grpc_message_bytes_max == 0 {
             return Err(invalid("api.grpc_message_bytes_max", "must be positive"));
         }
@@ -173,7 +184,9 @@ impl NodeConfig {
     }
 
     pub fn advertise_addr(&self) -> String {
-        self.advertise.clone().unwrap_or_else(|| self.listen.clone())
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| self.listen.clone())
     }
 
     /// Peer addresses this node knows from its own configuration.
@@ -201,7 +214,10 @@ mod tests {
             data_dir: "/tmp/x".into(),
             listen: "127.0.0.1:7001".into(),
             advertise: None,
-            initial_members: vec![Member { id: 1, addr: "127.0.0.1:7001".into() }],
+            initial_members: vec![Member {
+                id: 1,
+                addr: "127.0.0.1:7001".into(),
+            }],
             peers: vec![],
             tls: TlsPaths {
                 ca: "ca.pem".into(),
@@ -223,19 +239,40 @@ mod tests {
             .expect("env");
         assert_eq!(c.listen, "127.0.0.1:9");
         let err = c.apply_env(|k| (k == "SEALPOST_NODE_ID").then(|| "x".to_string()));
-        assert!(matches!(err, Err(ConfigError::Env { name: "SEALPOST_NODE_ID", .. })));
+        assert!(matches!(
+            err,
+            Err(ConfigError::Env {
+                name: "SEALPOST_NODE_ID",
+                ..
+            })
+        ));
     }
 
     #[test]
     fn validation_names_the_field() {
         let mut c = sample();
         c.id = 0;
-        assert!(c.validate().unwrap_err().to_string().contains("field id"));
+        assert!(
+            c.validate()
+                .expect_err("must be invalid")
+                .to_string()
+                .contains("field id")
+        );
         let mut c = sample();
         c.initial_members[0].id = 2;
-        assert!(c.validate().unwrap_err().to_string().contains("initial_members"));
+        assert!(
+            c.validate()
+                .expect_err("must be invalid")
+                .to_string()
+                .contains("initial_members")
+        );
         let mut c = sample();
         c.listen = "nowhere".into();
-        assert!(c.validate().unwrap_err().to_string().contains("listen"));
+        assert!(
+            c.validate()
+                .expect_err("must be invalid")
+                .to_string()
+                .contains("listen")
+        );
     }
 }

@@ -31,7 +31,9 @@ pub fn rejection(r: Rejection) -> Status {
 
 pub fn propose_error(e: ProposeError) -> Status {
     match e {
-        ProposeError::Overloaded(_) | ProposeError::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
+        ProposeError::Overloaded(_) | ProposeError::TooLarge { .. } => {
+            Status::resource_exhausted(e.to_string())
+        }
         _ => Status::unavailable(e.to_string()),
     }
 }
@@ -53,7 +55,8 @@ pub fn keys_from_pb(k: Option<pb::PublicKeys>) -> Result<PublicKeys, Status> {
     let k = k.ok_or_else(|| Status::invalid_argument("keys: required"))?;
     Ok(PublicKeys {
         key_id: k.key_id,
-        encryption: PublicKeys::key_from_slice("keys.encryption", &k.encryption).map_err(field_error)?,
+        encryption: PublicKeys::key_from_slice("keys.encryption", &k.encryption)
+            .map_err(field_error)?,
         signing: PublicKeys::key_from_slice("keys.signing", &k.signing).map_err(field_error)?,
     })
 }

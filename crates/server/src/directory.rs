@@ -5,9 +5,9 @@
 //! are linearizable by default (a read index from the leader, served once this node has
 //! applied it) or local when the request asks for `CONSISTENCY_LOCAL`.
 
+use sealpost_core::Outcome;
 use sealpost_core::command::{Command, Proposal};
 use sealpost_core::ids::HpiO;
-use sealpost_core::Outcome;
 use sealpost_proto::v1 as pb;
 use sealpost_proto::v1::directory_server::Directory;
 use sealpost_raft::RaftNode;
@@ -26,7 +26,11 @@ pub struct DirectoryService {
 /// organisations, the actor is the certificate's fingerprint.
 pub fn actor_of<T>(req: &Request<T>) -> String {
     req.peer_certs()
-        .and_then(|certs| certs.first().map(|c| sealpost_crypto::tls::fingerprint(c.as_ref())))
+        .and_then(|certs| {
+            certs
+                .first()
+                .map(|c| sealpost_crypto::tls::fingerprint(c.as_ref()))
+        })
         .map(|fp| format!("cert:{}", &fp[..16]))
         .unwrap_or_else(|| "anonymous".to_string())
 }
@@ -36,7 +40,11 @@ impl DirectoryService {
         Self { node }
     }
 
-    async fn write(&self, actor: String, command: Command) -> Result<Response<pb::WriteResult>, Status> {
+    async fn write(
+        &self,
+        actor: String,
+        command: Command,
+    ) -> Result<Response<pb::WriteResult>, Status> {
         let proposal = Proposal { actor, command };
         // Refuse bad input before it reaches the log.
         proposal.validate().map_err(convert::rejection)?;
@@ -104,11 +112,21 @@ impl Directory for DirectoryService {
         let actor = actor_of(&req);
         let r = req.into_inner();
         let id = convert::endpoint_id("id", &r.id)?;
-        self.write(actor, Command::RetireEndpoint { id, reason: r.reason }).await
+        self.write(
+            actor,
+            Command::RetireEndpoint {
+                id,
+                reason: r.reason,
+            },
+        )
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(node = self.node.id()))]
-    async fn rotate_keys(&self, req: Request<pb::RotateKeysRequest>) -> Result<Response<pb::WriteResult>, Status> {
+    async fn rotate_keys(
+        &self,
+        req: Request<pb::RotateKeysRequest>,
+    ) -> Result<Response<pb::WriteResult>, Status> {
         let actor = actor_of(&req);
         let r = req.into_inner();
         let org = HpiO::parse(&r.hpio).map_err(|e| id_error("hpio", e))?;
@@ -133,7 +151,10 @@ impl Directory for DirectoryService {
         Ok(Response::new(convert::organisation_to_pb(&org)))
     }
 
-    async fn get_endpoint(&self, req: Request<pb::GetEndpointRequest>) -> Result<Response<pb::Endpoint>, Status> {
+    async fn get_endpoint(
+        &self,
+        req: Request<pb::GetEndpointRequest>,
+    ) -> Result<Response<pb::Endpoint>, Status> {
         let r = req.into_inner();
         let id = convert::endpoint_id("id", &r.id)?;
         self.read_barrier(r.consistency).await?;
@@ -146,7 +167,10 @@ impl Directory for DirectoryService {
         Ok(Response::new(convert::endpoint_to_pb(&ep, org.as_ref())))
     }
 
-    async fn search(&self, req: Request<pb::SearchRequest>) -> Result<Response<pb::SearchResponse>, Status> {
+    async fn search(
+        &self,
+        req: Request<pb::SearchRequest>,
+    ) -> Result<Response<pb::SearchResponse>, Status> {
         let r = req.into_inner();
         let nonempty = |s: String| (!s.trim().is_empty()).then_some(s);
         let q = SearchQuery {

@@ -154,7 +154,10 @@ impl LocalCluster {
             }
         }
         if configs.is_empty() {
-            return Err(LocalError::Layout(format!("{} holds no node folders", dir.display())));
+            return Err(LocalError::Layout(format!(
+                "{} holds no node folders",
+                dir.display()
+            )));
         }
         let mut cluster = Self {
             provider: provider.to_string(),
@@ -181,9 +184,10 @@ impl LocalCluster {
     ) -> Result<NodeConfig, LocalError> {
         let nd = node_dir(&self.dir, id);
         let tls_dir = nd.join("tls");
-        let ident = self
-            .ca
-            .issue_node(&format!("{}-node-{id}", self.provider), &[LOCAL_HOST.into(), "localhost".into()])?;
+        let ident = self.ca.issue_node(
+            &format!("{}-node-{id}", self.provider),
+            &[LOCAL_HOST.into(), "localhost".into()],
+        )?;
         write_file(&tls_dir.join("node.pem"), &ident.cert_pem, false)?;
         write_file(&tls_dir.join("node-key.pem"), &ident.key_pem, true)?;
         let cfg = NodeConfig {
@@ -233,7 +237,10 @@ impl LocalCluster {
 
     /// Stops one node; its folder and port stay for a restart.
     pub async fn stop_node(&mut self, id: NodeId) -> Result<(), LocalError> {
-        let h = self.running.remove(&id).ok_or(LocalError::UnknownNode(id))?;
+        let h = self
+            .running
+            .remove(&id)
+            .ok_or(LocalError::UnknownNode(id))?;
         h.stop().await;
         Ok(())
     }
@@ -243,7 +250,11 @@ impl LocalCluster {
         if self.running.contains_key(&id) {
             return Ok(());
         }
-        let cfg = self.configs.get(&id).ok_or(LocalError::UnknownNode(id))?.clone();
+        let cfg = self
+            .configs
+            .get(&id)
+            .ok_or(LocalError::UnknownNode(id))?
+            .clone();
         let mut attempt = 0;
         loop {
             // The previous instance may still be closing its stores.
@@ -252,7 +263,9 @@ impl LocalCluster {
                     self.running.insert(id, h);
                     return Ok(());
                 }
-                Err(ServerError::Raft(e)) if attempt < RESTART_ATTEMPTS_MAX && e.to_string().contains("lock") => {
+                Err(ServerError::Raft(e))
+                    if attempt < RESTART_ATTEMPTS_MAX && e.to_string().contains("lock") =>
+                {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(RESTART_RETRY_MS)).await;
                 }
@@ -275,7 +288,9 @@ impl LocalCluster {
             .next()
             .cloned()
             .ok_or_else(|| LocalError::Layout("no node to copy settings from".into()))?;
-        let l = TcpListener::bind((LOCAL_HOST, 0)).await.map_err(io(&self.dir))?;
+        let l = TcpListener::bind((LOCAL_HOST, 0))
+            .await
+            .map_err(io(&self.dir))?;
         let addr = l.local_addr().map_err(io(&self.dir))?.to_string();
         let peers: Vec<Member> = self
             .addrs()
@@ -323,10 +338,11 @@ impl LocalCluster {
                 .values()
                 .map(|h| h.raft.raft().metrics().borrow().current_leader)
                 .collect();
-            if let Some(Some(l)) = leaders.first() {
-                if self.running.contains_key(l) && leaders.iter().all(|x| x == &Some(*l)) {
-                    return Some(*l);
-                }
+            if let Some(Some(l)) = leaders.first()
+                && self.running.contains_key(l)
+                && leaders.iter().all(|x| x == &Some(*l))
+            {
+                return Some(*l);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -68,7 +68,10 @@ impl NodeHandle {
         match tokio::time::timeout(Duration::from_secs(10), &mut self.server).await {
             Ok(_) => {}
             Err(_) => {
-                tracing::warn!(node = self.raft.id(), "server did not drain in 10 s; aborting it");
+                tracing::warn!(
+                    node = self.raft.id(),
+                    "server did not drain in 10 s; aborting it"
+                );
                 self.server.abort();
             }
         }
@@ -116,14 +119,19 @@ fn claim_data_dir(dir: &Path, id: u64) -> Result<bool, ServerError> {
 
 /// Starts a node. `listener` is an already bound socket (tests and `dev` bind port 0
 /// first); otherwise the node binds `cfg.listen`.
-pub async fn start(cfg: NodeConfig, listener: Option<TcpListener>) -> Result<NodeHandle, ServerError> {
+pub async fn start(
+    cfg: NodeConfig,
+    listener: Option<TcpListener>,
+) -> Result<NodeHandle, ServerError> {
     let tls = cfg.tls.load()?;
     let listener = match listener {
         Some(l) => l,
-        None => TcpListener::bind(&cfg.listen).await.map_err(|source| ServerError::Bind {
-            addr: cfg.listen.clone(),
-            source,
-        })?,
+        None => TcpListener::bind(&cfg.listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: cfg.listen.clone(),
+                source,
+            })?,
     };
     let addr = listener.local_addr().map_err(|source| ServerError::Bind {
         addr: cfg.listen.clone(),

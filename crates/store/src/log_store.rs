@@ -97,10 +97,10 @@ impl LogStore {
                     entry.log_id.index
                 )));
             }
-            if let Some(p) = prev {
-                if index != p + 1 {
-                    return Err(self.corrupt(format!("log has a hole between {p} and {index}")));
-                }
+            if let Some(p) = prev
+                && index != p + 1
+            {
+                return Err(self.corrupt(format!("log has a hole between {p} and {index}")));
             }
             prev = Some(index);
             bytes += v.len() as u64;
@@ -270,7 +270,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -287,7 +291,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let res = rocks::write(&self.inner.db, &self.inner.path, batch, true);
         match res {
             Ok(()) => {
-                self.inner.bytes_since_purge.fetch_add(bytes, Ordering::Relaxed);
+                self.inner
+                    .bytes_since_purge
+                    .fetch_add(bytes, Ordering::Relaxed);
                 callback.log_io_completed(Ok(()));
                 Ok(())
             }
@@ -347,7 +353,11 @@ mod tests {
                     log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
                     payload: EntryPayload::Blank,
                 };
-                b.put_cf(rocks::cf(&log.inner.db, CF_ENTRIES), key(index), codec::encode(&e));
+                b.put_cf(
+                    rocks::cf(&log.inner.db, CF_ENTRIES),
+                    key(index),
+                    codec::encode(&e),
+                );
             }
             b.put_cf(rocks::cf(&log.inner.db, CF_ENTRIES), key(4), b"\x01garbage");
             rocks::write(&log.inner.db, &path, b, true).expect("write");
@@ -370,7 +380,11 @@ mod tests {
                     log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
                     payload: EntryPayload::Blank,
                 };
-                b.put_cf(rocks::cf(&log.inner.db, CF_ENTRIES), key(index), codec::encode(&e));
+                b.put_cf(
+                    rocks::cf(&log.inner.db, CF_ENTRIES),
+                    key(index),
+                    codec::encode(&e),
+                );
             }
             rocks::write(&log.inner.db, &path, b, true).expect("write");
         }

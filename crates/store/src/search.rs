@@ -64,8 +64,7 @@ fn matches(q: &SearchQuery, words: &[String], ident: &Option<Ident>, hit: &Searc
     }
     match ident {
         Some(Ident::Org(o)) if &ep.id.org != o => return false,
-        Some(Ident::Practitioner(p))
-            if !matches!(&ep.id.local, EndpointLocal::Practitioner(x) if x == p) =>
+        Some(Ident::Practitioner(p)) if !matches!(&ep.id.local, EndpointLocal::Practitioner(x) if x == p) =>
         {
             return false;
         }
@@ -74,41 +73,48 @@ fn matches(q: &SearchQuery, words: &[String], ident: &Option<Ident>, hit: &Searc
             let have: Vec<String> = name_words(&ep.display_name)
                 .chain(name_words(&org.name))
                 .collect();
-            if !words.iter().all(|w| have.iter().any(|h| h.starts_with(w.as_str()))) {
+            if !words
+                .iter()
+                .all(|w| have.iter().any(|h| h.starts_with(w.as_str())))
+            {
                 return false;
             }
         }
     }
-    if let Some(s) = &q.specialty {
-        if !ep.specialty.trim().eq_ignore_ascii_case(s.trim()) {
-            return false;
-        }
-    }
-    if let Some(st) = q.state {
-        if org.state != st {
-            return false;
-        }
-    }
-    if let Some(sub) = &q.suburb {
-        if !org.suburb.trim().eq_ignore_ascii_case(sub.trim()) {
-            return false;
-        }
-    }
-    if let Some(p) = q.payload_type {
-        if !ep.payload_types.contains(&p) {
-            return false;
-        }
-    }
-    true
+    let specialty_ok = q
+        .specialty
+        .as_ref()
+        .is_none_or(|s| ep.specialty.trim().eq_ignore_ascii_case(s.trim()));
+    let state_ok = q.state.is_none_or(|st| org.state == st);
+    let suburb_ok = q
+        .suburb
+        .as_ref()
+        .is_none_or(|sub| org.suburb.trim().eq_ignore_ascii_case(sub.trim()));
+    let payload_ok = q.payload_type.is_none_or(|p| ep.payload_types.contains(&p));
+    specialty_ok && state_ok && suburb_ok && payload_ok
 }
 
 pub(crate) fn search(live: &SmDb, q: &SearchQuery) -> Result<Vec<SearchHit>> {
-    let limit = if q.limit == 0 { SEARCH_RESULTS_MAX } else { q.limit.min(SEARCH_RESULTS_MAX) };
+    let limit = if q.limit == 0 {
+        SEARCH_RESULTS_MAX
+    } else {
+        q.limit.min(SEARCH_RESULTS_MAX)
+    };
     let ident = as_identifier(&q.text);
-    let words: Vec<String> = if ident.is_some() { vec![] } else { name_words(&q.text).collect() };
+    let words: Vec<String> = if ident.is_some() {
+        vec![]
+    } else {
+        name_words(&q.text).collect()
+    };
     // The scan prefix: the most selective criterion available. Name words scan a word
     // prefix, so the prefix has no separator after it.
-    let prefix: Vec<u8> = match (&ident, words.first(), &q.specialty, &q.state, q.payload_type) {
+    let prefix: Vec<u8> = match (
+        &ident,
+        words.first(),
+        &q.specialty,
+        &q.state,
+        q.payload_type,
+    ) {
         (Some(Ident::Org(o)), ..) => index_prefix(index::ORGANISATION, o.as_str()),
         (Some(Ident::Practitioner(p)), ..) => index_prefix(index::PRACTITIONER, p.as_str()),
         (None, Some(w), ..) => {
@@ -142,17 +148,23 @@ pub(crate) fn search(live: &SmDb, q: &SearchQuery) -> Result<Vec<SearchHit>> {
         if !k.starts_with(&prefix) {
             break;
         }
-        let Some(id) = index_key_endpoint(&k) else { continue };
+        let Some(id) = index_key_endpoint(&k) else {
+            continue;
+        };
         if !seen.insert(id.clone()) {
             continue;
         }
         let Some(endpoint) = live.get::<Endpoint>(CF_ENDPOINTS, id.to_string().as_bytes())? else {
             continue;
         };
-        let Some(organisation) = live.get::<Organisation>(CF_ORGS, id.org.as_str().as_bytes())? else {
+        let Some(organisation) = live.get::<Organisation>(CF_ORGS, id.org.as_str().as_bytes())?
+        else {
             continue;
         };
-        let hit = SearchHit { endpoint, organisation };
+        let hit = SearchHit {
+            endpoint,
+            organisation,
+        };
         if matches(q, &words, &ident, &hit) {
             out.push(hit);
             if out.len() >= limit {

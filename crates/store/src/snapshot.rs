@@ -134,7 +134,10 @@ pub(crate) fn current(root: &Path) -> Result<Option<Snapshot>> {
         let path = e.map_err(Error::io(&dir))?.path();
         // Folders without metadata are incomplete builds; skip them.
         let Ok(meta) = read_meta(&path) else { continue };
-        if best.as_ref().is_none_or(|(b, _)| meta.last_log_id > b.last_log_id) {
+        if best
+            .as_ref()
+            .is_none_or(|(b, _)| meta.last_log_id > b.last_log_id)
+        {
             best = Some((meta, path));
         }
     }
@@ -157,7 +160,7 @@ fn prune(root: &Path) -> Result<()> {
             }
         }
     }
-    all.sort_by(|a, b| b.0.last_log_id.cmp(&a.0.last_log_id));
+    all.sort_by_key(|(meta, _)| std::cmp::Reverse(meta.last_log_id));
     for (_, path) in all.into_iter().skip(SNAPSHOTS_KEPT_MAX) {
         let _ = std::fs::remove_dir_all(&path);
     }
@@ -185,7 +188,13 @@ pub(crate) fn build(shared: &Shared) -> Result<Snapshot> {
         db.applied()?
     };
     let snapshot_id = match &last_log_id {
-        Some(l) => format!("{}-{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index, now_nanos()),
+        Some(l) => format!(
+            "{}-{}-{}-{}",
+            l.leader_id.term,
+            l.leader_id.node_id,
+            l.index,
+            now_nanos()
+        ),
         None => format!("0-0-0-{}", now_nanos()),
     };
     let meta = SnapshotMeta {
@@ -231,7 +240,9 @@ pub(crate) fn keep(root: &Path, meta: &SnapshotMeta, files: &SnapshotFiles) -> R
 
 /// Deletes state-machine folders a crash or an earlier install left behind.
 pub(crate) fn collect_garbage(root: &Path, active: &str) {
-    let Ok(rd) = std::fs::read_dir(root) else { return };
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return;
+    };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.starts_with("db-") && name != active {

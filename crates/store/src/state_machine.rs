@@ -16,12 +16,14 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 use sealpost_core::batch::{Batch, BatchOutcome, Outcome};
+use sealpost_core::codec;
 use sealpost_core::command::{Reads, decide};
 use sealpost_core::directory::{Endpoint, Organisation};
-use sealpost_core::event::{ChainError, ChainVerifier, EVENT_VERSION_CURRENT, EventRecord, GENESIS_HASH, Hash};
+use sealpost_core::event::{
+    ChainError, ChainVerifier, EVENT_VERSION_CURRENT, EventRecord, GENESIS_HASH, Hash,
+};
 use sealpost_core::ids::{EndpointId, HpiO};
 use sealpost_core::view::{Facts, ViewChange, event_reads, fold};
-use sealpost_core::codec;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -83,7 +85,11 @@ pub(crate) struct SmDb {
 }
 
 impl SmDb {
-    pub(crate) fn get<T: serde::de::DeserializeOwned>(&self, cf: &str, key: &[u8]) -> Result<Option<T>> {
+    pub(crate) fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        cf: &str,
+        key: &[u8],
+    ) -> Result<Option<T>> {
         match self
             .db
             .get_cf(rocks::cf(&self.db, cf), key)
@@ -102,7 +108,9 @@ impl SmDb {
     }
 
     pub(crate) fn applied(&self) -> Result<(Option<LogId>, StoredMembership)> {
-        let last: Option<LogId> = self.get::<Option<LogId>>(CF_META, KEY_LAST_APPLIED)?.flatten();
+        let last: Option<LogId> = self
+            .get::<Option<LogId>>(CF_META, KEY_LAST_APPLIED)?
+            .flatten();
         let membership: StoredMembership = self.get(CF_META, KEY_MEMBERSHIP)?.unwrap_or_default();
         Ok((last, membership))
     }
@@ -394,7 +402,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        self.apply_entries(entries.into_iter().collect()).map_err(sm_err)
+        self.apply_entries(entries.into_iter().collect())
+            .map_err(sm_err)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -424,7 +433,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        snapshot::current(&self.shared.root).map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+        snapshot::current(&self.shared.root)
+            .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
     }
 }
 
@@ -515,7 +525,9 @@ impl StateView {
     }
 
     pub fn endpoint(&self, id: &EndpointId) -> Result<Option<Endpoint>> {
-        self.shared.live().get(CF_ENDPOINTS, id.to_string().as_bytes())
+        self.shared
+            .live()
+            .get(CF_ENDPOINTS, id.to_string().as_bytes())
     }
 
     pub fn search(&self, q: &SearchQuery) -> Result<Vec<SearchHit>> {
@@ -671,14 +683,27 @@ pub(crate) mod tests {
         let view = sm.view();
         let before = view.status().expect("status");
         assert_eq!(before.event_count, 3);
-        assert!(view.organisation(&HpiO::from_serial(2)).expect("read").is_some());
+        assert!(
+            view.organisation(&HpiO::from_serial(2))
+                .expect("read")
+                .is_some()
+        );
         // A duplicate in the same batch as a fresh registration: one applied, one refused.
         let out = sm
             .apply_entries(vec![entry(10, vec![org(4), org(4)])])
             .expect("apply");
         let outcomes = &out[0].outcomes;
-        assert!(matches!(outcomes[0], Outcome::Applied { first_seq: 4, count: 1 }));
-        assert!(matches!(outcomes[1], Outcome::Rejected(sealpost_core::Rejection::AlreadyExists(_))));
+        assert!(matches!(
+            outcomes[0],
+            Outcome::Applied {
+                first_seq: 4,
+                count: 1
+            }
+        ));
+        assert!(matches!(
+            outcomes[1],
+            Outcome::Rejected(sealpost_core::Rejection::AlreadyExists(_))
+        ));
         let after = view.status().expect("status");
         assert_eq!(after.event_count, 4);
         assert_eq!(view.verify_chain().expect("walk"), Ok(4));
@@ -703,7 +728,10 @@ pub(crate) mod tests {
                 bad[pos] ^= 0x01;
                 live.db.put_cf(cf, key, &bad).expect("put");
                 let verdict = view.verify_chain().expect("walk");
-                assert!(verdict.is_err(), "flip at byte {pos} of event {seq} went unnoticed");
+                assert!(
+                    verdict.is_err(),
+                    "flip at byte {pos} of event {seq} went unnoticed"
+                );
             }
             live.db.put_cf(cf, key, &original).expect("restore");
         }
@@ -751,7 +779,9 @@ pub(crate) mod tests {
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0xff;
         std::fs::write(&wal, bytes).expect("write wal");
-        let err = StateMachine::open(&damaged, false, true).err().expect("must refuse");
+        let err = StateMachine::open(&damaged, false, true)
+            .err()
+            .expect("must refuse");
         assert!(err.is_corrupt(), "{err}");
         assert!(err.to_string().contains("refuses to start"), "{err}");
     }
@@ -769,7 +799,9 @@ pub(crate) mod tests {
             live.db.delete_cf(cf, 3u64.to_be_bytes()).expect("delete");
         }
         drop(sm);
-        let err = StateMachine::open(&root, false, true).err().expect("must refuse");
+        let err = StateMachine::open(&root, false, true)
+            .err()
+            .expect("must refuse");
         assert!(err.is_corrupt(), "{err}");
         assert!(err.to_string().contains("event 3"), "{err}");
     }

@@ -37,9 +37,15 @@ pub fn fast_opts() -> RaftOptions {
 
 pub async fn cluster(nodes: u64) -> (TempDir, LocalCluster) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let c = LocalCluster::create(&dir.path().join("prov-a"), "prov-a", nodes, fast_opts(), ApiLimits::default())
-        .await
-        .expect("cluster starts");
+    let c = LocalCluster::create(
+        &dir.path().join("prov-a"),
+        "prov-a",
+        nodes,
+        fast_opts(),
+        ApiLimits::default(),
+    )
+    .await
+    .expect("cluster starts");
     c.wait_leader(WAIT).await.expect("a leader is elected");
     (dir, c)
 }
@@ -91,7 +97,10 @@ pub fn org_request(serial: u64) -> pb::RegisterOrganisationRequest {
 }
 
 pub async fn register(c: &Client, serial: u64) -> Result<pb::WriteResult, Status> {
-    c.directory().register_organisation(org_request(serial)).await.map(|r| r.into_inner())
+    c.directory()
+        .register_organisation(org_request(serial))
+        .await
+        .map(|r| r.into_inner())
 }
 
 /// Registers, retrying while leadership is in flux (bounded). A retry that finds the
@@ -118,7 +127,10 @@ pub fn progress(c: &LocalCluster) -> BTreeMap<u64, (u64, u64, [u8; 32])> {
         .into_iter()
         .filter_map(|id| {
             let s = c.node(id)?.raft.status().ok()?;
-            Some((id, (s.last_applied_index, s.sm.event_count, s.sm.chain_head)))
+            Some((
+                id,
+                (s.last_applied_index, s.sm.event_count, s.sm.chain_head),
+            ))
         })
         .collect()
 }
@@ -132,7 +144,10 @@ pub async fn converged(c: &LocalCluster) -> (u64, u64, [u8; 32]) {
         if p.len() == c.running_ids().len() && p.values().all(|v| *v == first) {
             return first;
         }
-        assert!(tokio::time::Instant::now() < deadline, "nodes did not converge: {p:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nodes did not converge: {p:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -1,0 +1,249 @@
+//! `sealpost dev` as a user runs it: a real process with a 3-node cluster, driven by the
+//! `sealpost` client commands through the generated `client.toml`.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sealpost");
+/// Bound on every wait.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Kills the dev process when the test ends, however it ends.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_dev(data: &Path) -> (Running, Vec<String>) {
+    let mut child = Command::new(BIN)
+        .args(["dev", "--data"])
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn sealpost dev");
+    let stdout = child.stdout.take().expect("stdout");
+    let running = Running(child);
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("line");
+        let done = line.starts_with("Stop with Ctrl-C");
+        lines.push(line);
+        if done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "dev did not start: {lines:?}");
+    }
+    assert!(
+        lines.iter().any(|l| l.starts_with("Stop with")),
+        "dev exited early: {lines:?}"
+    );
+    (running, lines)
+}
+
+fn sealpost(data: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .arg("--client-config")
+        .arg(data.join("client.toml"))
+        .output()
+        .expect("run sealpost")
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "command failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json output")
+}
+
+fn status(data: &Path) -> serde_json::Value {
+    json(&sealpost(data, &["cluster", "status", "--json"]))
+}
+
+fn wait_for(
+    data: &Path,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = status(data);
+        if pred(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{what}: {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn node_lines(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .filter(|l| l.trim_start().starts_with("node "))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn dev_cluster_serves_the_cli_stops_and_restarts_nodes_and_resumes_from_disk() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = tmp.path().join("data");
+    let (dev, lines) = start_dev(&data);
+    assert_eq!(node_lines(&lines).len(), 3, "{lines:?}");
+
+    let s = wait_for(&data, "a leader", |s| {
+        s["nodes"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|x| x["role"] == "leader"))
+    });
+    assert_eq!(s["nodes"].as_array().map(Vec::len), Some(3));
+
+    // The demo directory is there, searchable by any profile.
+    let hits = json(&sealpost(
+        &data,
+        &[
+            "directory",
+            "search",
+            "cardiology",
+            "--json",
+            "--as",
+            "citylab",
+        ],
+    ));
+    assert!(hits.as_array().is_some_and(|a| !a.is_empty()), "{hits}");
+    let by_state = json(&sealpost(
+        &data,
+        &["directory", "search", "--state", "NSW", "--json"],
+    ));
+    assert!(
+        by_state.as_array().is_some_and(|a| a.len() == 1),
+        "{by_state}"
+    );
+
+    // Bad input is refused with a message that names the problem.
+    let bad = sealpost(
+        &data,
+        &[
+            "directory",
+            "register-org",
+            "--hpio",
+            "8003620000000000",
+            "--name",
+            "X",
+            "--suburb",
+            "Y",
+            "--state",
+            "VIC",
+            "--postcode",
+            "3000",
+        ],
+    );
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("check digit"), "{err}");
+
+    // Stop a node: the others carry on; start it again: it catches up.
+    let out = sealpost(&data, &["cluster", "stop-node", "--node", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        &data,
+        "node 1 unreachable and a leader among the rest",
+        |s| {
+            let nodes = s["nodes"].as_array().cloned().unwrap_or_default();
+            nodes
+                .iter()
+                .any(|n| n["id"] == 1 && n["reachable"] == false)
+                && nodes.iter().any(|n| n["role"] == "leader")
+        },
+    );
+    let reg = sealpost(
+        &data,
+        &[
+            "directory",
+            "register-org",
+            "--hpio",
+            "8003620000099999",
+            "--name",
+            "Bayside Clinic",
+            "--suburb",
+            "Sandringham",
+            "--state",
+            "VIC",
+            "--postcode",
+            "3191",
+        ],
+    );
+    assert!(
+        reg.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reg.stderr)
+    );
+    let out = sealpost(&data, &["cluster", "start-node", "--node", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(&data, "all three nodes converge", |s| {
+        let nodes = s["nodes"].as_array().cloned().unwrap_or_default();
+        nodes.len() == 3
+            && nodes
+                .iter()
+                .all(|n| n["reachable"] == true && n["chain_head"] == nodes[0]["chain_head"])
+    });
+
+    // A crash (SIGKILL) and a restart: same ports, same data.
+    drop(dev);
+    let resumed = Command::new(BIN)
+        .args(["dev", "--exit-after-start", "--data"])
+        .arg(&data)
+        .output()
+        .expect("resume");
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    let again: Vec<String> = String::from_utf8_lossy(&resumed.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        node_lines(&again),
+        node_lines(&lines),
+        "ports are kept across restarts"
+    );
+
+    // A folder of another shape is refused.
+    let other = Command::new(BIN)
+        .args(["dev", "--exit-after-start", "--nodes", "5", "--data"])
+        .arg(&data)
+        .output()
+        .expect("run");
+    assert!(!other.status.success());
+    assert!(String::from_utf8_lossy(&other.stderr).contains("holds providers of 3 nodes"));
+    let foreign = tmp.path().join("foreign");
+    std::fs::create_dir_all(&foreign).expect("mkdir");
+    std::fs::write(foreign.join("notes.txt"), "mine").expect("write");
+    let refused = Command::new(BIN)
+        .args(["dev", "--exit-after-start", "--data"])
+        .arg(&foreign)
+        .output()
+        .expect("run");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("is not a sealpost dev folder"));
+}
