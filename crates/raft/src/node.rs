@@ -94,6 +94,14 @@ pub struct LocalStatus {
     pub members: BTreeMap<NodeId, (String, bool)>,
 }
 
+/// What a follower asks of the leader.
+#[derive(Clone, Copy, Debug)]
+enum LeaderCall {
+    Forward,
+    ReadIndex,
+    Membership,
+}
+
 /// The parts shared by the proposer, the service and the node handle.
 pub(crate) struct Core {
     pub(crate) id: NodeId,
@@ -135,7 +143,7 @@ impl Core {
     async fn call_leader(
         &self,
         leader: NodeId,
-        what: &'static str,
+        call: LeaderCall,
         payload: Vec<u8>,
     ) -> Result<Vec<u8>, String> {
         let addr = self
@@ -147,13 +155,13 @@ impl Core {
         let mut client = self.net.client(&addr).map_err(|e| e.to_string())?;
         let mut req = tonic::Request::new(RaftBytes { data: payload });
         req.set_timeout(self.opts.forward_timeout());
-        let resp = match what {
-            "forward" => client.forward(req).await,
-            "read_index" => client.read_index(req).await,
-            _ => client.change_membership(req).await,
+        let resp = match call {
+            LeaderCall::Forward => client.forward(req).await,
+            LeaderCall::ReadIndex => client.read_index(req).await,
+            LeaderCall::Membership => client.change_membership(req).await,
         };
         resp.map(|r| r.into_inner().data)
-            .map_err(|s| format!("{what} to leader {leader} at {addr}: {}", s.message()))
+            .map_err(|s| format!("{call:?} to leader {leader} at {addr}: {}", s.message()))
     }
 
     /// Appends a batch on this node, which must be the leader.
@@ -266,7 +274,7 @@ impl Submit for Core {
                 self.write_local(proposals.clone()).await
             } else {
                 match self
-                    .call_leader(leader, "forward", codec::encode(&proposals))
+                    .call_leader(leader, LeaderCall::Forward, codec::encode(&proposals))
                     .await
                     .and_then(|b| codec::decode::<ForwardReply>(&b).map_err(|e| e.to_string()))
                 {
@@ -427,7 +435,7 @@ impl RaftNode {
             core.read_index_local().await?
         } else {
             let bytes = core
-                .call_leader(leader, "read_index", Vec::new())
+                .call_leader(leader, LeaderCall::ReadIndex, Vec::new())
                 .await
                 .map_err(NodeError::Unavailable)?;
             codec::decode::<Result<u64, NodeError>>(&bytes)
@@ -454,7 +462,7 @@ impl RaftNode {
             return core.membership_local(op).await;
         }
         let bytes = core
-            .call_leader(leader, "membership", codec::encode(&op))
+            .call_leader(leader, LeaderCall::Membership, codec::encode(&op))
             .await
             .map_err(NodeError::Unavailable)?;
         codec::decode::<Result<u64, NodeError>>(&bytes)
