@@ -1,7 +1,8 @@
 //! sealpost's load generator. Scenario `directory`: committed directory events per second
 //! on a 3-node cluster (in this process, real gRPC + mutual TLS on loopback, fsync on),
 //! with many concurrent writers spread over the nodes; latency percentiles from
-//! hdrhistogram. Run it in release: `cargo run --release -p sealpost-bench -- directory`.
+//! hdrhistogram. Build it optimised (`cargo build --profile perf --workspace`, or
+//! `--release`) and run `sealpost-bench directory`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
