@@ -484,86 +484,35 @@ async fn directory_search_finds_endpoints_by_each_criterion() {
         payload_type: ptype.into(),
         ..Default::default()
     };
-    let ids = |r: pb::SearchResponse| r.endpoints.into_iter().map(|e| e.id).collect::<Vec<_>>();
-    let d = || cl.directory();
+    let count = |q: pb::SearchRequest| {
+        let mut d = cl.directory();
+        async move {
+            d.search(q)
+                .await
+                .expect("search")
+                .into_inner()
+                .endpoints
+                .len()
+        }
+    };
+    let hits = cl
+        .directory()
+        .search(search("heart", "", "", ""))
+        .await
+        .expect("search")
+        .into_inner();
+    let ids: Vec<String> = hits.endpoints.into_iter().map(|e| e.id).collect();
+    assert_eq!(ids, vec![format!("{org}/cardiology")]);
+    // Each criterion on its own, then all together.
+    assert_eq!(count(search("jan smi", "", "", "")).await, 1);
+    assert_eq!(count(search(practitioner.as_str(), "", "", "")).await, 1);
+    assert_eq!(count(search(org.as_str(), "", "", "")).await, 2);
+    assert_eq!(count(search("", "oncology", "", "")).await, 1);
+    assert_eq!(count(search("", "", "VIC", "")).await, 2);
+    assert_eq!(count(search("", "", "NSW", "")).await, 0);
+    assert_eq!(count(search("", "", "", "PDF")).await, 1);
     assert_eq!(
-        ids(d()
-            .search(search("heart", "", "", ""))
-            .await
-            .expect("s")
-            .into_inner()),
-        vec![format!("{org}/cardiology")]
-    );
-    assert_eq!(
-        ids(d()
-            .search(search("jan smi", "", "", ""))
-            .await
-            .expect("s")
-            .into_inner())
-        .len(),
-        1
-    );
-    assert_eq!(
-        ids(d()
-            .search(search(practitioner.as_str(), "", "", ""))
-            .await
-            .expect("s")
-            .into_inner())
-        .len(),
-        1
-    );
-    assert_eq!(
-        ids(d()
-            .search(search(org.as_str(), "", "", ""))
-            .await
-            .expect("s")
-            .into_inner())
-        .len(),
-        2
-    );
-    assert_eq!(
-        ids(d()
-            .search(search("", "oncology", "", ""))
-            .await
-            .expect("s")
-            .into_inner())
-        .len(),
-        1
-    );
-    assert_eq!(
-        ids(d()
-            .search(search("", "", "VIC", ""))
-            .await
-            .expect("s")
-            .into_inner())
-        .len(),
-        2
-    );
-    assert_eq!(
-        ids(d()
-            .search(search("", "", "NSW", ""))
-            .await
-            .expect("s")
-            .into_inner())
-        .len(),
-        0
-    );
-    assert_eq!(
-        ids(d()
-            .search(search("", "", "", "PDF"))
-            .await
-            .expect("s")
-            .into_inner())
-        .len(),
-        1
-    );
-    assert_eq!(
-        ids(d()
-            .search(search("clinic", "cardiology", "VIC", "REF^I12"))
-            .await
-            .expect("s")
-            .into_inner())
-        .len(),
+        count(search("clinic", "cardiology", "VIC", "REF^I12")).await,
         1
     );
 
@@ -575,18 +524,10 @@ async fn directory_search_finds_endpoints_by_each_criterion() {
         })
         .await
         .expect("retire");
-    assert_eq!(
-        ids(d()
-            .search(search("heart", "", "", ""))
-            .await
-            .expect("s")
-            .into_inner())
-        .len(),
-        0
-    );
+    assert_eq!(count(search("heart", "", "", "")).await, 0);
     let mut q = search("heart", "", "", "");
     q.include_retired = true;
-    let r = d().search(q).await.expect("s").into_inner();
+    let r = cl.directory().search(q).await.expect("search").into_inner();
     assert_eq!(r.endpoints.len(), 1);
     assert!(!r.endpoints[0].active);
     c.stop_all().await;

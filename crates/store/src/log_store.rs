@@ -340,28 +340,33 @@ mod tests {
 
     use super::*;
 
+    /// Writes raw values into a new log's entries, bypassing every check.
+    fn raw_log(path: &Path, values: Vec<(u64, Vec<u8>)>) {
+        let log = LogStore::open(path, true).expect("open");
+        let mut b = WriteBatch::default();
+        for (index, v) in values {
+            b.put_cf(rocks::cf(&log.inner.db, CF_ENTRIES), key(index), v);
+        }
+        rocks::write(&log.inner.db, path, b, true).expect("write");
+    }
+
+    fn blank(index: u64) -> (u64, Vec<u8>) {
+        let e = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
+        };
+        (index, codec::encode(&e))
+    }
+
     /// A log holding an entry that does not decode refuses to open and names the entry.
     #[test]
     fn a_corrupted_log_record_refuses_to_start() {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("raft-log");
-        {
-            let log = LogStore::open(&path, true).expect("open");
-            let mut b = WriteBatch::default();
-            for index in 1..=3u64 {
-                let e = Entry {
-                    log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-                    payload: EntryPayload::Blank,
-                };
-                b.put_cf(
-                    rocks::cf(&log.inner.db, CF_ENTRIES),
-                    key(index),
-                    codec::encode(&e),
-                );
-            }
-            b.put_cf(rocks::cf(&log.inner.db, CF_ENTRIES), key(4), b"\x01garbage");
-            rocks::write(&log.inner.db, &path, b, true).expect("write");
-        }
+        raw_log(
+            &path,
+            vec![blank(1), blank(2), blank(3), (4, b"\x01garbage".to_vec())],
+        );
         let err = LogStore::open(&path, false).err().expect("must refuse");
         assert!(err.is_corrupt(), "{err}");
         assert!(err.to_string().contains("log entry 4"), "{err}");
@@ -372,22 +377,7 @@ mod tests {
     fn a_log_with_a_hole_refuses_to_start() {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("raft-log");
-        {
-            let log = LogStore::open(&path, true).expect("open");
-            let mut b = WriteBatch::default();
-            for index in [1u64, 2, 4] {
-                let e = Entry {
-                    log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-                    payload: EntryPayload::Blank,
-                };
-                b.put_cf(
-                    rocks::cf(&log.inner.db, CF_ENTRIES),
-                    key(index),
-                    codec::encode(&e),
-                );
-            }
-            rocks::write(&log.inner.db, &path, b, true).expect("write");
-        }
+        raw_log(&path, vec![blank(1), blank(2), blank(4)]);
         let err = LogStore::open(&path, false).err().expect("must refuse");
         assert!(err.to_string().contains("hole between 2 and 4"), "{err}");
     }
