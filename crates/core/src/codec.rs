@@ -38,6 +38,14 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     out
 }
 
+/// The length [`encode`] would produce, computed without allocating the bytes.
+pub fn encoded_len<T: Serialize>(value: &T) -> usize {
+    let mut size = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(value, &mut size, config())
+        .expect("sizing sealpost's own types cannot fail");
+    1 + size.bytes_written
+}
+
 /// Decodes a record, checking its version byte and that nothing trails it.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
@@ -61,6 +69,7 @@ mod tests {
         let v = (7u64, "x".to_string(), vec![1u8, 2]);
         let bytes = encode(&v);
         assert_eq!(bytes[0], RECORD_VERSION_CURRENT);
+        assert_eq!(encoded_len(&v), bytes.len());
         assert_eq!(decode::<(u64, String, Vec<u8>)>(&bytes), Ok(v));
         assert_eq!(decode::<u64>(&[]), Err(CodecError::Empty));
         assert_eq!(

@@ -56,7 +56,7 @@ pub struct ProposerHandle {
 
 impl ProposerHandle {
     pub async fn propose(&self, proposal: Proposal) -> Result<Committed, ProposeError> {
-        let bytes = codec::encode(&proposal).len();
+        let bytes = codec::encoded_len(&proposal);
         if bytes > self.batch_bytes_max {
             return Err(ProposeError::TooLarge {
                 size: bytes,
