@@ -3,7 +3,8 @@
 #   ./run.sh start    create certificates if missing, start the three nodes
 #   ./run.sh status   show the cluster through the CLI
 #   ./run.sh stop     stop the three nodes
-# The sealpost binary is $SEALPOST_BIN, or `sealpost` on PATH, or the release build.
+# The sealpost binary is $SEALPOST_BIN, or `sealpost` on PATH, or the perf build
+# (`cargo build --profile perf --workspace`).
 # Everything the cluster writes lives in ./run (data, certificates, logs, client.toml).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -11,7 +12,7 @@ run="$here/run"
 bin="${SEALPOST_BIN:-}"
 if [ -z "$bin" ]; then
   if command -v sealpost >/dev/null 2>&1; then bin=sealpost
-  else bin="${CARGO_TARGET_DIR:-/var/cache/sealpost-target}/release/sealpost"; fi
+  else bin="${CARGO_TARGET_DIR:-/var/cache/sealpost-target}/perf/sealpost"; fi
 fi
 export SEALPOST_CLIENT_CONFIG="$run/client.toml"
 

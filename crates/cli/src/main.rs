@@ -69,8 +69,9 @@ enum Command {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SEALPOST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sealpost=info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SEALPOST_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,openraft=error,sealpost=info")
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
