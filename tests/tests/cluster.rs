@@ -320,6 +320,28 @@ async fn a_full_cluster_restart_keeps_every_acknowledged_event() {
     c.stop_all().await;
 }
 
+/// Asserts a registration is refused with `code` and a message naming each of `needles`.
+async fn assert_refused(
+    cl: &sealpost_client::Client,
+    req: pb::RegisterOrganisationRequest,
+    code: tonic::Code,
+    needles: &[&str],
+) {
+    let e = cl
+        .directory()
+        .register_organisation(req)
+        .await
+        .expect_err("must be refused");
+    assert_eq!(e.code(), code, "{}", e.message());
+    for n in needles {
+        assert!(
+            e.message().contains(n),
+            "{:?} does not name {n:?}",
+            e.message()
+        );
+    }
+}
+
 /// Bad input over gRPC gets the right status naming the problem, and nothing is written:
 /// no event and no view change on any node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -333,57 +355,46 @@ async fn bad_input_is_refused_with_a_clear_status_and_writes_nothing() {
     if let Some(o) = bad_id.organisation.as_mut() {
         o.hpio = "8003620000000000".into();
     }
-    let e = cl
-        .directory()
-        .register_organisation(bad_id)
-        .await
-        .expect_err("bad check digit");
-    assert_eq!(e.code(), tonic::Code::InvalidArgument);
-    assert!(
-        e.message().contains("HPI-O") && e.message().contains("check digit"),
-        "{}",
-        e.message()
-    );
+    assert_refused(
+        &cl,
+        bad_id,
+        tonic::Code::InvalidArgument,
+        &["HPI-O", "check digit"],
+    )
+    .await;
 
     let mut long_name = org_request(3);
     if let Some(o) = long_name.organisation.as_mut() {
         o.name = "x".repeat(201);
     }
-    let e = cl
-        .directory()
-        .register_organisation(long_name)
-        .await
-        .expect_err("oversized");
-    assert_eq!(e.code(), tonic::Code::InvalidArgument);
-    assert!(
-        e.message().contains("name") && e.message().contains("200"),
-        "{}",
-        e.message()
-    );
+    assert_refused(
+        &cl,
+        long_name,
+        tonic::Code::InvalidArgument,
+        &["name", "200"],
+    )
+    .await;
 
     let mut short_key = org_request(4);
     if let Some(o) = short_key.organisation.as_mut() {
         o.keys.as_mut().expect("keys").signing.truncate(31);
     }
-    let e = cl
-        .directory()
-        .register_organisation(short_key)
-        .await
-        .expect_err("short key");
-    assert_eq!(e.code(), tonic::Code::InvalidArgument);
-    assert!(e.message().contains("keys.signing"), "{}", e.message());
+    assert_refused(
+        &cl,
+        short_key,
+        tonic::Code::InvalidArgument,
+        &["keys.signing"],
+    )
+    .await;
 
-    let e = cl
-        .directory()
-        .register_organisation(org_request(1))
-        .await
-        .expect_err("duplicate");
-    assert_eq!(e.code(), tonic::Code::AlreadyExists);
-    assert!(
-        e.message().contains(HpiO::from_serial(1).as_str()),
-        "{}",
-        e.message()
-    );
+    let duplicate_id = HpiO::from_serial(1);
+    assert_refused(
+        &cl,
+        org_request(1),
+        tonic::Code::AlreadyExists,
+        &[duplicate_id.as_str()],
+    )
+    .await;
 
     let unknown = HpiO::from_serial(999);
     let e = cl

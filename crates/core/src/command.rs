@@ -112,9 +112,9 @@ impl Proposal {
 }
 
 /// Decides a command against the current facts. Pure and deterministic: every replica
-/// reaches the same answer for the same log entry.
+/// reaches the same answer for the same log entry. The caller has already run
+/// [`Proposal::validate`] (the state machine does, once per proposal).
 pub fn decide(cmd: &Command, facts: &Facts, cluster_version: u16) -> Result<Vec<Event>, Rejection> {
-    cmd.validate()?;
     let events = match cmd {
         Command::RegisterOrganisation(o) => {
             if facts.organisation(&o.hpio).is_some() {
