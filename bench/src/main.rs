@@ -1,8 +1,11 @@
-//! sealpost's load generator. Scenario `directory`: committed directory events per second
-//! on a 3-node cluster (in this process, real gRPC + mutual TLS on loopback, fsync on),
-//! with many concurrent writers spread over the nodes; latency percentiles from
-//! hdrhistogram. Build it optimised (`cargo build --profile perf --workspace`, or
-//! `--release`) and run `sealpost-bench directory`.
+//! sealpost's load generator, against a cluster in this process (real gRPC + mutual TLS on
+//! loopback, fsync on); latency percentiles from hdrhistogram. Build it optimised
+//! (`cargo build --profile perf --workspace`, or `--release`).
+//!
+//! - `directory`: committed directory events per second with many concurrent writers.
+//! - `messaging`: end-to-end sealed messages per second (send → routed, measured by a live
+//!   inbox stream), the crypto-only ceiling (seal + sign + open + verify on every core) in
+//!   the same run, their ratio, and send → routed latency at half the maximum rate.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +20,8 @@ use sealpost_proto::v1 as pb;
 use sealpost_raft::RaftOptions;
 use sealpost_server::config::ApiLimits;
 use sealpost_server::local::LocalCluster;
+
+mod messaging;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -46,10 +51,12 @@ enum Scenario {
         #[arg(long, default_value_t = 2)]
         warmup_secs: u64,
     },
+    /// End-to-end sealed messages per second against the crypto-only ceiling.
+    Messaging(messaging::MessagingArgs),
 }
 
 /// Highest latency the histogram records, in microseconds.
-const LATENCY_US_MAX: u64 = 60_000_000;
+pub(crate) const LATENCY_US_MAX: u64 = 60_000_000;
 
 fn key(serial: u64, salt: u64) -> Vec<u8> {
     let mut x = serial.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt;
@@ -221,6 +228,7 @@ fn main() -> anyhow::Result<()> {
                 )
                 .await
             }
+            Scenario::Messaging(a) => messaging::run(a).await,
         }
     })
 }

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use sealpost_client::{Client, ClientConfig, Profile};
-use sealpost_crypto::keys::OrgKeys;
 use sealpost_proto::v1 as pb;
 
 use crate::ClientOpts;
@@ -75,8 +74,10 @@ pub enum DirectoryCmd {
         /// Key id to publish.
         #[arg(long, default_value = "k1")]
         key_id: String,
-        /// X25519 public key, hex. With --signing-key; when both are omitted a fresh key
-        /// pair is generated and only its public halves are published.
+        /// X25519 public key, hex, of an organisation that holds its own private keys. With
+        /// --signing-key; when both are omitted the provider generates the organisation's
+        /// keys and keeps the private halves wrapped under its key-encryption key, so it
+        /// can sign, seal and open messages for it.
         #[arg(long, requires = "signing_key")]
         encryption_key: Option<String>,
         /// Ed25519 public key, hex.
@@ -143,13 +144,17 @@ pub fn load_profile(opts: &ClientOpts) -> anyhow::Result<(PathBuf, String, Profi
     Ok((path, name, profile))
 }
 
+pub(crate) async fn connect_profile(opts: &ClientOpts) -> anyhow::Result<(Client, Profile)> {
+    connect(opts).await
+}
+
 async fn connect(opts: &ClientOpts) -> anyhow::Result<(Client, Profile)> {
     let (_, _, profile) = load_profile(opts)?;
     let client = Client::connect(&profile).await?;
     Ok((client, profile))
 }
 
-fn status_err(what: &str) -> impl FnOnce(tonic::Status) -> anyhow::Error + '_ {
+pub(crate) fn status_err(what: &str) -> impl FnOnce(tonic::Status) -> anyhow::Error + '_ {
     move |s| anyhow::anyhow!("{what}: {} ({:?})", s.message(), s.code())
 }
 
@@ -284,15 +289,13 @@ pub async fn directory(opts: &ClientOpts, cmd: DirectoryCmd) -> anyhow::Result<(
             encryption_key,
             signing_key,
         } => {
-            let (encryption, signing) = match (encryption_key, signing_key) {
-                (Some(e), Some(s)) => (
-                    key_bytes("--encryption-key", &e)?,
-                    key_bytes("--signing-key", &s)?,
-                ),
-                _ => {
-                    let k = OrgKeys::generate(&key_id)?;
-                    (k.encryption_public().to_vec(), k.signing_public().to_vec())
-                }
+            let keys = match (encryption_key, signing_key) {
+                (Some(e), Some(s)) => Some(pb::PublicKeys {
+                    key_id,
+                    encryption: key_bytes("--encryption-key", &e)?,
+                    signing: key_bytes("--signing-key", &s)?,
+                }),
+                _ => None,
             };
             let r = dir
                 .register_organisation(pb::RegisterOrganisationRequest {
@@ -302,11 +305,7 @@ pub async fn directory(opts: &ClientOpts, cmd: DirectoryCmd) -> anyhow::Result<(
                         suburb,
                         state,
                         postcode,
-                        keys: Some(pb::PublicKeys {
-                            key_id,
-                            encryption,
-                            signing,
-                        }),
+                        keys,
                         ..Default::default()
                     }),
                 })

@@ -16,7 +16,6 @@ use anyhow::{Context, bail};
 use clap::Args;
 use sealpost_client::{Client, ClientConfig, Profile};
 use sealpost_core::ids::{HpiI, HpiO};
-use sealpost_crypto::keys::OrgKeys;
 use sealpost_crypto::tls::{DevCa, TlsPaths, write_file};
 use sealpost_proto::v1 as pb;
 use sealpost_raft::RaftOptions;
@@ -56,7 +55,8 @@ pub struct DevArgs {
 
 #[derive(Args, Debug)]
 pub struct CertsArgs {
-    /// Folder to write ca.pem, node-N.pem / node-N-key.pem and clients/ into.
+    /// Folder to write ca.pem, node-N.pem / node-N-key.pem, clients/ and the provider's
+    /// key-encryption key (kek) into. Existing files are kept.
     #[arg(long)]
     out: PathBuf,
     #[arg(long)]
@@ -66,7 +66,8 @@ pub struct CertsArgs {
     /// Host names and IP addresses the nodes are reached at.
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.1,localhost")]
     hosts: Vec<String>,
-    /// Client certificates to issue.
+    /// Client certificates to issue: NAME, or NAME=HPI-O for a client that acts for an
+    /// organisation (it may send and receive as that organisation).
     #[arg(long, value_delimiter = ',', default_value = "admin")]
     clients: Vec<String>,
 }
@@ -261,7 +262,8 @@ async fn seed(admin: &Profile) -> anyhow::Result<()> {
     };
     for org in DEMO {
         let hpio = HpiO::from_serial(org.serial);
-        let keys = OrgKeys::generate("k1")?;
+        // No keys in the request: the provider generates them and keeps the private halves
+        // wrapped under its key-encryption key, so it can sign, seal and open for the org.
         ignore_exists(
             dir.register_organisation(pb::RegisterOrganisationRequest {
                 organisation: Some(pb::Organisation {
@@ -270,11 +272,7 @@ async fn seed(admin: &Profile) -> anyhow::Result<()> {
                     suburb: org.suburb.into(),
                     state: org.state.into(),
                     postcode: org.postcode.into(),
-                    keys: Some(pb::PublicKeys {
-                        key_id: keys.key_id.clone(),
-                        encryption: keys.encryption_public().to_vec(),
-                        signing: keys.signing_public().to_vec(),
-                    }),
+                    keys: None,
                     ..Default::default()
                 }),
             })
@@ -330,7 +328,12 @@ fn client_config(
                   org: Option<String>,
                   default_endpoint: Option<String>|
          -> anyhow::Result<Profile> {
-            let t = cluster.client_identity(who)?;
+            let hpio = org
+                .as_deref()
+                .map(HpiO::parse)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("demo organisation id: {e}"))?;
+            let t = cluster.client_identity_for_org(who, hpio.as_ref())?;
             Ok(Profile {
                 endpoints: endpoints.clone(),
                 tls: TlsPaths {
@@ -567,10 +570,21 @@ pub fn certs(args: CertsArgs) -> anyhow::Result<()> {
             write_file(&out.join(format!("node-{n}-key.pem")), &id.key_pem, true)?;
         }
     }
-    for c in &args.clients {
+    let kek = out.join("kek");
+    if !kek.exists() {
+        sealpost_crypto::kek::Kek::generate()?.save(&kek)?;
+    }
+    for spec in &args.clients {
+        let (c, org) = match spec.split_once('=') {
+            Some((name, hpio)) => (
+                name,
+                Some(HpiO::parse(hpio).map_err(|e| anyhow::anyhow!("--clients {spec}: {e}"))?),
+            ),
+            None => (spec.as_str(), None),
+        };
         let cert = out.join("clients").join(format!("{c}.pem"));
         if !cert.exists() {
-            let id = ca.issue_client(c)?;
+            let id = ca.issue_client_for_org(c, org.as_ref())?;
             write_file(&cert, &id.cert_pem, false)?;
             write_file(
                 &out.join("clients").join(format!("{c}-key.pem")),

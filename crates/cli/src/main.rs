@@ -1,10 +1,12 @@
 //! The `sealpost` command: the embedded `dev` cluster, a single `node`, and the client
-//! commands (`cluster`, `directory`). Client commands read `client.toml` (from
+//! commands (`cluster`, `directory`, and messaging: `send`, `inbox`, `fetch`, `ack`,
+//! `track`, `outbox`). Client commands read `client.toml` (from
 //! `--client-config` or `SEALPOST_CLIENT_CONFIG`), act as the profile chosen with `--as`,
 //! and print JSON with `--json`.
 
 mod client_cmd;
 mod dev;
+mod message_cmd;
 mod output;
 
 use std::path::PathBuf;
@@ -66,6 +68,48 @@ enum Command {
         #[command(subcommand)]
         cmd: client_cmd::DirectoryCmd,
     },
+    /// Sign, seal and send a message to one or more endpoints.
+    Send {
+        #[command(flatten)]
+        opts: ClientOpts,
+        #[command(flatten)]
+        args: message_cmd::SendArgs,
+    },
+    /// Messages routed to the profile's organisation and awaiting acknowledgement.
+    Inbox {
+        #[command(flatten)]
+        opts: ClientOpts,
+        #[command(flatten)]
+        args: message_cmd::InboxArgs,
+    },
+    /// Fetch a message's decrypted payload (recorded as an access).
+    Fetch {
+        #[command(flatten)]
+        opts: ClientOpts,
+        #[command(flatten)]
+        args: message_cmd::FetchArgs,
+    },
+    /// Acknowledge a message: accepted, rejected or error.
+    Ack {
+        #[command(flatten)]
+        opts: ClientOpts,
+        #[command(flatten)]
+        args: message_cmd::AckArgs,
+    },
+    /// A message's timeline and its status per recipient.
+    Track {
+        #[command(flatten)]
+        opts: ClientOpts,
+        #[command(flatten)]
+        args: message_cmd::TrackArgs,
+    },
+    /// Messages the profile's organisation sent, newest first, with their status.
+    Outbox {
+        #[command(flatten)]
+        opts: ClientOpts,
+        #[command(flatten)]
+        args: message_cmd::OutboxArgs,
+    },
 }
 
 fn init_tracing() {
@@ -125,5 +169,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Certs(args) => dev::certs(args),
         Command::Cluster { opts, cmd } => client_cmd::cluster(&opts, cmd).await,
         Command::Directory { opts, cmd } => client_cmd::directory(&opts, cmd).await,
+        Command::Send { opts, args } => message_cmd::send(&opts, args).await,
+        Command::Inbox { opts, args } => message_cmd::inbox(&opts, args).await,
+        Command::Fetch { opts, args } => message_cmd::fetch(&opts, args).await,
+        Command::Ack { opts, args } => message_cmd::ack(&opts, args).await,
+        Command::Track { opts, args } => message_cmd::track(&opts, args).await,
+        Command::Outbox { opts, args } => message_cmd::outbox(&opts, args).await,
     }
 }

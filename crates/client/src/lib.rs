@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use sealpost_proto::v1::admin_client::AdminClient;
 use sealpost_proto::v1::directory_client::DirectoryClient;
+use sealpost_proto::v1::messaging_client::MessagingClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 pub use config::{ClientConfig, Profile};
@@ -82,6 +83,12 @@ impl Client {
 
     pub fn directory(&self) -> DirectoryClient<Channel> {
         DirectoryClient::new(self.channel.clone())
+            .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+    }
+
+    pub fn messaging(&self) -> MessagingClient<Channel> {
+        MessagingClient::new(self.channel.clone())
             .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
     }

@@ -13,7 +13,14 @@ use crate::directory::{
 };
 use crate::event::{EVENT_VERSION_CURRENT, Event};
 use crate::ids::{EndpointId, HpiO};
+use crate::message::{
+    AckStatus, Envelope, FailReason, MessageId, PAYLOAD_BYTES_HARD_MAX, RecipientState,
+    check_client_message_id, check_note,
+};
 use crate::view::Facts;
+
+/// Longest wrapped private-key blob, in bytes.
+pub const WRAPPED_KEYS_BYTES_MAX: usize = 512;
 
 /// Longest actor name carried with a command, in bytes.
 pub const ACTOR_BYTES_MAX: usize = 128;
@@ -23,8 +30,57 @@ pub const ACTOR_BYTES_MAX: usize = 128;
 pub enum Command {
     RegisterOrganisation(OrganisationSpec),
     PublishEndpoint(EndpointSpec),
-    RetireEndpoint { id: EndpointId, reason: String },
-    RotateKeys { org: HpiO, keys: PublicKeys },
+    RetireEndpoint {
+        id: EndpointId,
+        reason: String,
+    },
+    RotateKeys {
+        org: HpiO,
+        keys: PublicKeys,
+    },
+    /// Registers an organisation whose keys the provider generated, with the private halves
+    /// wrapped under the provider's key-encryption key.
+    ProvisionOrganisation {
+        spec: OrganisationSpec,
+        wrapped: Vec<u8>,
+    },
+    /// Commits a signed, sealed message.
+    Send {
+        envelope: Box<Envelope>,
+        client_message_id: String,
+    },
+    /// The delivery worker's verdict for one recipient's copy.
+    Deliver {
+        message_id: MessageId,
+        recipient: EndpointId,
+        verdict: DeliveryVerdict,
+    },
+    /// Records that a recipient fetched the payload (before it is released).
+    Fetch {
+        message_id: MessageId,
+        recipient: EndpointId,
+    },
+    /// The recipient's acknowledgement.
+    Ack {
+        message_id: MessageId,
+        recipient: EndpointId,
+        status: AckStatus,
+        note: String,
+    },
+    /// A deadline passed for a recipient; decided against the entry's timestamp.
+    Expire {
+        message_id: MessageId,
+        recipient: EndpointId,
+    },
+}
+
+/// What the delivery worker found when it opened a recipient's copy.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum DeliveryVerdict {
+    /// Opened and verified: route it, expecting an acknowledgement by `ack_by_ms`.
+    Route { ack_by_ms: u64 },
+    /// Could not be opened or verified.
+    Fail(FailReason),
 }
 
 /// A command with the identity of whoever asked for it.
@@ -58,6 +114,9 @@ impl From<FieldError> for Rejection {
 pub struct Reads {
     pub organisations: Vec<HpiO>,
     pub endpoints: Vec<EndpointId>,
+    pub messages: Vec<MessageId>,
+    /// (sender organisation, client message id) idempotency keys.
+    pub client_ids: Vec<(HpiO, String)>,
 }
 
 impl Command {
@@ -68,27 +127,67 @@ impl Command {
             Command::PublishEndpoint(e) => e.validate()?,
             Command::RetireEndpoint { reason, .. } => check_text("reason", reason, NOTE_BYTES_MAX)?,
             Command::RotateKeys { keys, .. } => keys.validate()?,
+            Command::ProvisionOrganisation { spec, wrapped } => {
+                spec.validate()?;
+                if wrapped.is_empty() || wrapped.len() > WRAPPED_KEYS_BYTES_MAX {
+                    return Err(Rejection::InvalidArgument(format!(
+                        "wrapped keys: {} bytes, expected 1 to {WRAPPED_KEYS_BYTES_MAX}",
+                        wrapped.len()
+                    )));
+                }
+            }
+            Command::Send {
+                envelope,
+                client_message_id,
+            } => {
+                check_client_message_id(client_message_id)?;
+                envelope.validate(PAYLOAD_BYTES_HARD_MAX)?;
+            }
+            Command::Ack { note, .. } => check_note(note)?,
+            Command::Deliver { .. } | Command::Fetch { .. } | Command::Expire { .. } => {}
         }
         Ok(())
     }
 
     pub fn reads(&self) -> Reads {
         match self {
-            Command::RegisterOrganisation(o) => Reads {
-                organisations: vec![o.hpio.clone()],
-                endpoints: vec![],
-            },
+            Command::RegisterOrganisation(o) | Command::ProvisionOrganisation { spec: o, .. } => {
+                Reads {
+                    organisations: vec![o.hpio.clone()],
+                    ..Reads::default()
+                }
+            }
             Command::PublishEndpoint(e) => Reads {
                 organisations: vec![e.id.org.clone()],
                 endpoints: vec![e.id.clone()],
+                ..Reads::default()
             },
             Command::RetireEndpoint { id, .. } => Reads {
-                organisations: vec![],
                 endpoints: vec![id.clone()],
+                ..Reads::default()
             },
             Command::RotateKeys { org, .. } => Reads {
                 organisations: vec![org.clone()],
-                endpoints: vec![],
+                ..Reads::default()
+            },
+            Command::Send {
+                envelope,
+                client_message_id,
+            } => {
+                let h = &envelope.header;
+                Reads {
+                    organisations: vec![h.sender.org.clone()],
+                    endpoints: h.recipients.clone(),
+                    messages: vec![h.message_id.clone()],
+                    client_ids: vec![(h.sender.org.clone(), client_message_id.clone())],
+                }
+            }
+            Command::Deliver { message_id, .. }
+            | Command::Fetch { message_id, .. }
+            | Command::Ack { message_id, .. }
+            | Command::Expire { message_id, .. } => Reads {
+                messages: vec![message_id.clone()],
+                ..Reads::default()
             },
         }
     }
@@ -100,6 +199,12 @@ impl Command {
             Command::PublishEndpoint(_) => "publish_endpoint",
             Command::RetireEndpoint { .. } => "retire_endpoint",
             Command::RotateKeys { .. } => "rotate_keys",
+            Command::ProvisionOrganisation { .. } => "provision_organisation",
+            Command::Send { .. } => "send",
+            Command::Deliver { .. } => "deliver",
+            Command::Fetch { .. } => "fetch",
+            Command::Ack { .. } => "ack",
+            Command::Expire { .. } => "expire",
         }
     }
 }
@@ -114,7 +219,13 @@ impl Proposal {
 /// Decides a command against the current facts. Pure and deterministic: every replica
 /// reaches the same answer for the same log entry. The caller has already run
 /// [`Proposal::validate`] (the state machine does, once per proposal).
-pub fn decide(cmd: &Command, facts: &Facts, cluster_version: u16) -> Result<Vec<Event>, Rejection> {
+/// `ts_ms` is the timestamp of the log entry, the same on every replica.
+pub fn decide(
+    cmd: &Command,
+    facts: &Facts,
+    cluster_version: u16,
+    ts_ms: u64,
+) -> Result<Vec<Event>, Rejection> {
     let events = match cmd {
         Command::RegisterOrganisation(o) => {
             if facts.organisation(&o.hpio).is_some() {
@@ -125,6 +236,73 @@ pub fn decide(cmd: &Command, facts: &Facts, cluster_version: u16) -> Result<Vec<
             }
             vec![Event::OrganisationRegistered(o.clone())]
         }
+        Command::ProvisionOrganisation { spec, wrapped } => {
+            if facts.organisation(&spec.hpio).is_some() {
+                return Err(Rejection::AlreadyExists(format!(
+                    "organisation {} is already registered",
+                    spec.hpio
+                )));
+            }
+            vec![
+                Event::OrganisationRegistered(spec.clone()),
+                Event::KeysProvisioned {
+                    org: spec.hpio.clone(),
+                    key_id: spec.keys.key_id.clone(),
+                    wrapped: wrapped.clone(),
+                },
+            ]
+        }
+        Command::Send {
+            envelope,
+            client_message_id,
+        } => crate::messaging::decide_send(envelope, client_message_id, facts)?,
+        Command::Deliver {
+            message_id,
+            recipient,
+            verdict,
+        } => crate::messaging::decide_deliver(message_id, recipient, *verdict, facts, ts_ms)?,
+        Command::Fetch {
+            message_id,
+            recipient,
+        } => {
+            let state = crate::messaging::recipient_state(facts, message_id, recipient)?;
+            if !state.was_routed() {
+                return Err(Rejection::FailedPrecondition(format!(
+                    "message {message_id} has not been routed to {recipient} (it is {})",
+                    state.name()
+                )));
+            }
+            vec![Event::Fetched {
+                message_id: message_id.clone(),
+                recipient: recipient.clone(),
+            }]
+        }
+        Command::Ack {
+            message_id,
+            recipient,
+            status,
+            note,
+        } => {
+            let state = crate::messaging::recipient_state(facts, message_id, recipient)?;
+            match state {
+                RecipientState::Routed { .. } => vec![Event::Acked {
+                    message_id: message_id.clone(),
+                    recipient: recipient.clone(),
+                    status: *status,
+                    note: note.clone(),
+                }],
+                other => {
+                    return Err(Rejection::FailedPrecondition(format!(
+                        "message {message_id} for {recipient} is {}, only a routed message can be acknowledged",
+                        other.name()
+                    )));
+                }
+            }
+        }
+        Command::Expire {
+            message_id,
+            recipient,
+        } => crate::messaging::decide_expire(message_id, recipient, facts, ts_ms)?,
         Command::PublishEndpoint(e) => {
             if facts.organisation(&e.id.org).is_none() {
                 return Err(Rejection::NotFound(format!(

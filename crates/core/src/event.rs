@@ -12,10 +12,11 @@ use sha2::{Digest, Sha256};
 use crate::canonical::Canon;
 use crate::directory::{EndpointSpec, OrganisationSpec, PublicKeys};
 use crate::ids::{EndpointId, EndpointLocal, HpiO};
+use crate::message::{AckStatus, Envelope, FailReason, MessageId};
 
 /// Version of the event model this build writes and understands. A node refuses to apply
 /// an event whose variant was introduced after this.
-pub const EVENT_VERSION_CURRENT: u16 = 1;
+pub const EVENT_VERSION_CURRENT: u16 = 2;
 
 /// Version tag of the canonical record encoding (the hashed bytes).
 pub const CANONICAL_RECORD_VERSION: u8 = 1;
@@ -41,6 +42,49 @@ pub enum Event {
     EndpointRetired { id: EndpointId, reason: String },
     /// An organisation published a new key pair. Since v1.
     KeysRotated { org: HpiO, keys: PublicKeys },
+    /// The provider stored an organisation's private keys, wrapped under its key-encryption
+    /// key (never in the clear). Since v2.
+    KeysProvisioned {
+        org: HpiO,
+        key_id: String,
+        wrapped: Vec<u8>,
+    },
+    /// A signed, sealed message was accepted from a sender. Since v2.
+    Sent {
+        envelope: Box<Envelope>,
+        client_message_id: String,
+    },
+    /// The receiving provider opened a recipient's copy and verified signature and digest.
+    /// Since v2.
+    Decrypted {
+        message_id: MessageId,
+        recipient: EndpointId,
+    },
+    /// The message reached the recipient's inbox. Since v2.
+    Routed {
+        message_id: MessageId,
+        recipient: EndpointId,
+        /// Not acknowledged by then: failed as unacknowledged.
+        ack_by_ms: u64,
+    },
+    /// The recipient fetched the decrypted payload (an access event). Since v2.
+    Fetched {
+        message_id: MessageId,
+        recipient: EndpointId,
+    },
+    /// The recipient acknowledged the message: a final outcome. Since v2.
+    Acked {
+        message_id: MessageId,
+        recipient: EndpointId,
+        status: AckStatus,
+        note: String,
+    },
+    /// The message failed for a recipient: a final outcome. Since v2.
+    Failed {
+        message_id: MessageId,
+        recipient: EndpointId,
+        reason: FailReason,
+    },
 }
 
 impl Event {
@@ -51,6 +95,13 @@ impl Event {
             | Event::EndpointPublished(_)
             | Event::EndpointRetired { .. }
             | Event::KeysRotated { .. } => 1,
+            Event::KeysProvisioned { .. }
+            | Event::Sent { .. }
+            | Event::Decrypted { .. }
+            | Event::Routed { .. }
+            | Event::Fetched { .. }
+            | Event::Acked { .. }
+            | Event::Failed { .. } => 2,
         }
     }
 
@@ -61,6 +112,13 @@ impl Event {
             Event::EndpointPublished(_) => "endpoint_published",
             Event::EndpointRetired { .. } => "endpoint_retired",
             Event::KeysRotated { .. } => "keys_rotated",
+            Event::KeysProvisioned { .. } => "keys_provisioned",
+            Event::Sent { .. } => "sent",
+            Event::Decrypted { .. } => "decrypted",
+            Event::Routed { .. } => "routed",
+            Event::Fetched { .. } => "fetched",
+            Event::Acked { .. } => "acked",
+            Event::Failed { .. } => "failed",
         }
     }
 
@@ -71,6 +129,38 @@ impl Event {
             Event::EndpointPublished(e) => &e.id.org,
             Event::EndpointRetired { id, .. } => &id.org,
             Event::KeysRotated { org, .. } => org,
+            Event::KeysProvisioned { org, .. } => org,
+            Event::Sent { envelope, .. } => &envelope.header.sender.org,
+            Event::Decrypted { recipient, .. }
+            | Event::Routed { recipient, .. }
+            | Event::Fetched { recipient, .. }
+            | Event::Acked { recipient, .. }
+            | Event::Failed { recipient, .. } => &recipient.org,
+        }
+    }
+
+    /// The message this event belongs to, for message events.
+    pub fn message_id(&self) -> Option<&MessageId> {
+        match self {
+            Event::Sent { envelope, .. } => Some(&envelope.header.message_id),
+            Event::Decrypted { message_id, .. }
+            | Event::Routed { message_id, .. }
+            | Event::Fetched { message_id, .. }
+            | Event::Acked { message_id, .. }
+            | Event::Failed { message_id, .. } => Some(message_id),
+            _ => None,
+        }
+    }
+
+    /// The recipient endpoint a per-recipient message event concerns.
+    pub fn recipient(&self) -> Option<&EndpointId> {
+        match self {
+            Event::Decrypted { recipient, .. }
+            | Event::Routed { recipient, .. }
+            | Event::Fetched { recipient, .. }
+            | Event::Acked { recipient, .. }
+            | Event::Failed { recipient, .. } => Some(recipient),
+            _ => None,
         }
     }
 
@@ -104,6 +194,80 @@ impl Event {
             Event::KeysRotated { org, keys } => {
                 c.u16(4).str(org.as_str());
                 write_keys(c, keys);
+            }
+            Event::KeysProvisioned {
+                org,
+                key_id,
+                wrapped,
+            } => {
+                // The wrapped bytes are hashed, not copied: the chain stays verifiable if a
+                // retired key is later erased.
+                c.u16(5)
+                    .str(org.as_str())
+                    .str(key_id)
+                    .fixed(&hash_canonical(wrapped));
+            }
+            Event::Sent {
+                envelope,
+                client_message_id,
+            } => {
+                // The signed header (which carries the payload digest), the signature and a
+                // digest of each sealed copy: the chain covers digests, never payloads, so
+                // ciphertexts can be dropped after retention and the chain still verifies.
+                c.u16(6)
+                    .bytes(&envelope.header.signed_bytes())
+                    .bytes(&envelope.signature)
+                    .str(client_message_id)
+                    .count(envelope.sealed.len());
+                for copy in &envelope.sealed {
+                    c.str(copy.org.as_str())
+                        .str(&copy.key_id)
+                        .bytes(&copy.enc)
+                        .u64(copy.ciphertext.len() as u64)
+                        .fixed(&hash_canonical(&copy.ciphertext));
+                }
+            }
+            Event::Decrypted {
+                message_id,
+                recipient,
+            } => {
+                c.u16(7).str(message_id.as_str());
+                write_endpoint_id(c, recipient);
+            }
+            Event::Routed {
+                message_id,
+                recipient,
+                ack_by_ms,
+            } => {
+                c.u16(8).str(message_id.as_str());
+                write_endpoint_id(c, recipient);
+                c.u64(*ack_by_ms);
+            }
+            Event::Fetched {
+                message_id,
+                recipient,
+            } => {
+                c.u16(9).str(message_id.as_str());
+                write_endpoint_id(c, recipient);
+            }
+            Event::Acked {
+                message_id,
+                recipient,
+                status,
+                note,
+            } => {
+                c.u16(10).str(message_id.as_str());
+                write_endpoint_id(c, recipient);
+                c.u8(status.code()).str(note);
+            }
+            Event::Failed {
+                message_id,
+                recipient,
+                reason,
+            } => {
+                c.u16(11).str(message_id.as_str());
+                write_endpoint_id(c, recipient);
+                c.u8(reason.code());
             }
         }
     }

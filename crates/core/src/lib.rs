@@ -10,6 +10,9 @@
 //! - [`canonical`]: the frozen byte encoding the chain hashes.
 //! - [`command`]: commands, stateless validation and the deterministic `decide`.
 //! - [`view`]: `fold` from events to view changes; search index keys.
+//! - [`message`]: envelope v1 (signed header, sealed copies), message ids, lifecycle states.
+//! - [`messaging`]: the message lifecycle: send, delivery and deadline decisions, its fold
+//!   and the messaging view key layouts.
 //! - [`batch`]: the Raft entry payload and per-proposal outcomes.
 //! - [`codec`]: the versioned storage codec.
 
@@ -20,6 +23,8 @@ pub mod command;
 pub mod directory;
 pub mod event;
 pub mod ids;
+pub mod message;
+pub mod messaging;
 pub mod view;
 
 pub use batch::{Batch, BatchOutcome, Outcome};

@@ -14,6 +14,7 @@ use crate::command::Reads;
 use crate::directory::{Endpoint, Organisation};
 use crate::event::Event;
 use crate::ids::{EndpointId, EndpointLocal, HpiO};
+use crate::message::{MessageId, MessageStatus};
 
 /// The view records a decision or fold may read, loaded by the store for one command (and
 /// updated in memory as earlier commands of the same batch change them).
@@ -21,6 +22,8 @@ use crate::ids::{EndpointId, EndpointLocal, HpiO};
 pub struct Facts {
     organisations: BTreeMap<HpiO, Option<Organisation>>,
     endpoints: BTreeMap<EndpointId, Option<Endpoint>>,
+    messages: BTreeMap<MessageId, Option<MessageStatus>>,
+    client_ids: BTreeMap<(HpiO, String), Option<MessageId>>,
 }
 
 impl Facts {
@@ -30,6 +33,39 @@ impl Facts {
 
     pub fn endpoint(&self, id: &EndpointId) -> Option<&Endpoint> {
         self.endpoints.get(id).and_then(Option::as_ref)
+    }
+
+    pub fn message(&self, id: &MessageId) -> Option<&MessageStatus> {
+        self.messages.get(id).and_then(Option::as_ref)
+    }
+
+    /// The message a sender's client message id already names, if any.
+    pub fn client_id(&self, org: &HpiO, client_message_id: &str) -> Option<&MessageId> {
+        self.client_ids
+            .get(&(org.clone(), client_message_id.to_string()))
+            .and_then(Option::as_ref)
+    }
+
+    pub fn knows_message(&self, id: &MessageId) -> bool {
+        self.messages.contains_key(id)
+    }
+
+    pub fn knows_client_id(&self, org: &HpiO, client_message_id: &str) -> bool {
+        self.client_ids
+            .contains_key(&(org.clone(), client_message_id.to_string()))
+    }
+
+    pub fn load_message(&mut self, id: MessageId, value: Option<MessageStatus>) {
+        self.messages.insert(id, value);
+    }
+
+    pub fn load_client_id(
+        &mut self,
+        org: HpiO,
+        client_message_id: String,
+        value: Option<MessageId>,
+    ) {
+        self.client_ids.insert((org, client_message_id), value);
     }
 
     pub fn knows_organisation(&self, id: &HpiO) -> bool {
@@ -60,19 +96,70 @@ impl Facts {
                 ViewChange::PutEndpoint(e) => {
                     self.endpoints.insert(e.spec.id.clone(), Some(e.clone()));
                 }
-                ViewChange::PutIndex(_) => {}
+                ViewChange::PutMessage(m) => {
+                    self.messages.insert(m.message_id.clone(), Some(m.clone()));
+                }
+                ViewChange::PutIdempotency(org, cid, id) => {
+                    self.client_ids
+                        .insert((org.clone(), cid.clone()), Some(id.clone()));
+                }
+                ViewChange::PutIndex(_) | ViewChange::Put(..) | ViewChange::Delete(..) => {}
             }
         }
     }
 }
 
-/// One write to the directory views.
+/// The view column families that messaging writes with plain keys and values (key layouts
+/// in [`crate::messaging::keys`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum ViewCf {
+    Outbox,
+    Inbox,
+    Feed,
+    Queue,
+    Deadlines,
+    MsgEvents,
+    Keystore,
+}
+
+impl ViewCf {
+    pub const ALL: [ViewCf; 7] = [
+        ViewCf::Outbox,
+        ViewCf::Inbox,
+        ViewCf::Feed,
+        ViewCf::Queue,
+        ViewCf::Deadlines,
+        ViewCf::MsgEvents,
+        ViewCf::Keystore,
+    ];
+
+    /// The column family's name in the store.
+    pub fn name(self) -> &'static str {
+        match self {
+            ViewCf::Outbox => "outbox",
+            ViewCf::Inbox => "inbox",
+            ViewCf::Feed => "feed",
+            ViewCf::Queue => "queue",
+            ViewCf::Deadlines => "deadlines",
+            ViewCf::MsgEvents => "msg_events",
+            ViewCf::Keystore => "keystore",
+        }
+    }
+}
+
+/// One write to the views.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum ViewChange {
     PutOrganisation(Organisation),
     PutEndpoint(Endpoint),
     /// A search index key (the value is empty).
     PutIndex(Vec<u8>),
+    /// The message status view.
+    PutMessage(MessageStatus),
+    /// (sender organisation, client message id) → message id.
+    PutIdempotency(HpiO, String, MessageId),
+    Put(ViewCf, Vec<u8>, Vec<u8>),
+    Delete(ViewCf, Vec<u8>),
 }
 
 /// The facts [`fold`] needs for an event.
@@ -80,19 +167,28 @@ pub fn event_reads(event: &Event) -> Reads {
     match event {
         Event::OrganisationRegistered(o) => Reads {
             organisations: vec![o.hpio.clone()],
-            endpoints: vec![],
+            ..Reads::default()
         },
         Event::EndpointPublished(e) => Reads {
             organisations: vec![e.id.org.clone()],
-            endpoints: vec![],
+            ..Reads::default()
         },
         Event::EndpointRetired { id, .. } => Reads {
-            organisations: vec![],
             endpoints: vec![id.clone()],
+            ..Reads::default()
         },
         Event::KeysRotated { org, .. } => Reads {
             organisations: vec![org.clone()],
-            endpoints: vec![],
+            ..Reads::default()
+        },
+        Event::KeysProvisioned { .. } | Event::Sent { .. } => Reads::default(),
+        Event::Decrypted { message_id, .. }
+        | Event::Routed { message_id, .. }
+        | Event::Fetched { message_id, .. }
+        | Event::Acked { message_id, .. }
+        | Event::Failed { message_id, .. } => Reads {
+            messages: vec![message_id.clone()],
+            ..Reads::default()
         },
     }
 }
@@ -100,7 +196,7 @@ pub fn event_reads(event: &Event) -> Reads {
 /// Turns an applied event into view changes. Facts missing for an event that needs them
 /// mean the event store is inconsistent with its own history; the fold then skips the view
 /// change rather than invent state, and the store's rebuild check reports the difference.
-pub fn fold(event: &Event, seq: u64, facts: &Facts) -> Vec<ViewChange> {
+pub fn fold(event: &Event, seq: u64, ts_ms: u64, facts: &Facts) -> Vec<ViewChange> {
     match event {
         Event::OrganisationRegistered(spec) => vec![ViewChange::PutOrganisation(Organisation {
             spec: spec.clone(),
@@ -140,6 +236,21 @@ pub fn fold(event: &Event, seq: u64, facts: &Facts) -> Vec<ViewChange> {
                 vec![ViewChange::PutOrganisation(o)]
             })
             .unwrap_or_default(),
+        Event::KeysProvisioned {
+            org,
+            key_id,
+            wrapped,
+        } => vec![ViewChange::Put(
+            ViewCf::Keystore,
+            crate::messaging::keys::keystore(org, key_id),
+            wrapped.clone(),
+        )],
+        Event::Sent { .. }
+        | Event::Decrypted { .. }
+        | Event::Routed { .. }
+        | Event::Fetched { .. }
+        | Event::Acked { .. }
+        | Event::Failed { .. } => crate::messaging::fold_message(event, seq, ts_ms, facts),
     }
 }
 

@@ -2,7 +2,9 @@
 //!
 //! Each provider has its own CA. Nodes get one certificate valid for both server and
 //! client authentication (nodes talk to each other over mutual TLS); client profiles get
-//! client certificates. Everything is PEM on disk so operators can swap in their own PKI.
+//! client certificates. A client certificate may name the organisation it acts for in a
+//! URI subject alternative name `urn:sealpost:org:<HPI-O>` ([`client_org`] reads it back).
+//! Everything is PEM on disk so operators can swap in their own PKI.
 
 use std::path::{Path, PathBuf};
 
@@ -10,7 +12,9 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
+use sealpost_core::ids::HpiO;
 use sha2::{Digest, Sha256};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::{Error, Result};
 
@@ -82,7 +86,9 @@ impl TlsPaths {
     }
 }
 
-/// Writes a file, creating its folder; private keys get mode 0600.
+/// Writes a file, creating its folder; private keys get mode 0600. A private file is
+/// created with that mode (and an existing one narrowed to it) before any byte is written,
+/// so the secret is never readable by others, not even briefly.
 pub fn write_file(path: &Path, contents: &str, private: bool) -> Result<()> {
     let io = |source| Error::Io {
         path: path.to_path_buf(),
@@ -91,13 +97,27 @@ pub fn write_file(path: &Path, contents: &str, private: bool) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
-    std::fs::write(path, contents).map_err(io)?;
     if private {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        use std::io::Write;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(io)?;
+        file.write_all(contents.as_bytes()).map_err(io)?;
+    } else {
+        std::fs::write(path, contents).map_err(io)?;
     }
     Ok(())
 }
+
+/// Prefix of the URI subject alternative name that names a client's organisation.
+pub const ORG_URI_PREFIX: &str = "urn:sealpost:org:";
 
 /// A provider's certificate authority.
 pub struct DevCa {
@@ -162,7 +182,13 @@ impl DevCa {
         &self.cert_pem
     }
 
-    fn issue(&self, common_name: &str, sans: &[String], server: bool) -> Result<Identity> {
+    fn issue(
+        &self,
+        common_name: &str,
+        sans: &[String],
+        org: Option<&HpiO>,
+        server: bool,
+    ) -> Result<Identity> {
         let mut p = CertificateParams::new(Vec::<String>::new())?;
         for san in sans {
             p.subject_alt_names
@@ -170,6 +196,10 @@ impl DevCa {
                     Ok(ip) => SanType::IpAddress(ip),
                     Err(_) => SanType::DnsName(san.clone().try_into()?),
                 });
+        }
+        if let Some(org) = org {
+            p.subject_alt_names
+                .push(SanType::URI(format!("{ORG_URI_PREFIX}{org}").try_into()?));
         }
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, common_name);
@@ -197,13 +227,48 @@ impl DevCa {
     /// A node certificate, valid for serving and for connecting to peers. `hosts` are the
     /// DNS names and IP addresses peers and clients use to reach it.
     pub fn issue_node(&self, node_name: &str, hosts: &[String]) -> Result<Identity> {
-        self.issue(node_name, hosts, true)
+        self.issue(node_name, hosts, None, true)
     }
 
-    /// A client certificate for a CLI profile or an application.
+    /// A client certificate for a CLI profile or an application, naming no organisation.
     pub fn issue_client(&self, client_name: &str) -> Result<Identity> {
-        self.issue(client_name, &[], false)
+        self.issue(client_name, &[], None, false)
     }
+
+    /// A client certificate that, when `org` is given, names the organisation it acts for
+    /// in a URI subject alternative name `urn:sealpost:org:<HPI-O>`.
+    pub fn issue_client_for_org(&self, client_name: &str, org: Option<&HpiO>) -> Result<Identity> {
+        self.issue(client_name, &[], org, false)
+    }
+}
+
+/// The organisation a DER client certificate names in its `urn:sealpost:org:<HPI-O>` URI
+/// subject alternative name, validated as an HPI-O. `None` when the certificate does not
+/// parse, names no organisation, names an invalid HPI-O or names more than one.
+///
+/// This only reads the certificate: call it on a certificate whose chain TLS has already
+/// verified against the provider's CA.
+pub fn client_org(der: &[u8]) -> Option<HpiO> {
+    let (rest, cert) = X509Certificate::from_der(der).ok()?;
+    if !rest.is_empty() {
+        return None;
+    }
+    let san = cert.subject_alternative_name().ok()??;
+    let mut found: Option<HpiO> = None;
+    for name in &san.value.general_names {
+        let GeneralName::URI(uri) = name else {
+            continue;
+        };
+        let Some(rest) = uri.strip_prefix(ORG_URI_PREFIX) else {
+            continue;
+        };
+        let org = HpiO::parse(rest).ok()?;
+        match &found {
+            Some(prev) if prev != &org => return None,
+            _ => found = Some(org),
+        }
+    }
+    found
 }
 
 /// SHA-256 fingerprint of a DER certificate, hex encoded: how sealpost names a client
@@ -215,6 +280,70 @@ pub fn fingerprint(der: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn der(pem: &str) -> Vec<u8> {
+        let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).expect("pem");
+        parsed.contents
+    }
+
+    /// A self-signed certificate with the given URI SANs, to reach the refusals.
+    fn with_uris(uris: &[String]) -> Vec<u8> {
+        let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+        for u in uris {
+            p.subject_alt_names
+                .push(SanType::URI(u.clone().try_into().expect("ia5")));
+        }
+        let key = KeyPair::generate().expect("key");
+        p.self_signed(&key).expect("cert").der().to_vec()
+    }
+
+    #[test]
+    fn ambiguous_or_invalid_organisations_are_refused() {
+        let a = HpiO::from_serial(1);
+        let b = HpiO::from_serial(2);
+        let uri = |o: &HpiO| format!("{ORG_URI_PREFIX}{o}");
+        assert_eq!(client_org(&with_uris(&[uri(&a)])), Some(a.clone()));
+        assert_eq!(
+            client_org(&with_uris(&["https://example.org/x".into(), uri(&a)])),
+            Some(a.clone())
+        );
+        assert_eq!(client_org(&with_uris(&[uri(&a), uri(&a)])), Some(a.clone()));
+        assert_eq!(client_org(&with_uris(&[uri(&a), uri(&b)])), None);
+        // A bad check digit, and a different prefix.
+        let mut bad = a.as_str().to_string();
+        let last = bad.pop().expect("digit");
+        bad.push(if last == '0' { '1' } else { '0' });
+        assert_eq!(
+            client_org(&with_uris(&[format!("{ORG_URI_PREFIX}{bad}")])),
+            None
+        );
+        assert_eq!(
+            client_org(&with_uris(&[format!("urn:other:org:{a}")])),
+            None
+        );
+    }
+
+    #[test]
+    fn client_certificates_name_their_organisation() {
+        let ca = DevCa::generate("prov-a").expect("ca");
+        let org = HpiO::from_serial(42);
+        let with = ca
+            .issue_client_for_org("clinic-app", Some(&org))
+            .expect("issue");
+        assert_eq!(client_org(&der(&with.cert_pem)), Some(org));
+        let without = ca.issue_client_for_org("cli", None).expect("issue");
+        assert_eq!(client_org(&der(&without.cert_pem)), None);
+        let plain = ca.issue_client("cli").expect("issue");
+        assert_eq!(client_org(&der(&plain.cert_pem)), None);
+        let node = ca
+            .issue_node("node-1", &["localhost".into()])
+            .expect("issue");
+        assert_eq!(client_org(&der(&node.cert_pem)), None);
+        assert_eq!(client_org(b"not a certificate"), None);
+        let mut trailing = der(&with.cert_pem);
+        trailing.push(0);
+        assert_eq!(client_org(&trailing), None);
+    }
 
     #[test]
     fn ca_issues_and_round_trips_through_files() {

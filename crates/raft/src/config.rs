@@ -53,7 +53,7 @@ impl Default for RaftOptions {
             election_timeout_min_ms: 500,
             election_timeout_max_ms: 1000,
             batch_proposals_max: 1024,
-            batch_bytes_max: 4 * 1024 * 1024,
+            batch_bytes_max: 32 * 1024 * 1024,
             batch_wait_us: 0,
             proposals_in_flight_max: 2,
             proposal_queue_max: 16_384,

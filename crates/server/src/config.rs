@@ -17,6 +17,9 @@ pub struct Member {
     pub addr: String,
 }
 
+/// Room a request, reply or Raft entry needs around one payload, in bytes.
+pub const ENVELOPE_OVERHEAD_BYTES: usize = 16 * 1024;
+
 /// Limits of the client-facing API.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -45,6 +48,90 @@ impl Default for ApiLimits {
     }
 }
 
+/// Messaging limits and deadlines.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MessagingOptions {
+    /// Largest payload a sender may submit, in bytes.
+    pub payload_bytes_max: u64,
+    /// Deliver-by when the sender names none: this long after sending.
+    pub deliver_within_ms_default: u64,
+    /// Longest deliver-by a sender may ask for, from sending.
+    pub deliver_within_ms_max: u64,
+    /// How long a routed message may wait for its acknowledgement.
+    pub ack_window_ms: u64,
+    /// How often the leader looks for due deadlines and undelivered messages even when no
+    /// new event arrives.
+    pub worker_tick_ms: u64,
+    /// Recipients the delivery worker opens and proposes at the same time.
+    pub deliveries_in_flight_max: usize,
+    /// Most items one inbox or outbox listing returns.
+    pub listing_items_max: u32,
+    /// Longest a follow stream stays open before the client resumes from its cursor.
+    pub follow_stream_ms_max: u64,
+}
+
+impl Default for MessagingOptions {
+    fn default() -> Self {
+        Self {
+            payload_bytes_max: sealpost_core::message::PAYLOAD_BYTES_DEFAULT_MAX,
+            deliver_within_ms_default: 24 * 3600 * 1000,
+            deliver_within_ms_max: 30 * 24 * 3600 * 1000,
+            ack_window_ms: 7 * 24 * 3600 * 1000,
+            worker_tick_ms: 1000,
+            deliveries_in_flight_max: 256,
+            listing_items_max: 1000,
+            follow_stream_ms_max: 3600 * 1000,
+        }
+    }
+}
+
+impl MessagingOptions {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.payload_bytes_max == 0
+            || self.payload_bytes_max > sealpost_core::message::PAYLOAD_BYTES_HARD_MAX
+        {
+            return Err(invalid(
+                "messaging.payload_bytes_max",
+                format!(
+                    "must be 1 to {} bytes",
+                    sealpost_core::message::PAYLOAD_BYTES_HARD_MAX
+                ),
+            ));
+        }
+        for (field, v) in [
+            (
+                "messaging.deliver_within_ms_default",
+                self.deliver_within_ms_default,
+            ),
+            (
+                "messaging.deliver_within_ms_max",
+                self.deliver_within_ms_max,
+            ),
+            ("messaging.ack_window_ms", self.ack_window_ms),
+            ("messaging.worker_tick_ms", self.worker_tick_ms),
+            ("messaging.follow_stream_ms_max", self.follow_stream_ms_max),
+        ] {
+            if v == 0 {
+                return Err(invalid(field, "must be positive"));
+            }
+        }
+        if self.deliver_within_ms_default > self.deliver_within_ms_max {
+            return Err(invalid(
+                "messaging.deliver_within_ms_default",
+                "must not exceed messaging.deliver_within_ms_max",
+            ));
+        }
+        if self.deliveries_in_flight_max == 0 || self.listing_items_max == 0 {
+            return Err(invalid(
+                "messaging.deliveries_in_flight_max",
+                "limits must be positive",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// One node's configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,10 +153,14 @@ pub struct NodeConfig {
     #[serde(default)]
     pub peers: Vec<Member>,
     pub tls: TlsPaths,
+    /// The provider's key-encryption key (the same file on every node of the provider).
+    pub kek: PathBuf,
     #[serde(default)]
     pub raft: RaftOptions,
     #[serde(default)]
     pub api: ApiLimits,
+    #[serde(default)]
+    pub messaging: MessagingOptions,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +208,7 @@ impl NodeConfig {
             &mut cfg.tls.ca,
             &mut cfg.tls.cert,
             &mut cfg.tls.key,
+            &mut cfg.kek,
         ] {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -180,6 +272,29 @@ impl NodeConfig {
         if self.api.grpc_message_bytes_max == 0 {
             return Err(invalid("api.grpc_message_bytes_max", "must be positive"));
         }
+        self.messaging.validate()?;
+        // A payload travels whole in a send request and a fetch reply, and sealed in a
+        // Raft entry: each limit must leave room for it.
+        let payload = self.messaging.payload_bytes_max as usize;
+        if payload + ENVELOPE_OVERHEAD_BYTES > self.api.grpc_message_bytes_max {
+            return Err(invalid(
+                "messaging.payload_bytes_max",
+                format!(
+                    "{payload} bytes does not fit api.grpc_message_bytes_max ({} bytes) with \
+                     {ENVELOPE_OVERHEAD_BYTES} bytes of overhead",
+                    self.api.grpc_message_bytes_max
+                ),
+            ));
+        }
+        if payload + ENVELOPE_OVERHEAD_BYTES > self.raft.batch_bytes_max {
+            return Err(invalid(
+                "messaging.payload_bytes_max",
+                format!(
+                    "{payload} bytes does not fit raft.batch_bytes_max ({} bytes) once sealed",
+                    self.raft.batch_bytes_max
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -224,8 +339,10 @@ mod tests {
                 cert: "node.pem".into(),
                 key: "node-key.pem".into(),
             },
+            kek: "kek".into(),
             raft: RaftOptions::default(),
             api: ApiLimits::default(),
+            messaging: MessagingOptions::default(),
         }
     }
 
@@ -266,6 +383,11 @@ mod tests {
                 .to_string()
                 .contains("initial_members")
         );
+        let mut c = sample();
+        c.messaging.payload_bytes_max = 40 * 1024 * 1024;
+        let err = c.validate().expect_err("must be invalid").to_string();
+        assert!(err.contains("messaging.payload_bytes_max"), "{err}");
+        assert!(err.contains("grpc_message_bytes_max"), "{err}");
         let mut c = sample();
         c.listen = "nowhere".into();
         assert!(

@@ -69,14 +69,24 @@ pub fn keys_to_pb(k: &PublicKeys) -> pb::PublicKeys {
     }
 }
 
-pub fn organisation_spec(o: pb::Organisation) -> Result<OrganisationSpec, Status> {
+/// An organisation from the wire. Without keys, `provided` supplies them (the provider
+/// generates keys for organisations it hosts).
+pub fn organisation_spec(
+    o: pb::Organisation,
+    provided: Option<PublicKeys>,
+) -> Result<OrganisationSpec, Status> {
+    let keys = match (o.keys, provided) {
+        (Some(k), _) => keys_from_pb(Some(k))?,
+        (None, Some(k)) => k,
+        (None, None) => return Err(Status::invalid_argument("keys: required")),
+    };
     let spec = OrganisationSpec {
         hpio: HpiO::parse(&o.hpio).map_err(|e| id_error("hpio", e))?,
         name: o.name,
         suburb: o.suburb,
         state: o.state.parse::<AuState>().map_err(field_error)?,
         postcode: o.postcode,
-        keys: keys_from_pb(o.keys)?,
+        keys,
     };
     spec.validate().map_err(field_error)?;
     Ok(spec)

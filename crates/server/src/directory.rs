@@ -15,12 +15,17 @@ use sealpost_store::SearchQuery;
 use tonic::{Request, Response, Status};
 
 use crate::convert::{self, field_error, id_error};
+use crate::keystore::Keystore;
 
 /// The `sealpost.v1.Directory` service of one node.
 #[derive(Clone)]
 pub struct DirectoryService {
     node: RaftNode,
+    keystore: Keystore,
 }
+
+/// Key id of the first key set the provider generates for an organisation.
+pub const PROVISIONED_KEY_ID: &str = "k1";
 
 /// Names the caller by its TLS client certificate. Until client identities map to
 /// organisations, the actor is the certificate's fingerprint.
@@ -36,8 +41,8 @@ pub fn actor_of<T>(req: &Request<T>) -> String {
 }
 
 impl DirectoryService {
-    pub fn new(node: RaftNode) -> Self {
-        Self { node }
+    pub fn new(node: RaftNode, keystore: Keystore) -> Self {
+        Self { node, keystore }
     }
 
     async fn write(
@@ -90,8 +95,24 @@ impl Directory for DirectoryService {
             .into_inner()
             .organisation
             .ok_or_else(|| Status::invalid_argument("organisation: required"))?;
-        let spec = convert::organisation_spec(org)?;
-        self.write(actor, Command::RegisterOrganisation(spec)).await
+        if org.keys.is_some() {
+            // The organisation holds its own private keys: the provider can seal to it and
+            // verify it, but cannot open or sign for it.
+            let spec = convert::organisation_spec(org, None)?;
+            return self.write(actor, Command::RegisterOrganisation(spec)).await;
+        }
+        // The provider generates the keys and keeps the private halves wrapped under its
+        // key-encryption key; only the wrapped blob enters the log.
+        let keys = sealpost_crypto::keys::OrgKeys::generate(PROVISIONED_KEY_ID)
+            .map_err(|e| Status::internal(format!("key generation failed: {e}")))?;
+        let spec = convert::organisation_spec(org, Some(keys.public_keys()))?;
+        let wrapped = self
+            .keystore
+            .kek()
+            .wrap(&spec.hpio, &keys)
+            .map_err(|e| Status::internal(format!("wrapping keys failed: {e}")))?;
+        self.write(actor, Command::ProvisionOrganisation { spec, wrapped })
+            .await
     }
 
     #[tracing::instrument(skip_all, fields(node = self.node.id()))]

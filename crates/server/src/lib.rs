@@ -1,20 +1,25 @@
-//! A sealpost node: the gRPC services (Directory, Admin, the internal Raft service and
-//! reflection) over mutual TLS on one port, on top of the raft crate's node; node
+//! A sealpost node: the gRPC services (Directory, Messaging, Admin, the internal Raft
+//! service and reflection), the delivery worker over mutual TLS on one port, on top of the raft crate's node; node
 //! configuration; and [`local::LocalCluster`], the in-process multi-node cluster that
 //! `sealpost dev` and the end-to-end tests run.
 //!
 //! # Layout
 //! - [`node`]: start and stop one node.
 //! - [`config`]: [`config::NodeConfig`], file → environment → validation.
-//! - [`directory`], [`admin`]: the client-facing services.
+//! - [`directory`], [`messaging`], [`admin`]: the client-facing services.
+//! - [`delivery`]: the leader's delivery and deadline worker.
+//! - [`keystore`]: organisations' private keys, unwrapped with the provider's KEK.
 //! - [`convert`]: protobuf ↔ domain conversions and status codes (the gRPC edge).
 //! - [`local`]: a provider's cluster of nodes in one process, laid out on disk.
 
 pub mod admin;
 pub mod config;
 pub mod convert;
+pub mod delivery;
 pub mod directory;
+pub mod keystore;
 pub mod local;
+pub mod messaging;
 pub mod node;
 
 pub use config::NodeConfig;

@@ -1,7 +1,7 @@
 //! A provider's cluster of nodes in one process, laid out on disk as
 //! `DIR/<provider>/node-<id>/` (each with `node.toml`, `tls/`, `raft-log/` and `sm/`), with
 //! the provider's CA in `DIR/<provider>/ca.pem` and client certificates in
-//! `DIR/<provider>/clients/`.
+//! `DIR/<provider>/clients/` and its key-encryption key in `DIR/<provider>/kek`.
 //!
 //! Ports are chosen by the OS at first start and saved in each node's `node.toml`, so a
 //! restart serves on the same addresses. `sealpost dev` and the end-to-end tests use this;
@@ -16,7 +16,7 @@ use sealpost_raft::RaftOptions;
 use sealpost_store::types::NodeId;
 use tokio::net::TcpListener;
 
-use crate::config::{ApiLimits, Member, NodeConfig};
+use crate::config::{ApiLimits, Member, MessagingOptions, NodeConfig};
 use crate::node::{NodeHandle, ServerError, start};
 
 /// Loopback host every local node listens on.
@@ -86,6 +86,26 @@ impl LocalCluster {
         raft: RaftOptions,
         api: ApiLimits,
     ) -> Result<Self, LocalError> {
+        // The largest payload these limits can carry, up to the default.
+        let fit = raft
+            .batch_bytes_max
+            .min(api.grpc_message_bytes_max)
+            .saturating_sub(crate::config::ENVELOPE_OVERHEAD_BYTES)
+            .max(1) as u64;
+        let mut messaging = MessagingOptions::default();
+        messaging.payload_bytes_max = messaging.payload_bytes_max.min(fit);
+        Self::create_with(dir, provider, nodes, raft, api, messaging).await
+    }
+
+    /// [`Self::create`] with messaging options (deadlines, limits) for every node.
+    pub async fn create_with(
+        dir: &Path,
+        provider: &str,
+        nodes: u64,
+        raft: RaftOptions,
+        api: ApiLimits,
+        messaging: MessagingOptions,
+    ) -> Result<Self, LocalError> {
         if dir.join("ca.pem").exists() {
             return Err(LocalError::Layout(format!(
                 "{} already holds a provider; open it instead",
@@ -95,6 +115,7 @@ impl LocalCluster {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let ca = DevCa::generate(provider)?;
         ca.save(&dir.join("ca.pem"), &dir.join("ca-key.pem"))?;
+        sealpost_crypto::kek::Kek::generate()?.save(&dir.join("kek"))?;
         let mut listeners = BTreeMap::new();
         for id in 1..=nodes {
             let l = TcpListener::bind((LOCAL_HOST, 0))
@@ -123,7 +144,13 @@ impl LocalCluster {
             running: BTreeMap::new(),
         };
         for m in &members {
-            let cfg = cluster.write_node(m.id, &m.addr, members.clone(), vec![], &raft, &api)?;
+            let cfg = cluster.write_node(
+                m.id,
+                &m.addr,
+                members.clone(),
+                vec![],
+                (&raft, &api, &messaging),
+            )?;
             cluster.configs.insert(m.id, cfg);
         }
         for (id, l) in listeners {
@@ -179,8 +206,7 @@ impl LocalCluster {
         addr: &str,
         initial_members: Vec<Member>,
         peers: Vec<Member>,
-        raft: &RaftOptions,
-        api: &ApiLimits,
+        (raft, api, messaging): (&RaftOptions, &ApiLimits, &MessagingOptions),
     ) -> Result<NodeConfig, LocalError> {
         let nd = node_dir(&self.dir, id);
         let tls_dir = nd.join("tls");
@@ -203,8 +229,10 @@ impl LocalCluster {
                 cert: tls_dir.join("node.pem"),
                 key: tls_dir.join("node-key.pem"),
             },
+            kek: self.dir.join("kek"),
             raft: raft.clone(),
             api: api.clone(),
+            messaging: messaging.clone(),
         };
         cfg.validate()?;
         write_file(&nd.join("node.toml"), &cfg.to_toml(), false)?;
@@ -297,7 +325,13 @@ impl LocalCluster {
             .into_iter()
             .map(|(id, addr)| Member { id, addr })
             .collect();
-        let cfg = self.write_node(id, &addr, vec![], peers, &template.raft, &template.api)?;
+        let cfg = self.write_node(
+            id,
+            &addr,
+            vec![],
+            peers,
+            (&template.raft, &template.api, &template.messaging),
+        )?;
         self.configs.insert(id, cfg.clone());
         let h = start(cfg, Some(l)).await?;
         self.running.insert(id, h);
@@ -315,6 +349,16 @@ impl LocalCluster {
 
     /// A client certificate for `name`, issued on first use and kept in `clients/`.
     pub fn client_identity(&self, name: &str) -> Result<TlsPaths, LocalError> {
+        self.client_identity_for_org(name, None)
+    }
+
+    /// A client certificate for `name` that names organisation `org` (so the messaging
+    /// service lets it send and receive as that organisation), issued on first use.
+    pub fn client_identity_for_org(
+        &self,
+        name: &str,
+        org: Option<&sealpost_core::ids::HpiO>,
+    ) -> Result<TlsPaths, LocalError> {
         let dir = self.dir.join("clients");
         let paths = TlsPaths {
             ca: self.dir.join("ca.pem"),
@@ -322,7 +366,7 @@ impl LocalCluster {
             key: dir.join(format!("{name}-key.pem")),
         };
         if !paths.cert.exists() {
-            let id = self.ca.issue_client(name)?;
+            let id = self.ca.issue_client_for_org(name, org)?;
             write_file(&paths.cert, &id.cert_pem, false)?;
             write_file(&paths.key, &id.key_pem, true)?;
         }

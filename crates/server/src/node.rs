@@ -1,5 +1,6 @@
-//! Running one node: load TLS material, open the stores, start Raft, serve every gRPC
-//! service (Raft, Directory, Admin, reflection) on one mutually authenticated TLS port,
+//! Running one node: load TLS material and the provider's key-encryption key, open the
+//! stores, start Raft and the delivery worker, serve every gRPC service (Raft, Directory,
+//! Messaging, Admin, reflection) on one mutually authenticated TLS port,
 //! and bootstrap the cluster when this node is an initial member.
 
 use std::net::SocketAddr;
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use sealpost_proto::v1::admin_server::AdminServer;
 use sealpost_proto::v1::directory_server::DirectoryServer;
+use sealpost_proto::v1::messaging_server::MessagingServer;
 use sealpost_raft::{NodeOptions, RaftNode};
 use sealpost_store::StoreOptions;
 use tokio::net::TcpListener;
@@ -19,6 +21,8 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTls
 use crate::admin::AdminService;
 use crate::config::NodeConfig;
 use crate::directory::DirectoryService;
+use crate::keystore::Keystore;
+use crate::messaging::{MessagingFaults, MessagingService};
 
 /// Name of the file that records which node id owns a data folder.
 pub const NODE_ID_FILE: &str = "NODE_ID";
@@ -45,6 +49,10 @@ pub enum ServerError {
 pub struct NodeHandle {
     pub raft: RaftNode,
     pub addr: SocketAddr,
+    /// Test and chaos hooks of the messaging service and its worker.
+    pub faults: std::sync::Arc<MessagingFaults>,
+    workers_stop: tokio::sync::watch::Sender<bool>,
+    workers: JoinHandle<()>,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -64,6 +72,8 @@ impl NodeHandle {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
+        let _ = self.workers_stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.workers).await;
         self.raft.shutdown().await;
         match tokio::time::timeout(Duration::from_secs(10), &mut self.server).await {
             Ok(_) => {}
@@ -124,6 +134,7 @@ pub async fn start(
     listener: Option<TcpListener>,
 ) -> Result<NodeHandle, ServerError> {
     let tls = cfg.tls.load()?;
+    let kek = sealpost_crypto::kek::Kek::load(&cfg.kek)?;
     let listener = match listener {
         Some(l) => l,
         None => TcpListener::bind(&cfg.listen)
@@ -166,9 +177,29 @@ pub async fn start(
     }
 
     let limit = cfg.api.grpc_message_bytes_max;
-    let directory = DirectoryServer::new(DirectoryService::new(raft.clone()))
+    let keystore = Keystore::new(kek, raft.view().clone());
+    let faults = std::sync::Arc::new(MessagingFaults::default());
+    let directory = DirectoryServer::new(DirectoryService::new(raft.clone(), keystore.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
+    let messaging = MessagingServer::new(MessagingService::new(
+        raft.clone(),
+        cfg.provider.clone(),
+        keystore.clone(),
+        cfg.messaging.clone(),
+        faults.clone(),
+        cfg.raft.batch_bytes_max,
+    ))
+    .max_decoding_message_size(limit)
+    .max_encoding_message_size(limit);
+    let (workers_stop, workers_rx) = tokio::sync::watch::channel(false);
+    let workers = crate::delivery::spawn(
+        raft.clone(),
+        keystore,
+        cfg.messaging.clone(),
+        faults.clone(),
+        workers_rx,
+    );
     let admin = AdminServer::new(AdminService::new(
         raft.clone(),
         Duration::from_millis(cfg.api.member_status_timeout_ms),
@@ -191,6 +222,7 @@ pub async fn start(
         .timeout(Duration::from_millis(cfg.api.request_timeout_ms))
         .add_service(raft.service())
         .add_service(directory)
+        .add_service(messaging)
         .add_service(admin)
         .add_service(reflection);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -210,6 +242,9 @@ pub async fn start(
     Ok(NodeHandle {
         raft,
         addr,
+        faults,
+        workers_stop,
+        workers,
         stop: Some(stop_tx),
         server,
     })

@@ -25,6 +25,7 @@ use std::path::Path;
 
 pub use error::{Error, Result};
 pub use log_store::LogStore;
+pub use rocks::scan_all;
 pub use search::{SearchHit, SearchQuery};
 pub use state_machine::{SmStatus, StateMachine, StateView};
 pub use types::{NodeId, SnapshotFiles, TypeConfig};

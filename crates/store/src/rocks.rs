@@ -15,7 +15,9 @@ pub const ROCKS_OPEN_FILES_MAX: i32 = 512;
 pub(crate) fn db_options(create: bool) -> Options {
     let mut o = Options::default();
     o.create_if_missing(create);
-    o.create_missing_column_families(create);
+    // A view column family added by a newer build is created empty on an existing store;
+    // the store itself must already exist unless `create`.
+    o.create_missing_column_families(true);
     o.set_paranoid_checks(true);
     o.set_wal_recovery_mode(DBRecoveryMode::AbsoluteConsistency);
     o.set_max_background_jobs(ROCKS_BACKGROUND_JOBS_MAX);
@@ -60,4 +62,22 @@ pub(crate) fn write(db: &DB, path: &Path, batch: rocksdb::WriteBatch, sync: bool
 /// Error mapper for RocksDB calls on the database at `path`.
 pub(crate) fn rocks_err(path: &Path) -> impl FnOnce(rocksdb::Error) -> Error {
     Error::rocks(path)
+}
+
+/// Walks every key and value of every column family of the database at `path`, opened
+/// read-only through RocksDB (so compressed SST blocks are seen decompressed). For audits
+/// and tests that must prove what is, and is not, stored.
+pub fn scan_all(path: &Path, mut visit: impl FnMut(&str, &[u8], &[u8])) -> Result<u64> {
+    let names = DB::list_cf(&db_options(false), path).map_err(Error::rocks(path))?;
+    let db = open_read_only(path, &names.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let mut n = 0;
+    for name in &names {
+        let cf = cf(&db, name);
+        for item in db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
+            let (k, v) = item.map_err(Error::rocks(path))?;
+            visit(name, &k, &v);
+            n += 1;
+        }
+    }
+    Ok(n)
 }

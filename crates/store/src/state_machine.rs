@@ -23,7 +23,9 @@ use sealpost_core::event::{
     ChainError, ChainVerifier, EVENT_VERSION_CURRENT, EventRecord, GENESIS_HASH, Hash,
 };
 use sealpost_core::ids::{EndpointId, HpiO};
-use sealpost_core::view::{Facts, ViewChange, event_reads, fold};
+use sealpost_core::message::{MessageId, MessageStatus};
+use sealpost_core::messaging::keys;
+use sealpost_core::view::{Facts, ViewCf, ViewChange, event_reads, fold};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -40,7 +42,24 @@ pub(crate) const CF_ORGS: &str = "orgs";
 pub(crate) const CF_ENDPOINTS: &str = "endpoints";
 pub(crate) const CF_INDEX: &str = "dir_index";
 pub(crate) const CF_META: &str = "meta";
-pub(crate) const SM_CFS: &[&str] = &[CF_EVENTS, CF_ORGS, CF_ENDPOINTS, CF_INDEX, CF_META];
+pub(crate) const CF_MESSAGES: &str = "messages";
+pub(crate) const CF_IDEMPOTENCY: &str = "idempotency";
+pub(crate) const SM_CFS: &[&str] = &[
+    CF_EVENTS,
+    CF_ORGS,
+    CF_ENDPOINTS,
+    CF_INDEX,
+    CF_META,
+    CF_MESSAGES,
+    CF_IDEMPOTENCY,
+    "outbox",
+    "inbox",
+    "feed",
+    "queue",
+    "deadlines",
+    "msg_events",
+    "keystore",
+];
 
 pub(crate) const KEY_LAST_APPLIED: &[u8] = b"last_applied";
 pub(crate) const KEY_MEMBERSHIP: &[u8] = b"membership";
@@ -170,6 +189,9 @@ pub(crate) struct Shared {
     generation: AtomicU64,
     /// Fsync every apply batch (on by default; see `StateMachine::open`).
     sync_writes: bool,
+    /// The next event sequence after each apply, for workers and streams that wait for
+    /// new events instead of polling.
+    applied_tx: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -237,6 +259,7 @@ impl StateMachine {
         })?;
         let live_path = root.join(&active);
         let db = SmDb::open(&live_path, create && generation == 1)?;
+        let next_seq = db.chain()?.next_seq;
         snapshot::collect_garbage(root, &active);
         Ok(Self {
             shared: Arc::new(Shared {
@@ -244,6 +267,7 @@ impl StateMachine {
                 live: RwLock::new(Arc::new(db)),
                 generation: AtomicU64::new(generation),
                 sync_writes,
+                applied_tx: tokio::sync::watch::Sender::new(next_seq),
             }),
         })
     }
@@ -292,6 +316,7 @@ impl StateMachine {
         wb.put_cf(meta, KEY_MEMBERSHIP, codec::encode(&membership));
         wb.put_cf(meta, KEY_CHAIN, codec::encode(&chain));
         rocks::write(db, &live.path, wb, self.shared.sync_writes)?;
+        self.shared.applied_tx.send_replace(chain.next_seq);
         Ok(results)
     }
 }
@@ -308,6 +333,18 @@ fn load_facts(live: &SmDb, facts: &mut Facts, reads: &Reads) -> Result<()> {
         if !facts.knows_endpoint(e) {
             let v: Option<Endpoint> = live.get(CF_ENDPOINTS, e.to_string().as_bytes())?;
             facts.load_endpoint(e.clone(), v);
+        }
+    }
+    for m in &reads.messages {
+        if !facts.knows_message(m) {
+            let v: Option<MessageStatus> = live.get(CF_MESSAGES, &keys::message(m))?;
+            facts.load_message(m.clone(), v);
+        }
+    }
+    for (org, cid) in &reads.client_ids {
+        if !facts.knows_client_id(org, cid) {
+            let v: Option<MessageId> = live.get(CF_IDEMPOTENCY, &keys::idempotency(org, cid))?;
+            facts.load_client_id(org.clone(), cid.clone(), v);
         }
     }
     Ok(())
@@ -327,6 +364,18 @@ pub(crate) fn write_view_changes(db: &DB, wb: &mut WriteBatch, changes: &[ViewCh
                 codec::encode(e),
             ),
             ViewChange::PutIndex(k) => wb.put_cf(rocks::cf(db, CF_INDEX), k, []),
+            ViewChange::PutMessage(m) => wb.put_cf(
+                rocks::cf(db, CF_MESSAGES),
+                keys::message(&m.message_id),
+                codec::encode(m),
+            ),
+            ViewChange::PutIdempotency(org, cid, id) => wb.put_cf(
+                rocks::cf(db, CF_IDEMPOTENCY),
+                keys::idempotency(org, cid),
+                codec::encode(id),
+            ),
+            ViewChange::Put(cf, k, v) => wb.put_cf(rocks::cf(db, cf.name()), k, v),
+            ViewChange::Delete(cf, k) => wb.delete_cf(rocks::cf(db, cf.name()), k),
         }
     }
 }
@@ -349,14 +398,14 @@ fn apply_batch(
             continue;
         }
         load_facts(live, facts, &p.command.reads())?;
-        match decide(&p.command, facts, cluster_version) {
+        match decide(&p.command, facts, cluster_version, ts_ms) {
             Err(r) => outcomes.push(Outcome::Rejected(r)),
             Ok(events) => {
                 let first_seq = chain.next_seq;
                 let count = events.len() as u64;
                 for event in events {
                     load_facts(live, facts, &event_reads(&event))?;
-                    let changes = fold(&event, chain.next_seq, facts);
+                    let changes = fold(&event, chain.next_seq, ts_ms, facts);
                     let rec = EventRecord::chain(
                         chain.next_seq,
                         ts_ms,
@@ -456,6 +505,7 @@ fn install(shared: &Shared, meta: &SnapshotMeta, files: &SnapshotFiles) -> Resul
             ),
         });
     }
+    let next_seq = db.chain()?.next_seq;
     snapshot::write_atomic(&active_file(&shared.root), name.as_bytes())?;
     let old = {
         let mut live = shared
@@ -465,6 +515,7 @@ fn install(shared: &Shared, meta: &SnapshotMeta, files: &SnapshotFiles) -> Resul
         std::mem::replace(&mut *live, Arc::new(db))
     };
     retire(old);
+    shared.applied_tx.send_replace(next_seq);
     tracing::info!(snapshot = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "installed snapshot");
     Ok(())
 }
@@ -611,6 +662,251 @@ impl StateView {
     /// Root folder of the state machine.
     pub fn root(&self) -> PathBuf {
         self.shared.root().to_path_buf()
+    }
+}
+
+/// One line of an inbox listing or feed: where it sits and which message and recipient.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboxEntry {
+    /// Sequence of the `Routed` event (the stream cursor).
+    pub routed_seq: u64,
+    pub message_id: MessageId,
+    pub recipient: EndpointId,
+}
+
+/// A deadline found due.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DueDeadline {
+    pub due_ms: u64,
+    pub kind: u8,
+    pub message_id: MessageId,
+    pub recipient: EndpointId,
+}
+
+impl SmDb {
+    /// Up to `limit` values of the keys under `prefix`, from `start` (a full key at or after
+    /// the prefix) forwards, or backwards from just before `start` when `reverse`.
+    fn prefix_scan(
+        &self,
+        cf: &str,
+        prefix: &[u8],
+        start: Option<&[u8]>,
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<(Box<[u8]>, Box<[u8]>)>> {
+        let handle = rocks::cf(&self.db, cf);
+        let mut upper = prefix.to_vec();
+        upper.push(0xff);
+        upper.push(0xff);
+        let mode = match (start, reverse) {
+            (Some(k), false) => IteratorMode::From(k, Direction::Forward),
+            (None, false) => IteratorMode::From(prefix, Direction::Forward),
+            (Some(k), true) => IteratorMode::From(k, Direction::Reverse),
+            (None, true) => IteratorMode::From(&upper, Direction::Reverse),
+        };
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(handle, mode) {
+            let (k, v) = item.map_err(rocks_err(&self.path))?;
+            if !k.starts_with(prefix) {
+                if reverse && k.as_ref() > prefix {
+                    continue;
+                }
+                break;
+            }
+            if reverse && start.is_some_and(|st| k.as_ref() >= st) {
+                continue;
+            }
+            out.push((k, v));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn decode_entry(path: &Path, k: &[u8], v: &[u8]) -> Result<InboxEntry> {
+    let (message_id, recipient): (MessageId, EndpointId) =
+        codec::decode(v).map_err(|e| Error::Codec {
+            what: format!("inbox entry {}", hex::encode(k)),
+            source: e,
+        })?;
+    let seq_bytes = k
+        .len()
+        .checked_sub(8)
+        .and_then(|at| k.get(at..))
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .ok_or_else(|| Error::Corrupt {
+            path: path.to_path_buf(),
+            detail: format!("inbox key {} is too short", hex::encode(k)),
+        })?;
+    Ok(InboxEntry {
+        routed_seq: u64::from_be_bytes(seq_bytes),
+        message_id,
+        recipient,
+    })
+}
+
+impl StateView {
+    /// Waits for applies: the receiver holds the next event sequence.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.applied_tx.subscribe()
+    }
+
+    pub fn event(&self, seq: u64) -> Result<Option<EventRecord>> {
+        self.shared.live().event(seq)
+    }
+
+    pub fn message(&self, id: &MessageId) -> Result<Option<MessageStatus>> {
+        self.shared.live().get(CF_MESSAGES, &keys::message(id))
+    }
+
+    /// The message a sender's client message id names, if any.
+    pub fn message_for_client_id(&self, org: &HpiO, cid: &str) -> Result<Option<MessageId>> {
+        self.shared
+            .live()
+            .get(CF_IDEMPOTENCY, &keys::idempotency(org, cid))
+    }
+
+    /// An organisation's inbox (or one endpoint's): messages routed and not yet finally
+    /// answered, urgent first, then oldest. At most `limit`.
+    pub fn inbox(
+        &self,
+        org: &HpiO,
+        endpoint: Option<&EndpointId>,
+        limit: usize,
+    ) -> Result<Vec<InboxEntry>> {
+        let live = self.shared.live();
+        let prefix = match endpoint {
+            Some(ep) => keys::inbox_endpoint_prefix(ep),
+            None => keys::inbox_org_prefix(org),
+        };
+        live.prefix_scan(ViewCf::Inbox.name(), &prefix, None, false, limit)?
+            .iter()
+            .map(|(k, v)| decode_entry(&live.path, k, v))
+            .collect()
+    }
+
+    /// Messages routed to an organisation after `after_seq`, oldest first (the stream feed).
+    pub fn feed(&self, org: &HpiO, after_seq: u64, limit: usize) -> Result<Vec<InboxEntry>> {
+        let live = self.shared.live();
+        let prefix = keys::feed(org, 0);
+        let prefix = &prefix[..prefix.len() - 8];
+        let start = keys::feed(org, after_seq.saturating_add(1));
+        live.prefix_scan(ViewCf::Feed.name(), prefix, Some(&start), false, limit)?
+            .iter()
+            .map(|(k, v)| decode_entry(&live.path, k, v))
+            .collect()
+    }
+
+    /// An organisation's sent messages, newest first, sent before `before_seq` (0: from
+    /// the newest). At most `limit`.
+    pub fn outbox(&self, org: &HpiO, before_seq: u64, limit: usize) -> Result<Vec<MessageStatus>> {
+        let live = self.shared.live();
+        let prefix = keys::outbox_prefix(org);
+        let start = (before_seq > 0).then(|| keys::outbox(org, before_seq));
+        let rows = live.prefix_scan(
+            ViewCf::Outbox.name(),
+            &prefix,
+            start.as_deref(),
+            true,
+            limit,
+        )?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (_, v) in rows {
+            let id = String::from_utf8_lossy(&v).to_string();
+            let id = MessageId::parse(&id).map_err(|e| Error::Corrupt {
+                path: live.path.clone(),
+                detail: format!("outbox names a bad message id: {e}"),
+            })?;
+            if let Some(m) = live.get::<MessageStatus>(CF_MESSAGES, &keys::message(&id))? {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Messages with a recipient waiting for delivery, oldest first: (sent seq, id).
+    pub fn delivery_queue(&self, limit: usize) -> Result<Vec<(u64, MessageId)>> {
+        let live = self.shared.live();
+        let rows = live.prefix_scan(ViewCf::Queue.name(), &[], None, false, limit)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (k, v) in rows {
+            let seq = <[u8; 8]>::try_from(k.as_ref())
+                .map(u64::from_be_bytes)
+                .map_err(|_| Error::Corrupt {
+                    path: live.path.clone(),
+                    detail: "a delivery queue key is not a sequence number".into(),
+                })?;
+            let id =
+                MessageId::parse(&String::from_utf8_lossy(&v)).map_err(|e| Error::Corrupt {
+                    path: live.path.clone(),
+                    detail: format!("the delivery queue names a bad message id: {e}"),
+                })?;
+            out.push((seq, id));
+        }
+        Ok(out)
+    }
+
+    /// Deadlines due at or before `now_ms`, soonest first. At most `limit`.
+    pub fn due_deadlines(&self, now_ms: u64, limit: usize) -> Result<Vec<DueDeadline>> {
+        let live = self.shared.live();
+        let cf = rocks::cf(&live.db, ViewCf::Deadlines.name());
+        let mut out = Vec::new();
+        for item in live.db.iterator_cf(cf, IteratorMode::Start) {
+            let (k, _) = item.map_err(rocks_err(&live.path))?;
+            let Some((due_ms, kind, message_id, recipient)) = keys::parse_deadline(&k) else {
+                return Err(Error::Corrupt {
+                    path: live.path.clone(),
+                    detail: format!("deadline key {} does not parse", hex::encode(&k)),
+                });
+            };
+            if due_ms > now_ms || out.len() >= limit {
+                break;
+            }
+            out.push(DueDeadline {
+                due_ms,
+                kind,
+                message_id,
+                recipient,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The events of one message, in order. At most `limit`.
+    pub fn message_events(&self, id: &MessageId, limit: usize) -> Result<Vec<EventRecord>> {
+        let live = self.shared.live();
+        let prefix = keys::msg_event_prefix(id);
+        let rows = live.prefix_scan(ViewCf::MsgEvents.name(), &prefix, None, false, limit)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (k, _) in rows {
+            let seq = k
+                .get(prefix.len()..)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| Error::Corrupt {
+                    path: live.path.clone(),
+                    detail: format!("timeline key {} is malformed", hex::encode(&k)),
+                })?;
+            let rec = live.event(seq)?.ok_or_else(|| Error::Corrupt {
+                path: live.path.clone(),
+                detail: format!("message {id} names event {seq}, which is missing"),
+            })?;
+            out.push(rec);
+        }
+        Ok(out)
+    }
+
+    /// An organisation's wrapped private keys for a key id.
+    pub fn wrapped_keys(&self, org: &HpiO, key_id: &str) -> Result<Option<Vec<u8>>> {
+        let live = self.shared.live();
+        live.db
+            .get_cf(
+                rocks::cf(&live.db, ViewCf::Keystore.name()),
+                keys::keystore(org, key_id),
+            )
+            .map_err(rocks_err(&live.path))
     }
 }
 

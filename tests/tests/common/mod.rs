@@ -151,3 +151,159 @@ pub async fn converged(c: &LocalCluster) -> (u64, u64, [u8; 32]) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Raft and API limits for messaging tests: payloads up to a few hundred KiB fit.
+pub fn messaging_raft_opts() -> RaftOptions {
+    RaftOptions {
+        grpc_message_bytes_max: 8 * 1024 * 1024,
+        batch_bytes_max: 4 * 1024 * 1024,
+        snapshot_chunk_bytes: 256 * 1024,
+        ..fast_opts()
+    }
+}
+
+/// Messaging options for tests: a 1 MiB payload limit and a fast worker tick.
+pub fn messaging_opts() -> sealpost_server::config::MessagingOptions {
+    sealpost_server::config::MessagingOptions {
+        payload_bytes_max: 1024 * 1024,
+        worker_tick_ms: 100,
+        ..Default::default()
+    }
+}
+
+/// The demo-like directory of the messaging tests: organisation 1 (a GP) sends to
+/// organisation 2 (a lab with `results` and `requests`) and organisation 3 (a hospital
+/// with `cardiology`). The provider generates every organisation's keys.
+pub const SENDER: u64 = 1;
+pub const LAB: u64 = 2;
+pub const HOSPITAL: u64 = 3;
+
+pub fn endpoint(org: u64, slug: &str) -> String {
+    format!("{}/{slug}", HpiO::from_serial(org))
+}
+
+pub async fn messaging_cluster(
+    nodes: u64,
+    opts: sealpost_server::config::MessagingOptions,
+) -> (TempDir, LocalCluster) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = LocalCluster::create_with(
+        &dir.path().join("prov-a"),
+        "prov-a",
+        nodes,
+        messaging_raft_opts(),
+        ApiLimits::default(),
+        opts,
+    )
+    .await
+    .expect("cluster starts");
+    c.wait_leader(WAIT).await.expect("a leader is elected");
+    let admin = client(&c, 1).await;
+    let mut dir_client = admin.directory();
+    for (serial, services) in [
+        (SENDER, vec![("general-practice", vec!["ORU^R01", "TEXT"])]),
+        (
+            LAB,
+            vec![
+                ("results", vec!["ORU^R01", "TEXT"]),
+                ("requests", vec!["REF^I12"]),
+            ],
+        ),
+        (
+            HOSPITAL,
+            vec![("cardiology", vec!["REF^I12", "TEXT", "PDF"])],
+        ),
+    ] {
+        let mut req = org_request(serial);
+        if let Some(o) = req.organisation.as_mut() {
+            o.keys = None; // provisioned by the provider
+        }
+        dir_client
+            .register_organisation(req)
+            .await
+            .expect("organisation provisioned");
+        for (slug, types) in services {
+            dir_client
+                .publish_endpoint(pb::PublishEndpointRequest {
+                    id: endpoint(serial, slug),
+                    display_name: format!("{slug} desk"),
+                    specialty: "General".into(),
+                    payload_types: types.into_iter().map(String::from).collect(),
+                })
+                .await
+                .expect("endpoint published");
+        }
+    }
+    (dir, c)
+}
+
+/// A client acting for organisation `serial`, connected to `node`.
+pub async fn org_client(c: &LocalCluster, node: u64, serial: u64) -> Client {
+    let org = HpiO::from_serial(serial);
+    let tls = c
+        .client_identity_for_org(&format!("org-{serial}"), Some(&org))
+        .expect("client certificate");
+    Client::connect(&Profile {
+        endpoints: vec![c.addrs()[&node].clone()],
+        tls,
+        organisation: Some(org.to_string()),
+        default_endpoint: None,
+        provider: Some("prov-a".into()),
+    })
+    .await
+    .expect("client connects")
+}
+
+pub fn send_request(to: &[String], payload: &[u8], cid: &str) -> pb::SendRequest {
+    pb::SendRequest {
+        from_org: HpiO::from_serial(SENDER).to_string(),
+        to: to.to_vec(),
+        payload_type: "TEXT".into(),
+        client_message_id: cid.into(),
+        payload: payload.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// Tracks a message until `done` holds for its summary (bounded by [`WAIT`]).
+pub async fn track_until(
+    c: &Client,
+    id: &str,
+    what: &str,
+    done: impl Fn(&pb::TrackReply) -> bool,
+) -> pb::TrackReply {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let r = c
+            .messaging()
+            .track(pb::TrackRequest {
+                message_id: id.into(),
+            })
+            .await
+            .map(|r| r.into_inner());
+        if let Ok(r) = &r
+            && done(r)
+        {
+            return r.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "message {id} never reached {what}: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The state of one recipient in a track reply.
+pub fn recipient_state(r: &pb::TrackReply, endpoint: &str) -> (String, String) {
+    r.message
+        .as_ref()
+        .and_then(|m| m.recipients.iter().find(|x| x.endpoint == endpoint))
+        .map(|x| (x.state.clone(), x.outcome.clone()))
+        .unwrap_or_default()
+}
+
+/// The timeline's event names, in order.
+pub fn timeline(r: &pb::TrackReply) -> Vec<String> {
+    r.timeline.iter().map(|e| e.event.clone()).collect()
+}

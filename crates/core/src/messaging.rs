@@ -1,0 +1,869 @@
+//! The message lifecycle as pure functions: the decisions for send, delivery and deadlines,
+//! the fold from message events to view changes, and the key layout of the messaging views.
+//!
+//! Lifecycle per recipient: `Sent` → (`Decrypted`, `Routed`) → `Fetched`* → `Acked`, or
+//! `Failed` from `Sent` (cannot be opened, undeliverable) or from `Routed`
+//! (unacknowledged). Exactly one final outcome (`Acked` or `Failed`) per recipient: every
+//! decision here refuses a transition out of a final state, so a retried worker or a
+//! deadline racing an acknowledgement writes nothing.
+
+use crate::command::{DeliveryVerdict, Rejection};
+use crate::event::Event;
+use crate::ids::{EndpointId, HpiO};
+use crate::message::{
+    Envelope, FailReason, MessageId, MessageStatus, RecipientState, RecipientStatus,
+};
+use crate::view::{Facts, ViewCf, ViewChange};
+
+/// Deadline kinds in the deadline index.
+pub mod deadline {
+    /// deliver-by: not routed in time.
+    pub const UNDELIVERABLE: u8 = 1;
+    /// acknowledgement window: routed but not acknowledged in time.
+    pub const UNACKNOWLEDGED: u8 = 2;
+}
+
+/// View key layouts. Numbers are big-endian so that byte order is numeric order.
+pub mod keys {
+    use super::*;
+
+    /// `messages`: message id → [`MessageStatus`].
+    pub fn message(id: &MessageId) -> Vec<u8> {
+        id.as_str().as_bytes().to_vec()
+    }
+
+    /// `idempotency`: sender organisation, 0, client message id → message id.
+    pub fn idempotency(org: &HpiO, client_message_id: &str) -> Vec<u8> {
+        let mut k = org.as_str().as_bytes().to_vec();
+        k.push(0);
+        k.extend_from_slice(client_message_id.as_bytes());
+        k
+    }
+
+    /// `outbox`: sender organisation, sent sequence → message id.
+    pub fn outbox(org: &HpiO, sent_seq: u64) -> Vec<u8> {
+        let mut k = org.as_str().as_bytes().to_vec();
+        k.extend_from_slice(&sent_seq.to_be_bytes());
+        k
+    }
+
+    /// Prefix of an organisation's outbox.
+    pub fn outbox_prefix(org: &HpiO) -> Vec<u8> {
+        org.as_str().as_bytes().to_vec()
+    }
+
+    /// `inbox`, organisation-wide: 'o', organisation, priority rank, routed sequence.
+    /// Lists urgent first, then oldest.
+    pub fn inbox_org(org: &HpiO, rank: u8, routed_seq: u64) -> Vec<u8> {
+        let mut k = inbox_org_prefix(org);
+        k.push(rank);
+        k.extend_from_slice(&routed_seq.to_be_bytes());
+        k
+    }
+
+    pub fn inbox_org_prefix(org: &HpiO) -> Vec<u8> {
+        let mut k = vec![b'o'];
+        k.extend_from_slice(org.as_str().as_bytes());
+        k
+    }
+
+    /// `inbox`, per endpoint: 'e', endpoint, 0, priority rank, routed sequence.
+    pub fn inbox_endpoint(ep: &EndpointId, rank: u8, routed_seq: u64) -> Vec<u8> {
+        let mut k = inbox_endpoint_prefix(ep);
+        k.push(rank);
+        k.extend_from_slice(&routed_seq.to_be_bytes());
+        k
+    }
+
+    pub fn inbox_endpoint_prefix(ep: &EndpointId) -> Vec<u8> {
+        let mut k = vec![b'e'];
+        k.extend_from_slice(ep.to_string().as_bytes());
+        k.push(0);
+        k
+    }
+
+    /// `feed`: recipient organisation, routed sequence → (message id, recipient). Never
+    /// deleted: inbox streams resume from a routed sequence as their cursor.
+    pub fn feed(org: &HpiO, routed_seq: u64) -> Vec<u8> {
+        let mut k = org.as_str().as_bytes().to_vec();
+        k.extend_from_slice(&routed_seq.to_be_bytes());
+        k
+    }
+
+    /// `queue`: sent sequence → message id; present while a recipient waits for delivery.
+    pub fn queue(sent_seq: u64) -> Vec<u8> {
+        sent_seq.to_be_bytes().to_vec()
+    }
+
+    /// `deadlines`: due time, kind, message id, 0, recipient.
+    pub fn deadline(due_ms: u64, kind: u8, id: &MessageId, recipient: &EndpointId) -> Vec<u8> {
+        let mut k = due_ms.to_be_bytes().to_vec();
+        k.push(kind);
+        k.extend_from_slice(id.as_str().as_bytes());
+        k.push(0);
+        k.extend_from_slice(recipient.to_string().as_bytes());
+        k
+    }
+
+    /// Parses a deadline key back into (due, kind, message id, recipient).
+    pub fn parse_deadline(k: &[u8]) -> Option<(u64, u8, MessageId, EndpointId)> {
+        let due = u64::from_be_bytes(k.get(..8)?.try_into().ok()?);
+        let kind = *k.get(8)?;
+        let rest = k.get(9..)?;
+        let sep = rest.iter().position(|b| *b == 0)?;
+        let id = MessageId::parse(std::str::from_utf8(&rest[..sep]).ok()?).ok()?;
+        let ep = EndpointId::parse(std::str::from_utf8(&rest[sep + 1..]).ok()?).ok()?;
+        Some((due, kind, id, ep))
+    }
+
+    /// `msg_events`: message id, 0, sequence: the message's timeline.
+    pub fn msg_event(id: &MessageId, seq: u64) -> Vec<u8> {
+        let mut k = msg_event_prefix(id);
+        k.extend_from_slice(&seq.to_be_bytes());
+        k
+    }
+
+    pub fn msg_event_prefix(id: &MessageId) -> Vec<u8> {
+        let mut k = id.as_str().as_bytes().to_vec();
+        k.push(0);
+        k
+    }
+
+    /// `keystore`: organisation, 0, key id → wrapped private keys.
+    pub fn keystore(org: &HpiO, key_id: &str) -> Vec<u8> {
+        let mut k = org.as_str().as_bytes().to_vec();
+        k.push(0);
+        k.extend_from_slice(key_id.as_bytes());
+        k
+    }
+}
+
+/// The state of one recipient's copy, or a rejection naming what is missing.
+pub fn recipient_state<'a>(
+    facts: &'a Facts,
+    id: &MessageId,
+    recipient: &EndpointId,
+) -> Result<&'a RecipientState, Rejection> {
+    let msg = facts
+        .message(id)
+        .ok_or_else(|| Rejection::NotFound(format!("message {id} is unknown")))?;
+    msg.recipient(recipient)
+        .map(|r| &r.state)
+        .ok_or_else(|| Rejection::NotFound(format!("message {id} is not addressed to {recipient}")))
+}
+
+pub(crate) fn decide_send(
+    envelope: &Envelope,
+    client_message_id: &str,
+    facts: &Facts,
+) -> Result<Vec<Event>, Rejection> {
+    let h = &envelope.header;
+    if let Some(existing) = facts.client_id(&h.sender.org, client_message_id) {
+        return Err(Rejection::AlreadyExists(format!(
+            "client message id {client_message_id:?} of {} is message {existing}",
+            h.sender.org
+        )));
+    }
+    if facts.message(&h.message_id).is_some() {
+        return Err(Rejection::AlreadyExists(format!(
+            "message {} already exists",
+            h.message_id
+        )));
+    }
+    let sender = facts.organisation(&h.sender.org).ok_or_else(|| {
+        Rejection::NotFound(format!(
+            "sender organisation {} is not registered",
+            h.sender.org
+        ))
+    })?;
+    if sender.spec.keys.key_id != h.sender_key_id {
+        return Err(Rejection::FailedPrecondition(format!(
+            "the envelope is signed with key {} but {} uses key {}",
+            h.sender_key_id, h.sender.org, sender.spec.keys.key_id
+        )));
+    }
+    for r in &h.recipients {
+        let ep = facts
+            .endpoint(r)
+            .filter(|e| e.is_active())
+            .ok_or_else(|| Rejection::NotFound(format!("recipient {r} is not in the directory")))?;
+        if !ep.spec.payload_types.contains(&h.payload_type) {
+            return Err(Rejection::FailedPrecondition(format!(
+                "recipient {r} does not accept {} (it accepts {})",
+                h.payload_type,
+                ep.spec
+                    .payload_types
+                    .iter()
+                    .map(|p| p.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    Ok(vec![Event::Sent {
+        envelope: Box::new(envelope.clone()),
+        client_message_id: client_message_id.to_string(),
+    }])
+}
+
+pub(crate) fn decide_deliver(
+    id: &MessageId,
+    recipient: &EndpointId,
+    verdict: DeliveryVerdict,
+    facts: &Facts,
+    ts_ms: u64,
+) -> Result<Vec<Event>, Rejection> {
+    let state = recipient_state(facts, id, recipient)?;
+    if *state != RecipientState::Sent {
+        return Err(Rejection::FailedPrecondition(format!(
+            "message {id} for {recipient} is already {}",
+            state.name()
+        )));
+    }
+    let deliver_by = facts.message(id).map(|m| m.deliver_by_ms).unwrap_or(0);
+    let failed = |reason| Event::Failed {
+        message_id: id.clone(),
+        recipient: recipient.clone(),
+        reason,
+    };
+    Ok(match verdict {
+        // Receivers refuse an expired envelope, judged by the entry's time on every replica.
+        DeliveryVerdict::Route { .. } if ts_ms > deliver_by => {
+            vec![failed(FailReason::Undeliverable)]
+        }
+        DeliveryVerdict::Route { ack_by_ms } => vec![
+            Event::Decrypted {
+                message_id: id.clone(),
+                recipient: recipient.clone(),
+            },
+            Event::Routed {
+                message_id: id.clone(),
+                recipient: recipient.clone(),
+                ack_by_ms,
+            },
+        ],
+        DeliveryVerdict::Fail(reason) => vec![failed(reason)],
+    })
+}
+
+pub(crate) fn decide_expire(
+    id: &MessageId,
+    recipient: &EndpointId,
+    facts: &Facts,
+    ts_ms: u64,
+) -> Result<Vec<Event>, Rejection> {
+    let state = *recipient_state(facts, id, recipient)?;
+    let deliver_by = facts
+        .message(id)
+        .map(|m| m.deliver_by_ms)
+        .unwrap_or(u64::MAX);
+    let reason = match state {
+        RecipientState::Sent if ts_ms > deliver_by => FailReason::Undeliverable,
+        RecipientState::Routed { ack_by_ms, .. } if ts_ms > ack_by_ms => FailReason::Unacknowledged,
+        RecipientState::Sent | RecipientState::Routed { .. } => {
+            return Err(Rejection::FailedPrecondition(format!(
+                "no deadline of message {id} for {recipient} has passed"
+            )));
+        }
+        other => {
+            return Err(Rejection::FailedPrecondition(format!(
+                "message {id} for {recipient} is already {}",
+                other.name()
+            )));
+        }
+    };
+    Ok(vec![Event::Failed {
+        message_id: id.clone(),
+        recipient: recipient.clone(),
+        reason,
+    }])
+}
+
+/// View changes of a message event. `ts_ms` is the event's timestamp.
+pub(crate) fn fold_message(event: &Event, seq: u64, ts_ms: u64, facts: &Facts) -> Vec<ViewChange> {
+    let mut out = Vec::new();
+    if let Some(id) = event.message_id() {
+        out.push(ViewChange::Put(
+            ViewCf::MsgEvents,
+            keys::msg_event(id, seq),
+            Vec::new(),
+        ));
+    }
+    match event {
+        Event::Sent {
+            envelope,
+            client_message_id,
+        } => {
+            let h = &envelope.header;
+            let status = MessageStatus {
+                message_id: h.message_id.clone(),
+                sent_seq: seq,
+                sent_ts_ms: ts_ms,
+                sender: h.sender.clone(),
+                client_message_id: client_message_id.clone(),
+                payload_type: h.payload_type,
+                priority: h.priority,
+                payload_bytes: h.payload_bytes,
+                deliver_by_ms: h.deliver_by_ms,
+                recipients: h
+                    .recipients
+                    .iter()
+                    .map(|r| RecipientStatus {
+                        endpoint: r.clone(),
+                        state: RecipientState::Sent,
+                        fetches: 0,
+                    })
+                    .collect(),
+            };
+            let id_bytes = h.message_id.as_str().as_bytes().to_vec();
+            out.push(ViewChange::PutIdempotency(
+                h.sender.org.clone(),
+                client_message_id.clone(),
+                h.message_id.clone(),
+            ));
+            out.push(ViewChange::Put(
+                ViewCf::Outbox,
+                keys::outbox(&h.sender.org, seq),
+                id_bytes.clone(),
+            ));
+            out.push(ViewChange::Put(ViewCf::Queue, keys::queue(seq), id_bytes));
+            for r in &h.recipients {
+                out.push(ViewChange::Put(
+                    ViewCf::Deadlines,
+                    keys::deadline(h.deliver_by_ms, deadline::UNDELIVERABLE, &h.message_id, r),
+                    Vec::new(),
+                ));
+            }
+            out.push(ViewChange::PutMessage(status));
+        }
+        Event::Decrypted { .. } => {}
+        Event::Routed {
+            message_id,
+            recipient,
+            ack_by_ms,
+        } => {
+            if let Some(mut msg) = facts.message(message_id).cloned() {
+                let rank = msg.priority.code();
+                let entry = crate::codec::encode(&(message_id.clone(), recipient.clone()));
+                out.push(ViewChange::Put(
+                    ViewCf::Inbox,
+                    keys::inbox_org(&recipient.org, rank, seq),
+                    entry.clone(),
+                ));
+                out.push(ViewChange::Put(
+                    ViewCf::Inbox,
+                    keys::inbox_endpoint(recipient, rank, seq),
+                    entry.clone(),
+                ));
+                out.push(ViewChange::Put(
+                    ViewCf::Feed,
+                    keys::feed(&recipient.org, seq),
+                    entry,
+                ));
+                out.push(ViewChange::Delete(
+                    ViewCf::Deadlines,
+                    keys::deadline(
+                        msg.deliver_by_ms,
+                        deadline::UNDELIVERABLE,
+                        message_id,
+                        recipient,
+                    ),
+                ));
+                out.push(ViewChange::Put(
+                    ViewCf::Deadlines,
+                    keys::deadline(*ack_by_ms, deadline::UNACKNOWLEDGED, message_id, recipient),
+                    Vec::new(),
+                ));
+                if let Some(r) = msg.recipient_mut(recipient) {
+                    r.state = RecipientState::Routed {
+                        routed_seq: seq,
+                        ack_by_ms: *ack_by_ms,
+                    };
+                }
+                dequeue_if_delivered(&msg, &mut out);
+                out.push(ViewChange::PutMessage(msg));
+            }
+        }
+        Event::Fetched {
+            message_id,
+            recipient,
+        } => {
+            if let Some(mut msg) = facts.message(message_id).cloned() {
+                if let Some(r) = msg.recipient_mut(recipient) {
+                    r.fetches = r.fetches.saturating_add(1);
+                }
+                out.push(ViewChange::PutMessage(msg));
+            }
+        }
+        Event::Acked {
+            message_id,
+            recipient,
+            status,
+            ..
+        } => {
+            if let Some(mut msg) = facts.message(message_id).cloned() {
+                if let Some(prev) = msg.recipient(recipient).map(|r| r.state) {
+                    leave_inbox(&msg, message_id, recipient, &prev, &mut out);
+                    set_state(
+                        &mut msg,
+                        recipient,
+                        RecipientState::Acked {
+                            status: *status,
+                            seq,
+                        },
+                    );
+                }
+                out.push(ViewChange::PutMessage(msg));
+            }
+        }
+        Event::Failed {
+            message_id,
+            recipient,
+            reason,
+        } => {
+            if let Some(mut msg) = facts.message(message_id).cloned() {
+                if let Some(prev) = msg.recipient(recipient).map(|r| r.state) {
+                    if prev == RecipientState::Sent {
+                        out.push(ViewChange::Delete(
+                            ViewCf::Deadlines,
+                            keys::deadline(
+                                msg.deliver_by_ms,
+                                deadline::UNDELIVERABLE,
+                                message_id,
+                                recipient,
+                            ),
+                        ));
+                    }
+                    leave_inbox(&msg, message_id, recipient, &prev, &mut out);
+                    set_state(
+                        &mut msg,
+                        recipient,
+                        RecipientState::Failed {
+                            reason: *reason,
+                            seq,
+                        },
+                    );
+                }
+                dequeue_if_delivered(&msg, &mut out);
+                out.push(ViewChange::PutMessage(msg));
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+fn set_state(msg: &mut MessageStatus, recipient: &EndpointId, state: RecipientState) {
+    if let Some(r) = msg.recipient_mut(recipient) {
+        r.state = state;
+    }
+}
+
+/// Removes a routed recipient's inbox entries and acknowledgement deadline.
+fn leave_inbox(
+    msg: &MessageStatus,
+    id: &MessageId,
+    recipient: &EndpointId,
+    state: &RecipientState,
+    out: &mut Vec<ViewChange>,
+) {
+    if let RecipientState::Routed {
+        routed_seq,
+        ack_by_ms,
+    } = *state
+    {
+        let rank = msg.priority.code();
+        out.push(ViewChange::Delete(
+            ViewCf::Inbox,
+            keys::inbox_org(&recipient.org, rank, routed_seq),
+        ));
+        out.push(ViewChange::Delete(
+            ViewCf::Inbox,
+            keys::inbox_endpoint(recipient, rank, routed_seq),
+        ));
+        out.push(ViewChange::Delete(
+            ViewCf::Deadlines,
+            keys::deadline(ack_by_ms, deadline::UNACKNOWLEDGED, id, recipient),
+        ));
+    }
+}
+
+/// Drops the message from the delivery queue once no recipient waits for delivery.
+fn dequeue_if_delivered(msg: &MessageStatus, out: &mut Vec<ViewChange>) {
+    if msg
+        .recipients
+        .iter()
+        .all(|r| r.state != RecipientState::Sent)
+    {
+        out.push(ViewChange::Delete(ViewCf::Queue, keys::queue(msg.sent_seq)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{Command, decide};
+    use crate::directory::{
+        AuState, Endpoint, EndpointSpec, Organisation, OrganisationSpec, PayloadType, PublicKeys,
+    };
+    use crate::event::EVENT_VERSION_CURRENT;
+    use crate::message::{
+        AckStatus, ENVELOPE_VERSION, EnvelopeHeader, Priority, SealedCopy, Sender, payload_digest,
+    };
+
+    const DELIVER_BY: u64 = 10_000;
+
+    fn org(serial: u64) -> Organisation {
+        Organisation {
+            spec: OrganisationSpec {
+                hpio: HpiO::from_serial(serial),
+                name: format!("Org {serial}"),
+                suburb: "Carlton".into(),
+                state: AuState::Vic,
+                postcode: "3053".into(),
+                keys: PublicKeys {
+                    key_id: "k1".into(),
+                    encryption: [1; 32],
+                    signing: [2; 32],
+                },
+            },
+            registered_seq: 1,
+            keys_seq: 1,
+        }
+    }
+
+    fn ep(serial: u64, slug: &str) -> EndpointId {
+        EndpointId::service(HpiO::from_serial(serial), slug).expect("endpoint")
+    }
+
+    /// Facts with a sender (1) and a receiver (2) with two services accepting TEXT.
+    fn world() -> Facts {
+        let mut f = Facts::default();
+        for s in [1, 2] {
+            f.load_organisation(HpiO::from_serial(s), Some(org(s)));
+        }
+        for slug in ["a", "b"] {
+            let id = ep(2, slug);
+            f.load_endpoint(
+                id.clone(),
+                Some(Endpoint {
+                    spec: EndpointSpec {
+                        id,
+                        display_name: "Desk".into(),
+                        specialty: "Pathology".into(),
+                        payload_types: vec![PayloadType::Text],
+                    },
+                    published_seq: 2,
+                    retired_seq: None,
+                }),
+            );
+        }
+        f
+    }
+
+    fn envelope(uuid_tail: u32, to: Vec<EndpointId>, payload_type: PayloadType) -> Envelope {
+        let header = EnvelopeHeader {
+            version: ENVELOPE_VERSION,
+            message_id: MessageId::new(
+                "prov-a",
+                &format!("01890a5d-ac96-774b-bcce-{uuid_tail:012x}"),
+            )
+            .expect("id"),
+            sender: Sender {
+                org: HpiO::from_serial(1),
+                practitioner: None,
+            },
+            sender_key_id: "k1".into(),
+            recipients: to,
+            payload_type,
+            priority: Priority::Routine,
+            patient: None,
+            payload_digest: payload_digest(b"hello"),
+            payload_bytes: 5,
+            created_ms: 1,
+            deliver_by_ms: DELIVER_BY,
+        };
+        let sealed = header
+            .recipient_orgs()
+            .into_iter()
+            .map(|org| SealedCopy {
+                org,
+                key_id: "k1".into(),
+                enc: vec![0; 32],
+                ciphertext: vec![0; 21],
+            })
+            .collect();
+        Envelope {
+            header,
+            signature: vec![0; 64],
+            sealed,
+        }
+    }
+
+    /// Decides and folds like the state machine does, keeping the facts up to date.
+    struct Sim {
+        facts: Facts,
+        seq: u64,
+        events: Vec<Event>,
+    }
+
+    impl Sim {
+        fn run(&mut self, cmd: Command, ts_ms: u64) -> Result<Vec<Event>, Rejection> {
+            cmd.validate()?;
+            let events = decide(&cmd, &self.facts, EVENT_VERSION_CURRENT, ts_ms)?;
+            for e in &events {
+                self.seq += 1;
+                let changes = crate::view::fold(e, self.seq, ts_ms, &self.facts);
+                self.facts.absorb(&changes);
+                self.events.push(e.clone());
+            }
+            Ok(events)
+        }
+
+        fn state(&self, id: &MessageId, r: &EndpointId) -> RecipientState {
+            *recipient_state(&self.facts, id, r).expect("state")
+        }
+
+        fn finals(&self, r: &EndpointId) -> usize {
+            self.events
+                .iter()
+                .filter(|e| {
+                    matches!(e, Event::Acked { .. } | Event::Failed { .. })
+                        && e.recipient() == Some(r)
+                })
+                .count()
+        }
+    }
+
+    fn sim() -> Sim {
+        Sim {
+            facts: world(),
+            seq: 10,
+            events: Vec::new(),
+        }
+    }
+
+    fn send(s: &mut Sim, tail: u32, to: Vec<EndpointId>) -> MessageId {
+        let env = envelope(tail, to, PayloadType::Text);
+        let id = env.header.message_id.clone();
+        s.run(
+            Command::Send {
+                envelope: Box::new(env),
+                client_message_id: format!("c{tail}"),
+            },
+            100,
+        )
+        .expect("send");
+        id
+    }
+
+    fn route(id: &MessageId, r: &EndpointId, ack_by_ms: u64) -> Command {
+        Command::Deliver {
+            message_id: id.clone(),
+            recipient: r.clone(),
+            verdict: DeliveryVerdict::Route { ack_by_ms },
+        }
+    }
+
+    /// The happy path ends in exactly one final outcome, and nothing moves after it.
+    #[test]
+    fn routed_then_acked_is_final() {
+        let mut s = sim();
+        let r = ep(2, "a");
+        let id = send(&mut s, 1, vec![r.clone()]);
+        let ev = s.run(route(&id, &r, 50_000), 200).expect("route");
+        assert_eq!(ev.len(), 2, "decrypted and routed together");
+        assert!(matches!(s.state(&id, &r), RecipientState::Routed { .. }));
+        s.run(route(&id, &r, 50_000), 201)
+            .expect_err("a second delivery is refused");
+        let ack = Command::Ack {
+            message_id: id.clone(),
+            recipient: r.clone(),
+            status: AckStatus::Accepted,
+            note: String::new(),
+        };
+        s.run(ack.clone(), 300).expect("ack");
+        s.run(ack, 301).expect_err("a second ack is refused");
+        let expire = Command::Expire {
+            message_id: id.clone(),
+            recipient: r.clone(),
+        };
+        s.run(expire, 60_000)
+            .expect_err("no deadline after a final outcome");
+        assert_eq!(s.finals(&r), 1);
+    }
+
+    /// Deadlines: nothing before they pass; exactly one failure after.
+    #[test]
+    fn deadlines_fail_once() {
+        let mut s = sim();
+        let a = ep(2, "a");
+        let b = ep(2, "b");
+        let id = send(&mut s, 2, vec![a.clone(), b.clone()]);
+        let expire = |r: &EndpointId| Command::Expire {
+            message_id: id.clone(),
+            recipient: r.clone(),
+        };
+        s.run(expire(&a), DELIVER_BY)
+            .expect_err("not due until after deliver-by");
+        // a: routed in time, then never acknowledged. b: never routed.
+        s.run(route(&id, &a, 20_000), 500).expect("route a");
+        let ev = s.run(expire(&b), DELIVER_BY + 1).expect("b undeliverable");
+        assert!(matches!(
+            ev[0],
+            Event::Failed {
+                reason: FailReason::Undeliverable,
+                ..
+            }
+        ));
+        s.run(route(&id, &b, 30_000), DELIVER_BY + 2)
+            .expect_err("a failed recipient is never routed");
+        s.run(expire(&a), 20_000).expect_err("window still open");
+        let ev = s.run(expire(&a), 20_001).expect("a unacknowledged");
+        assert!(matches!(
+            ev[0],
+            Event::Failed {
+                reason: FailReason::Unacknowledged,
+                ..
+            }
+        ));
+        s.run(
+            Command::Ack {
+                message_id: id.clone(),
+                recipient: a.clone(),
+                status: AckStatus::Accepted,
+                note: String::new(),
+            },
+            20_002,
+        )
+        .expect_err("too late to acknowledge");
+        assert_eq!(s.finals(&a), 1);
+        assert_eq!(s.finals(&b), 1);
+        assert!(s.facts.message(&id).expect("status").is_complete());
+    }
+
+    /// A delivery verdict that arrives after deliver-by fails the recipient instead.
+    #[test]
+    fn late_routing_is_undeliverable() {
+        let mut s = sim();
+        let r = ep(2, "a");
+        let id = send(&mut s, 3, vec![r.clone()]);
+        let ev = s
+            .run(route(&id, &r, 50_000), DELIVER_BY + 1)
+            .expect("decided");
+        assert!(matches!(
+            ev.as_slice(),
+            [Event::Failed {
+                reason: FailReason::Undeliverable,
+                ..
+            }]
+        ));
+    }
+
+    /// Sends are refused for unknown recipients, unaccepted types and reused client ids.
+    #[test]
+    fn bad_sends_are_refused() {
+        let mut s = sim();
+        let cmd = |env: Envelope, cid: &str| Command::Send {
+            envelope: Box::new(env),
+            client_message_id: cid.into(),
+        };
+        let unknown = ep(2, "nobody");
+        let err = s
+            .run(
+                cmd(envelope(4, vec![unknown.clone()], PayloadType::Text), "x"),
+                1,
+            )
+            .expect_err("unknown");
+        assert!(matches!(&err, Rejection::NotFound(m) if m.contains(&unknown.to_string())));
+        let err = s
+            .run(cmd(envelope(5, vec![ep(2, "a")], PayloadType::Pdf), "y"), 1)
+            .expect_err("type");
+        assert!(matches!(&err, Rejection::FailedPrecondition(m) if m.contains("PDF")));
+        s.run(
+            cmd(envelope(6, vec![ep(2, "a")], PayloadType::Text), "z"),
+            1,
+        )
+        .expect("first");
+        let err = s
+            .run(
+                cmd(envelope(7, vec![ep(2, "a")], PayloadType::Text), "z"),
+                1,
+            )
+            .expect_err("reused client id");
+        assert!(matches!(err, Rejection::AlreadyExists(_)));
+    }
+
+    /// Routing writes both inbox entries and swaps the deadline; the ack removes them.
+    #[test]
+    fn inbox_entries_follow_the_lifecycle() {
+        let mut s = sim();
+        let r = ep(2, "a");
+        let id = send(&mut s, 8, vec![r.clone()]);
+        let sent_seq = s.seq;
+        s.run(route(&id, &r, 50_000), 200).expect("route");
+        let routed_seq = s.seq;
+        let msg = s.facts.message(&id).expect("status").clone();
+        let routed = crate::view::fold(&s.events[2].clone(), routed_seq, 200, &{
+            let mut f = world();
+            let mut m = msg.clone();
+            m.recipients[0].state = RecipientState::Sent;
+            f.load_message(id.clone(), Some(m));
+            f
+        });
+        let rank = Priority::Routine.code();
+        let has_put = |cf: ViewCf, key: &[u8]| {
+            routed
+                .iter()
+                .any(|c| matches!(c, ViewChange::Put(c2, k, _) if *c2 == cf && k == key))
+        };
+        let has_delete = |cf: ViewCf, key: &[u8]| {
+            routed
+                .iter()
+                .any(|c| matches!(c, ViewChange::Delete(c2, k) if *c2 == cf && k == key))
+        };
+        assert!(has_put(
+            ViewCf::Inbox,
+            &keys::inbox_org(&r.org, rank, routed_seq)
+        ));
+        assert!(has_put(
+            ViewCf::Inbox,
+            &keys::inbox_endpoint(&r, rank, routed_seq)
+        ));
+        assert!(has_put(ViewCf::Feed, &keys::feed(&r.org, routed_seq)));
+        assert!(has_delete(
+            ViewCf::Deadlines,
+            &keys::deadline(DELIVER_BY, deadline::UNDELIVERABLE, &id, &r)
+        ));
+        assert!(has_delete(ViewCf::Queue, &keys::queue(sent_seq)));
+        let acked = Event::Acked {
+            message_id: id.clone(),
+            recipient: r.clone(),
+            status: AckStatus::Rejected,
+            note: "wrong patient".into(),
+        };
+        let changes = crate::view::fold(&acked, routed_seq + 1, 300, &s.facts);
+        for key in [
+            keys::inbox_org(&r.org, rank, routed_seq),
+            keys::inbox_endpoint(&r, rank, routed_seq),
+        ] {
+            assert!(
+                changes
+                    .iter()
+                    .any(|c| matches!(c, ViewChange::Delete(ViewCf::Inbox, k) if *k == key))
+            );
+        }
+    }
+
+    /// Deadline keys parse back to what was written.
+    #[test]
+    fn deadline_keys_round_trip() {
+        let id = MessageId::new("p", "01890a5d-ac96-774b-bcce-b302099a8057").expect("id");
+        let r = ep(2, "a");
+        let k = keys::deadline(42, deadline::UNACKNOWLEDGED, &id, &r);
+        assert_eq!(
+            keys::parse_deadline(&k),
+            Some((42, deadline::UNACKNOWLEDGED, id, r))
+        );
+    }
+}

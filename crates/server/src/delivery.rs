@@ -1,0 +1,278 @@
+//! The delivery and deadline worker. It runs on every node and acts only while its node
+//! leads: it opens each recipient's copy of a newly sent message with the receiving
+//! organisation's key, verifies the sender's signature and the digest, and proposes the
+//! verdict (`Decrypted` + `Routed`, or `Failed` with the reason); and it proposes `Expire`
+//! for every deadline found due.
+//!
+//! It keeps no queue of its own: the delivery queue and the deadline index are views of
+//! the log, so a restart or a new leader simply scans them again. A verdict proposed twice
+//! (say by an old and a new leader) is harmless: the state machine accepts the first and
+//! refuses the rest, so nothing is routed twice.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sealpost_core::command::{Command, DeliveryVerdict, Proposal};
+use sealpost_core::ids::EndpointId;
+use sealpost_core::message::{FailReason, MessageId, RecipientState};
+use sealpost_raft::RaftNode;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::MessagingOptions;
+use crate::keystore::Keystore;
+use crate::messaging::{MessagingFaults, load_envelope, now_ms, sender_signing_key};
+
+/// Messages the worker reads from the delivery queue per pass.
+pub const DELIVERY_SCAN_MESSAGES_MAX: usize = 1024;
+/// Deadlines the worker reads per pass.
+pub const DEADLINE_SCAN_ITEMS_MAX: usize = 1024;
+
+type Key = (MessageId, EndpointId);
+
+struct Worker {
+    node: RaftNode,
+    keystore: Keystore,
+    opts: MessagingOptions,
+    faults: Arc<MessagingFaults>,
+    actor: String,
+    in_flight: Arc<Mutex<HashSet<Key>>>,
+    permits: Arc<Semaphore>,
+}
+
+/// Starts the worker; it ends when `shutdown` turns true or is dropped.
+pub fn spawn(
+    node: RaftNode,
+    keystore: Keystore,
+    opts: MessagingOptions,
+    faults: Arc<MessagingFaults>,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let w = Arc::new(Worker {
+        actor: format!("delivery@node-{}", node.id()),
+        permits: Arc::new(Semaphore::new(opts.deliveries_in_flight_max)),
+        node,
+        keystore,
+        opts,
+        faults,
+        in_flight: Arc::default(),
+    });
+    tokio::spawn(async move {
+        let mut applied = w.node.view().subscribe();
+        let tick = Duration::from_millis(w.opts.worker_tick_ms);
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            if w.is_leader() {
+                w.pass().await;
+            }
+            tokio::select! {
+                r = shutdown.changed() => if r.is_err() { return },
+                _ = applied.changed() => {}
+                _ = tokio::time::sleep(tick) => {}
+            }
+        }
+    })
+}
+
+impl Worker {
+    fn is_leader(&self) -> bool {
+        self.node.raft().metrics().borrow().current_leader == Some(self.node.id())
+    }
+
+    /// One pass over the delivery queue and the due deadlines; work is handed to tasks
+    /// bounded by the in-flight permits, so a pass never blocks on crypto or commits.
+    async fn pass(self: &Arc<Self>) {
+        if !self
+            .faults
+            .pause_delivery
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            self.deliver_pass().await;
+        }
+        self.deadline_pass().await;
+    }
+
+    /// Unless `key` is already in flight, waits for a permit and spawns a task that builds
+    /// a command with `make` and proposes it, then releases the key. False when the worker
+    /// is shutting down (no permits left to wait for).
+    async fn spawn_claimed<F, Fut>(self: &Arc<Self>, key: Key, make: F) -> bool
+    where
+        F: FnOnce(Arc<Self>, Key) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Command> + Send + 'static,
+    {
+        if !self.claim(&key) {
+            return true;
+        }
+        let Ok(permit) = self.permits.clone().acquire_owned().await else {
+            self.release(&key);
+            return false;
+        };
+        let w = self.clone();
+        tokio::spawn(async move {
+            let command = make(w.clone(), key.clone()).await;
+            w.propose(command).await;
+            w.release(&key);
+            drop(permit);
+        });
+        true
+    }
+
+    fn claim(&self, key: &Key) -> bool {
+        self.in_flight
+            .lock()
+            .expect("the in-flight lock is never held across a panic")
+            .insert(key.clone())
+    }
+
+    fn release(&self, key: &Key) {
+        self.in_flight
+            .lock()
+            .expect("the in-flight lock is never held across a panic")
+            .remove(key);
+    }
+
+    async fn deliver_pass(self: &Arc<Self>) {
+        let view = self.node.view();
+        let queue = match view.delivery_queue(DELIVERY_SCAN_MESSAGES_MAX) {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the delivery queue");
+                return;
+            }
+        };
+        for (_, id) in queue {
+            let msg = match view.message(&id) {
+                Ok(Some(m)) => m,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, message_id = %id, "cannot read message status");
+                    continue;
+                }
+            };
+            for r in msg
+                .recipients
+                .iter()
+                .filter(|r| r.state == RecipientState::Sent)
+            {
+                let sent_seq = msg.sent_seq;
+                let claimed = self
+                    .spawn_claimed((id.clone(), r.endpoint.clone()), move |w, key| async move {
+                        let verdict = w.verdict(sent_seq, &key.1).await;
+                        Command::Deliver {
+                            message_id: key.0,
+                            recipient: key.1,
+                            verdict,
+                        }
+                    })
+                    .await;
+                if !claimed {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Opens and verifies one recipient's copy. Never returns plaintext: only the verdict.
+    async fn verdict(&self, sent_seq: u64, recipient: &EndpointId) -> DeliveryVerdict {
+        let view = self.node.view();
+        let envelope = match load_envelope(view, sent_seq) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, sent_seq, "cannot load the envelope");
+                return DeliveryVerdict::Fail(FailReason::Malformed);
+            }
+        };
+        let accepts = view
+            .endpoint(recipient)
+            .ok()
+            .flatten()
+            .filter(|e| e.is_active())
+            .is_some_and(|e| e.spec.payload_types.contains(&envelope.header.payload_type));
+        if !accepts {
+            return DeliveryVerdict::Fail(FailReason::PayloadTypeNotAccepted);
+        }
+        let Some(copy) = envelope.copy_for(&recipient.org) else {
+            return DeliveryVerdict::Fail(FailReason::Malformed);
+        };
+        let keys = match self.keystore.keys(&recipient.org, &copy.key_id) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(error = %e, "recipient key unavailable");
+                return DeliveryVerdict::Fail(FailReason::UnknownKey);
+            }
+        };
+        let signing = match sender_signing_key(view, &envelope) {
+            Ok(Some(k)) => k,
+            Ok(None) => return DeliveryVerdict::Fail(FailReason::UnknownKey),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the sender's key");
+                return DeliveryVerdict::Fail(FailReason::UnknownKey);
+            }
+        };
+        let org = recipient.org.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            // The plaintext is dropped (and zeroized) here: delivery only verifies.
+            sealpost_crypto::envelope::open(&envelope, &org, &keys, &signing).map(|_| ())
+        })
+        .await;
+        match opened {
+            Ok(Ok(())) => DeliveryVerdict::Route {
+                ack_by_ms: now_ms().saturating_add(self.opts.ack_window_ms),
+            },
+            Ok(Err(e)) => DeliveryVerdict::Fail(e.reason()),
+            Err(e) => {
+                tracing::error!(error = %e, "opening task failed");
+                DeliveryVerdict::Fail(FailReason::Malformed)
+            }
+        }
+    }
+
+    async fn deadline_pass(self: &Arc<Self>) {
+        let due = match self
+            .node
+            .view()
+            .due_deadlines(now_ms(), DEADLINE_SCAN_ITEMS_MAX)
+        {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the deadline index");
+                return;
+            }
+        };
+        for d in due {
+            let claimed = self
+                .spawn_claimed((d.message_id, d.recipient), |_, key| async move {
+                    Command::Expire {
+                        message_id: key.0,
+                        recipient: key.1,
+                    }
+                })
+                .await;
+            if !claimed {
+                return;
+            }
+        }
+    }
+
+    async fn propose(&self, command: Command) {
+        let kind = command.kind();
+        let proposal = Proposal {
+            actor: self.actor.clone(),
+            command,
+        };
+        match self.node.propose(proposal).await {
+            Ok(c) => {
+                if let sealpost_core::Outcome::Rejected(r) = c.outcome {
+                    // Another leader (or an acknowledgement) got there first.
+                    tracing::debug!(kind, reason = %r, "worker proposal refused");
+                }
+            }
+            Err(e) => {
+                tracing::debug!(kind, error = %e, "worker proposal not committed; will retry")
+            }
+        }
+    }
+}

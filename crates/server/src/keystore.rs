@@ -1,0 +1,98 @@
+//! The provider keystore on one node: organisations' private keys, kept in the replicated
+//! views only as blobs wrapped under the provider's key-encryption key (KEK), unwrapped on
+//! first use with the KEK file this node was given and cached in memory (zeroized when
+//! dropped). Any node can therefore seal and open for any organisation of its provider,
+//! and the KEK itself never enters the log.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use sealpost_core::ids::HpiO;
+use sealpost_crypto::kek::Kek;
+use sealpost_crypto::keys::OrgKeys;
+use sealpost_store::StateView;
+
+/// Most unwrapped key sets one node keeps in memory; beyond this the cache is cleared
+/// (unwrapping again is cheap).
+pub const KEYSTORE_CACHE_ENTRIES_MAX: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeystoreError {
+    #[error("organisation {org} has no provider-held key {key_id}")]
+    Unknown { org: HpiO, key_id: String },
+    #[error("the keystore cannot be read: {0}")]
+    Store(#[from] sealpost_store::Error),
+    #[error("the wrapped keys of {org} ({key_id}) cannot be unwrapped: {source}")]
+    Unwrap {
+        org: HpiO,
+        key_id: String,
+        #[source]
+        source: sealpost_crypto::Error,
+    },
+}
+
+/// Unwrapped organisation keys, on demand. Cheap to clone.
+#[derive(Clone)]
+pub struct Keystore {
+    kek: Arc<Kek>,
+    view: StateView,
+    cache: Arc<Mutex<HashMap<(HpiO, String), Arc<OrgKeys>>>>,
+}
+
+impl std::fmt::Debug for Keystore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keystore")
+            .field("kek", &self.kek.id_hex())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Keystore {
+    pub fn new(kek: Kek, view: StateView) -> Self {
+        Self {
+            kek: Arc::new(kek),
+            view,
+            cache: Arc::default(),
+        }
+    }
+
+    pub fn kek(&self) -> &Kek {
+        &self.kek
+    }
+
+    /// The private keys of `org` named `key_id`.
+    pub fn keys(&self, org: &HpiO, key_id: &str) -> Result<Arc<OrgKeys>, KeystoreError> {
+        let k = (org.clone(), key_id.to_string());
+        if let Some(hit) = self
+            .cache
+            .lock()
+            .expect("the keystore lock is never held across a panic")
+            .get(&k)
+        {
+            return Ok(hit.clone());
+        }
+        let wrapped =
+            self.view
+                .wrapped_keys(org, key_id)?
+                .ok_or_else(|| KeystoreError::Unknown {
+                    org: org.clone(),
+                    key_id: key_id.to_string(),
+                })?;
+        let keys = Arc::new(self.kek.unwrap(org, key_id, &wrapped).map_err(|source| {
+            KeystoreError::Unwrap {
+                org: org.clone(),
+                key_id: key_id.to_string(),
+                source,
+            }
+        })?);
+        let mut cache = self
+            .cache
+            .lock()
+            .expect("the keystore lock is never held across a panic");
+        if cache.len() >= KEYSTORE_CACHE_ENTRIES_MAX {
+            cache.clear();
+        }
+        cache.insert(k, keys.clone());
+        Ok(keys)
+    }
+}

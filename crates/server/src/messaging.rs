@@ -1,0 +1,847 @@
+//! The `Messaging` gRPC service: send (validate, sign and seal on this node, then commit
+//! `Sent`), inbox, follow (a live stream resumable from a cursor), fetch (records `Fetched`,
+//! then opens the envelope with the recipient's key), acknowledge, track and outbox.
+//!
+//! The caller's organisation comes from its client certificate; a client may send only as
+//! its organisation and read only its organisation's inboxes. Reads take a linearizable
+//! read index first, so a client sees its own writes on whichever node it asks. Every
+//! refusal happens before anything is proposed: nothing is written for bad input.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::time::Duration;
+
+use sealpost_core::command::{Command, Proposal, Rejection};
+use sealpost_core::directory::PayloadType;
+use sealpost_core::event::Event;
+use sealpost_core::ids::{EndpointId, HpiI, HpiO, Ihi};
+use sealpost_core::message::{
+    AckStatus, ENVELOPE_VERSION, Envelope, EnvelopeHeader, MessageId, MessageStatus, Priority,
+    RecipientState, Sender, check_client_message_id, check_note, check_recipients,
+};
+use sealpost_core::{Outcome, codec};
+use sealpost_proto::v1 as pb;
+use sealpost_proto::v1::messaging_server::Messaging;
+use sealpost_raft::RaftNode;
+use sealpost_store::StateView;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::config::MessagingOptions;
+use crate::convert::{self, field_error, id_error};
+use crate::keystore::{Keystore, KeystoreError};
+
+/// Most events a track answer lists.
+pub const TRACK_EVENTS_MAX: usize = 1024;
+/// Items a follow stream reads from the feed at a time.
+pub const FOLLOW_BATCH_ITEMS_MAX: usize = 256;
+/// Items buffered towards one follow stream's client.
+pub const FOLLOW_BUFFER_ITEMS_MAX: usize = 64;
+/// How long a follow stream waits for new events before it looks again anyway.
+pub const FOLLOW_IDLE_MS: u64 = 5_000;
+
+/// Which part of a sealed envelope the test hook damages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tamper {
+    Ciphertext,
+    Signature,
+}
+
+/// Fault hooks for tests and chaos runs; all off unless set.
+#[derive(Default, Debug)]
+pub struct MessagingFaults {
+    /// Damage the next envelope this node seals, after signing and sealing, before it is
+    /// proposed (0 off, 1 ciphertext, 2 signature).
+    tamper_next: AtomicU8,
+    /// Stop the delivery worker on this node from routing (deadline handling goes on).
+    pub pause_delivery: AtomicBool,
+}
+
+impl MessagingFaults {
+    pub fn tamper_next_envelope(&self, t: Tamper) {
+        let v = match t {
+            Tamper::Ciphertext => 1,
+            Tamper::Signature => 2,
+        };
+        self.tamper_next.store(v, Ordering::SeqCst);
+    }
+
+    fn take_tamper(&self) -> Option<Tamper> {
+        match self.tamper_next.swap(0, Ordering::SeqCst) {
+            1 => Some(Tamper::Ciphertext),
+            2 => Some(Tamper::Signature),
+            _ => None,
+        }
+    }
+
+    pub fn set_delivery_paused(&self, paused: bool) {
+        self.pause_delivery.store(paused, Ordering::SeqCst);
+    }
+}
+
+/// Who is calling: an actor name for the log and, for organisation clients, the HPI-O
+/// named in the client certificate.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub actor: String,
+    pub org: Option<HpiO>,
+}
+
+/// Identifies the caller from its TLS client certificate.
+pub fn caller_of<T>(req: &Request<T>, node: u64) -> Caller {
+    let cert = req
+        .peer_certs()
+        .and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()));
+    match cert {
+        Some(der) => {
+            let fp = sealpost_crypto::tls::fingerprint(&der);
+            Caller {
+                actor: format!("cert:{}@node-{node}", &fp[..16]),
+                org: sealpost_crypto::tls::client_org(&der),
+            }
+        }
+        None => Caller {
+            actor: format!("anonymous@node-{node}"),
+            org: None,
+        },
+    }
+}
+
+impl Caller {
+    fn require_org(&self) -> Result<&HpiO, Status> {
+        self.org.as_ref().ok_or_else(|| {
+            Status::permission_denied(
+                "this client certificate names no organisation; use an organisation's profile",
+            )
+        })
+    }
+}
+
+/// The `sealpost.v1.Messaging` service of one node.
+#[derive(Clone)]
+pub struct MessagingService {
+    node: RaftNode,
+    provider: String,
+    keystore: Keystore,
+    opts: MessagingOptions,
+    faults: Arc<MessagingFaults>,
+    /// Largest sealed envelope a Raft entry can carry.
+    entry_bytes_max: usize,
+}
+
+fn keystore_status(e: KeystoreError) -> Status {
+    match e {
+        KeystoreError::Unknown { .. } => Status::failed_precondition(e.to_string()),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn opt<T>(
+    field: &str,
+    s: &str,
+    parse: impl Fn(&str) -> Result<T, sealpost_core::ids::IdError>,
+) -> Result<Option<T>, Status> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    parse(s).map(Some).map_err(|e| id_error(field, e))
+}
+
+fn message_id(s: &str) -> Result<MessageId, Status> {
+    MessageId::parse(s.trim()).map_err(field_error)
+}
+
+fn summary_to_pb(m: &MessageStatus) -> pb::MessageSummary {
+    pb::MessageSummary {
+        message_id: m.message_id.to_string(),
+        sender_org: m.sender.org.to_string(),
+        payload_type: m.payload_type.as_str().into(),
+        priority: m.priority.as_str().into(),
+        sent_seq: m.sent_seq,
+        sent_ts_ms: m.sent_ts_ms,
+        deliver_by_ms: m.deliver_by_ms,
+        client_message_id: m.client_message_id.clone(),
+        payload_bytes: m.payload_bytes,
+        recipients: m
+            .recipients
+            .iter()
+            .map(|r| pb::RecipientStatus {
+                endpoint: r.endpoint.to_string(),
+                state: r.state.name().into(),
+                outcome: match r.state {
+                    RecipientState::Acked { status, .. } => status.as_str().into(),
+                    RecipientState::Failed { reason, .. } => reason.as_str().into(),
+                    _ => String::new(),
+                },
+                fetches: r.fetches,
+            })
+            .collect(),
+    }
+}
+
+fn item_to_pb(m: &MessageStatus, recipient: &EndpointId, routed_seq: u64) -> pb::InboxItem {
+    let r = m.recipient(recipient);
+    pb::InboxItem {
+        message_id: m.message_id.to_string(),
+        recipient: recipient.to_string(),
+        sender_org: m.sender.org.to_string(),
+        sender_practitioner: m
+            .sender
+            .practitioner
+            .as_ref()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        payload_type: m.payload_type.as_str().into(),
+        priority: m.priority.as_str().into(),
+        sent_ts_ms: m.sent_ts_ms,
+        routed_seq,
+        payload_bytes: m.payload_bytes,
+        state: r.map(|r| r.state.name()).unwrap_or("unknown").into(),
+        fetches: r.map(|r| r.fetches).unwrap_or(0),
+    }
+}
+
+fn timeline_to_pb(rec: &sealpost_core::EventRecord) -> pb::TimelineEvent {
+    let outcome = match &rec.event {
+        Event::Acked { status, .. } => status.as_str().to_string(),
+        Event::Failed { reason, .. } => reason.as_str().to_string(),
+        _ => String::new(),
+    };
+    pb::TimelineEvent {
+        seq: rec.seq,
+        ts_ms: rec.ts_ms,
+        event: rec.event.kind().into(),
+        recipient: rec
+            .event
+            .recipient()
+            .map(|r| r.to_string())
+            .unwrap_or_default(),
+        actor: rec.actor.clone(),
+        log_index: rec.log_index,
+        outcome,
+    }
+}
+
+impl MessagingService {
+    pub fn new(
+        node: RaftNode,
+        provider: String,
+        keystore: Keystore,
+        opts: MessagingOptions,
+        faults: Arc<MessagingFaults>,
+        entry_bytes_max: usize,
+    ) -> Self {
+        Self {
+            node,
+            provider,
+            keystore,
+            opts,
+            faults,
+            entry_bytes_max,
+        }
+    }
+
+    /// A listing's size: the request's, bounded by the configured maximum (0: the maximum).
+    fn listing_limit(&self, asked: u32) -> usize {
+        let n = match asked {
+            0 => self.opts.listing_items_max,
+            n => n.min(self.opts.listing_items_max),
+        };
+        n as usize
+    }
+
+    fn view(&self) -> &StateView {
+        self.node.view()
+    }
+
+    async fn barrier(&self) -> Result<(), Status> {
+        self.node
+            .linearizable_barrier()
+            .await
+            .map_err(convert::node_error)
+    }
+
+    async fn propose(&self, actor: String, command: Command) -> Result<(u64, u64), Rejected> {
+        let proposal = Proposal { actor, command };
+        proposal.validate().map_err(|r| Rejected::Rule(r))?;
+        let committed = self
+            .node
+            .propose(proposal)
+            .await
+            .map_err(|e| Rejected::Status(convert::propose_error(e)))?;
+        match committed.outcome {
+            Outcome::Applied { first_seq, count } => Ok((first_seq, count)),
+            Outcome::Rejected(r) => Err(Rejected::Rule(r)),
+        }
+    }
+
+    fn message(&self, id: &MessageId) -> Result<MessageStatus, Status> {
+        self.view()
+            .message(id)
+            .map_err(convert::store_error)?
+            .ok_or_else(|| Status::not_found(format!("message {id} is unknown")))
+    }
+
+    /// The recipient a fetch or ack is about: the named one (which must belong to the
+    /// caller), or the caller organisation's only recipient of the message.
+    fn resolve_recipient(
+        &self,
+        msg: &MessageStatus,
+        org: &HpiO,
+        named: &str,
+    ) -> Result<EndpointId, Status> {
+        if !named.trim().is_empty() {
+            let ep = convert::endpoint_id("recipient", named)?;
+            if &ep.org != org {
+                return Err(Status::permission_denied(format!(
+                    "recipient {ep} does not belong to your organisation {org}"
+                )));
+            }
+            if msg.recipient(&ep).is_none() {
+                return Err(Status::not_found(format!(
+                    "message {} is not addressed to {ep}",
+                    msg.message_id
+                )));
+            }
+            return Ok(ep);
+        }
+        let mine: Vec<&EndpointId> = msg
+            .recipients
+            .iter()
+            .map(|r| &r.endpoint)
+            .filter(|e| &e.org == org)
+            .collect();
+        match mine.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(Status::not_found(format!(
+                "message {} is not addressed to your organisation {org}",
+                msg.message_id
+            ))),
+            many => Err(Status::invalid_argument(format!(
+                "recipient: message {} has several recipients in {org}; name one of {}",
+                msg.message_id,
+                many.iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    fn duplicate_reply(&self, org: &HpiO, cid: &str) -> Result<Option<pb::SendReply>, Status> {
+        let Some(id) = self
+            .view()
+            .message_for_client_id(org, cid)
+            .map_err(convert::store_error)?
+        else {
+            return Ok(None);
+        };
+        let msg = self.message(&id)?;
+        Ok(Some(pb::SendReply {
+            message_id: id.to_string(),
+            seq: msg.sent_seq,
+            duplicate: true,
+        }))
+    }
+
+    /// Checks the request, then signs and seals. Everything that can refuse the request
+    /// happens here, before anything is proposed.
+    async fn build_envelope(
+        &self,
+        caller: &Caller,
+        r: pb::SendRequest,
+    ) -> Result<Result<(Envelope, String), pb::SendReply>, Status> {
+        let from = HpiO::parse(r.from_org.trim()).map_err(|e| id_error("from_org", e))?;
+        let mine = caller.require_org()?;
+        if mine != &from {
+            return Err(Status::permission_denied(format!(
+                "from_org {from} is not your organisation ({mine})"
+            )));
+        }
+        if r.payload.len() as u64 > self.opts.payload_bytes_max {
+            return Err(Status::resource_exhausted(format!(
+                "payload is {} bytes, the limit is {} bytes",
+                r.payload.len(),
+                self.opts.payload_bytes_max
+            )));
+        }
+        let practitioner = opt("from_practitioner", &r.from_practitioner, HpiI::parse)?;
+        let patient = opt("patient_ihi", &r.patient_ihi, Ihi::parse)?;
+        let recipients =
+            r.to.iter()
+                .map(|t| convert::endpoint_id("to", t))
+                .collect::<Result<Vec<_>, _>>()?;
+        check_recipients(&recipients).map_err(field_error)?;
+        let payload_type: PayloadType = convert::payload_type(&r.payload_type)?;
+        let priority: Priority = r.priority.parse().map_err(field_error)?;
+        let cid = if r.client_message_id.trim().is_empty() {
+            uuid::Uuid::now_v7().to_string()
+        } else {
+            r.client_message_id.clone()
+        };
+        check_client_message_id(&cid).map_err(field_error)?;
+        let within = match r.deliver_within_ms {
+            0 => self.opts.deliver_within_ms_default,
+            v if v > self.opts.deliver_within_ms_max => {
+                return Err(Status::invalid_argument(format!(
+                    "deliver_within_ms: {v} is more than the limit of {} ms",
+                    self.opts.deliver_within_ms_max
+                )));
+            }
+            v => v,
+        };
+
+        // Read-your-writes for the idempotency key and the directory.
+        self.barrier().await?;
+        if let Some(dup) = self.duplicate_reply(&from, &cid)? {
+            return Ok(Err(dup));
+        }
+        let view = self.view();
+        let sender_org = view
+            .organisation(&from)
+            .map_err(convert::store_error)?
+            .ok_or_else(|| {
+                Status::not_found(format!("sender organisation {from} is not registered"))
+            })?;
+        let mut recipient_keys = Vec::new();
+        for ep in &recipients {
+            let e = view
+                .endpoint(ep)
+                .map_err(convert::store_error)?
+                .filter(|e| e.is_active())
+                .ok_or_else(|| {
+                    Status::not_found(format!("recipient {ep} is not in the directory"))
+                })?;
+            if !e.spec.payload_types.contains(&payload_type) {
+                return Err(Status::failed_precondition(format!(
+                    "recipient {ep} does not accept {payload_type} (it accepts {})",
+                    e.spec
+                        .payload_types
+                        .iter()
+                        .map(|p| p.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            if !recipient_keys.iter().any(|(o, _)| o == &ep.org) {
+                let org = view
+                    .organisation(&ep.org)
+                    .map_err(convert::store_error)?
+                    .ok_or_else(|| {
+                        Status::not_found(format!("organisation {} is not registered", ep.org))
+                    })?;
+                recipient_keys.push((ep.org.clone(), org.spec.keys.clone()));
+            }
+        }
+        let sender_keys = self
+            .keystore
+            .keys(&from, &sender_org.spec.keys.key_id)
+            .map_err(keystore_status)?;
+        let created = now_ms();
+        let header = EnvelopeHeader {
+            version: ENVELOPE_VERSION,
+            message_id: MessageId::new(&self.provider, &uuid::Uuid::now_v7().to_string())
+                .map_err(field_error)?,
+            sender: Sender {
+                org: from,
+                practitioner,
+            },
+            sender_key_id: sender_org.spec.keys.key_id.clone(),
+            recipients,
+            payload_type,
+            priority,
+            patient,
+            payload_digest: [0; 32],
+            payload_bytes: 0,
+            created_ms: created,
+            deliver_by_ms: created.saturating_add(within),
+        };
+        // Sealing is CPU work: keep it off the async workers.
+        let payload = r.payload;
+        let mut envelope = tokio::task::spawn_blocking(move || {
+            sealpost_crypto::envelope::seal(header, &sender_keys, &recipient_keys, &payload)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("sealing task failed: {e}")))?
+        .map_err(|e| Status::internal(format!("sealing failed: {e}")))?;
+        match self.faults.take_tamper() {
+            Some(Tamper::Ciphertext) => {
+                if let Some(b) = envelope
+                    .sealed
+                    .first_mut()
+                    .and_then(|c| c.ciphertext.first_mut())
+                {
+                    *b ^= 0x01;
+                }
+            }
+            Some(Tamper::Signature) => {
+                if let Some(b) = envelope.signature.first_mut() {
+                    *b ^= 0x01;
+                }
+            }
+            None => {}
+        }
+        let bytes = codec::encoded_len(&envelope);
+        if bytes + 4096 > self.entry_bytes_max {
+            return Err(Status::resource_exhausted(format!(
+                "the sealed envelope is {bytes} bytes ({} sealed copies), more than a log entry \
+                 may carry ({} bytes); send to fewer organisations at once",
+                envelope.sealed.len(),
+                self.entry_bytes_max
+            )));
+        }
+        Ok(Ok((envelope, cid)))
+    }
+}
+
+/// A refused proposal: a rule of the state machine, or the node could not commit.
+enum Rejected {
+    Rule(Rejection),
+    Status(Status),
+}
+
+impl From<Rejected> for Status {
+    fn from(r: Rejected) -> Status {
+        match r {
+            Rejected::Rule(r) => convert::rejection(r),
+            Rejected::Status(s) => s,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Messaging for MessagingService {
+    #[tracing::instrument(skip_all, fields(node = self.node.id()))]
+    async fn send(&self, req: Request<pb::SendRequest>) -> Result<Response<pb::SendReply>, Status> {
+        let caller = caller_of(&req, self.node.id());
+        let (envelope, cid) = match self.build_envelope(&caller, req.into_inner()).await? {
+            Ok(v) => v,
+            Err(dup) => return Ok(Response::new(dup)),
+        };
+        let id = envelope.header.message_id.clone();
+        let org = envelope.header.sender.org.clone();
+        let command = Command::Send {
+            envelope: Box::new(envelope),
+            client_message_id: cid.clone(),
+        };
+        match self.propose(caller.actor, command).await {
+            Ok((seq, _)) => {
+                tracing::info!(message_id = %id, seq, "sent");
+                Ok(Response::new(pb::SendReply {
+                    message_id: id.to_string(),
+                    seq,
+                    duplicate: false,
+                }))
+            }
+            // A concurrent resend won the race: answer with the original.
+            Err(Rejected::Rule(Rejection::AlreadyExists(m))) => {
+                match self.duplicate_reply(&org, &cid)? {
+                    Some(dup) => Ok(Response::new(dup)),
+                    None => Err(Status::already_exists(m)),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn inbox(
+        &self,
+        req: Request<pb::InboxRequest>,
+    ) -> Result<Response<pb::InboxReply>, Status> {
+        let caller = caller_of(&req, self.node.id());
+        let org = caller.require_org()?.clone();
+        let r = req.into_inner();
+        let endpoint = own_endpoint(&org, &r.endpoint)?;
+        let limit = self.listing_limit(r.limit);
+        self.barrier().await?;
+        let view = self.view();
+        let entries = view
+            .inbox(&org, endpoint.as_ref(), limit)
+            .map_err(convert::store_error)?;
+        let mut items = Vec::with_capacity(entries.len());
+        for e in entries {
+            let m = self.message(&e.message_id)?;
+            items.push(item_to_pb(&m, &e.recipient, e.routed_seq));
+        }
+        Ok(Response::new(pb::InboxReply { items }))
+    }
+
+    type FollowStream = ReceiverStream<Result<pb::InboxItem, Status>>;
+
+    async fn follow(
+        &self,
+        req: Request<pb::FollowRequest>,
+    ) -> Result<Response<Self::FollowStream>, Status> {
+        let caller = caller_of(&req, self.node.id());
+        let org = caller.require_org()?.clone();
+        let r = req.into_inner();
+        let endpoint = own_endpoint(&org, &r.endpoint)?;
+        self.barrier().await?;
+        let (tx, rx) = mpsc::channel(FOLLOW_BUFFER_ITEMS_MAX);
+        let view = self.view().clone();
+        let lifetime = Duration::from_millis(self.opts.follow_stream_ms_max);
+        tokio::spawn(async move {
+            let end = tokio::time::Instant::now() + lifetime;
+            let mut changes = view.subscribe();
+            let mut cursor = r.after_seq;
+            while tokio::time::Instant::now() < end {
+                changes.borrow_and_update();
+                let batch = match view.feed(&org, cursor, FOLLOW_BATCH_ITEMS_MAX) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx.send(Err(convert::store_error(e))).await;
+                        return;
+                    }
+                };
+                let full = batch.len() == FOLLOW_BATCH_ITEMS_MAX;
+                for e in batch {
+                    cursor = e.routed_seq;
+                    if endpoint.as_ref().is_some_and(|ep| ep != &e.recipient) {
+                        continue;
+                    }
+                    let item = match view.message(&e.message_id) {
+                        Ok(Some(m)) => Ok(item_to_pb(&m, &e.recipient, e.routed_seq)),
+                        Ok(None) => continue,
+                        Err(err) => Err(convert::store_error(err)),
+                    };
+                    if tx.send(item).await.is_err() {
+                        return; // the client went away
+                    }
+                }
+                if full {
+                    continue;
+                }
+                let wait = Duration::from_millis(FOLLOW_IDLE_MS);
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = tokio::time::timeout(wait, changes.changed()) => {}
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    #[tracing::instrument(skip_all, fields(node = self.node.id()))]
+    async fn fetch(
+        &self,
+        req: Request<pb::FetchRequest>,
+    ) -> Result<Response<pb::FetchReply>, Status> {
+        let caller = caller_of(&req, self.node.id());
+        let org = caller.require_org()?.clone();
+        let r = req.into_inner();
+        let id = message_id(&r.message_id)?;
+        self.barrier().await?;
+        let msg = self.message(&id)?;
+        let recipient = self.resolve_recipient(&msg, &org, &r.recipient)?;
+        let state = msg
+            .recipient(&recipient)
+            .map(|s| s.state)
+            .unwrap_or(RecipientState::Sent);
+        if !state.was_routed() {
+            return Err(Status::failed_precondition(format!(
+                "message {id} has not been routed to {recipient} (it is {})",
+                state.name()
+            )));
+        }
+        let envelope = self.envelope(msg.sent_seq)?;
+        let copy = envelope.copy_for(&recipient.org).ok_or_else(|| {
+            Status::internal(format!("message {id} holds no copy for {}", recipient.org))
+        })?;
+        let keys = self
+            .keystore
+            .keys(&recipient.org, &copy.key_id)
+            .map_err(keystore_status)?;
+        let signing = self.sender_signing_key(&envelope)?;
+        // The access is recorded before the plaintext leaves the node.
+        let (fetched_seq, _) = self
+            .propose(
+                caller.actor,
+                Command::Fetch {
+                    message_id: id.clone(),
+                    recipient: recipient.clone(),
+                },
+            )
+            .await?;
+        let org2 = recipient.org.clone();
+        let env2 = envelope.clone();
+        let payload = tokio::task::spawn_blocking(move || {
+            sealpost_crypto::envelope::open(&env2, &org2, &keys, &signing)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("opening task failed: {e}")))?
+        .map_err(|e| Status::data_loss(format!("message {id} no longer opens: {e}")))?;
+        let h = &envelope.header;
+        Ok(Response::new(pb::FetchReply {
+            message_id: id.to_string(),
+            recipient: recipient.to_string(),
+            sender_org: h.sender.org.to_string(),
+            sender_practitioner: h
+                .sender
+                .practitioner
+                .as_ref()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            payload_type: h.payload_type.as_str().into(),
+            patient_ihi: h
+                .patient
+                .as_ref()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            payload: payload.to_vec(),
+            payload_sha256: h.payload_digest.to_vec(),
+            fetched_seq,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(node = self.node.id()))]
+    async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckReply>, Status> {
+        let caller = caller_of(&req, self.node.id());
+        let org = caller.require_org()?.clone();
+        let r = req.into_inner();
+        let id = message_id(&r.message_id)?;
+        let status: AckStatus = r.status.parse().map_err(field_error)?;
+        check_note(&r.note).map_err(field_error)?;
+        self.barrier().await?;
+        let msg = self.message(&id)?;
+        let recipient = self.resolve_recipient(&msg, &org, &r.recipient)?;
+        let (seq, _) = self
+            .propose(
+                caller.actor,
+                Command::Ack {
+                    message_id: id,
+                    recipient,
+                    status,
+                    note: r.note,
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::AckReply { seq }))
+    }
+
+    async fn track(
+        &self,
+        req: Request<pb::TrackRequest>,
+    ) -> Result<Response<pb::TrackReply>, Status> {
+        let caller = caller_of(&req, self.node.id());
+        let id = message_id(&req.get_ref().message_id)?;
+        self.barrier().await?;
+        let msg = self.message(&id)?;
+        if let Some(org) = &caller.org {
+            let involved =
+                &msg.sender.org == org || msg.recipients.iter().any(|r| &r.endpoint.org == org);
+            if !involved {
+                return Err(Status::permission_denied(format!(
+                    "your organisation {org} neither sent nor receives message {id}"
+                )));
+            }
+        }
+        let timeline = self
+            .view()
+            .message_events(&id, TRACK_EVENTS_MAX)
+            .map_err(convert::store_error)?;
+        Ok(Response::new(pb::TrackReply {
+            message: Some(summary_to_pb(&msg)),
+            timeline: timeline.iter().map(timeline_to_pb).collect(),
+        }))
+    }
+
+    async fn outbox(
+        &self,
+        req: Request<pb::OutboxRequest>,
+    ) -> Result<Response<pb::OutboxReply>, Status> {
+        let caller = caller_of(&req, self.node.id());
+        let r = req.into_inner();
+        let named = opt("org", &r.org, HpiO::parse)?;
+        let org = match (&caller.org, named) {
+            (Some(mine), Some(n)) if mine != &n => {
+                return Err(Status::permission_denied(format!(
+                    "org {n} is not your organisation ({mine})"
+                )));
+            }
+            (Some(mine), _) => mine.clone(),
+            (None, Some(n)) => n,
+            (None, None) => {
+                return Err(Status::invalid_argument(
+                    "org: required for a client certificate that names no organisation",
+                ));
+            }
+        };
+        let limit = self.listing_limit(r.limit);
+        self.barrier().await?;
+        let msgs = self
+            .view()
+            .outbox(&org, r.before_seq, limit)
+            .map_err(convert::store_error)?;
+        Ok(Response::new(pb::OutboxReply {
+            messages: msgs.iter().map(summary_to_pb).collect(),
+        }))
+    }
+}
+
+impl MessagingService {
+    fn envelope(&self, sent_seq: u64) -> Result<Envelope, Status> {
+        load_envelope(self.view(), sent_seq).map_err(|e| Status::internal(e.to_string()))
+    }
+
+    fn sender_signing_key(&self, envelope: &Envelope) -> Result<[u8; 32], Status> {
+        sender_signing_key(self.view(), envelope)
+            .map_err(convert::store_error)?
+            .ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "the sender's key {} is no longer published",
+                    envelope.header.sender_key_id
+                ))
+            })
+    }
+}
+
+/// An endpoint named in a request, which must belong to the caller's organisation.
+fn own_endpoint(org: &HpiO, named: &str) -> Result<Option<EndpointId>, Status> {
+    if named.trim().is_empty() {
+        return Ok(None);
+    }
+    let ep = convert::endpoint_id("endpoint", named)?;
+    if &ep.org != org {
+        return Err(Status::permission_denied(format!(
+            "endpoint {ep} does not belong to your organisation {org}"
+        )));
+    }
+    Ok(Some(ep))
+}
+
+/// Why a stored envelope could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("reading the event store: {0}")]
+    Store(#[from] sealpost_store::Error),
+    #[error("event {0} is missing or is not a Sent event")]
+    NotSent(u64),
+}
+
+/// The envelope of the `Sent` event at `sent_seq`.
+pub fn load_envelope(view: &StateView, sent_seq: u64) -> Result<Envelope, LoadError> {
+    match view.event(sent_seq)?.map(|r| r.event) {
+        Some(Event::Sent { envelope, .. }) => Ok(*envelope),
+        _ => Err(LoadError::NotSent(sent_seq)),
+    }
+}
+
+/// The sender's published signing key, if the envelope's key id is still the current one.
+pub fn sender_signing_key(
+    view: &StateView,
+    envelope: &Envelope,
+) -> Result<Option<[u8; 32]>, sealpost_store::Error> {
+    Ok(view
+        .organisation(&envelope.header.sender.org)?
+        .filter(|o| o.spec.keys.key_id == envelope.header.sender_key_id)
+        .map(|o| o.spec.keys.signing))
+}

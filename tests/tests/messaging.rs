@@ -1,0 +1,706 @@
+//! End-to-end tests of secure messaging inside one provider: three real nodes in this
+//! process, clients with organisation certificates over mutual TLS, the delivery worker on
+//! the leader, and the RocksDB stores inspected afterwards.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use sealpost_core::ids::HpiO;
+use sealpost_proto::v1 as pb;
+use sealpost_server::messaging::Tamper;
+
+fn is_final(r: &pb::TrackReply) -> bool {
+    r.message
+        .as_ref()
+        .is_some_and(|m| m.recipients.iter().all(|x| !x.outcome.is_empty()))
+}
+
+fn routed(endpoint: String) -> impl Fn(&pb::TrackReply) -> bool {
+    move |r| recipient_state(r, &endpoint).0 == "routed"
+}
+
+/// The seed's flow on a 3-node cluster: a sender on one node sends, the leader's worker
+/// opens and routes, the receiver fetches (through another node) exactly the bytes sent
+/// and acknowledges, and track shows sent, decrypted, routed, fetched, acked in order with
+/// one final outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn send_route_fetch_ack_track() {
+    let (_dir, c) = messaging_cluster(3, messaging_opts()).await;
+    let leader = c.wait_leader(WAIT).await.expect("leader");
+    let follower = c
+        .node_ids()
+        .into_iter()
+        .find(|i| *i != leader)
+        .expect("a follower");
+    let other = c
+        .node_ids()
+        .into_iter()
+        .find(|i| *i != leader && *i != follower)
+        .expect("another follower");
+    let sender = org_client(&c, follower, SENDER).await;
+    let lab = org_client(&c, other, LAB).await;
+    let to = endpoint(LAB, "results");
+    let payload: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut req = send_request(std::slice::from_ref(&to), &payload, "e2e-1");
+    req.payload_type = "ORU^R01".into();
+    req.patient_ihi = sealpost_core::ids::Ihi::from_serial(77).to_string();
+    let sent = sender
+        .messaging()
+        .send(req)
+        .await
+        .expect("send")
+        .into_inner();
+    assert!(!sent.duplicate);
+    assert!(
+        sent.message_id.starts_with("prov-a:"),
+        "{}",
+        sent.message_id
+    );
+
+    track_until(&sender, &sent.message_id, "routed", routed(to.clone())).await;
+    let inbox = lab
+        .messaging()
+        .inbox(pb::InboxRequest::default())
+        .await
+        .expect("inbox")
+        .into_inner();
+    assert_eq!(inbox.items.len(), 1);
+    assert_eq!(inbox.items[0].message_id, sent.message_id);
+
+    let fetched = lab
+        .messaging()
+        .fetch(pb::FetchRequest {
+            message_id: sent.message_id.clone(),
+            recipient: String::new(),
+        })
+        .await
+        .expect("fetch")
+        .into_inner();
+    assert_eq!(
+        fetched.payload, payload,
+        "fetch returns exactly the bytes sent"
+    );
+    assert_eq!(fetched.payload_type, "ORU^R01");
+    assert_eq!(fetched.sender_org, HpiO::from_serial(SENDER).to_string());
+
+    // The sender cannot read the receiver's copy, nor acknowledge for it.
+    let err = sender
+        .messaging()
+        .fetch(pb::FetchRequest {
+            message_id: sent.message_id.clone(),
+            recipient: String::new(),
+        })
+        .await
+        .expect_err("not the sender's to fetch");
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+
+    lab.messaging()
+        .ack(pb::AckRequest {
+            message_id: sent.message_id.clone(),
+            recipient: String::new(),
+            status: "accepted".into(),
+            note: "filed".into(),
+        })
+        .await
+        .expect("ack");
+    let t = track_until(&sender, &sent.message_id, "acked", is_final).await;
+    assert_eq!(
+        timeline(&t),
+        vec!["sent", "decrypted", "routed", "fetched", "acked"]
+    );
+    assert_eq!(
+        recipient_state(&t, &to),
+        ("acked".into(), "accepted".into())
+    );
+    let seqs: Vec<u64> = t.timeline.iter().map(|e| e.seq).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert!(t.timeline[0].actor.ends_with(&format!("@node-{follower}")));
+    assert!(t.timeline[1].actor.starts_with("delivery@node-"));
+
+    // The acknowledged message leaves the inbox; the outbox shows its outcome.
+    let inbox = lab
+        .messaging()
+        .inbox(pb::InboxRequest::default())
+        .await
+        .expect("inbox")
+        .into_inner();
+    assert!(inbox.items.is_empty());
+    let out = sender
+        .messaging()
+        .outbox(pb::OutboxRequest::default())
+        .await
+        .expect("outbox")
+        .into_inner();
+    assert_eq!(out.messages.len(), 1);
+    assert_eq!(out.messages[0].recipients[0].outcome, "accepted");
+    converged(&c).await;
+}
+
+/// Every file byte and every RocksDB key and value of every node, as one list of
+/// (where, bytes) to search.
+fn stored_blobs(node_dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![node_dir.to_path_buf()];
+    let mut dbs = Vec::new();
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                if p.join("CURRENT").exists() {
+                    dbs.push(p.clone());
+                }
+                stack.push(p);
+            } else {
+                out.push((
+                    p.display().to_string(),
+                    std::fs::read(&p).expect("read file"),
+                ));
+            }
+        }
+    }
+    assert!(
+        dbs.len() >= 3,
+        "raft log, state machine and a snapshot: {dbs:?}"
+    );
+    for db in dbs {
+        let n = sealpost_store::scan_all(&db, |cf, k, v| {
+            let mut kv = k.to_vec();
+            kv.extend_from_slice(v);
+            out.push((format!("{} cf {cf}", db.display()), kv));
+        })
+        .expect("scan");
+        assert!(n > 0, "{} holds records", db.display());
+    }
+    out
+}
+
+fn holds(blobs: &[(String, Vec<u8>)], marker: &[u8]) -> Vec<String> {
+    blobs
+        .iter()
+        .filter(|(_, b)| b.windows(marker.len()).any(|w| w == marker))
+        .map(|(w, _)| w.clone())
+        .collect()
+}
+
+/// No stored value contains the plaintext. A payload carries a marker; after delivery,
+/// fetch (which proves the marker went in) and a snapshot (so SST files exist), every
+/// key and value of every column family of every node's RocksDB instances is scanned
+/// through the RocksDB API, and every raw file (WAL, SST, snapshot, manifest) byte by byte.
+/// The control: a directory entry carrying another marker is found by the same scan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_plaintext_at_rest() {
+    let (dir, mut c) = messaging_cluster(3, messaging_opts()).await;
+    let marker = format!("PLAINTEXT-MARKER-{}", std::process::id());
+    let control = format!("CONTROL-MARKER-{}", std::process::id());
+    let sender = org_client(&c, 1, SENDER).await;
+    let lab = org_client(&c, 2, LAB).await;
+    let to = endpoint(LAB, "results");
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let payload = format!("MSH|^~\\&|GP|{marker}|{i}|patient Jane Citizen\r").into_bytes();
+        let r = sender
+            .messaging()
+            .send(send_request(
+                std::slice::from_ref(&to),
+                &payload,
+                &format!("p{i}"),
+            ))
+            .await
+            .expect("send")
+            .into_inner();
+        ids.push((r.message_id, payload));
+    }
+    for (id, payload) in &ids {
+        track_until(&sender, id, "routed", routed(to.clone())).await;
+        let f = lab
+            .messaging()
+            .fetch(pb::FetchRequest {
+                message_id: id.clone(),
+                recipient: String::new(),
+            })
+            .await
+            .expect("fetch")
+            .into_inner();
+        assert_eq!(&f.payload, payload);
+    }
+    // The control: plaintext directory data stored the same way.
+    let admin = client(&c, 1).await;
+    let mut req = org_request(99);
+    if let Some(o) = req.organisation.as_mut() {
+        o.name = format!("Clinic {control}");
+    }
+    admin
+        .directory()
+        .register_organisation(req)
+        .await
+        .expect("control organisation");
+    converged(&c).await;
+    for id in c.node_ids() {
+        c.node(id)
+            .expect("running")
+            .raft
+            .snapshot()
+            .await
+            .expect("snapshot flushes SST files");
+    }
+    c.stop_all().await;
+
+    for id in c.node_ids() {
+        let blobs = stored_blobs(&dir.path().join("prov-a").join(format!("node-{id}")));
+        assert!(
+            !holds(&blobs, control.as_bytes()).is_empty(),
+            "node {id}: the scan must find the control marker"
+        );
+        let sst_hits = holds(&blobs, control.as_bytes())
+            .into_iter()
+            .filter(|w| w.contains(" cf "))
+            .count();
+        assert!(sst_hits > 0, "node {id}: the RocksDB scan sees the control");
+        let leaks = holds(&blobs, marker.as_bytes());
+        assert!(
+            leaks.is_empty(),
+            "node {id}: plaintext found in {} places, among them {:?}",
+            leaks.len(),
+            &leaks[..leaks.len().min(5)]
+        );
+        let names = holds(&blobs, b"Jane Citizen");
+        assert!(
+            names.is_empty(),
+            "node {id}: a patient name found in {names:?}"
+        );
+    }
+}
+
+/// A flipped byte in the ciphertext or the signature, injected after sealing, ends in
+/// `Failed` with the reason, never `Routed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tampered_envelopes_fail() {
+    let (_dir, c) = messaging_cluster(3, messaging_opts()).await;
+    let sender = org_client(&c, 2, SENDER).await;
+    let to = endpoint(LAB, "results");
+    for (tamper, reason) in [
+        (Tamper::Ciphertext, "decryption_failed"),
+        (Tamper::Signature, "bad_signature"),
+    ] {
+        c.node(2)
+            .expect("node 2")
+            .faults
+            .tamper_next_envelope(tamper);
+        let r = sender
+            .messaging()
+            .send(send_request(
+                std::slice::from_ref(&to),
+                b"tampered",
+                &format!("{tamper:?}"),
+            ))
+            .await
+            .expect("send")
+            .into_inner();
+        let t = track_until(&sender, &r.message_id, "a final outcome", is_final).await;
+        assert_eq!(recipient_state(&t, &to), ("failed".into(), reason.into()));
+        assert_eq!(timeline(&t), vec!["sent", "failed"], "never routed");
+    }
+    let lab = org_client(&c, 3, LAB).await;
+    let inbox = lab
+        .messaging()
+        .inbox(pb::InboxRequest::default())
+        .await
+        .expect("inbox")
+        .into_inner();
+    assert!(inbox.items.is_empty());
+}
+
+/// The next item of a follow stream, waiting at most [`WAIT`].
+async fn next_item(stream: &mut tonic::Streaming<pb::InboxItem>) -> pb::InboxItem {
+    tokio::time::timeout(WAIT, stream.message())
+        .await
+        .expect("the stream delivers without polling")
+        .expect("the stream reports no error")
+        .expect("the stream stays open")
+}
+
+/// The inbox lists urgent before routine (then oldest first); the follow stream delivers
+/// new messages as they are routed, with no request in between, and resumes from a cursor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn urgent_first_and_a_live_stream() {
+    let (_dir, c) = messaging_cluster(3, messaging_opts()).await;
+    let sender = org_client(&c, 1, SENDER).await;
+    let lab = org_client(&c, 3, LAB).await;
+    let to = endpoint(LAB, "results");
+    let mut stream = lab
+        .messaging()
+        .follow(pb::FollowRequest {
+            endpoint: to.clone(),
+            after_seq: 0,
+        })
+        .await
+        .expect("follow")
+        .into_inner();
+    let mut sent = Vec::new();
+    for (i, priority) in ["routine", "routine", "urgent", "routine", "urgent"]
+        .into_iter()
+        .enumerate()
+    {
+        let mut req = send_request(std::slice::from_ref(&to), b"result", &format!("u{i}"));
+        req.priority = priority.into();
+        let r = sender
+            .messaging()
+            .send(req)
+            .await
+            .expect("send")
+            .into_inner();
+        sent.push((r.message_id, priority));
+    }
+    let mut streamed = Vec::new();
+    while streamed.len() < sent.len() {
+        streamed.push(next_item(&mut stream).await);
+    }
+    let streamed_ids: BTreeSet<&str> = streamed.iter().map(|i| i.message_id.as_str()).collect();
+    assert_eq!(streamed_ids.len(), sent.len());
+    let inbox = lab
+        .messaging()
+        .inbox(pb::InboxRequest {
+            endpoint: to.clone(),
+            limit: 0,
+        })
+        .await
+        .expect("inbox")
+        .into_inner();
+    let priorities: Vec<&str> = inbox.items.iter().map(|i| i.priority.as_str()).collect();
+    assert_eq!(
+        priorities,
+        vec!["urgent", "urgent", "routine", "routine", "routine"]
+    );
+    let routine: Vec<u64> = inbox
+        .items
+        .iter()
+        .filter(|i| i.priority == "routine")
+        .map(|i| i.routed_seq)
+        .collect();
+    assert!(routine.windows(2).all(|w| w[0] < w[1]), "oldest first");
+    // Resuming after the third item yields exactly the rest.
+    let mut cursors: Vec<u64> = streamed.iter().map(|i| i.routed_seq).collect();
+    cursors.sort();
+    let mut resumed = lab
+        .messaging()
+        .follow(pb::FollowRequest {
+            endpoint: String::new(),
+            after_seq: cursors[2],
+        })
+        .await
+        .expect("follow")
+        .into_inner();
+    for want in &cursors[3..] {
+        assert_eq!(next_item(&mut resumed).await.routed_seq, *want);
+    }
+}
+
+/// A resend with the same client message id returns the original answer and writes
+/// nothing; and with the leader stopped in the middle of a burst of sends (clients retry
+/// with their client message id), every acknowledged send is routed exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idempotent_resend_and_leader_stop_mid_burst() {
+    let (_dir, mut c) = messaging_cluster(3, messaging_opts()).await;
+    let to = endpoint(LAB, "results");
+    let sender = org_client(&c, 1, SENDER).await;
+    let first = sender
+        .messaging()
+        .send(send_request(std::slice::from_ref(&to), b"once", "same-id"))
+        .await
+        .expect("send")
+        .into_inner();
+    let (_, events_before, _) = converged(&c).await;
+    let again = sender
+        .messaging()
+        .send(send_request(std::slice::from_ref(&to), b"once", "same-id"))
+        .await
+        .expect("resend")
+        .into_inner();
+    assert!(again.duplicate);
+    assert_eq!(again.message_id, first.message_id);
+    assert_eq!(again.seq, first.seq);
+    let (_, events_after, _) = converged(&c).await;
+    // Delivery of the first message may add its own events; a resend adds no Sent.
+    let t = track_until(&sender, &first.message_id, "routed", routed(to.clone())).await;
+    assert_eq!(
+        timeline(&t).iter().filter(|e| *e == "sent").count(),
+        1,
+        "{events_before} -> {events_after}"
+    );
+
+    // The burst: four senders, one per client connection, spread over the followers and
+    // the leader; each retries a send until it is acknowledged.
+    let leader = c.wait_leader(WAIT).await.expect("leader");
+    let mut clients = Vec::new();
+    for id in c.node_ids() {
+        if id != leader {
+            clients.push(Arc::new(org_client(&c, id, SENDER).await));
+        }
+    }
+    let per_sender = 60;
+    let acked_count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for (w, cl) in clients.iter().cycle().take(4).enumerate() {
+        let cl = cl.clone();
+        let to = to.clone();
+        let acked_count = acked_count.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..per_sender {
+                let cid = format!("burst-{w}-{i}");
+                let req = send_request(std::slice::from_ref(&to), cid.as_bytes(), &cid);
+                let mut attempts = 0;
+                loop {
+                    attempts += 1;
+                    match cl.messaging().send(req.clone()).await {
+                        Ok(r) => {
+                            acked.push((cid.clone(), r.into_inner().message_id));
+                            acked_count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            break;
+                        }
+                        Err(s) if attempts < 100 => {
+                            assert!(
+                                matches!(
+                                    s.code(),
+                                    tonic::Code::Unavailable
+                                        | tonic::Code::Unknown
+                                        | tonic::Code::Internal
+                                        | tonic::Code::Cancelled
+                                        | tonic::Code::DeadlineExceeded
+                                ),
+                                "{s}"
+                            );
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        Err(s) => panic!("send {cid} never acknowledged: {s}"),
+                    }
+                }
+            }
+            acked
+        }));
+    }
+    // Stop the leader once a quarter of the burst is acknowledged: mid-burst for sure.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while acked_count.load(std::sync::atomic::Ordering::SeqCst) < per_sender as u64 {
+        assert!(tokio::time::Instant::now() < deadline, "the burst stalled");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    c.stop_node(leader)
+        .await
+        .expect("stop the leader mid-burst");
+    let at_stop = acked_count.load(std::sync::atomic::Ordering::SeqCst);
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.expect("sender task"));
+    }
+    assert_eq!(acked.len(), 4 * per_sender);
+    assert!(
+        at_stop < acked.len() as u64,
+        "the leader stopped before the burst ended ({at_stop} of {})",
+        acked.len()
+    );
+    let by_cid: BTreeMap<&str, &str> = acked
+        .iter()
+        .map(|(c, m)| (c.as_str(), m.as_str()))
+        .collect();
+    assert_eq!(by_cid.len(), acked.len(), "one message id per client id");
+    c.start_node(leader).await.expect("old leader restarts");
+    c.wait_leader(WAIT).await.expect("leader");
+    let viewer = org_client(&c, leader, SENDER).await;
+    for (_, id) in &acked {
+        let t = track_until(&viewer, id, "routed", routed(to.clone())).await;
+        let names = timeline(&t);
+        assert_eq!(
+            names.iter().filter(|e| *e == "routed").count(),
+            1,
+            "{names:?}"
+        );
+        assert_eq!(
+            names.iter().filter(|e| *e == "sent").count(),
+            1,
+            "{names:?}"
+        );
+    }
+    // Nothing else was sent: the outbox holds exactly the acknowledged messages.
+    let out = viewer
+        .messaging()
+        .outbox(pb::OutboxRequest {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("outbox")
+        .into_inner();
+    assert_eq!(out.messages.len(), acked.len() + 1);
+    converged(&c).await;
+}
+
+/// Each deadline yields exactly one `Failed`: a message not routed by its deliver-by is
+/// undeliverable; a routed message not acknowledged in the window is unacknowledged. A
+/// message to two recipients gets two independent outcomes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deadlines_and_independent_recipients() {
+    let opts = sealpost_server::config::MessagingOptions {
+        ack_window_ms: 1_500,
+        ..messaging_opts()
+    };
+    let (_dir, c) = messaging_cluster(3, opts).await;
+    let sender = org_client(&c, 1, SENDER).await;
+    let lab = org_client(&c, 2, LAB).await;
+    let lab_ep = endpoint(LAB, "results");
+    let hosp_ep = endpoint(HOSPITAL, "cardiology");
+
+    // Two recipients: the lab acknowledges, the hospital never does.
+    let r = sender
+        .messaging()
+        .send(send_request(
+            &[lab_ep.clone(), hosp_ep.clone()],
+            b"two",
+            "two",
+        ))
+        .await
+        .expect("send")
+        .into_inner();
+    track_until(
+        &sender,
+        &r.message_id,
+        "routed to the lab",
+        routed(lab_ep.clone()),
+    )
+    .await;
+    lab.messaging()
+        .ack(pb::AckRequest {
+            message_id: r.message_id.clone(),
+            status: "rejected".into(),
+            note: "not our patient".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("ack");
+    let t = track_until(&sender, &r.message_id, "both final", is_final).await;
+    assert_eq!(
+        recipient_state(&t, &lab_ep),
+        ("acked".into(), "rejected".into())
+    );
+    assert_eq!(
+        recipient_state(&t, &hosp_ep),
+        ("failed".into(), "unacknowledged".into())
+    );
+    let finals = |t: &pb::TrackReply, ep: &str| {
+        t.timeline
+            .iter()
+            .filter(|e| e.recipient == ep && (e.event == "acked" || e.event == "failed"))
+            .count()
+    };
+    assert_eq!(finals(&t, &lab_ep), 1);
+    assert_eq!(finals(&t, &hosp_ep), 1);
+
+    // Undeliverable: delivery paused everywhere, deliver-by in one second.
+    for id in c.node_ids() {
+        c.node(id)
+            .expect("running")
+            .faults
+            .set_delivery_paused(true);
+    }
+    let mut req = send_request(std::slice::from_ref(&lab_ep), b"late", "late");
+    req.deliver_within_ms = 1_000;
+    let late = sender
+        .messaging()
+        .send(req)
+        .await
+        .expect("send")
+        .into_inner();
+    let t = track_until(&sender, &late.message_id, "undeliverable", is_final).await;
+    assert_eq!(
+        recipient_state(&t, &lab_ep),
+        ("failed".into(), "undeliverable".into())
+    );
+    for id in c.node_ids() {
+        c.node(id)
+            .expect("running")
+            .faults
+            .set_delivery_paused(false);
+    }
+    // Give the worker a few passes: it must not route or fail the message again.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let t = track_until(&sender, &late.message_id, "final", is_final).await;
+    assert_eq!(timeline(&t), vec!["sent", "failed"]);
+    // And an acknowledgement after the window is refused.
+    let err = org_client(&c, 3, HOSPITAL)
+        .await
+        .messaging()
+        .ack(pb::AckRequest {
+            message_id: r.message_id.clone(),
+            status: "accepted".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("too late");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+}
+
+/// Bad input gets a clear error naming the problem, and nothing is written: no event on
+/// any node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_sends_write_nothing() {
+    let (_dir, c) = messaging_cluster(3, messaging_opts()).await;
+    let sender = org_client(&c, 2, SENDER).await;
+    let (_, before, head) = converged(&c).await;
+    let ok_to = endpoint(LAB, "results");
+    let unknown = endpoint(LAB, "nobody");
+    let cases: Vec<(pb::SendRequest, tonic::Code, String)> = vec![
+        (
+            send_request(std::slice::from_ref(&unknown), b"x", "b1"),
+            tonic::Code::NotFound,
+            unknown.clone(),
+        ),
+        (
+            {
+                let mut r = send_request(std::slice::from_ref(&ok_to), b"x", "b2");
+                r.payload_type = "PDF".into();
+                r
+            },
+            tonic::Code::FailedPrecondition,
+            "does not accept PDF".into(),
+        ),
+        (
+            send_request(
+                std::slice::from_ref(&ok_to),
+                &vec![0u8; 1024 * 1024 + 1],
+                "b3",
+            ),
+            tonic::Code::ResourceExhausted,
+            "the limit is 1048576 bytes".into(),
+        ),
+        (
+            {
+                let mut r = send_request(std::slice::from_ref(&ok_to), b"x", "b4");
+                r.patient_ihi = "8003601234567890".into();
+                r
+            },
+            tonic::Code::InvalidArgument,
+            "patient_ihi".into(),
+        ),
+        (
+            {
+                let mut r = send_request(std::slice::from_ref(&ok_to), b"x", "b5");
+                r.from_org = HpiO::from_serial(LAB).to_string();
+                r
+            },
+            tonic::Code::PermissionDenied,
+            "not your organisation".into(),
+        ),
+    ];
+    for (req, code, says) in cases {
+        let err = sender.messaging().send(req).await.expect_err("refused");
+        assert_eq!(err.code(), code, "{err}");
+        assert!(err.message().contains(&says), "{err} should say {says}");
+    }
+    let (_, after, head_after) = converged(&c).await;
+    assert_eq!((before, head), (after, head_after), "nothing was written");
+}
