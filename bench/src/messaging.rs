@@ -50,10 +50,13 @@ pub struct MessagingArgs {
     no_half_rate: bool,
 }
 
+/// When a message was sent and when it was seen routed, as far as known yet.
+type SendAndRoute = (Option<Instant>, Option<Instant>);
+
 /// Send and route times of messages, matched by message id whichever arrives first.
 #[derive(Default)]
 struct Matcher {
-    pending: Mutex<HashMap<String, (Option<Instant>, Option<Instant>)>>,
+    pending: Mutex<HashMap<String, SendAndRoute>>,
     hist: Mutex<Option<Histogram<u64>>>,
     routed: AtomicU64,
     /// Only messages sent after this are measured.

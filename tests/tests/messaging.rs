@@ -704,3 +704,44 @@ async fn bad_sends_write_nothing() {
     let (_, after, head_after) = converged(&c).await;
     assert_eq!((before, head), (after, head_after), "nothing was written");
 }
+
+/// Large messages reach a follower that was down while they were sent: catching up needs
+/// many large entries, more than one gRPC message may carry, so the leader sends them in
+/// smaller groups instead of retrying a message the follower refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_messages_replicate_to_a_lagging_follower() {
+    let (_dir, mut c) = messaging_cluster(3, messaging_opts()).await;
+    let leader = c.wait_leader(WAIT).await.expect("leader");
+    let lagging = c
+        .node_ids()
+        .into_iter()
+        .find(|i| *i != leader)
+        .expect("a follower");
+    c.stop_node(lagging).await.expect("stop a follower");
+    let sender = org_client(&c, leader, SENDER).await;
+    let to = endpoint(LAB, "results");
+    let mut ids = Vec::new();
+    for i in 0..12u8 {
+        // Incompressible, ~900 KiB: twelve of them are more than the 8 MiB message limit.
+        let payload: Vec<u8> = (0..900 * 1024u32)
+            .map(|j| (j.wrapping_mul(2_654_435_761) >> 13) as u8 ^ i)
+            .collect();
+        let r = sender
+            .messaging()
+            .send(send_request(
+                std::slice::from_ref(&to),
+                &payload,
+                &format!("big-{i}"),
+            ))
+            .await
+            .expect("send")
+            .into_inner();
+        ids.push(r.message_id);
+    }
+    c.start_node(lagging).await.expect("the follower restarts");
+    converged(&c).await;
+    let lab = org_client(&c, lagging, LAB).await;
+    for id in &ids {
+        track_until(&lab, id, "routed", routed(to.clone())).await;
+    }
+}

@@ -221,7 +221,7 @@ const DEMO: &[DemoOrg] = &[
                 "cardiology",
                 "Cardiology outpatients",
                 "Cardiology",
-                &["REF^I12", "CDA", "PDF"],
+                &["REF^I12", "CDA", "PDF", "TEXT"],
             ),
             (
                 "discharge",
@@ -452,6 +452,11 @@ fn print_summary(data: &Path, client_toml: &Path, clusters: &BTreeMap<String, Lo
     println!("  sealpost cluster status");
     println!("  sealpost directory search cardiology");
     println!("  sealpost cluster stop-node --node 1");
+    println!(
+        "  echo 'hello' | sealpost send --as northside-gp --to {}/cardiology --type TEXT --file -",
+        HpiO::from_serial(103)
+    );
+    println!("  sealpost inbox --as fitzroy-hospital");
     println!("Stop with Ctrl-C; run the same command again to resume from disk.");
 }
 

@@ -247,3 +247,132 @@ fn dev_cluster_serves_the_cli_stops_and_restarts_nodes_and_resumes_from_disk() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("is not a sealpost dev folder"));
 }
+
+fn ok_json(data: &Path, args: &[&str]) -> serde_json::Value {
+    json(&sealpost(data, args))
+}
+
+/// The README's messaging walk-through through the CLI: the GP sends an urgent referral to
+/// the hospital's cardiology clinic, the hospital sees it in its inbox, fetches exactly the
+/// file sent, acknowledges it, and the GP's track shows every step in order.
+#[test]
+fn dev_walkthrough_sends_receives_acknowledges_and_tracks() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = tmp.path().join("data");
+    let (_dev, _) = start_dev(&data);
+    wait_for(&data, "a leader", |s| {
+        s["nodes"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|x| x["role"] == "leader"))
+    });
+    let referral = tmp.path().join("referral.hl7");
+    let body = b"MSH|^~\\&|GP|NORTHSIDE|CARD|FITZROY|20261126||REF^I12|1|P|2.5\r";
+    std::fs::write(&referral, body).expect("write referral");
+    let to = "8003620000001037/cardiology";
+    let file = referral.to_str().expect("utf-8 path");
+    let send_args = [
+        "send",
+        "--as",
+        "northside-gp",
+        "--to",
+        to,
+        "--type",
+        "REF^I12",
+        "--file",
+        file,
+        "--priority",
+        "urgent",
+        "--patient",
+        "8003600000000015",
+        "--client-id",
+        "referral-1",
+        "--json",
+    ];
+    let sent = ok_json(&data, &send_args);
+    let id = sent["message_id"].as_str().expect("message id").to_string();
+    assert!(id.starts_with("prov-a:"), "{sent}");
+    // The same client id again: the same message, nothing new sent.
+    let again = ok_json(&data, &send_args);
+    assert_eq!(again["message_id"], sent["message_id"]);
+    assert_eq!(again["duplicate"], true);
+
+    // Sending as another organisation than the profile's is refused before anything is sent.
+    let wrong = sealpost(
+        &data,
+        &[
+            "send",
+            "--as",
+            "citylab",
+            "--from",
+            "8003620000001011",
+            "--to",
+            to,
+            "--type",
+            "REF^I12",
+            "--file",
+            file,
+        ],
+    );
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("not this profile's organisation"));
+
+    let deadline = Instant::now() + WAIT;
+    let item = loop {
+        let inbox = ok_json(&data, &["inbox", "--as", "fitzroy-hospital", "--json"]);
+        if let Some(i) = inbox["items"].as_array().and_then(|a| a.first()).cloned() {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "never routed: {inbox}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(item["message_id"], id.as_str());
+    assert_eq!(item["priority"], "urgent");
+
+    let out_file = tmp.path().join("received.hl7");
+    let out = out_file.to_str().expect("utf-8 path");
+    ok_json(
+        &data,
+        &[
+            "fetch",
+            "--as",
+            "fitzroy-hospital",
+            &id,
+            "--out",
+            out,
+            "--json",
+        ],
+    );
+    assert_eq!(std::fs::read(&out_file).expect("received"), body);
+    ok_json(
+        &data,
+        &[
+            "ack",
+            "--as",
+            "fitzroy-hospital",
+            &id,
+            "--status",
+            "accepted",
+            "--note",
+            "booked",
+            "--json",
+        ],
+    );
+    let t = ok_json(&data, &["track", "--as", "northside-gp", &id, "--json"]);
+    let events: Vec<&str> = t["timeline"]
+        .as_array()
+        .expect("timeline")
+        .iter()
+        .filter_map(|e| e["event"].as_str())
+        .collect();
+    assert_eq!(events, ["sent", "decrypted", "routed", "fetched", "acked"]);
+    assert_eq!(t["message"]["recipients"][0]["outcome"], "accepted");
+    let outbox = ok_json(&data, &["outbox", "--as", "northside-gp", "--json"]);
+    assert_eq!(outbox["messages"].as_array().map(Vec::len), Some(1));
+    // The text form names the steps too.
+    let text = sealpost(&data, &["track", "--as", "northside-gp", &id]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("acked") && text.contains("[accepted]"),
+        "{text}"
+    );
+}

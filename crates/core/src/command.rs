@@ -42,6 +42,7 @@ pub enum Command {
     /// wrapped under the provider's key-encryption key.
     ProvisionOrganisation {
         spec: OrganisationSpec,
+        #[serde(with = "serde_bytes")]
         wrapped: Vec<u8>,
     },
     /// Commits a signed, sealed message.

@@ -47,6 +47,7 @@ pub enum Event {
     KeysProvisioned {
         org: HpiO,
         key_id: String,
+        #[serde(with = "serde_bytes")]
         wrapped: Vec<u8>,
     },
     /// A signed, sealed message was accepted from a sender. Since v2.

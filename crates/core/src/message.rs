@@ -310,7 +310,11 @@ pub struct SealedCopy {
     /// The key id of the recipient organisation's encryption key.
     pub key_id: String,
     /// HPKE encapsulated key.
+    #[serde(with = "serde_bytes")]
     pub enc: Vec<u8>,
+    /// Stored and sent as one byte string (not a sequence of numbers), so large payloads
+    /// encode and decode at memory speed.
+    #[serde(with = "serde_bytes")]
     pub ciphertext: Vec<u8>,
 }
 
@@ -318,6 +322,7 @@ pub struct SealedCopy {
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Envelope {
     pub header: EnvelopeHeader,
+    #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
     pub sealed: Vec<SealedCopy>,
 }

@@ -42,6 +42,10 @@ pub struct RaftOptions {
     pub grpc_message_bytes_max: usize,
     /// Entries sent in one AppendEntries request at most.
     pub append_entries_max: u64,
+    /// Bytes of entries one AppendEntries carries when there are several; a larger single
+    /// entry is sent alone. openraft 0.9 gives each AppendEntries one heartbeat interval,
+    /// so this (and `batch_bytes_max`) must cross the network well within it.
+    pub append_bytes_max: usize,
     /// Deadline for receiving and installing a whole snapshot.
     pub snapshot_timeout_ms: u64,
 }
@@ -65,6 +69,7 @@ impl Default for RaftOptions {
             snapshot_chunk_bytes: 1024 * 1024,
             grpc_message_bytes_max: 64 * 1024 * 1024,
             append_entries_max: 256,
+            append_bytes_max: 4 * 1024 * 1024,
             snapshot_timeout_ms: 600_000,
         }
     }
@@ -124,6 +129,12 @@ impl RaftOptions {
             return bad(
                 "snapshot_chunk_bytes",
                 "must be positive and fit in grpc_message_bytes_max",
+            );
+        }
+        if self.append_bytes_max == 0 || self.append_bytes_max > self.grpc_message_bytes_max {
+            return bad(
+                "append_bytes_max",
+                "must be positive and at most grpc_message_bytes_max",
             );
         }
         if self.append_entries_max == 0 {

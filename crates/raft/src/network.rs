@@ -75,6 +75,8 @@ pub struct SnapshotCounters {
 pub struct NetShared {
     tls: ClientTlsConfig,
     pub(crate) message_bytes_max: usize,
+    /// Bytes of entries one AppendEntries carries when there are several.
+    pub(crate) append_bytes_max: usize,
     pub(crate) snapshot_chunk_bytes: usize,
     /// Peer addresses from this node's own configuration; they win over membership.
     peers: RwLock<BTreeMap<NodeId, String>>,
@@ -86,7 +88,7 @@ pub struct NetShared {
 impl NetShared {
     pub fn new(
         tls: ClientTlsConfig,
-        message_bytes_max: usize,
+        (message_bytes_max, append_bytes_max): (usize, usize),
         snapshot_chunk_bytes: usize,
         peers: BTreeMap<NodeId, String>,
         faults: Faults,
@@ -94,6 +96,7 @@ impl NetShared {
         Self {
             tls,
             message_bytes_max,
+            append_bytes_max,
             snapshot_chunk_bytes,
             peers: RwLock::new(peers),
             channels: Mutex::new(HashMap::new()),
@@ -264,6 +267,24 @@ impl PeerClient {
     }
 }
 
+/// Room an append request needs beyond its entries, in bytes.
+const APPEND_OVERHEAD_BYTES: usize = 4096;
+
+/// How many leading entries fit in one message of `bytes_max` (at least one: a single
+/// entry is bounded by the proposer's batch limit, which is at most half the message limit).
+fn entries_that_fit(entries: &[sealpost_store::types::Entry], bytes_max: usize) -> u64 {
+    let mut total = APPEND_OVERHEAD_BYTES;
+    let mut n = 0u64;
+    for e in entries {
+        total += codec::encoded_len(e);
+        if total > bytes_max {
+            break;
+        }
+        n += 1;
+    }
+    n.max(1)
+}
+
 fn to_streaming(
     e: RPCError<NodeId, BasicNode, Fatal<NodeId>>,
 ) -> StreamingError<TypeConfig, Fatal<NodeId>> {
@@ -283,9 +304,19 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         let mut client = self.client()?;
-        let mut req = tonic::Request::new(RaftBytes {
-            data: codec::encode(&rpc),
-        });
+        let data = codec::encode(&rpc);
+        let budget = self
+            .shared
+            .append_bytes_max
+            .min(self.shared.message_bytes_max);
+        if data.len() + APPEND_OVERHEAD_BYTES > budget && rpc.entries.len() > 1 {
+            // Several large entries would exceed the gRPC message limit, or take longer than
+            // the one heartbeat interval openraft allows an append, again on every retry:
+            // ask openraft to send fewer at a time.
+            let fit = entries_that_fit(&rpc.entries, budget);
+            return Err(openraft::error::PayloadTooLarge::new_entries_hint(fit).into());
+        }
+        let mut req = tonic::Request::new(RaftBytes { data });
         req.set_timeout(option.hard_ttl());
         let resp = client
             .append_entries(req)

@@ -325,7 +325,7 @@ impl RaftNode {
         let faults = Faults::default();
         let net = Arc::new(NetShared::new(
             opts.client_tls.clone(),
-            opts.raft.grpc_message_bytes_max,
+            (opts.raft.grpc_message_bytes_max, opts.raft.append_bytes_max),
             opts.raft.snapshot_chunk_bytes,
             opts.peers.clone(),
             faults.clone(),

@@ -39,6 +39,8 @@ struct Worker {
     actor: String,
     in_flight: Arc<Mutex<HashSet<Key>>>,
     permits: Arc<Semaphore>,
+    /// The delivery queue was read up to (not including) this sent sequence.
+    scanned_to: std::sync::atomic::AtomicU64,
 }
 
 /// Starts the worker; it ends when `shutdown` turns true or is dropped.
@@ -57,16 +59,28 @@ pub fn spawn(
         opts,
         faults,
         in_flight: Arc::default(),
+        scanned_to: std::sync::atomic::AtomicU64::new(0),
     });
     tokio::spawn(async move {
         let mut applied = w.node.view().subscribe();
         let tick = Duration::from_millis(w.opts.worker_tick_ms);
+        let now = tokio::time::Instant::now();
+        let mut last_full = now.checked_sub(tick).unwrap_or(now);
         loop {
             if *shutdown.borrow() {
                 return;
             }
             if w.is_leader() {
-                w.pass().await;
+                // Usually only messages sent since the last pass; once per tick the whole
+                // queue again (proposals that failed, a leadership just gained).
+                let full = last_full.elapsed() >= tick;
+                if full {
+                    last_full = tokio::time::Instant::now();
+                }
+                w.pass(full).await;
+            } else {
+                let now = tokio::time::Instant::now();
+                last_full = now.checked_sub(tick).unwrap_or(now);
             }
             tokio::select! {
                 r = shutdown.changed() => if r.is_err() { return },
@@ -84,13 +98,13 @@ impl Worker {
 
     /// One pass over the delivery queue and the due deadlines; work is handed to tasks
     /// bounded by the in-flight permits, so a pass never blocks on crypto or commits.
-    async fn pass(self: &Arc<Self>) {
+    async fn pass(self: &Arc<Self>, full: bool) {
         if !self
             .faults
             .pause_delivery
             .load(std::sync::atomic::Ordering::SeqCst)
         {
-            self.deliver_pass().await;
+            self.deliver_pass(full).await;
         }
         self.deadline_pass().await;
     }
@@ -134,15 +148,24 @@ impl Worker {
             .remove(key);
     }
 
-    async fn deliver_pass(self: &Arc<Self>) {
+    async fn deliver_pass(self: &Arc<Self>, full: bool) {
         let view = self.node.view();
-        let queue = match view.delivery_queue(DELIVERY_SCAN_MESSAGES_MAX) {
+        let from = if full {
+            0
+        } else {
+            self.scanned_to.load(std::sync::atomic::Ordering::SeqCst)
+        };
+        let queue = match view.delivery_queue(from, DELIVERY_SCAN_MESSAGES_MAX) {
             Ok(q) => q,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the delivery queue");
                 return;
             }
         };
+        if let Some((last, _)) = queue.last() {
+            self.scanned_to
+                .fetch_max(last + 1, std::sync::atomic::Ordering::SeqCst);
+        }
         for (_, id) in queue {
             let msg = match view.message(&id) {
                 Ok(Some(m)) => m,

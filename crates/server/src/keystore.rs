@@ -27,16 +27,19 @@ pub enum KeystoreError {
         org: HpiO,
         key_id: String,
         #[source]
-        source: sealpost_crypto::Error,
+        source: Box<sealpost_crypto::Error>,
     },
 }
+
+/// Unwrapped key sets by (organisation, key id).
+type KeyCache = HashMap<(HpiO, String), Arc<OrgKeys>>;
 
 /// Unwrapped organisation keys, on demand. Cheap to clone.
 #[derive(Clone)]
 pub struct Keystore {
     kek: Arc<Kek>,
     view: StateView,
-    cache: Arc<Mutex<HashMap<(HpiO, String), Arc<OrgKeys>>>>,
+    cache: Arc<Mutex<KeyCache>>,
 }
 
 impl std::fmt::Debug for Keystore {
@@ -82,7 +85,7 @@ impl Keystore {
             KeystoreError::Unwrap {
                 org: org.clone(),
                 key_id: key_id.to_string(),
-                source,
+                source: Box::new(source),
             }
         })?);
         let mut cache = self

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 use sealpost_core::command::{Command, Proposal, Rejection};
-use sealpost_core::directory::PayloadType;
+use sealpost_core::directory::{PayloadType, PublicKeys};
 use sealpost_core::event::Event;
 use sealpost_core::ids::{EndpointId, HpiI, HpiO, Ihi};
 use sealpost_core::message::{
@@ -272,7 +272,7 @@ impl MessagingService {
 
     async fn propose(&self, actor: String, command: Command) -> Result<(u64, u64), Rejected> {
         let proposal = Proposal { actor, command };
-        proposal.validate().map_err(|r| Rejected::Rule(r))?;
+        proposal.validate().map_err(Rejected::Rule)?;
         let committed = self
             .node
             .propose(proposal)
@@ -353,6 +353,60 @@ impl MessagingService {
         }))
     }
 
+    /// The sender's directory entry and each recipient organisation's public keys, or the
+    /// refusal that names the problem.
+    fn resolve_parties(
+        &self,
+        from: &HpiO,
+        recipients: &[EndpointId],
+        payload_type: PayloadType,
+    ) -> Result<
+        (
+            sealpost_core::directory::Organisation,
+            Vec<(HpiO, PublicKeys)>,
+        ),
+        Status,
+    > {
+        let view = self.view();
+        let sender_org = view
+            .organisation(from)
+            .map_err(convert::store_error)?
+            .ok_or_else(|| {
+                Status::not_found(format!("sender organisation {from} is not registered"))
+            })?;
+        let mut recipient_keys = Vec::new();
+        for ep in recipients {
+            let e = view
+                .endpoint(ep)
+                .map_err(convert::store_error)?
+                .filter(|e| e.is_active())
+                .ok_or_else(|| {
+                    Status::not_found(format!("recipient {ep} is not in the directory"))
+                })?;
+            if !e.spec.payload_types.contains(&payload_type) {
+                return Err(Status::failed_precondition(format!(
+                    "recipient {ep} does not accept {payload_type} (it accepts {})",
+                    e.spec
+                        .payload_types
+                        .iter()
+                        .map(|p| p.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            if !recipient_keys.iter().any(|(o, _)| o == &ep.org) {
+                let org = view
+                    .organisation(&ep.org)
+                    .map_err(convert::store_error)?
+                    .ok_or_else(|| {
+                        Status::not_found(format!("organisation {} is not registered", ep.org))
+                    })?;
+                recipient_keys.push((ep.org.clone(), org.spec.keys.clone()));
+            }
+        }
+        Ok((sender_org, recipient_keys))
+    }
+
     /// Checks the request, then signs and seals. Everything that can refuse the request
     /// happens here, before anything is proposed.
     async fn build_envelope(
@@ -400,48 +454,24 @@ impl MessagingService {
             v => v,
         };
 
-        // Read-your-writes for the idempotency key and the directory.
-        self.barrier().await?;
+        // Fast path: the node's applied state. A miss or a refusal there is checked again
+        // at a linearizable read index, so a directory change or an earlier send made
+        // through another node is seen; the state machine checks everything once more when
+        // it applies the send, so a stale view can never let a bad send through.
         if let Some(dup) = self.duplicate_reply(&from, &cid)? {
             return Ok(Err(dup));
         }
-        let view = self.view();
-        let sender_org = view
-            .organisation(&from)
-            .map_err(convert::store_error)?
-            .ok_or_else(|| {
-                Status::not_found(format!("sender organisation {from} is not registered"))
-            })?;
-        let mut recipient_keys = Vec::new();
-        for ep in &recipients {
-            let e = view
-                .endpoint(ep)
-                .map_err(convert::store_error)?
-                .filter(|e| e.is_active())
-                .ok_or_else(|| {
-                    Status::not_found(format!("recipient {ep} is not in the directory"))
-                })?;
-            if !e.spec.payload_types.contains(&payload_type) {
-                return Err(Status::failed_precondition(format!(
-                    "recipient {ep} does not accept {payload_type} (it accepts {})",
-                    e.spec
-                        .payload_types
-                        .iter()
-                        .map(|p| p.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
-            }
-            if !recipient_keys.iter().any(|(o, _)| o == &ep.org) {
-                let org = view
-                    .organisation(&ep.org)
-                    .map_err(convert::store_error)?
-                    .ok_or_else(|| {
-                        Status::not_found(format!("organisation {} is not registered", ep.org))
-                    })?;
-                recipient_keys.push((ep.org.clone(), org.spec.keys.clone()));
-            }
-        }
+        let (sender_org, recipient_keys) =
+            match self.resolve_parties(&from, &recipients, payload_type) {
+                Ok(p) => p,
+                Err(_) => {
+                    self.barrier().await?;
+                    if let Some(dup) = self.duplicate_reply(&from, &cid)? {
+                        return Ok(Err(dup));
+                    }
+                    self.resolve_parties(&from, &recipients, payload_type)?
+                }
+            };
         let sender_keys = self
             .keystore
             .keys(&from, &sender_org.spec.keys.key_id)

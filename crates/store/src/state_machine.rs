@@ -683,6 +683,9 @@ pub struct DueDeadline {
     pub recipient: EndpointId,
 }
 
+/// A key and its value as RocksDB returns them.
+type KeyValue = (Box<[u8]>, Box<[u8]>);
+
 impl SmDb {
     /// Up to `limit` values of the keys under `prefix`, from `start` (a full key at or after
     /// the prefix) forwards, or backwards from just before `start` when `reverse`.
@@ -693,7 +696,7 @@ impl SmDb {
         start: Option<&[u8]>,
         reverse: bool,
         limit: usize,
-    ) -> Result<Vec<(Box<[u8]>, Box<[u8]>)>> {
+    ) -> Result<Vec<KeyValue>> {
         let handle = rocks::cf(&self.db, cf);
         let mut upper = prefix.to_vec();
         upper.push(0xff);
@@ -826,10 +829,12 @@ impl StateView {
         Ok(out)
     }
 
-    /// Messages with a recipient waiting for delivery, oldest first: (sent seq, id).
-    pub fn delivery_queue(&self, limit: usize) -> Result<Vec<(u64, MessageId)>> {
+    /// Messages with a recipient waiting for delivery, sent at or after `from_seq`, oldest
+    /// first: (sent seq, id). At most `limit`.
+    pub fn delivery_queue(&self, from_seq: u64, limit: usize) -> Result<Vec<(u64, MessageId)>> {
         let live = self.shared.live();
-        let rows = live.prefix_scan(ViewCf::Queue.name(), &[], None, false, limit)?;
+        let start = keys::queue(from_seq);
+        let rows = live.prefix_scan(ViewCf::Queue.name(), &[], Some(&start), false, limit)?;
         let mut out = Vec::with_capacity(rows.len());
         for (k, v) in rows {
             let seq = <[u8; 8]>::try_from(k.as_ref())

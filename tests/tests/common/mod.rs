@@ -28,6 +28,7 @@ pub fn fast_opts() -> RaftOptions {
         snapshot_keep_log_entries: 0,
         // Small messages, so a modest snapshot needs several of them.
         grpc_message_bytes_max: 256 * 1024,
+        append_bytes_max: 128 * 1024,
         batch_bytes_max: 64 * 1024,
         snapshot_chunk_bytes: 32 * 1024,
         snapshot_interval_secs: 0,
@@ -156,6 +157,7 @@ pub async fn converged(c: &LocalCluster) -> (u64, u64, [u8; 32]) {
 pub fn messaging_raft_opts() -> RaftOptions {
     RaftOptions {
         grpc_message_bytes_max: 8 * 1024 * 1024,
+        append_bytes_max: 2 * 1024 * 1024,
         batch_bytes_max: 4 * 1024 * 1024,
         snapshot_chunk_bytes: 256 * 1024,
         ..fast_opts()
