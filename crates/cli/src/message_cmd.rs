@@ -359,7 +359,12 @@ pub async fn track(opts: &ClientOpts, a: TrackArgs) -> anyhow::Result<()> {
     );
     println!("recipients: {}", recipients_text(&m));
     for e in &r.timeline {
-        let mut line = format!("  #{:<8} {:<14} {:<10}", e.seq, e.ts_ms, e.event);
+        let mut line = format!(
+            "  #{:<8} {} {:<10}",
+            e.seq,
+            crate::output::utc_ms(e.ts_ms),
+            e.event
+        );
         if !e.recipient.is_empty() {
             line.push_str(&format!(" {}", e.recipient));
         }

@@ -976,6 +976,20 @@ pub(crate) mod tests {
         sm
     }
 
+    /// Every view column family the core writes to exists in the store.
+    #[test]
+    fn every_view_column_family_is_opened() {
+        for cf in ViewCf::ALL {
+            assert!(SM_CFS.contains(&cf.name()), "{} is not opened", cf.name());
+        }
+        let dir = tempfile::tempdir().expect("tmp");
+        let sm = StateMachine::open(dir.path(), true, true).expect("open");
+        let live = sm.shared.live();
+        for cf in ViewCf::ALL {
+            assert!(live.db.cf_handle(cf.name()).is_some(), "{}", cf.name());
+        }
+    }
+
     /// Applying writes events and views together; a rejected command writes nothing.
     #[test]
     fn apply_writes_events_and_views_and_rejections_write_nothing() {
