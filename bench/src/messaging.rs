@@ -48,6 +48,9 @@ pub struct MessagingArgs {
     /// Skip the half-rate latency phase.
     #[arg(long)]
     no_half_rate: bool,
+    /// Raft entries each node's proposer may have in flight (RaftOptions default if absent).
+    #[arg(long)]
+    proposals_in_flight: Option<usize>,
 }
 
 /// When a message was sent and when it was seen routed, as far as known yet.
@@ -177,7 +180,12 @@ pub async fn run(a: MessagingArgs) -> anyhow::Result<()> {
         &dir.path().join("bench"),
         "bench",
         a.nodes,
-        RaftOptions::default(),
+        RaftOptions {
+            proposals_in_flight_max: a
+                .proposals_in_flight
+                .unwrap_or(RaftOptions::default().proposals_in_flight_max),
+            ..RaftOptions::default()
+        },
         ApiLimits::default(),
     )
     .await?;

@@ -96,8 +96,9 @@ impl Worker {
         self.node.raft().metrics().borrow().current_leader == Some(self.node.id())
     }
 
-    /// One pass over the delivery queue and the due deadlines; work is handed to tasks
-    /// bounded by the in-flight permits, so a pass never blocks on crypto or commits.
+    /// One pass over the delivery queue (from the last position, or all of it when `full`)
+    /// and, when `full`, the due deadlines; work is handed to tasks bounded by the
+    /// in-flight permits, so a pass never blocks on crypto or commits.
     async fn pass(self: &Arc<Self>, full: bool) {
         if !self
             .faults
@@ -106,7 +107,10 @@ impl Worker {
         {
             self.deliver_pass(full).await;
         }
-        self.deadline_pass().await;
+        // Deadlines depend on the clock, not on new events: once per tick is enough.
+        if full {
+            self.deadline_pass().await;
+        }
     }
 
     /// Unless `key` is already in flight, waits for a permit and spawns a task that builds
