@@ -423,6 +423,12 @@ impl RaftNode {
         self.proposer.propose(proposal).await
     }
 
+    /// Proposes ahead of queued client proposals: for the node's own workers, whose
+    /// proposals complete earlier writes. Forwarded like any proposal when not leader.
+    pub async fn propose_urgent(&self, proposal: Proposal) -> Result<Committed, ProposeError> {
+        self.proposer.propose_urgent(proposal).await
+    }
+
     /// Waits until this node has applied everything committed before the call: a read
     /// index from the leader, confirmed by a quorum. A partitioned old leader fails here.
     pub async fn linearizable_barrier(&self) -> Result<(), NodeError> {

@@ -50,12 +50,28 @@ pub(crate) struct Pending {
 #[derive(Clone)]
 pub struct ProposerHandle {
     tx: mpsc::Sender<Pending>,
+    /// The lane the node's own workers use: drained before client proposals, so that work
+    /// which completes earlier writes (routing what was sent) is never starved by new ones.
+    urgent_tx: mpsc::Sender<Pending>,
     batch_bytes_max: usize,
     queue_max: usize,
 }
 
 impl ProposerHandle {
     pub async fn propose(&self, proposal: Proposal) -> Result<Committed, ProposeError> {
+        self.enqueue(&self.tx, proposal).await
+    }
+
+    /// Like [`Self::propose`], ahead of every queued client proposal.
+    pub async fn propose_urgent(&self, proposal: Proposal) -> Result<Committed, ProposeError> {
+        self.enqueue(&self.urgent_tx, proposal).await
+    }
+
+    async fn enqueue(
+        &self,
+        tx: &mpsc::Sender<Pending>,
+        proposal: Proposal,
+    ) -> Result<Committed, ProposeError> {
         let bytes = codec::encoded_len(&proposal);
         if bytes > self.batch_bytes_max {
             return Err(ProposeError::TooLarge {
@@ -64,16 +80,15 @@ impl ProposerHandle {
             });
         }
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .try_send(Pending {
-                proposal,
-                bytes,
-                reply,
-            })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => ProposeError::Overloaded(self.queue_max),
-                mpsc::error::TrySendError::Closed(_) => ProposeError::ShuttingDown,
-            })?;
+        tx.try_send(Pending {
+            proposal,
+            bytes,
+            reply,
+        })
+        .map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => ProposeError::Overloaded(self.queue_max),
+            mpsc::error::TrySendError::Closed(_) => ProposeError::ShuttingDown,
+        })?;
         rx.await.map_err(|_| ProposeError::ShuttingDown)?
     }
 }
@@ -91,16 +106,22 @@ pub(crate) trait Submit: Send + Sync + 'static {
 /// Starts the proposer task; it ends when every handle is dropped.
 pub(crate) fn start<S: Submit>(opts: &RaftOptions, submit: Arc<S>) -> ProposerHandle {
     let (tx, rx) = mpsc::channel(opts.proposal_queue_max);
+    let (urgent_tx, urgent_rx) = mpsc::channel(opts.proposal_queue_max);
     let handle = ProposerHandle {
         tx,
+        urgent_tx,
         batch_bytes_max: opts.batch_bytes_max,
         queue_max: opts.proposal_queue_max,
     };
-    tokio::spawn(run(opts.clone(), rx, submit));
+    tokio::spawn(run(opts.clone(), (urgent_rx, rx), submit));
     handle
 }
 
-async fn run<S: Submit>(opts: RaftOptions, mut rx: mpsc::Receiver<Pending>, submit: Arc<S>) {
+async fn run<S: Submit>(
+    opts: RaftOptions,
+    (mut urgent_rx, mut rx): (mpsc::Receiver<Pending>, mpsc::Receiver<Pending>),
+    submit: Arc<S>,
+) {
     let in_flight = Arc::new(Semaphore::new(opts.proposals_in_flight_max));
     let wait = Duration::from_micros(opts.batch_wait_us);
     // A proposal that did not fit the previous batch starts the next one.
@@ -111,17 +132,24 @@ async fn run<S: Submit>(opts: RaftOptions, mut rx: mpsc::Receiver<Pending>, subm
         };
         let first = match next.take() {
             Some(p) => p,
-            None => match rx.recv().await {
-                Some(p) => p,
-                None => return,
-            },
+            None => {
+                let p = tokio::select! {
+                    biased;
+                    p = urgent_rx.recv() => p,
+                    p = rx.recv() => p,
+                };
+                match p {
+                    Some(p) => p,
+                    None => return,
+                }
+            }
         };
         let mut bytes = first.bytes;
         let mut batch = vec![first];
         let fits = |batch: &Vec<Pending>, bytes: usize, p: &Pending| {
             batch.len() < opts.batch_proposals_max && bytes + p.bytes <= opts.batch_bytes_max
         };
-        while let Ok(p) = rx.try_recv() {
+        while let Ok(p) = urgent_rx.try_recv().or_else(|_| rx.try_recv()) {
             if !fits(&batch, bytes, &p) {
                 next = Some(p);
                 break;
@@ -173,5 +201,100 @@ async fn commit<S: Submit>(submit: &S, batch: Vec<Pending>) {
                 let _ = reply.send(Err(e.clone()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use sealpost_core::Outcome;
+    use sealpost_core::command::Command;
+    use sealpost_core::ids::EndpointId;
+
+    use super::*;
+
+    /// Records each submitted batch's actors and holds every commit until released.
+    #[derive(Default)]
+    struct Recorder {
+        batches: Mutex<Vec<Vec<String>>>,
+        gate: tokio::sync::Notify,
+    }
+
+    impl Submit for Recorder {
+        async fn submit(
+            &self,
+            proposals: Vec<Proposal>,
+        ) -> Result<Vec<Result<Committed, ProposeError>>, ProposeError> {
+            self.batches
+                .lock()
+                .expect("lock")
+                .push(proposals.iter().map(|p| p.actor.clone()).collect());
+            self.gate.notified().await;
+            Ok(proposals
+                .iter()
+                .map(|_| {
+                    Ok(Committed {
+                        outcome: Outcome::Applied {
+                            first_seq: 1,
+                            count: 1,
+                        },
+                        log_index: 1,
+                    })
+                })
+                .collect())
+        }
+    }
+
+    fn proposal(actor: &str) -> Proposal {
+        Proposal {
+            actor: actor.into(),
+            command: Command::RetireEndpoint {
+                id: EndpointId::parse("8003620000001011/x").expect("endpoint"),
+                reason: "r".into(),
+            },
+        }
+    }
+
+    /// With the pipeline full of client batches, a worker's urgent proposal goes into the
+    /// next batch ahead of every client proposal queued before it.
+    #[tokio::test]
+    async fn urgent_proposals_jump_the_queue() {
+        let opts = RaftOptions {
+            proposals_in_flight_max: 1,
+            batch_proposals_max: 2,
+            ..RaftOptions::default()
+        };
+        let rec = Arc::new(Recorder::default());
+        let handle = start(&opts, rec.clone());
+        let mut waits = Vec::new();
+        for i in 0..5 {
+            let h = handle.clone();
+            waits.push(tokio::spawn(async move {
+                h.propose(proposal(&format!("client-{i}"))).await
+            }));
+            tokio::task::yield_now().await;
+        }
+        // The first batch is in flight; the rest of the clients wait in the queue.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while rec.batches.lock().expect("lock").is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "no batch submitted");
+            tokio::task::yield_now().await;
+        }
+        let h = handle.clone();
+        waits.push(tokio::spawn(async move {
+            h.propose_urgent(proposal("worker")).await
+        }));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        for _ in 0..10 {
+            rec.gate.notify_one();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for w in waits {
+            w.await.expect("task").expect("committed");
+        }
+        let batches = rec.batches.lock().expect("lock").clone();
+        assert!(batches.len() >= 2, "{batches:?}");
+        assert_eq!(batches[1][0], "worker", "{batches:?}");
     }
 }

@@ -65,6 +65,9 @@ pub struct MessagingOptions {
     pub worker_tick_ms: u64,
     /// Recipients the delivery worker opens and proposes at the same time.
     pub deliveries_in_flight_max: usize,
+    /// Envelopes this node seals at the same time; further sends wait. About the number of
+    /// cores: sealing beyond that only queues, and starves the delivery worker's opening.
+    pub seals_in_flight_max: usize,
     /// Most items one inbox or outbox listing returns.
     pub listing_items_max: u32,
     /// Longest a follow stream stays open before the client resumes from its cursor.
@@ -80,6 +83,7 @@ impl Default for MessagingOptions {
             ack_window_ms: 7 * 24 * 3600 * 1000,
             worker_tick_ms: 1000,
             deliveries_in_flight_max: 256,
+            seals_in_flight_max: 4,
             listing_items_max: 1000,
             follow_stream_ms_max: 3600 * 1000,
         }
@@ -122,7 +126,10 @@ impl MessagingOptions {
                 "must not exceed messaging.deliver_within_ms_max",
             ));
         }
-        if self.deliveries_in_flight_max == 0 || self.listing_items_max == 0 {
+        if self.deliveries_in_flight_max == 0
+            || self.seals_in_flight_max == 0
+            || self.listing_items_max == 0
+        {
             return Err(invalid(
                 "messaging.deliveries_in_flight_max",
                 "limits must be positive",

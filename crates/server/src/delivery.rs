@@ -290,7 +290,7 @@ impl Worker {
             actor: self.actor.clone(),
             command,
         };
-        match self.node.propose(proposal).await {
+        match self.node.propose_urgent(proposal).await {
             Ok(c) => {
                 if let sealpost_core::Outcome::Rejected(r) = c.outcome {
                     // Another leader (or an acknowledgement) got there first.

@@ -128,6 +128,8 @@ pub struct MessagingService {
     faults: Arc<MessagingFaults>,
     /// Largest sealed envelope a Raft entry can carry.
     entry_bytes_max: usize,
+    /// Seals running at once on this node (`MessagingOptions::seals_in_flight_max`).
+    seals: Arc<tokio::sync::Semaphore>,
 }
 
 fn keystore_status(e: KeystoreError) -> Status {
@@ -241,6 +243,7 @@ impl MessagingService {
         entry_bytes_max: usize,
     ) -> Self {
         Self {
+            seals: Arc::new(tokio::sync::Semaphore::new(opts.seals_in_flight_max)),
             node,
             provider,
             keystore,
@@ -495,10 +498,21 @@ impl MessagingService {
             created_ms: created,
             deliver_by_ms: created.saturating_add(within),
         };
-        // Sealing is CPU work: keep it off the async workers.
+        // Sealing is CPU work: keep it off the async workers, and bounded, so a flood of
+        // sends waits here instead of crowding out the delivery worker's opening (which
+        // would let the delivery backlog grow without limit).
+        let permit = self
+            .seals
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Status::unavailable("this node is shutting down"))?;
         let payload = r.payload;
         let mut envelope = tokio::task::spawn_blocking(move || {
-            sealpost_crypto::envelope::seal(header, &sender_keys, &recipient_keys, &payload)
+            let sealed =
+                sealpost_crypto::envelope::seal(header, &sender_keys, &recipient_keys, &payload);
+            drop(permit);
+            sealed
         })
         .await
         .map_err(|e| Status::internal(format!("sealing task failed: {e}")))?
