@@ -247,7 +247,16 @@ pub async fn run(a: MessagingArgs) -> anyhow::Result<()> {
     for i in 0..a.connections.max(1) {
         senders.push(org_client(1, addrs[(i as usize) % addrs.len()].clone()).await?);
     }
-    let receiver = org_client(2, addrs[0].clone()).await?;
+    // The receiver follows the leader's stream: "routed" is measured where it happens, not
+    // after a follower's apply lag.
+    let leader_addr = {
+        let leader = cluster
+            .wait_leader(Duration::from_secs(5))
+            .await
+            .context("leader")?;
+        cluster.addrs()[&leader].clone()
+    };
+    let receiver = org_client(2, leader_addr).await?;
     let matcher = Arc::new(Matcher::default());
     let mut stream = receiver
         .messaging()

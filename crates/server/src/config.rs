@@ -63,7 +63,9 @@ pub struct MessagingOptions {
     /// How often the leader looks for due deadlines and undelivered messages even when no
     /// new event arrives.
     pub worker_tick_ms: u64,
-    /// Recipients the delivery worker opens and proposes at the same time.
+    /// Recipients the delivery worker has in flight (opened, or waiting for their verdict
+    /// to commit). Under load one log entry takes many of them at once, so this bounds the
+    /// routing rate; opening itself is bounded separately (`delivery::OPENS_IN_FLIGHT_MAX`).
     pub deliveries_in_flight_max: usize,
     /// Envelopes this node seals at the same time; further sends wait. About the number of
     /// cores: sealing beyond that only queues, and starves the delivery worker's opening.
@@ -82,7 +84,7 @@ impl Default for MessagingOptions {
             deliver_within_ms_max: 30 * 24 * 3600 * 1000,
             ack_window_ms: 7 * 24 * 3600 * 1000,
             worker_tick_ms: 1000,
-            deliveries_in_flight_max: 256,
+            deliveries_in_flight_max: 4096,
             seals_in_flight_max: 4,
             listing_items_max: 1000,
             follow_stream_ms_max: 3600 * 1000,

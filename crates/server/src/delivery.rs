@@ -26,6 +26,10 @@ use crate::messaging::{MessagingFaults, load_envelope, now_ms, sender_signing_ke
 
 /// Messages the worker reads from the delivery queue per pass.
 pub const DELIVERY_SCAN_MESSAGES_MAX: usize = 1024;
+/// Envelopes the worker loads and opens at the same time: about the number of cores, so
+/// memory holds at most this many (possibly 16 MiB) payloads while thousands of verdicts
+/// wait for their commit.
+pub const OPENS_IN_FLIGHT_MAX: usize = 8;
 /// Deadlines the worker reads per pass.
 pub const DEADLINE_SCAN_ITEMS_MAX: usize = 1024;
 
@@ -39,6 +43,7 @@ struct Worker {
     actor: String,
     in_flight: Arc<Mutex<HashSet<Key>>>,
     permits: Arc<Semaphore>,
+    opens: Semaphore,
     /// The delivery queue was read up to (not including) this sent sequence.
     scanned_to: std::sync::atomic::AtomicU64,
 }
@@ -59,6 +64,7 @@ pub fn spawn(
         opts,
         faults,
         in_flight: Arc::default(),
+        opens: Semaphore::new(OPENS_IN_FLIGHT_MAX),
         scanned_to: std::sync::atomic::AtomicU64::new(0),
     });
     tokio::spawn(async move {
@@ -204,6 +210,11 @@ impl Worker {
 
     /// Opens and verifies one recipient's copy. Never returns plaintext: only the verdict.
     async fn verdict(&self, sent_seq: u64, recipient: &EndpointId) -> DeliveryVerdict {
+        let _open = self
+            .opens
+            .acquire()
+            .await
+            .expect("the opens semaphore is never closed");
         let view = self.node.view();
         let envelope = match load_envelope(view, sent_seq) {
             Ok(e) => e,
