@@ -132,12 +132,7 @@ async fn directory(
         .wait_leader(Duration::from_secs(5))
         .await
         .context("leader")?;
-    let log_before = cluster
-        .node(leader)
-        .context("leader")?
-        .raft
-        .status()?
-        .last_log_index;
+    let log_before = last_log_index(&cluster, leader)?;
     let next = Arc::new(AtomicU64::new(1));
     let start = Instant::now();
     let measure_from = start + warmup;
@@ -176,25 +171,14 @@ async fn directory(
         done += d;
         errors += e;
     }
-    let log_after = cluster
-        .node(leader)
-        .context("leader")?
-        .raft
-        .status()?
-        .last_log_index;
+    let log_after = last_log_index(&cluster, leader)?;
     let total_writes = next.load(Ordering::Relaxed) - 1;
     let secs = duration.as_secs_f64();
     println!(
         "scenario: directory registrations, {nodes} nodes, {writers} writers, {connections} connections, fsync on"
     );
     println!("committed events/s: {:.0}", done as f64 / secs);
-    println!(
-        "latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
-        hist.value_at_quantile(0.50) as f64 / 1000.0,
-        hist.value_at_quantile(0.90) as f64 / 1000.0,
-        hist.value_at_quantile(0.99) as f64 / 1000.0,
-        hist.max() as f64 / 1000.0
-    );
+    print_latency("latency", &hist);
     println!(
         "batching: {total_writes} writes in {} log entries ({:.1} per entry)",
         log_after - log_before,
@@ -203,6 +187,27 @@ async fn directory(
     println!("errors during measurement: {errors}");
     cluster.stop_all().await;
     Ok(())
+}
+
+/// Prints `label ms: p50 … p90 … p99 … max …` from a histogram in microseconds.
+pub(crate) fn print_latency(label: &str, h: &Histogram<u64>) {
+    println!(
+        "{label} ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+        h.value_at_quantile(0.50) as f64 / 1000.0,
+        h.value_at_quantile(0.90) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+        h.max() as f64 / 1000.0
+    );
+}
+
+/// The last log index of a node (the leader), to count entries written during a run.
+pub(crate) fn last_log_index(cluster: &LocalCluster, node: u64) -> anyhow::Result<u64> {
+    Ok(cluster
+        .node(node)
+        .context("the node is running")?
+        .raft
+        .status()?
+        .last_log_index)
 }
 
 fn main() -> anyhow::Result<()> {

@@ -21,7 +21,7 @@ use sealpost_raft::RaftOptions;
 use sealpost_server::config::ApiLimits;
 use sealpost_server::local::LocalCluster;
 
-use crate::LATENCY_US_MAX;
+use crate::{LATENCY_US_MAX, last_log_index, print_latency};
 
 /// Sends the open-loop phase may have outstanding at once.
 const OPEN_LOOP_IN_FLIGHT_MAX: usize = 8192;
@@ -144,16 +144,6 @@ fn ceiling(payload_bytes: usize, secs: u64) -> anyhow::Result<(f64, usize)> {
     Ok((total as f64 / secs as f64, cores))
 }
 
-fn print_latency(what: &str, h: &Histogram<u64>) {
-    println!(
-        "{what} send -> routed ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
-        h.value_at_quantile(0.50) as f64 / 1000.0,
-        h.value_at_quantile(0.90) as f64 / 1000.0,
-        h.value_at_quantile(0.99) as f64 / 1000.0,
-        h.max() as f64 / 1000.0
-    );
-}
-
 fn request(to: &str, payload: &[u8]) -> pb::SendRequest {
     pb::SendRequest {
         from_org: HpiO::from_serial(1).to_string(),
@@ -274,12 +264,7 @@ pub async fn run(a: MessagingArgs) -> anyhow::Result<()> {
         .wait_leader(Duration::from_secs(5))
         .await
         .context("leader")?;
-    let log_before = cluster
-        .node(leader)
-        .context("leader")?
-        .raft
-        .status()?
-        .last_log_index;
+    let log_before = last_log_index(&cluster, leader)?;
 
     // Phase 2: the maximum, closed loop.
     let stop = Arc::new(AtomicBool::new(false));
@@ -314,12 +299,7 @@ pub async fn run(a: MessagingArgs) -> anyhow::Result<()> {
     stop.store(true, Ordering::Relaxed);
     while tasks.join_next().await.is_some() {}
     let max_rate = routed as f64 / a.duration_secs as f64;
-    let log_after = cluster
-        .node(leader)
-        .context("leader")?
-        .raft
-        .status()?
-        .last_log_index;
+    let log_after = last_log_index(&cluster, leader)?;
 
     println!(
         "scenario: sealed messages, {} nodes in one process, {} senders, {} connections, {} B payloads, fsync on",
@@ -333,7 +313,7 @@ pub async fn run(a: MessagingArgs) -> anyhow::Result<()> {
         "ratio end-to-end / ceiling: {:.2}",
         max_rate / ceiling_rate.max(1.0)
     );
-    print_latency("at maximum:", &hist);
+    print_latency("at maximum: send -> routed", &hist);
     println!(
         "log entries during the run: {} (send, deliver and route share entries)",
         log_after - log_before
@@ -377,7 +357,7 @@ pub async fn run(a: MessagingArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let (routed, hist) = matcher.take();
         println!("half rate: {rate:.0} msgs/s offered, {sent} sent, {routed} routed");
-        print_latency("at half rate:", &hist);
+        print_latency("at half rate: send -> routed", &hist);
     }
     stream_task.abort();
     cluster.stop_all().await;

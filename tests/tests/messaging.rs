@@ -49,12 +49,7 @@ async fn send_route_fetch_ack_track() {
     let mut req = send_request(std::slice::from_ref(&to), &payload, "e2e-1");
     req.payload_type = "ORU^R01".into();
     req.patient_ihi = sealpost_core::ids::Ihi::from_serial(77).to_string();
-    let sent = sender
-        .messaging()
-        .send(req)
-        .await
-        .expect("send")
-        .into_inner();
+    let sent = send_ok(&sender, req).await;
     assert!(!sent.duplicate);
     assert!(
         sent.message_id.starts_with("prov-a:"),
@@ -203,16 +198,11 @@ async fn no_plaintext_at_rest() {
     let mut ids = Vec::new();
     for i in 0..20 {
         let payload = format!("MSH|^~\\&|GP|{marker}|{i}|patient Jane Citizen\r").into_bytes();
-        let r = sender
-            .messaging()
-            .send(send_request(
-                std::slice::from_ref(&to),
-                &payload,
-                &format!("p{i}"),
-            ))
-            .await
-            .expect("send")
-            .into_inner();
+        let r = send_ok(
+            &sender,
+            send_request(std::slice::from_ref(&to), &payload, &format!("p{i}")),
+        )
+        .await;
         ids.push((r.message_id, payload));
     }
     for (id, payload) in &ids {
@@ -291,16 +281,15 @@ async fn tampered_envelopes_fail() {
             .expect("node 2")
             .faults
             .tamper_next_envelope(tamper);
-        let r = sender
-            .messaging()
-            .send(send_request(
+        let r = send_ok(
+            &sender,
+            send_request(
                 std::slice::from_ref(&to),
                 b"tampered",
                 &format!("{tamper:?}"),
-            ))
-            .await
-            .expect("send")
-            .into_inner();
+            ),
+        )
+        .await;
         let t = track_until(&sender, &r.message_id, "a final outcome", is_final).await;
         assert_eq!(recipient_state(&t, &to), ("failed".into(), reason.into()));
         assert_eq!(timeline(&t), vec!["sent", "failed"], "never routed");
@@ -348,12 +337,7 @@ async fn urgent_first_and_a_live_stream() {
     {
         let mut req = send_request(std::slice::from_ref(&to), b"result", &format!("u{i}"));
         req.priority = priority.into();
-        let r = sender
-            .messaging()
-            .send(req)
-            .await
-            .expect("send")
-            .into_inner();
+        let r = send_ok(&sender, req).await;
         sent.push((r.message_id, priority));
     }
     let mut streamed = Vec::new();
@@ -408,12 +392,11 @@ async fn idempotent_resend_and_leader_stop_mid_burst() {
     let (_dir, mut c) = messaging_cluster(3, messaging_opts()).await;
     let to = endpoint(LAB, "results");
     let sender = org_client(&c, 1, SENDER).await;
-    let first = sender
-        .messaging()
-        .send(send_request(std::slice::from_ref(&to), b"once", "same-id"))
-        .await
-        .expect("send")
-        .into_inner();
+    let first = send_ok(
+        &sender,
+        send_request(std::slice::from_ref(&to), b"once", "same-id"),
+    )
+    .await;
     let (_, events_before, _) = converged(&c).await;
     let again = sender
         .messaging()
@@ -556,16 +539,11 @@ async fn deadlines_and_independent_recipients() {
     let hosp_ep = endpoint(HOSPITAL, "cardiology");
 
     // Two recipients: the lab acknowledges, the hospital never does.
-    let r = sender
-        .messaging()
-        .send(send_request(
-            &[lab_ep.clone(), hosp_ep.clone()],
-            b"two",
-            "two",
-        ))
-        .await
-        .expect("send")
-        .into_inner();
+    let r = send_ok(
+        &sender,
+        send_request(&[lab_ep.clone(), hosp_ep.clone()], b"two", "two"),
+    )
+    .await;
     track_until(
         &sender,
         &r.message_id,
@@ -609,12 +587,7 @@ async fn deadlines_and_independent_recipients() {
     }
     let mut req = send_request(std::slice::from_ref(&lab_ep), b"late", "late");
     req.deliver_within_ms = 1_000;
-    let late = sender
-        .messaging()
-        .send(req)
-        .await
-        .expect("send")
-        .into_inner();
+    let late = send_ok(&sender, req).await;
     let t = track_until(&sender, &late.message_id, "undeliverable", is_final).await;
     assert_eq!(
         recipient_state(&t, &lab_ep),
@@ -726,16 +699,11 @@ async fn large_messages_replicate_to_a_lagging_follower() {
         let payload: Vec<u8> = (0..900 * 1024u32)
             .map(|j| (j.wrapping_mul(2_654_435_761) >> 13) as u8 ^ i)
             .collect();
-        let r = sender
-            .messaging()
-            .send(send_request(
-                std::slice::from_ref(&to),
-                &payload,
-                &format!("big-{i}"),
-            ))
-            .await
-            .expect("send")
-            .into_inner();
+        let r = send_ok(
+            &sender,
+            send_request(std::slice::from_ref(&to), &payload, &format!("big-{i}")),
+        )
+        .await;
         ids.push(r.message_id);
     }
     c.start_node(lagging).await.expect("the follower restarts");

@@ -218,11 +218,12 @@ impl Proposal {
 }
 
 /// Decides a command against the current facts. Pure and deterministic: every replica
-/// reaches the same answer for the same log entry. The caller has already run
+/// reaches the same answer for the same log entry. It takes the command by value so the
+/// events move its data (a sealed envelope is never copied at apply). The caller has run
 /// [`Proposal::validate`] (the state machine does, once per proposal).
 /// `ts_ms` is the timestamp of the log entry, the same on every replica.
 pub fn decide(
-    cmd: &Command,
+    cmd: Command,
     facts: &Facts,
     cluster_version: u16,
     ts_ms: u64,
@@ -235,7 +236,7 @@ pub fn decide(
                     o.hpio
                 )));
             }
-            vec![Event::OrganisationRegistered(o.clone())]
+            vec![Event::OrganisationRegistered(o)]
         }
         Command::ProvisionOrganisation { spec, wrapped } => {
             if facts.organisation(&spec.hpio).is_some() {
@@ -244,14 +245,12 @@ pub fn decide(
                     spec.hpio
                 )));
             }
-            vec![
-                Event::OrganisationRegistered(spec.clone()),
-                Event::KeysProvisioned {
-                    org: spec.hpio.clone(),
-                    key_id: spec.keys.key_id.clone(),
-                    wrapped: wrapped.clone(),
-                },
-            ]
+            let keys = Event::KeysProvisioned {
+                org: spec.hpio.clone(),
+                key_id: spec.keys.key_id.clone(),
+                wrapped,
+            };
+            vec![Event::OrganisationRegistered(spec), keys]
         }
         Command::Send {
             envelope,
@@ -261,12 +260,12 @@ pub fn decide(
             message_id,
             recipient,
             verdict,
-        } => crate::messaging::decide_deliver(message_id, recipient, *verdict, facts, ts_ms)?,
+        } => crate::messaging::decide_deliver(&message_id, &recipient, verdict, facts, ts_ms)?,
         Command::Fetch {
             message_id,
             recipient,
         } => {
-            let state = crate::messaging::recipient_state(facts, message_id, recipient)?;
+            let state = crate::messaging::recipient_state(facts, &message_id, &recipient)?;
             if !state.was_routed() {
                 return Err(Rejection::FailedPrecondition(format!(
                     "message {message_id} has not been routed to {recipient} (it is {})",
@@ -274,8 +273,8 @@ pub fn decide(
                 )));
             }
             vec![Event::Fetched {
-                message_id: message_id.clone(),
-                recipient: recipient.clone(),
+                message_id,
+                recipient,
             }]
         }
         Command::Ack {
@@ -284,13 +283,13 @@ pub fn decide(
             status,
             note,
         } => {
-            let state = crate::messaging::recipient_state(facts, message_id, recipient)?;
+            let state = crate::messaging::recipient_state(facts, &message_id, &recipient)?;
             match state {
                 RecipientState::Routed { .. } => vec![Event::Acked {
-                    message_id: message_id.clone(),
-                    recipient: recipient.clone(),
-                    status: *status,
-                    note: note.clone(),
+                    message_id,
+                    recipient,
+                    status,
+                    note,
                 }],
                 other => {
                     return Err(Rejection::FailedPrecondition(format!(
@@ -303,7 +302,7 @@ pub fn decide(
         Command::Expire {
             message_id,
             recipient,
-        } => crate::messaging::decide_expire(message_id, recipient, facts, ts_ms)?,
+        } => crate::messaging::decide_expire(&message_id, &recipient, facts, ts_ms)?,
         Command::PublishEndpoint(e) => {
             if facts.organisation(&e.id.org).is_none() {
                 return Err(Rejection::NotFound(format!(
@@ -317,9 +316,9 @@ pub fn decide(
                     e.id
                 )));
             }
-            vec![Event::EndpointPublished(e.clone())]
+            vec![Event::EndpointPublished(e)]
         }
-        Command::RetireEndpoint { id, reason } => match facts.endpoint(id) {
+        Command::RetireEndpoint { id, reason } => match facts.endpoint(&id) {
             None => {
                 return Err(Rejection::NotFound(format!(
                     "endpoint {id} is not published"
@@ -330,12 +329,9 @@ pub fn decide(
                     "endpoint {id} is already retired"
                 )));
             }
-            Some(_) => vec![Event::EndpointRetired {
-                id: id.clone(),
-                reason: reason.clone(),
-            }],
+            Some(_) => vec![Event::EndpointRetired { id, reason }],
         },
-        Command::RotateKeys { org, keys } => match facts.organisation(org) {
+        Command::RotateKeys { org, keys } => match facts.organisation(&org) {
             None => {
                 return Err(Rejection::NotFound(format!(
                     "organisation {org} is not registered"
@@ -347,10 +343,7 @@ pub fn decide(
                     keys.key_id
                 )));
             }
-            Some(_) => vec![Event::KeysRotated {
-                org: org.clone(),
-                keys: keys.clone(),
-            }],
+            Some(_) => vec![Event::KeysRotated { org, keys }],
         },
     };
     // The cluster version gate: a variant newer than what every voter understands must not

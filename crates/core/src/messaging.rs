@@ -8,6 +8,7 @@
 //! deadline racing an acknowledgement writes nothing.
 
 use crate::command::{DeliveryVerdict, Rejection};
+use crate::directory::{Endpoint, PayloadType};
 use crate::event::Event;
 use crate::ids::{EndpointId, HpiO};
 use crate::message::{
@@ -152,13 +153,38 @@ pub fn recipient_state<'a>(
         .ok_or_else(|| Rejection::NotFound(format!("message {id} is not addressed to {recipient}")))
 }
 
+/// A recipient must be published, active and accept the payload type. The node that
+/// takes a send checks this on its view first (for an early answer); the decision at apply
+/// is authoritative.
+pub fn check_recipient(
+    id: &EndpointId,
+    endpoint: Option<&Endpoint>,
+    payload_type: PayloadType,
+) -> Result<(), Rejection> {
+    let ep = endpoint
+        .filter(|e| e.is_active())
+        .ok_or_else(|| Rejection::NotFound(format!("recipient {id} is not in the directory")))?;
+    if !ep.spec.payload_types.contains(&payload_type) {
+        return Err(Rejection::FailedPrecondition(format!(
+            "recipient {id} does not accept {payload_type} (it accepts {})",
+            ep.spec
+                .payload_types
+                .iter()
+                .map(|p| p.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) fn decide_send(
-    envelope: &Envelope,
-    client_message_id: &str,
+    envelope: Box<Envelope>,
+    client_message_id: String,
     facts: &Facts,
 ) -> Result<Vec<Event>, Rejection> {
     let h = &envelope.header;
-    if let Some(existing) = facts.client_id(&h.sender.org, client_message_id) {
+    if let Some(existing) = facts.client_id(&h.sender.org, &client_message_id) {
         return Err(Rejection::AlreadyExists(format!(
             "client message id {client_message_id:?} of {} is message {existing}",
             h.sender.org
@@ -183,26 +209,11 @@ pub(crate) fn decide_send(
         )));
     }
     for r in &h.recipients {
-        let ep = facts
-            .endpoint(r)
-            .filter(|e| e.is_active())
-            .ok_or_else(|| Rejection::NotFound(format!("recipient {r} is not in the directory")))?;
-        if !ep.spec.payload_types.contains(&h.payload_type) {
-            return Err(Rejection::FailedPrecondition(format!(
-                "recipient {r} does not accept {} (it accepts {})",
-                h.payload_type,
-                ep.spec
-                    .payload_types
-                    .iter()
-                    .map(|p| p.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
+        check_recipient(r, facts.endpoint(r), h.payload_type)?;
     }
     Ok(vec![Event::Sent {
-        envelope: Box::new(envelope.clone()),
-        client_message_id: client_message_id.to_string(),
+        envelope,
+        client_message_id,
     }])
 }
 
@@ -610,7 +621,7 @@ mod tests {
     impl Sim {
         fn run(&mut self, cmd: Command, ts_ms: u64) -> Result<Vec<Event>, Rejection> {
             cmd.validate()?;
-            let events = decide(&cmd, &self.facts, EVENT_VERSION_CURRENT, ts_ms)?;
+            let events = decide(cmd, &self.facts, EVENT_VERSION_CURRENT, ts_ms)?;
             for e in &events {
                 self.seq += 1;
                 let changes = crate::view::fold(e, self.seq, ts_ms, &self.facts);

@@ -21,7 +21,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::MessagingOptions;
-use crate::keystore::Keystore;
+use crate::keystore::{Keystore, KeystoreError};
 use crate::messaging::{MessagingFaults, load_envelope, now_ms, sender_signing_key};
 
 /// Messages the worker reads from the delivery queue per pass.
@@ -106,11 +106,7 @@ impl Worker {
     /// and, when `full`, the due deadlines; work is handed to tasks bounded by the
     /// in-flight permits, so a pass never blocks on crypto or commits.
     async fn pass(self: &Arc<Self>, full: bool) {
-        if !self
-            .faults
-            .pause_delivery
-            .load(std::sync::atomic::Ordering::SeqCst)
-        {
+        if !self.faults.delivery_paused() {
             self.deliver_pass(full).await;
         }
         // Deadlines depend on the clock, not on new events: once per tick is enough.
@@ -120,12 +116,12 @@ impl Worker {
     }
 
     /// Unless `key` is already in flight, waits for a permit and spawns a task that builds
-    /// a command with `make` and proposes it, then releases the key. False when the worker
+    /// a command with `make` and proposes it (if `make` gives one), then releases the key. False when the worker
     /// is shutting down (no permits left to wait for).
     async fn spawn_claimed<F, Fut>(self: &Arc<Self>, key: Key, make: F) -> bool
     where
         F: FnOnce(Arc<Self>, Key) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = Command> + Send + 'static,
+        Fut: std::future::Future<Output = Option<Command>> + Send + 'static,
     {
         if !self.claim(&key) {
             return true;
@@ -136,8 +132,9 @@ impl Worker {
         };
         let w = self.clone();
         tokio::spawn(async move {
-            let command = make(w.clone(), key.clone()).await;
-            w.propose(command).await;
+            if let Some(command) = make(w.clone(), key.clone()).await {
+                w.propose(command).await;
+            }
             w.release(&key);
             drop(permit);
         });
@@ -193,12 +190,12 @@ impl Worker {
                 let sent_seq = msg.sent_seq;
                 let claimed = self
                     .spawn_claimed((id.clone(), r.endpoint.clone()), move |w, key| async move {
-                        let verdict = w.verdict(sent_seq, &key.1).await;
-                        Command::Deliver {
+                        let verdict = w.verdict(sent_seq, &key.1).await?;
+                        Some(Command::Deliver {
                             message_id: key.0,
                             recipient: key.1,
                             verdict,
-                        }
+                        })
                     })
                     .await;
                 if !claimed {
@@ -209,46 +206,47 @@ impl Worker {
     }
 
     /// Opens and verifies one recipient's copy. Never returns plaintext: only the verdict.
-    async fn verdict(&self, sent_seq: u64, recipient: &EndpointId) -> DeliveryVerdict {
+    /// `None` when this node could not judge (a storage read failed, its KEK does not
+    /// unwrap the key, a task died): nothing is proposed and a later pass tries again, so a
+    /// local fault never fails a message that was accepted.
+    async fn verdict(&self, sent_seq: u64, recipient: &EndpointId) -> Option<DeliveryVerdict> {
         let _open = self
             .opens
             .acquire()
             .await
             .expect("the opens semaphore is never closed");
+        let fail = |reason| Some(DeliveryVerdict::Fail(reason));
+        let local = |what: &str, e: &dyn std::fmt::Display| {
+            tracing::error!(error = %e, sent_seq, "{what}; delivery will be retried");
+            None
+        };
         let view = self.node.view();
         let envelope = match load_envelope(view, sent_seq) {
             Ok(e) => e,
-            Err(e) => {
-                tracing::error!(error = %e, sent_seq, "cannot load the envelope");
-                return DeliveryVerdict::Fail(FailReason::Malformed);
-            }
+            Err(e) => return local("cannot load the envelope", &e),
         };
-        let accepts = view
-            .endpoint(recipient)
-            .ok()
-            .flatten()
+        let endpoint = match view.endpoint(recipient) {
+            Ok(ep) => ep,
+            Err(e) => return local("cannot read the recipient endpoint", &e),
+        };
+        let accepts = endpoint
             .filter(|e| e.is_active())
             .is_some_and(|e| e.spec.payload_types.contains(&envelope.header.payload_type));
         if !accepts {
-            return DeliveryVerdict::Fail(FailReason::PayloadTypeNotAccepted);
+            return fail(FailReason::PayloadTypeNotAccepted);
         }
         let Some(copy) = envelope.copy_for(&recipient.org) else {
-            return DeliveryVerdict::Fail(FailReason::Malformed);
+            return fail(FailReason::Malformed);
         };
         let keys = match self.keystore.keys(&recipient.org, &copy.key_id) {
             Ok(k) => k,
-            Err(e) => {
-                tracing::warn!(error = %e, "recipient key unavailable");
-                return DeliveryVerdict::Fail(FailReason::UnknownKey);
-            }
+            Err(KeystoreError::Unknown { .. }) => return fail(FailReason::UnknownKey),
+            Err(e) => return local("recipient keys unavailable", &e),
         };
         let signing = match sender_signing_key(view, &envelope) {
             Ok(Some(k)) => k,
-            Ok(None) => return DeliveryVerdict::Fail(FailReason::UnknownKey),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the sender's key");
-                return DeliveryVerdict::Fail(FailReason::UnknownKey);
-            }
+            Ok(None) => return fail(FailReason::UnknownKey),
+            Err(e) => return local("cannot read the sender's key", &e),
         };
         let org = recipient.org.clone();
         let opened = tokio::task::spawn_blocking(move || {
@@ -257,14 +255,11 @@ impl Worker {
         })
         .await;
         match opened {
-            Ok(Ok(())) => DeliveryVerdict::Route {
+            Ok(Ok(())) => Some(DeliveryVerdict::Route {
                 ack_by_ms: now_ms().saturating_add(self.opts.ack_window_ms),
-            },
-            Ok(Err(e)) => DeliveryVerdict::Fail(e.reason()),
-            Err(e) => {
-                tracing::error!(error = %e, "opening task failed");
-                DeliveryVerdict::Fail(FailReason::Malformed)
-            }
+            }),
+            Ok(Err(e)) => fail(e.reason()),
+            Err(e) => local("the opening task failed", &e),
         }
     }
 
@@ -283,10 +278,10 @@ impl Worker {
         for d in due {
             let claimed = self
                 .spawn_claimed((d.message_id, d.recipient), |_, key| async move {
-                    Command::Expire {
+                    Some(Command::Expire {
                         message_id: key.0,
                         recipient: key.1,
-                    }
+                    })
                 })
                 .await;
             if !claimed {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
+use sealpost_core::Outcome;
 use sealpost_core::command::{Command, Proposal, Rejection};
 use sealpost_core::directory::{PayloadType, PublicKeys};
 use sealpost_core::event::Event;
@@ -19,10 +20,10 @@ use sealpost_core::message::{
     AckStatus, ENVELOPE_VERSION, Envelope, EnvelopeHeader, MessageId, MessageStatus, Priority,
     RecipientState, Sender, check_client_message_id, check_note, check_recipients,
 };
-use sealpost_core::{Outcome, codec};
+use sealpost_core::messaging::check_recipient;
 use sealpost_proto::v1 as pb;
 use sealpost_proto::v1::messaging_server::Messaging;
-use sealpost_raft::RaftNode;
+use sealpost_raft::{ProposeError, RaftNode};
 use sealpost_store::StateView;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -55,7 +56,7 @@ pub struct MessagingFaults {
     /// proposed (0 off, 1 ciphertext, 2 signature).
     tamper_next: AtomicU8,
     /// Stop the delivery worker on this node from routing (deadline handling goes on).
-    pub pause_delivery: AtomicBool,
+    pause_delivery: AtomicBool,
 }
 
 impl MessagingFaults {
@@ -77,6 +78,10 @@ impl MessagingFaults {
 
     pub fn set_delivery_paused(&self, paused: bool) {
         self.pause_delivery.store(paused, Ordering::SeqCst);
+    }
+
+    pub fn delivery_paused(&self) -> bool {
+        self.pause_delivery.load(Ordering::SeqCst)
     }
 }
 
@@ -126,8 +131,6 @@ pub struct MessagingService {
     keystore: Keystore,
     opts: MessagingOptions,
     faults: Arc<MessagingFaults>,
-    /// Largest sealed envelope a Raft entry can carry.
-    entry_bytes_max: usize,
     /// Seals running at once on this node (`MessagingOptions::seals_in_flight_max`).
     seals: Arc<tokio::sync::Semaphore>,
 }
@@ -240,7 +243,6 @@ impl MessagingService {
         keystore: Keystore,
         opts: MessagingOptions,
         faults: Arc<MessagingFaults>,
-        entry_bytes_max: usize,
     ) -> Self {
         Self {
             seals: Arc::new(tokio::sync::Semaphore::new(opts.seals_in_flight_max)),
@@ -249,7 +251,6 @@ impl MessagingService {
             keystore,
             opts,
             faults,
-            entry_bytes_max,
         }
     }
 
@@ -276,11 +277,16 @@ impl MessagingService {
     async fn propose(&self, actor: String, command: Command) -> Result<(u64, u64), Rejected> {
         let proposal = Proposal { actor, command };
         proposal.validate().map_err(Rejected::Rule)?;
-        let committed = self
-            .node
-            .propose(proposal)
-            .await
-            .map_err(|e| Rejected::Status(convert::propose_error(e)))?;
+        let committed = self.node.propose(proposal).await.map_err(|e| {
+            Rejected::Status(match e {
+                // The proposer sizes every proposal once; say what it means for a send.
+                ProposeError::TooLarge { size, limit } => Status::resource_exhausted(format!(
+                    "the sealed message is {size} bytes, more than a log entry may carry \
+                         ({limit} bytes); send it to fewer organisations at once"
+                )),
+                e => convert::propose_error(e),
+            })
+        })?;
         match committed.outcome {
             Outcome::Applied { first_seq, count } => Ok((first_seq, count)),
             Outcome::Rejected(r) => Err(Rejected::Rule(r)),
@@ -379,24 +385,8 @@ impl MessagingService {
             })?;
         let mut recipient_keys = Vec::new();
         for ep in recipients {
-            let e = view
-                .endpoint(ep)
-                .map_err(convert::store_error)?
-                .filter(|e| e.is_active())
-                .ok_or_else(|| {
-                    Status::not_found(format!("recipient {ep} is not in the directory"))
-                })?;
-            if !e.spec.payload_types.contains(&payload_type) {
-                return Err(Status::failed_precondition(format!(
-                    "recipient {ep} does not accept {payload_type} (it accepts {})",
-                    e.spec
-                        .payload_types
-                        .iter()
-                        .map(|p| p.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
-            }
+            let e = view.endpoint(ep).map_err(convert::store_error)?;
+            check_recipient(ep, e.as_ref(), payload_type).map_err(convert::rejection)?;
             if !recipient_keys.iter().any(|(o, _)| o == &ep.org) {
                 let org = view
                     .organisation(&ep.org)
@@ -533,15 +523,6 @@ impl MessagingService {
                 }
             }
             None => {}
-        }
-        let bytes = codec::encoded_len(&envelope);
-        if bytes + 4096 > self.entry_bytes_max {
-            return Err(Status::resource_exhausted(format!(
-                "the sealed envelope is {bytes} bytes ({} sealed copies), more than a log entry \
-                 may carry ({} bytes); send to fewer organisations at once",
-                envelope.sealed.len(),
-                self.entry_bytes_max
-            )));
         }
         Ok(Ok((envelope, cid)))
     }

@@ -188,7 +188,6 @@ pub async fn start(
         keystore.clone(),
         cfg.messaging.clone(),
         faults.clone(),
-        cfg.raft.batch_bytes_max,
     ))
     .max_decoding_message_size(limit)
     .max_encoding_message_size(limit);

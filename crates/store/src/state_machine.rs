@@ -398,7 +398,7 @@ fn apply_batch(
             continue;
         }
         load_facts(live, facts, &p.command.reads())?;
-        match decide(&p.command, facts, cluster_version, ts_ms) {
+        match decide(p.command, facts, cluster_version, ts_ms) {
             Err(r) => outcomes.push(Outcome::Rejected(r)),
             Ok(events) => {
                 let first_seq = chain.next_seq;

@@ -267,6 +267,11 @@ pub fn send_request(to: &[String], payload: &[u8], cid: &str) -> pb::SendRequest
     }
 }
 
+/// Sends and expects the node to accept.
+pub async fn send_ok(c: &Client, req: pb::SendRequest) -> pb::SendReply {
+    c.messaging().send(req).await.expect("send").into_inner()
+}
+
 /// Tracks a message until `done` holds for its summary (bounded by [`WAIT`]).
 pub async fn track_until(
     c: &Client,
