@@ -21,6 +21,11 @@ use sealpost_raft::RaftOptions;
 use sealpost_server::config::ApiLimits;
 use sealpost_server::local::LocalCluster;
 
+/// mimalloc instead of glibc's malloc: the hot path allocates and frees many small
+/// buffers per message, and glibc's allocator showed as a tenth of the CPU in profiles.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod messaging;
 
 #[derive(Parser, Debug)]

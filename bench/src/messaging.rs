@@ -48,6 +48,13 @@ pub struct MessagingArgs {
     /// Skip the half-rate latency phase.
     #[arg(long)]
     no_half_rate: bool,
+    /// Offer this many messages per second in the open-loop phase instead of half the
+    /// measured maximum (to draw latency against load).
+    #[arg(long)]
+    open_loop_rate: Option<f64>,
+    /// Skip the closed-loop maximum phase (only with --open-loop-rate).
+    #[arg(long, requires = "open_loop_rate")]
+    no_max: bool,
     /// Raft entries each node's proposer may have in flight (RaftOptions default if absent).
     #[arg(long)]
     proposals_in_flight: Option<usize>,
@@ -267,63 +274,67 @@ pub async fn run(a: MessagingArgs) -> anyhow::Result<()> {
     let log_before = last_log_index(&cluster, leader)?;
 
     // Phase 2: the maximum, closed loop.
-    let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
-    let mut tasks = tokio::task::JoinSet::new();
-    for s in 0..a.senders {
-        let client = senders[(s % a.connections.max(1)) as usize].clone();
-        let (stop, errors, matcher, payload, to) = (
-            stop.clone(),
-            errors.clone(),
-            matcher.clone(),
-            payload.clone(),
-            to.clone(),
-        );
-        tasks.spawn(async move {
-            let mut m = client.messaging();
-            while !stop.load(Ordering::Relaxed) {
-                let t = Instant::now();
-                match m.send(request(&to, &payload)).await {
-                    Ok(r) => matcher.note(r.into_inner().message_id, Some(t), None),
-                    Err(_) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
+    let mut max_rate = 0.0;
+    if !a.no_max {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = tokio::task::JoinSet::new();
+        for s in 0..a.senders {
+            let client = senders[(s % a.connections.max(1)) as usize].clone();
+            let (stop, errors, matcher, payload, to) = (
+                stop.clone(),
+                errors.clone(),
+                matcher.clone(),
+                payload.clone(),
+                to.clone(),
+            );
+            tasks.spawn(async move {
+                let mut m = client.messaging();
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    match m.send(request(&to, &payload)).await {
+                        Ok(r) => matcher.note(r.into_inner().message_id, Some(t), None),
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
-            }
-        });
-    }
-    tokio::time::sleep(Duration::from_secs(a.warmup_secs)).await;
-    matcher.start();
-    tokio::time::sleep(Duration::from_secs(a.duration_secs)).await;
-    let (routed, hist) = matcher.take();
-    stop.store(true, Ordering::Relaxed);
-    while tasks.join_next().await.is_some() {}
-    let max_rate = routed as f64 / a.duration_secs as f64;
-    let log_after = last_log_index(&cluster, leader)?;
+            });
+        }
+        tokio::time::sleep(Duration::from_secs(a.warmup_secs)).await;
+        matcher.start();
+        tokio::time::sleep(Duration::from_secs(a.duration_secs)).await;
+        let (routed, hist) = matcher.take();
+        stop.store(true, Ordering::Relaxed);
+        while tasks.join_next().await.is_some() {}
+        max_rate = routed as f64 / a.duration_secs as f64;
+        let log_after = last_log_index(&cluster, leader)?;
 
-    println!(
-        "scenario: sealed messages, {} nodes in one process, {} senders, {} connections, {} B payloads, fsync on",
-        a.nodes, a.senders, a.connections, a.payload_bytes
-    );
-    println!(
-        "crypto-only ceiling: {ceiling_rate:.0} msgs/s ({cores} cores x seal+sign+open+verify)"
-    );
-    println!("end-to-end maximum: {max_rate:.0} msgs/s routed");
-    println!(
-        "ratio end-to-end / ceiling: {:.2}",
-        max_rate / ceiling_rate.max(1.0)
-    );
-    print_latency("at maximum: send -> routed", &hist);
-    println!(
-        "log entries during the run: {} (send, deliver and route share entries)",
-        log_after - log_before
-    );
-    println!("send errors: {}", errors.load(Ordering::Relaxed));
+        println!(
+            "scenario: sealed messages, {} nodes in one process, {} senders, {} connections, {} B payloads, fsync on",
+            a.nodes, a.senders, a.connections, a.payload_bytes
+        );
+        println!(
+            "crypto-only ceiling: {ceiling_rate:.0} msgs/s ({cores} cores x seal+sign+open+verify)"
+        );
+        println!("end-to-end maximum: {max_rate:.0} msgs/s routed");
+        println!(
+            "ratio end-to-end / ceiling: {:.2}",
+            max_rate / ceiling_rate.max(1.0)
+        );
+        print_latency("at maximum: send -> routed", &hist);
+        println!(
+            "log entries during the run: {} (send, deliver and route share entries)",
+            log_after - log_before
+        );
+        println!("send errors: {}", errors.load(Ordering::Relaxed));
+    }
 
     // Phase 3: half the maximum, open loop.
-    if !a.no_half_rate && max_rate >= 2.0 {
+    let open_rate = a.open_loop_rate.unwrap_or(max_rate / 2.0);
+    if !a.no_half_rate && open_rate >= 2.0 {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let rate = max_rate / 2.0;
+        let rate = open_rate;
         let interval = Duration::from_secs_f64(1.0 / rate);
         let permits = Arc::new(tokio::sync::Semaphore::new(OPEN_LOOP_IN_FLIGHT_MAX));
         matcher.start();
@@ -333,7 +344,9 @@ pub async fn run(a: MessagingArgs) -> anyhow::Result<()> {
         let mut i = 0usize;
         let mut sent = 0u64;
         while Instant::now() < end {
-            ticker.tick().await;
+            // Latency counts from when the send was due, not when it went out: a stalled
+            // generator or server cannot hide its stall (no coordinated omission).
+            let due = ticker.tick().await.into_std();
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 break;
             };
@@ -343,9 +356,8 @@ pub async fn run(a: MessagingArgs) -> anyhow::Result<()> {
             let (matcher, payload, to, errors) =
                 (matcher.clone(), payload.clone(), to.clone(), errors.clone());
             tokio::spawn(async move {
-                let t = Instant::now();
                 match m.send(request(&to, &payload)).await {
-                    Ok(r) => matcher.note(r.into_inner().message_id, Some(t), None),
+                    Ok(r) => matcher.note(r.into_inner().message_id, Some(due), None),
                     Err(_) => {
                         errors.fetch_add(1, Ordering::Relaxed);
                     }
@@ -356,8 +368,13 @@ pub async fn run(a: MessagingArgs) -> anyhow::Result<()> {
         // Let the last messages route.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let (routed, hist) = matcher.take();
-        println!("half rate: {rate:.0} msgs/s offered, {sent} sent, {routed} routed");
-        print_latency("at half rate: send -> routed", &hist);
+        let label = if a.open_loop_rate.is_some() {
+            "open loop"
+        } else {
+            "half rate"
+        };
+        println!("{label}: {rate:.0} msgs/s offered, {sent} sent, {routed} routed");
+        print_latency(&format!("at {label}: send (due) -> routed"), &hist);
     }
     stream_task.abort();
     cluster.stop_all().await;

@@ -36,7 +36,10 @@ pub struct StoreOptions {
     /// Create the stores if missing (a new node). A restarting node passes false, so a
     /// missing folder is an error rather than a silent fresh start under an old id.
     pub create: bool,
-    /// Fsync each state-machine apply batch (the log is always fsynced).
+    /// Fsync each state-machine apply batch. Off by default: the log is always fsynced
+    /// before anything is acknowledged, the state machine is derived from it, and after a
+    /// crash openraft re-applies the log from the state machine's own durable last-applied
+    /// id (the log is purged only behind a snapshot, whose checkpoint is on disk).
     pub sync_state_machine: bool,
 }
 
@@ -44,7 +47,7 @@ impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             create: true,
-            sync_state_machine: true,
+            sync_state_machine: false,
         }
     }
 }

@@ -1,15 +1,18 @@
 //! The Raft log in its own RocksDB instance: entries keyed by index, plus the vote, the
 //! committed log id and the last purged log id.
 //!
-//! An append is one `WriteBatch` written with WAL sync, and openraft is told the entries are
-//! durable only after that write returns: nothing acknowledged can be lost. The log never
+//! An append is one `WriteBatch` written to the WAL (readable at once) and handed to the
+//! log's syncer thread, which fsyncs the WAL and only then tells openraft the entries are
+//! durable: nothing acknowledged can be lost, the async runtime never waits on the disk, and
+//! appends that arrive while an fsync runs share the next one (group commit). The log never
 //! shares an instance with the state machine, so a snapshot never carries a vote or a log.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
@@ -17,7 +20,7 @@ use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 use sealpost_core::codec;
 
 use crate::error::{Error, Result};
-use crate::rocks;
+use crate::rocks::{self, Durability};
 use crate::types::{Entry, LogId, StorageError, StorageIOError, TypeConfig, Vote};
 
 const CF_ENTRIES: &str = "entries";
@@ -29,6 +32,11 @@ const KEY_LAST_PURGED: &[u8] = b"last_purged";
 /// Entries read from the log in one call at most; openraft asks again for more.
 pub const LOG_READ_ENTRIES_MAX: u64 = 4096;
 
+/// Appends written but not yet fsynced, at most; one more append waits for room.
+pub const LOG_SYNCS_PENDING_MAX: usize = 4096;
+/// Appends whose durability one fsync reports, at most.
+pub const LOG_SYNC_GROUP_MAX: usize = 1024;
+
 /// The Raft log store. Cheap to clone: clones share the database.
 #[derive(Clone)]
 pub struct LogStore {
@@ -36,10 +44,52 @@ pub struct LogStore {
 }
 
 struct Inner {
-    db: DB,
+    db: Arc<DB>,
     path: PathBuf,
     /// Bytes appended since the last purge: the snapshot policy reads it.
     bytes_since_purge: AtomicU64,
+    /// Appends waiting for the syncer's fsync; `None` once closing.
+    sync_tx: Option<SyncSender<LogFlushed<TypeConfig>>>,
+    syncer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the channel ends the syncer after it reports what is pending; joining it
+        // means the database is closed when the last clone of the store is gone.
+        self.sync_tx = None;
+        let handle = self.syncer.lock().map(|mut h| h.take()).unwrap_or_default();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The syncer thread: waits for an append, takes every other one already waiting (up to
+/// [`LOG_SYNC_GROUP_MAX`]), fsyncs the WAL once, and reports them all durable (or failed).
+fn run_syncer(db: Arc<DB>, path: PathBuf, rx: Receiver<LogFlushed<TypeConfig>>) {
+    let mut group = Vec::with_capacity(LOG_SYNC_GROUP_MAX);
+    while let Ok(first) = rx.recv() {
+        group.push(first);
+        while group.len() < LOG_SYNC_GROUP_MAX {
+            match rx.try_recv() {
+                Ok(next) => group.push(next),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        let synced = db.flush_wal(true);
+        if let Err(e) = &synced {
+            tracing::error!(path = %path.display(), error = %e, "raft log fsync failed");
+        }
+        for callback in group.drain(..) {
+            callback.log_io_completed(
+                synced
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| std::io::Error::other(e.to_string())),
+            );
+        }
+    }
 }
 
 fn key(index: u64) -> [u8; 8] {
@@ -62,12 +112,30 @@ impl LogStore {
     /// checked for density once, so a damaged log refuses to start here rather than fail
     /// later in the middle of replication.
     pub fn open(path: &Path, create: bool) -> Result<Self> {
-        let db = rocks::open(path, &[CF_ENTRIES, CF_META], create)?;
+        let db = Arc::new(rocks::open(
+            path,
+            &[CF_ENTRIES, CF_META],
+            create,
+            rocks::Tuning {
+                uncompressed: &[CF_ENTRIES],
+                atomic_flush: false,
+            },
+        )?);
+        let (sync_tx, rx) = std::sync::mpsc::sync_channel(LOG_SYNCS_PENDING_MAX);
+        let syncer = std::thread::Builder::new()
+            .name("raft-log-sync".into())
+            .spawn({
+                let (db, path) = (db.clone(), path.to_path_buf());
+                move || run_syncer(db, path, rx)
+            })
+            .map_err(Error::io(path))?;
         let store = Self {
             inner: Arc::new(Inner {
                 db,
                 path: path.to_path_buf(),
                 bytes_since_purge: AtomicU64::new(0),
+                sync_tx: Some(sync_tx),
+                syncer: Mutex::new(Some(syncer)),
             }),
         };
         store.check()?;
@@ -131,7 +199,7 @@ impl LogStore {
     fn write_meta<T: serde::Serialize>(&self, k: &[u8], v: &T) -> Result<()> {
         let mut b = WriteBatch::default();
         b.put_cf(rocks::cf(&self.inner.db, CF_META), k, codec::encode(v));
-        rocks::write(&self.inner.db, &self.inner.path, b, true)
+        rocks::write(&self.inner.db, &self.inner.path, b, Durability::Synced)
     }
 
     /// Bytes of log entries appended since the last purge (approximate after restarts).
@@ -259,7 +327,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             KEY_COMMITTED,
             codec::encode(&committed),
         );
-        rocks::write(&self.inner.db, &self.inner.path, b, false)
+        rocks::write(&self.inner.db, &self.inner.path, b, Durability::Logged)
             .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
@@ -287,21 +355,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             bytes += v.len() as u64;
             batch.put_cf(cf, key(entry.log_id.index), v);
         }
-        // One batch, one fsync: durable before openraft hears it is done.
-        let res = rocks::write(&self.inner.db, &self.inner.path, batch, true);
-        match res {
-            Ok(()) => {
-                self.inner
-                    .bytes_since_purge
-                    .fetch_add(bytes, Ordering::Relaxed);
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(StorageIOError::write_logs(&e).into())
-            }
+        // One batch, written now (so readable when this returns) and fsynced by the syncer
+        // (with whatever else is waiting) before openraft hears it is durable.
+        if let Err(e) = rocks::write(&self.inner.db, &self.inner.path, batch, Durability::Logged) {
+            callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+            return Err(StorageIOError::write_logs(&e).into());
         }
+        self.inner
+            .bytes_since_purge
+            .fetch_add(bytes, Ordering::Relaxed);
+        let queued = match &self.inner.sync_tx {
+            Some(tx) => tx.send(callback).map_err(|e| e.0),
+            None => Err(callback),
+        };
+        if let Err(callback) = queued {
+            let e = std::io::Error::other("the raft log syncer has stopped");
+            let err = StorageIOError::write_logs(&e).into();
+            callback.log_io_completed(Err(e));
+            return Err(err);
+        }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -311,7 +384,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             key(log_id.index),
             key(u64::MAX),
         );
-        rocks::write(&self.inner.db, &self.inner.path, b, true)
+        rocks::write(&self.inner.db, &self.inner.path, b, Durability::Synced)
             .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
@@ -327,7 +400,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             key(0),
             key(log_id.index + 1),
         );
-        rocks::write(&self.inner.db, &self.inner.path, b, true)
+        rocks::write(&self.inner.db, &self.inner.path, b, Durability::Synced)
             .map_err(|e| StorageError::from(StorageIOError::write_logs(&e)))?;
         self.inner.bytes_since_purge.store(0, Ordering::Relaxed);
         Ok(())
@@ -347,7 +420,7 @@ mod tests {
         for (index, v) in values {
             b.put_cf(rocks::cf(&log.inner.db, CF_ENTRIES), key(index), v);
         }
-        rocks::write(&log.inner.db, path, b, true).expect("write");
+        rocks::write(&log.inner.db, path, b, Durability::Synced).expect("write");
     }
 
     fn blank(index: u64) -> (u64, Vec<u8>) {

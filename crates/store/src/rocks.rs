@@ -1,5 +1,6 @@
 //! Opening RocksDB the one way sealpost does: paranoid checks, AbsoluteConsistency WAL
-//! recovery, named column families, and corruption reported as [`Error::Corrupt`].
+//! recovery, named column families, and corruption reported as [`Error::Corrupt`]; and
+//! writing to it with the durability each store needs (see [`Durability`]).
 
 use std::path::Path;
 
@@ -27,18 +28,35 @@ pub(crate) fn db_options(create: bool) -> Options {
     o
 }
 
+/// How one database is opened beyond the common options.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Tuning<'a> {
+    /// Column families holding mostly ciphertext: compressing them costs CPU and saves
+    /// nothing, so they are stored uncompressed.
+    pub uncompressed: &'a [&'a str],
+    /// Flush every column family together, so the files on disk always hold one
+    /// consistent point of the database: required when writes skip the WAL.
+    pub atomic_flush: bool,
+}
+
 /// Opens (or creates) a database with the given column families.
-pub(crate) fn open(path: &Path, cfs: &[&str], create: bool) -> Result<DB> {
+pub(crate) fn open(path: &Path, cfs: &[&str], create: bool, tuning: Tuning<'_>) -> Result<DB> {
     if !create && !path.join("CURRENT").exists() {
         return Err(Error::Corrupt {
             path: path.to_path_buf(),
             detail: "the RocksDB CURRENT file is missing".into(),
         });
     }
-    let descs = cfs
-        .iter()
-        .map(|n| ColumnFamilyDescriptor::new(*n, db_options(create)));
-    DB::open_cf_descriptors(&db_options(create), path, descs).map_err(Error::rocks(path))
+    let descs = cfs.iter().map(|n| {
+        let mut o = db_options(create);
+        if tuning.uncompressed.contains(n) {
+            o.set_compression_type(rocksdb::DBCompressionType::None);
+        }
+        ColumnFamilyDescriptor::new(*n, o)
+    });
+    let mut o = db_options(create);
+    o.set_atomic_flush(tuning.atomic_flush);
+    DB::open_cf_descriptors(&o, path, descs).map_err(Error::rocks(path))
 }
 
 /// Opens a database read-only (used to inspect a snapshot before installing it).
@@ -52,10 +70,29 @@ pub(crate) fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
         .expect("column families are created when the database is opened")
 }
 
-/// Writes the batch; `sync` makes it durable (WAL fsync) before returning.
-pub(crate) fn write(db: &DB, path: &Path, batch: rocksdb::WriteBatch, sync: bool) -> Result<()> {
+/// What a write must survive before it returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// WAL written and fsynced: survives power loss.
+    Synced,
+    /// WAL written, not fsynced: survives a process crash (the OS holds it); a later
+    /// fsync of the WAL makes it and everything before it durable.
+    Logged,
+    /// No WAL: durable only once RocksDB flushes the memtables (atomically, see
+    /// [`Tuning::atomic_flush`]). For data that can be derived again after a crash.
+    Unlogged,
+}
+
+/// Writes the batch with the given durability.
+pub(crate) fn write(
+    db: &DB,
+    path: &Path,
+    batch: rocksdb::WriteBatch,
+    durability: Durability,
+) -> Result<()> {
     let mut wo = rocksdb::WriteOptions::default();
-    wo.set_sync(sync);
+    wo.set_sync(durability == Durability::Synced);
+    wo.disable_wal(durability == Durability::Unlogged);
     db.write_opt(batch, &wo).map_err(Error::rocks(path))
 }
 
