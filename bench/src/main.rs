@@ -217,6 +217,14 @@ pub(crate) fn last_log_index(cluster: &LocalCluster, node: u64) -> anyhow::Resul
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Warnings from the nodes (slow fsyncs, say) go to stderr; RUST_LOG overrides.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -18,7 +18,7 @@ use sealpost_client::{Client, Profile};
 use sealpost_core::ids::HpiO;
 use sealpost_proto::v1 as pb;
 use sealpost_raft::RaftOptions;
-use sealpost_server::config::ApiLimits;
+use sealpost_server::config::{ApiLimits, MessagingOptions};
 use sealpost_server::local::LocalCluster;
 
 use crate::{LATENCY_US_MAX, last_log_index, print_latency};
@@ -58,6 +58,21 @@ pub struct MessagingArgs {
     /// Raft entries each node's proposer may have in flight (RaftOptions default if absent).
     #[arg(long)]
     proposals_in_flight: Option<usize>,
+    /// Microseconds each node's proposer waits to fill a batch (RaftOptions default if
+    /// absent).
+    #[arg(long)]
+    batch_wait_us: Option<u64>,
+    /// Print the worst send -> routed latency (ms) of every 250 ms window of the open-loop
+    /// phase, to see whether slow messages come in bursts.
+    #[arg(long)]
+    timeline: bool,
+    /// Keep the cluster's data in this (new) folder instead of a temporary one, to inspect
+    /// RocksDB's logs afterwards.
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
+    /// The delivery worker's tick (MessagingOptions default if absent).
+    #[arg(long)]
+    worker_tick_ms: Option<u64>,
 }
 
 /// When a message was sent and when it was seen routed, as far as known yet.
@@ -71,7 +86,14 @@ struct Matcher {
     routed: AtomicU64,
     /// Only messages sent after this are measured.
     from: Mutex<Option<Instant>>,
+    /// The worst latency (µs) per [`TIMELINE_WINDOW_MS`] window of send times, by window.
+    timeline: Mutex<Vec<u64>>,
 }
+
+/// Width of one window of the latency timeline (`--timeline`).
+const TIMELINE_WINDOW_MS: u64 = 250;
+/// Windows the timeline keeps at most.
+const TIMELINE_WINDOWS_MAX: usize = 4096;
 
 impl Matcher {
     fn note(&self, id: String, sent: Option<Instant>, routed: Option<Instant>) {
@@ -96,8 +118,20 @@ impl Matcher {
             let from = *self.from.lock().expect("matcher lock");
             if from.is_some_and(|f| s >= f) {
                 self.routed.fetch_add(1, Ordering::Relaxed);
+                let us = r.saturating_duration_since(s).as_micros() as u64;
                 if let Some(h) = self.hist.lock().expect("matcher lock").as_mut() {
-                    let _ = h.record(r.saturating_duration_since(s).as_micros() as u64);
+                    let _ = h.record(us);
+                }
+                if let Some(f) = from {
+                    let w = (s.saturating_duration_since(f).as_millis() as u64 / TIMELINE_WINDOW_MS)
+                        as usize;
+                    let mut t = self.timeline.lock().expect("matcher lock");
+                    if w < TIMELINE_WINDOWS_MAX {
+                        if t.len() <= w {
+                            t.resize(w + 1, 0);
+                        }
+                        t[w] = t[w].max(us);
+                    }
                 }
             }
         }
@@ -108,7 +142,17 @@ impl Matcher {
         *self.hist.lock().expect("matcher lock") =
             Some(Histogram::new_with_max(LATENCY_US_MAX, 3).expect("histogram bounds are valid"));
         self.routed.store(0, Ordering::Relaxed);
+        self.timeline.lock().expect("matcher lock").clear();
         *self.from.lock().expect("matcher lock") = Some(Instant::now());
+    }
+
+    /// The worst latency per window since `start`, as one line of milliseconds.
+    fn timeline(&self) -> String {
+        let t = self.timeline.lock().expect("matcher lock");
+        t.iter()
+            .map(|us| format!("{}", us / 1000))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     fn take(&self) -> (u64, Histogram<u64>) {
@@ -172,18 +216,30 @@ pub async fn run(a: MessagingArgs) -> anyhow::Result<()> {
     })
     .await??;
 
-    let dir = tempfile::tempdir()?;
-    let mut cluster = LocalCluster::create(
-        &dir.path().join("bench"),
+    let tmp = tempfile::tempdir()?;
+    let dir_path = a
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_path_buf());
+    let defaults = MessagingOptions::default();
+    let mut cluster = LocalCluster::create_with(
+        &dir_path.join("bench"),
         "bench",
         a.nodes,
         RaftOptions {
             proposals_in_flight_max: a
                 .proposals_in_flight
                 .unwrap_or(RaftOptions::default().proposals_in_flight_max),
+            batch_wait_us: a
+                .batch_wait_us
+                .unwrap_or(RaftOptions::default().batch_wait_us),
             ..RaftOptions::default()
         },
         ApiLimits::default(),
+        MessagingOptions {
+            worker_tick_ms: a.worker_tick_ms.unwrap_or(defaults.worker_tick_ms),
+            ..defaults
+        },
     )
     .await?;
     cluster
@@ -337,6 +393,10 @@ pub async fn run(a: MessagingArgs) -> anyhow::Result<()> {
         let rate = open_rate;
         let interval = Duration::from_secs_f64(1.0 / rate);
         let permits = Arc::new(tokio::sync::Semaphore::new(OPEN_LOOP_IN_FLIGHT_MAX));
+        let entries_before = last_log_index(&cluster, leader)?;
+        let timeline_start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros());
         matcher.start();
         let end = Instant::now() + Duration::from_secs(a.duration_secs);
         let mut ticker = tokio::time::interval(interval);
@@ -368,13 +428,23 @@ pub async fn run(a: MessagingArgs) -> anyhow::Result<()> {
         // Let the last messages route.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let (routed, hist) = matcher.take();
+        let entries = last_log_index(&cluster, leader)? - entries_before;
         let label = if a.open_loop_rate.is_some() {
             "open loop"
         } else {
             "half rate"
         };
-        println!("{label}: {rate:.0} msgs/s offered, {sent} sent, {routed} routed");
+        println!(
+            "{label}: {rate:.0} msgs/s offered, {sent} sent, {routed} routed, {entries} log entries"
+        );
         print_latency(&format!("at {label}: send (due) -> routed"), &hist);
+        if a.timeline {
+            println!(
+                "worst latency per {TIMELINE_WINDOW_MS} ms window (ms) from {} µs since the epoch: {}",
+                timeline_start,
+                matcher.timeline()
+            );
+        }
     }
     stream_task.abort();
     cluster.stop_all().await;

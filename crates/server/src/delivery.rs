@@ -5,11 +5,15 @@
 //! for every deadline found due.
 //!
 //! It keeps no queue of its own: the delivery queue and the deadline index are views of
-//! the log, so a restart or a new leader simply scans them again. A verdict proposed twice
+//! the log, so a restart or a new leader simply scans them again. Otherwise it reads the
+//! queue only forwards from where it left off (delivered entries leave deletion markers
+//! behind, which a scan from the start would walk every time); a delivery that ended
+//! without a committed verdict rewinds that position on the next tick. A verdict proposed twice
 //! (say by an old and a new leader) is harmless: the state machine accepts the first and
 //! refuses the rest, so nothing is routed twice.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,7 +49,11 @@ struct Worker {
     permits: Arc<Semaphore>,
     opens: Semaphore,
     /// The delivery queue was read up to (not including) this sent sequence.
-    scanned_to: std::sync::atomic::AtomicU64,
+    scanned_to: AtomicU64,
+    /// The lowest sent sequence whose delivery ended without a committed verdict (a local
+    /// fault, a proposal that did not commit); the next tick rescans from there.
+    /// `u64::MAX` when there is none.
+    retry_from: AtomicU64,
 }
 
 /// Starts the worker; it ends when `shutdown` turns true or is dropped.
@@ -65,28 +73,34 @@ pub fn spawn(
         faults,
         in_flight: Arc::default(),
         opens: Semaphore::new(OPENS_IN_FLIGHT_MAX),
-        scanned_to: std::sync::atomic::AtomicU64::new(0),
+        scanned_to: AtomicU64::new(0),
+        retry_from: AtomicU64::new(u64::MAX),
     });
     tokio::spawn(async move {
         let mut applied = w.node.view().subscribe();
         let tick = Duration::from_millis(w.opts.worker_tick_ms);
-        let now = tokio::time::Instant::now();
-        let mut last_full = now.checked_sub(tick).unwrap_or(now);
+        let mut last_tick: Option<tokio::time::Instant> = None;
+        let mut leading = false;
         loop {
             if *shutdown.borrow() {
                 return;
             }
             if w.is_leader() {
-                // Usually only messages sent since the last pass; once per tick the whole
-                // queue again (proposals that failed, a leadership just gained).
-                let full = last_full.elapsed() >= tick;
-                if full {
-                    last_full = tokio::time::Instant::now();
+                if !leading {
+                    // A new leader (or a restart) reads the whole queue once.
+                    w.scanned_to.store(0, Ordering::SeqCst);
+                    leading = true;
                 }
-                w.pass(full).await;
+                // Deadlines depend on the clock, and retries wait a tick: both run once
+                // per tick; new messages are read on every applied change.
+                let tick_due = last_tick.is_none_or(|t| t.elapsed() >= tick);
+                if tick_due {
+                    last_tick = Some(tokio::time::Instant::now());
+                }
+                w.pass(tick_due).await;
             } else {
-                let now = tokio::time::Instant::now();
-                last_full = now.checked_sub(tick).unwrap_or(now);
+                leading = false;
+                last_tick = None;
             }
             tokio::select! {
                 r = shutdown.changed() => if r.is_err() { return },
@@ -102,23 +116,35 @@ impl Worker {
         self.node.raft().metrics().borrow().current_leader == Some(self.node.id())
     }
 
-    /// One pass over the delivery queue (from the last position, or all of it when `full`)
-    /// and, when `full`, the due deadlines; work is handed to tasks bounded by the
-    /// in-flight permits, so a pass never blocks on crypto or commits.
-    async fn pass(self: &Arc<Self>, full: bool) {
-        if !self.faults.delivery_paused() {
-            self.deliver_pass(full).await;
+    /// One pass over the delivery queue (from where the last one stopped) and, on a tick,
+    /// the retries and the due deadlines; work is handed to tasks bounded by the in-flight
+    /// permits, so a pass never blocks on crypto or commits.
+    async fn pass(self: &Arc<Self>, tick: bool) {
+        if tick {
+            let from = self.retry_from.swap(u64::MAX, Ordering::SeqCst);
+            if from != u64::MAX {
+                self.scanned_to.fetch_min(from, Ordering::SeqCst);
+            }
         }
-        // Deadlines depend on the clock, not on new events: once per tick is enough.
-        if full {
+        if !self.faults.delivery_paused() {
+            self.deliver_pass().await;
+        }
+        if tick {
             self.deadline_pass().await;
         }
     }
 
     /// Unless `key` is already in flight, waits for a permit and spawns a task that builds
-    /// a command with `make` and proposes it (if `make` gives one), then releases the key. False when the worker
-    /// is shutting down (no permits left to wait for).
-    async fn spawn_claimed<F, Fut>(self: &Arc<Self>, key: Key, make: F) -> bool
+    /// a command with `make` and proposes it (if `make` gives one), then releases the key.
+    /// When nothing was committed and `retry_seq` names the queue position, the next tick
+    /// rescans the queue from there. False when the worker is shutting down (no permits
+    /// left to wait for).
+    async fn spawn_claimed<F, Fut>(
+        self: &Arc<Self>,
+        key: Key,
+        retry_seq: Option<u64>,
+        make: F,
+    ) -> bool
     where
         F: FnOnce(Arc<Self>, Key) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Option<Command>> + Send + 'static,
@@ -132,10 +158,14 @@ impl Worker {
         };
         let w = self.clone();
         tokio::spawn(async move {
-            if let Some(command) = make(w.clone(), key.clone()).await {
-                w.propose(command).await;
-            }
+            let committed = match make(w.clone(), key.clone()).await {
+                Some(command) => w.propose(command).await,
+                None => false,
+            };
             w.release(&key);
+            if let (false, Some(seq)) = (committed, retry_seq) {
+                w.retry_from.fetch_min(seq, Ordering::SeqCst);
+            }
             drop(permit);
         });
         true
@@ -155,13 +185,9 @@ impl Worker {
             .remove(key);
     }
 
-    async fn deliver_pass(self: &Arc<Self>, full: bool) {
+    async fn deliver_pass(self: &Arc<Self>) {
         let view = self.node.view();
-        let from = if full {
-            0
-        } else {
-            self.scanned_to.load(std::sync::atomic::Ordering::SeqCst)
-        };
+        let from = self.scanned_to.load(Ordering::SeqCst);
         let queue = match view.delivery_queue(from, DELIVERY_SCAN_MESSAGES_MAX) {
             Ok(q) => q,
             Err(e) => {
@@ -170,15 +196,15 @@ impl Worker {
             }
         };
         if let Some((last, _)) = queue.last() {
-            self.scanned_to
-                .fetch_max(last + 1, std::sync::atomic::Ordering::SeqCst);
+            self.scanned_to.fetch_max(last + 1, Ordering::SeqCst);
         }
-        for (_, id) in queue {
+        for (seq, id) in queue {
             let msg = match view.message(&id) {
                 Ok(Some(m)) => m,
                 Ok(None) => continue,
                 Err(e) => {
-                    tracing::error!(error = %e, message_id = %id, "cannot read message status");
+                    tracing::error!(error = %e, message_id = %id, "cannot read message status; will retry");
+                    self.retry_from.fetch_min(seq, Ordering::SeqCst);
                     continue;
                 }
             };
@@ -189,14 +215,18 @@ impl Worker {
             {
                 let sent_seq = msg.sent_seq;
                 let claimed = self
-                    .spawn_claimed((id.clone(), r.endpoint.clone()), move |w, key| async move {
-                        let verdict = w.verdict(sent_seq, &key.1).await?;
-                        Some(Command::Deliver {
-                            message_id: key.0,
-                            recipient: key.1,
-                            verdict,
-                        })
-                    })
+                    .spawn_claimed(
+                        (id.clone(), r.endpoint.clone()),
+                        Some(sent_seq),
+                        move |w, key| async move {
+                            let verdict = w.verdict(sent_seq, &key.1).await?;
+                            Some(Command::Deliver {
+                                message_id: key.0,
+                                recipient: key.1,
+                                verdict,
+                            })
+                        },
+                    )
                     .await;
                 if !claimed {
                     return;
@@ -277,7 +307,8 @@ impl Worker {
         };
         for d in due {
             let claimed = self
-                .spawn_claimed((d.message_id, d.recipient), |_, key| async move {
+                // Deadlines are read from the start on every tick: no rewind needed.
+                .spawn_claimed((d.message_id, d.recipient), None, |_, key| async move {
                     Some(Command::Expire {
                         message_id: key.0,
                         recipient: key.1,
@@ -290,7 +321,9 @@ impl Worker {
         }
     }
 
-    async fn propose(&self, command: Command) {
+    /// Proposes a worker command; true when it committed (applied, or refused because
+    /// another leader or an acknowledgement got there first).
+    async fn propose(&self, command: Command) -> bool {
         let kind = command.kind();
         let proposal = Proposal {
             actor: self.actor.clone(),
@@ -302,9 +335,11 @@ impl Worker {
                     // Another leader (or an acknowledgement) got there first.
                     tracing::debug!(kind, reason = %r, "worker proposal refused");
                 }
+                true
             }
             Err(e) => {
-                tracing::debug!(kind, error = %e, "worker proposal not committed; will retry")
+                tracing::debug!(kind, error = %e, "worker proposal not committed; will retry");
+                false
             }
         }
     }

@@ -34,6 +34,8 @@ pub const LOG_READ_ENTRIES_MAX: u64 = 4096;
 
 /// Appends written but not yet fsynced, at most; one more append waits for room.
 pub const LOG_SYNCS_PENDING_MAX: usize = 4096;
+/// An fsync of the raft log slower than this is reported (it delays every commit).
+pub const LOG_SYNC_SLOW_MS: u64 = 20;
 /// Appends whose durability one fsync reports, at most.
 pub const LOG_SYNC_GROUP_MAX: usize = 1024;
 
@@ -77,7 +79,12 @@ fn run_syncer(db: Arc<DB>, path: PathBuf, rx: Receiver<LogFlushed<TypeConfig>>) 
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
+        let started = std::time::Instant::now();
         let synced = db.flush_wal(true);
+        let took = started.elapsed();
+        if took > std::time::Duration::from_millis(LOG_SYNC_SLOW_MS) {
+            tracing::warn!(path = %path.display(), ms = took.as_millis() as u64, appends = group.len(), "slow raft log fsync");
+        }
         if let Err(e) = &synced {
             tracing::error!(path = %path.display(), error = %e, "raft log fsync failed");
         }

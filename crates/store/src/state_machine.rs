@@ -717,9 +717,26 @@ pub struct DueDeadline {
 /// A key and its value as RocksDB returns them.
 type KeyValue = (Box<[u8]>, Box<[u8]>);
 
+/// The smallest key greater than every key that starts with `prefix`; `None` when there is
+/// none (an empty prefix, or all 0xff).
+fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut upper = prefix.to_vec();
+    while let Some(last) = upper.pop() {
+        if last < 0xff {
+            upper.push(last + 1);
+            return Some(upper);
+        }
+    }
+    None
+}
+
 impl SmDb {
     /// Up to `limit` values of the keys under `prefix`, from `start` (a full key at or after
     /// the prefix) forwards, or backwards from just before `start` when `reverse`.
+    ///
+    /// The iterator is bounded to the prefix on both sides, so RocksDB never walks the
+    /// deletion markers of neighbouring ranges (delivered queue entries, resolved
+    /// deadlines) looking for the next live key.
     fn prefix_scan(
         &self,
         cf: &str,
@@ -729,22 +746,23 @@ impl SmDb {
         limit: usize,
     ) -> Result<Vec<KeyValue>> {
         let handle = rocks::cf(&self.db, cf);
-        let mut upper = prefix.to_vec();
-        upper.push(0xff);
-        upper.push(0xff);
+        let mut ro = rocksdb::ReadOptions::default();
+        if !prefix.is_empty() {
+            ro.set_iterate_lower_bound(prefix.to_vec());
+        }
+        if let Some(upper) = prefix_successor(prefix) {
+            ro.set_iterate_upper_bound(upper);
+        }
         let mode = match (start, reverse) {
             (Some(k), false) => IteratorMode::From(k, Direction::Forward),
-            (None, false) => IteratorMode::From(prefix, Direction::Forward),
+            (None, false) => IteratorMode::Start,
             (Some(k), true) => IteratorMode::From(k, Direction::Reverse),
-            (None, true) => IteratorMode::From(&upper, Direction::Reverse),
+            (None, true) => IteratorMode::End,
         };
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(handle, mode) {
+        for item in self.db.iterator_cf_opt(handle, ro, mode) {
             let (k, v) = item.map_err(rocks_err(&self.path))?;
             if !k.starts_with(prefix) {
-                if reverse && k.as_ref() > prefix {
-                    continue;
-                }
                 break;
             }
             if reverse && start.is_some_and(|st| k.as_ref() >= st) {
@@ -888,8 +906,12 @@ impl StateView {
     pub fn due_deadlines(&self, now_ms: u64, limit: usize) -> Result<Vec<DueDeadline>> {
         let live = self.shared.live();
         let cf = rocks::cf(&live.db, ViewCf::Deadlines.name());
+        // Keys start with the due time: bounding the iterator at `now_ms` keeps it from
+        // walking the deletion markers of deadlines resolved before they fell due.
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_iterate_upper_bound(now_ms.saturating_add(1).to_be_bytes().to_vec());
         let mut out = Vec::new();
-        for item in live.db.iterator_cf(cf, IteratorMode::Start) {
+        for item in live.db.iterator_cf_opt(cf, ro, IteratorMode::Start) {
             let (k, _) = item.map_err(rocks_err(&live.path))?;
             let Some((due_ms, kind, message_id, recipient)) = keys::parse_deadline(&k) else {
                 return Err(Error::Corrupt {
@@ -1005,6 +1027,18 @@ pub(crate) mod tests {
         let out = sm.apply_entries(entries).expect("apply");
         assert_eq!(out.len() as u64, n + 1);
         sm
+    }
+
+    #[test]
+    fn prefix_successor_bounds_exactly_the_prefix() {
+        assert_eq!(prefix_successor(b""), None);
+        assert_eq!(prefix_successor(&[0xff, 0xff]), None);
+        assert_eq!(prefix_successor(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_successor(&[1, 0xff]), Some(vec![2]));
+        // Every key with the prefix sorts below the successor, the successor itself not.
+        let upper = prefix_successor(&[7, 0xff]).expect("successor");
+        assert!([7u8, 0xff, 0xff, 0xff].as_slice() < upper.as_slice());
+        assert!(upper.as_slice() <= [8u8].as_slice());
     }
 
     /// Every view column family the core writes to exists in the store.
