@@ -10,7 +10,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RaftOptions {
+    /// How often the leader sends heartbeats. openraft 0.9 also uses it as the deadline of
+    /// every AppendEntries, which a follower answers only after its fsync: too short, and a
+    /// busy follower's answers time out and are sent again, which makes it busier.
     pub heartbeat_interval_ms: u64,
+    /// A follower that hears nothing for a random time in this range calls an election.
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
     /// Proposals one Raft entry may carry.
@@ -53,9 +57,9 @@ pub struct RaftOptions {
 impl Default for RaftOptions {
     fn default() -> Self {
         Self {
-            heartbeat_interval_ms: 100,
-            election_timeout_min_ms: 500,
-            election_timeout_max_ms: 1000,
+            heartbeat_interval_ms: 250,
+            election_timeout_min_ms: 1000,
+            election_timeout_max_ms: 2000,
             batch_proposals_max: 1024,
             batch_bytes_max: 32 * 1024 * 1024,
             batch_wait_us: 0,

@@ -279,7 +279,7 @@ impl Worker {
             Err(e) => return local("cannot read the sender's key", &e),
         };
         let org = recipient.org.clone();
-        let opened = tokio::task::spawn_blocking(move || {
+        let opened = crate::crypto_pool::run(crate::crypto_pool::Lane::Finish, move || {
             // The plaintext is dropped (and zeroized) here: delivery only verifies.
             sealpost_crypto::envelope::open(&envelope, &org, &keys, &signing).map(|_| ())
         })

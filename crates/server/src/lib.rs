@@ -10,11 +10,13 @@
 //! - [`delivery`]: the leader's delivery and deadline worker.
 //! - [`keystore`]: organisations' private keys, unwrapped with the provider's KEK.
 //! - [`convert`]: protobuf ↔ domain conversions and status codes (the gRPC edge).
+//! - [`crypto_pool`]: the crypto threads sealing and opening run on.
 //! - [`local`]: a provider's cluster of nodes in one process, laid out on disk.
 
 pub mod admin;
 pub mod config;
 pub mod convert;
+pub mod crypto_pool;
 pub mod delivery;
 pub mod directory;
 pub mod keystore;

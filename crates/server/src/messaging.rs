@@ -498,7 +498,7 @@ impl MessagingService {
             .await
             .map_err(|_| Status::unavailable("this node is shutting down"))?;
         let payload = r.payload;
-        let mut envelope = tokio::task::spawn_blocking(move || {
+        let mut envelope = crate::crypto_pool::run(crate::crypto_pool::Lane::Start, move || {
             let sealed =
                 sealpost_crypto::envelope::seal(header, &sender_keys, &recipient_keys, &payload);
             drop(permit);
@@ -698,7 +698,7 @@ impl Messaging for MessagingService {
             .await?;
         let org2 = recipient.org.clone();
         let env2 = envelope.clone();
-        let payload = tokio::task::spawn_blocking(move || {
+        let payload = crate::crypto_pool::run(crate::crypto_pool::Lane::Finish, move || {
             sealpost_crypto::envelope::open(&env2, &org2, &keys, &signing)
         })
         .await
