@@ -304,6 +304,42 @@ async fn tampered_envelopes_fail() {
     assert!(inbox.items.is_empty());
 }
 
+/// A delivery that fails locally (a read error, a key that does not unwrap) proposes
+/// nothing: the worker tries again on a later tick and the message is routed exactly once,
+/// never failed for a fault of the provider's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_local_delivery_fault_is_retried_and_routes_once() {
+    let (_dir, c) = messaging_cluster(3, messaging_opts()).await;
+    let sender = org_client(&c, 2, SENDER).await;
+    let to = endpoint(LAB, "results");
+    let faults_per_node = 3;
+    for id in 1..=3 {
+        c.node(id)
+            .expect("node")
+            .faults
+            .fail_next_deliveries(faults_per_node);
+    }
+    let r = send_ok(
+        &sender,
+        send_request(std::slice::from_ref(&to), b"retry me", "retry-1"),
+    )
+    .await;
+    let t = track_until(&sender, &r.message_id, "routed", |t| {
+        recipient_state(t, &to).0 == "routed"
+    })
+    .await;
+    assert_eq!(timeline(&t), vec!["sent", "decrypted", "routed"]);
+    let leader = c.wait_leader(WAIT).await.expect("leader");
+    assert_eq!(
+        c.node(leader)
+            .expect("leader node")
+            .faults
+            .local_faults_left(),
+        0,
+        "the leader's worker met every injected fault before it routed"
+    );
+}
+
 /// The next item of a follow stream, waiting at most [`WAIT`].
 async fn next_item(stream: &mut tonic::Streaming<pb::InboxItem>) -> pb::InboxItem {
     tokio::time::timeout(WAIT, stream.message())

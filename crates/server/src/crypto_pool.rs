@@ -44,6 +44,13 @@ struct Queues {
     idle: usize,
 }
 
+impl Queues {
+    /// The next job: every waiting [`Lane::Finish`] job before any [`Lane::Start`] one.
+    fn next_job(&mut self) -> Option<Job> {
+        self.finish.pop_front().or_else(|| self.start.pop_front())
+    }
+}
+
 struct Pool {
     queues: Mutex<Queues>,
     ready: Condvar,
@@ -86,7 +93,7 @@ fn run_jobs(pool: &Pool) {
                 return;
             };
             loop {
-                if let Some(job) = q.finish.pop_front().or_else(|| q.start.pop_front()) {
+                if let Some(job) = q.next_job() {
                     break job;
                 }
                 q.idle += 1;
@@ -163,6 +170,32 @@ mod tests {
         for (i, r) in results.into_iter().enumerate() {
             assert_eq!(r.expect("ran"), (i * i) as u64);
         }
+    }
+
+    #[test]
+    fn finishing_work_is_taken_before_new_work() {
+        let order = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let mut q = Queues::default();
+        for (lane, name) in [
+            (Lane::Start, "seal-1"),
+            (Lane::Finish, "open-1"),
+            (Lane::Start, "seal-2"),
+            (Lane::Finish, "open-2"),
+        ] {
+            let order = order.clone();
+            let job: Job = Box::new(move || order.lock().expect("lock").push(name));
+            match lane {
+                Lane::Finish => q.finish.push_back(job),
+                Lane::Start => q.start.push_back(job),
+            }
+        }
+        while let Some(job) = q.next_job() {
+            job();
+        }
+        assert_eq!(
+            *order.lock().expect("lock"),
+            vec!["open-1", "open-2", "seal-1", "seal-2"]
+        );
     }
 
     #[tokio::test]

@@ -250,6 +250,9 @@ impl Worker {
             tracing::error!(error = %e, sent_seq, "{what}; delivery will be retried");
             None
         };
+        if self.faults.take_local_fault() {
+            return local("injected local fault", &"test hook");
+        }
         let view = self.node.view();
         let envelope = match load_envelope(view, sent_seq) {
             Ok(e) => e,

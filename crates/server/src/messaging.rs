@@ -8,7 +8,7 @@
 //! refusal happens before anything is proposed: nothing is written for bad input.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::time::Duration;
 
 use sealpost_core::Outcome;
@@ -57,6 +57,9 @@ pub struct MessagingFaults {
     tamper_next: AtomicU8,
     /// Stop the delivery worker on this node from routing (deadline handling goes on).
     pause_delivery: AtomicBool,
+    /// Deliveries that fail on this node as a local fault would (a storage read error, a
+    /// key that does not unwrap): nothing is proposed and the worker must try again.
+    local_faults: AtomicU32,
 }
 
 impl MessagingFaults {
@@ -82,6 +85,23 @@ impl MessagingFaults {
 
     pub fn delivery_paused(&self) -> bool {
         self.pause_delivery.load(Ordering::SeqCst)
+    }
+
+    /// Makes the next `n` delivery attempts on this node fail locally.
+    pub fn fail_next_deliveries(&self, n: u32) {
+        self.local_faults.store(n, Ordering::SeqCst);
+    }
+
+    /// Local delivery faults still to inject.
+    pub fn local_faults_left(&self) -> u32 {
+        self.local_faults.load(Ordering::SeqCst)
+    }
+
+    /// True (and one fewer left) when this delivery attempt is to fail locally.
+    pub(crate) fn take_local_fault(&self) -> bool {
+        self.local_faults
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
     }
 }
 
