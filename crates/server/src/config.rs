@@ -26,6 +26,8 @@ pub const ENVELOPE_OVERHEAD_BYTES: usize = 16 * 1024;
 pub struct ApiLimits {
     /// Largest gRPC request or response a client may exchange with this node.
     pub grpc_message_bytes_max: usize,
+    /// Client and peer connections open at once; more wait in the listen backlog.
+    pub connections_max: usize,
     /// Concurrent requests served per client connection.
     pub requests_per_connection_max: usize,
     /// Concurrent HTTP/2 streams per connection.
@@ -40,6 +42,7 @@ impl Default for ApiLimits {
     fn default() -> Self {
         Self {
             grpc_message_bytes_max: 32 * 1024 * 1024,
+            connections_max: 4096,
             requests_per_connection_max: 1024,
             streams_per_connection_max: 1024,
             request_timeout_ms: 30_000,
@@ -281,6 +284,9 @@ impl NodeConfig {
         if self.api.grpc_message_bytes_max == 0 {
             return Err(invalid("api.grpc_message_bytes_max", "must be positive"));
         }
+        if self.api.connections_max == 0 {
+            return Err(invalid("api.connections_max", "must be positive"));
+        }
         self.messaging.validate()?;
         // A payload travels whole in a send request and a fetch reply, and sealed in a
         // Raft entry: each limit must leave room for it.
@@ -397,6 +403,10 @@ mod tests {
         let err = c.validate().expect_err("must be invalid").to_string();
         assert!(err.contains("messaging.payload_bytes_max"), "{err}");
         assert!(err.contains("grpc_message_bytes_max"), "{err}");
+        let mut c = sample();
+        c.api.connections_max = 0;
+        let err = c.validate().expect_err("must be invalid").to_string();
+        assert!(err.contains("api.connections_max"), "{err}");
         let mut c = sample();
         c.listen = "nowhere".into();
         assert!(

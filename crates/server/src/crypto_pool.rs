@@ -56,17 +56,14 @@ struct Pool {
     ready: Condvar,
 }
 
+/// The pool, its threads started on first use; `None` if not one thread could start.
 fn pool() -> Option<&'static Pool> {
-    static POOL: OnceLock<Option<Pool>> = OnceLock::new();
+    static POOL: OnceLock<Pool> = OnceLock::new();
     static STARTED: OnceLock<bool> = OnceLock::new();
-    let pool = POOL
-        .get_or_init(|| {
-            Some(Pool {
-                queues: Mutex::new(Queues::default()),
-                ready: Condvar::new(),
-            })
-        })
-        .as_ref()?;
+    let pool = POOL.get_or_init(|| Pool {
+        queues: Mutex::new(Queues::default()),
+        ready: Condvar::new(),
+    });
     let started = *STARTED.get_or_init(|| {
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())

@@ -9,6 +9,7 @@
 //! - [`directory`], [`messaging`], [`admin`]: the client-facing services.
 //! - [`delivery`]: the leader's delivery and deadline worker.
 //! - [`keystore`]: organisations' private keys, unwrapped with the provider's KEK.
+//! - [`listener`]: the TCP listener with its connection cap.
 //! - [`convert`]: protobuf ↔ domain conversions and status codes (the gRPC edge).
 //! - [`crypto_pool`]: the crypto threads sealing and opening run on.
 //! - [`local`]: a provider's cluster of nodes in one process, laid out on disk.
@@ -20,6 +21,7 @@ pub mod crypto_pool;
 pub mod delivery;
 pub mod directory;
 pub mod keystore;
+pub mod listener;
 pub mod local;
 pub mod messaging;
 pub mod node;

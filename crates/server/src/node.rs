@@ -15,7 +15,6 @@ use sealpost_store::StoreOptions;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
 
 use crate::admin::AdminService;
@@ -215,7 +214,6 @@ pub async fn start(
     let server_tls = ServerTlsConfig::new().identity(identity).client_ca_root(ca);
     let router = Server::builder()
         .tls_config(server_tls)?
-        .tcp_nodelay(true)
         .concurrency_limit_per_connection(cfg.api.requests_per_connection_max)
         .max_concurrent_streams(cfg.api.streams_per_connection_max)
         .timeout(Duration::from_millis(cfg.api.request_timeout_ms))
@@ -225,7 +223,7 @@ pub async fn start(
         .add_service(admin)
         .add_service(reflection);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = crate::listener::incoming(listener, cfg.api.connections_max);
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = stop_rx.await;
     }));
