@@ -331,6 +331,13 @@ pub async fn run(a: MessagingArgs) -> anyhow::Result<()> {
 
     // Phase 2: the maximum, closed loop.
     let errors = Arc::new(AtomicU64::new(0));
+    println!(
+        "scenario: sealed messages, {} nodes in one process, {} senders, {} connections, {} B payloads, fsync on",
+        a.nodes, a.senders, a.connections, a.payload_bytes
+    );
+    println!(
+        "crypto-only ceiling: {ceiling_rate:.0} msgs/s ({cores} cores x seal+sign+open+verify)"
+    );
     let mut max_rate = 0.0;
     if !a.no_max {
         let stop = Arc::new(AtomicBool::new(false));
@@ -366,13 +373,6 @@ pub async fn run(a: MessagingArgs) -> anyhow::Result<()> {
         max_rate = routed as f64 / a.duration_secs as f64;
         let log_after = last_log_index(&cluster, leader)?;
 
-        println!(
-            "scenario: sealed messages, {} nodes in one process, {} senders, {} connections, {} B payloads, fsync on",
-            a.nodes, a.senders, a.connections, a.payload_bytes
-        );
-        println!(
-            "crypto-only ceiling: {ceiling_rate:.0} msgs/s ({cores} cores x seal+sign+open+verify)"
-        );
         println!("end-to-end maximum: {max_rate:.0} msgs/s routed");
         println!(
             "ratio end-to-end / ceiling: {:.2}",
