@@ -38,9 +38,16 @@ TOML
     echo $! >"$pidf"
     echo "node $n started (pid $!, log $run/logs/node-$n.log)"
   done
-  # Wait (bounded) until the cluster answers with a leader.
+  # Wait (bounded) until the cluster answers with a leader that every node knows: right
+  # after a first start a node that was slow to start may still call an election and
+  # unseat the first leader, so one node saying "leader" is not enough.
   for _ in $(seq 1 100); do
-    if "$bin" cluster status --json 2>/dev/null | grep -q '"role":"leader"'; then
+    status=$("$bin" cluster status --json 2>/dev/null || true)
+    leaders=$(printf '%s' "$status" | grep -o '"leader_id":[0-9]*' | sort -u)
+    if printf '%s' "$status" | grep -q '"role":"leader"' \
+      && [ "$(printf '%s\n' "$leaders" | grep -c .)" = 1 ] \
+      && [ "$leaders" != '"leader_id":0' ] \
+      && [ "$(printf '%s' "$status" | grep -o '"reachable":true' | grep -c .)" = 3 ]; then
       echo "cluster is up; SEALPOST_CLIENT_CONFIG=$run/client.toml"
       return 0
     fi

@@ -25,8 +25,11 @@ pub struct RaftOptions {
     /// full. 0: take what is queued, never wait (batches still form while earlier ones
     /// are in flight).
     pub batch_wait_us: u64,
-    /// Batches a node may have in flight (proposed, not yet committed) at once.
+    /// Batches the leader may have in flight (proposed, not yet committed) at once.
     pub proposals_in_flight_max: usize,
+    /// Batches a follower may have forwarded to the leader and not yet had answered. The
+    /// leader batches forwarded proposals again, so these add no log entries.
+    pub forwards_in_flight_max: usize,
     /// Proposals a node queues before refusing new ones.
     pub proposal_queue_max: usize,
     /// How long a write waits for a leader to be known.
@@ -64,6 +67,7 @@ impl Default for RaftOptions {
             batch_bytes_max: 32 * 1024 * 1024,
             batch_wait_us: 0,
             proposals_in_flight_max: 2,
+            forwards_in_flight_max: 16,
             proposal_queue_max: 16_384,
             leader_wait_ms: 5_000,
             forward_timeout_ms: 10_000,
@@ -120,6 +124,9 @@ impl RaftOptions {
                 "batch_bytes_max",
                 "must be positive and at most half of grpc_message_bytes_max",
             );
+        }
+        if self.forwards_in_flight_max == 0 {
+            return bad("forwards_in_flight_max", "must be positive");
         }
         if self.proposals_in_flight_max == 0 || self.proposal_queue_max == 0 {
             return bad(

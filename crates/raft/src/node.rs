@@ -256,6 +256,14 @@ impl Core {
 }
 
 impl Submit for Core {
+    fn forwards(&self) -> bool {
+        self.raft
+            .metrics()
+            .borrow()
+            .current_leader
+            .is_some_and(|l| l != self.id)
+    }
+
     async fn submit(
         &self,
         proposals: Vec<Proposal>,

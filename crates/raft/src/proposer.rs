@@ -95,6 +95,12 @@ impl ProposerHandle {
 
 /// What the proposer calls to commit one batch: returns one result per proposal.
 pub(crate) trait Submit: Send + Sync + 'static {
+    /// True when this node's batches are forwarded to another node (the leader), which
+    /// batches them again: then more may be in flight without adding log entries.
+    fn forwards(&self) -> bool {
+        false
+    }
+
     fn submit(
         &self,
         proposals: Vec<Proposal>,
@@ -123,11 +129,19 @@ async fn run<S: Submit>(
     submit: Arc<S>,
 ) {
     let in_flight = Arc::new(Semaphore::new(opts.proposals_in_flight_max));
+    let forwarding = Arc::new(Semaphore::new(opts.forwards_in_flight_max));
     let wait = Duration::from_micros(opts.batch_wait_us);
     // A proposal that did not fit the previous batch starts the next one.
     let mut next: Option<Pending> = None;
     loop {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+        // On the leader each batch is a log entry: few in flight, so they grow with load.
+        // A follower only forwards; the leader's proposer batches what it forwards again.
+        let slots = if submit.forwards() {
+            &forwarding
+        } else {
+            &in_flight
+        };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
         let first = match next.take() {
@@ -219,9 +233,15 @@ mod tests {
     struct Recorder {
         batches: Mutex<Vec<Vec<String>>>,
         gate: tokio::sync::Notify,
+        /// Pretend to be a follower that forwards its batches.
+        follower: bool,
     }
 
     impl Submit for Recorder {
+        fn forwards(&self) -> bool {
+            self.follower
+        }
+
         async fn submit(
             &self,
             proposals: Vec<Proposal>,
@@ -253,6 +273,51 @@ mod tests {
                 id: EndpointId::parse("8003620000001011/x").expect("endpoint"),
                 reason: "r".into(),
             },
+        }
+    }
+
+    /// A follower forwards up to `forwards_in_flight_max` batches at once (the leader
+    /// batches them again); a leader keeps to `proposals_in_flight_max` log entries.
+    #[tokio::test]
+    async fn a_follower_forwards_more_batches_at_once_than_a_leader_proposes() {
+        for (follower, expected) in [(false, 1), (true, 3)] {
+            let opts = RaftOptions {
+                proposals_in_flight_max: 1,
+                forwards_in_flight_max: 3,
+                batch_proposals_max: 1,
+                ..RaftOptions::default()
+            };
+            let rec = Arc::new(Recorder {
+                follower,
+                ..Recorder::default()
+            });
+            let handle = start(&opts, rec.clone());
+            let mut waits = Vec::new();
+            for i in 0..5 {
+                let h = handle.clone();
+                waits.push(tokio::spawn(async move {
+                    h.propose(proposal(&format!("client-{i}"))).await
+                }));
+            }
+            // Every commit is held: what was submitted is what the slots allowed.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while rec.batches.lock().expect("lock").len() < expected {
+                assert!(tokio::time::Instant::now() < deadline, "too few batches");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!(
+                rec.batches.lock().expect("lock").len(),
+                expected,
+                "follower: {follower}"
+            );
+            for _ in 0..20 {
+                rec.gate.notify_one();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            for w in waits {
+                w.await.expect("task").expect("committed");
+            }
         }
     }
 
