@@ -276,6 +276,22 @@ mod tests {
         }
     }
 
+    /// Proposes `n` client proposals, each from a task of its own, in order.
+    async fn propose_many(
+        handle: &ProposerHandle,
+        n: usize,
+    ) -> Vec<tokio::task::JoinHandle<Result<Committed, ProposeError>>> {
+        let mut waits = Vec::new();
+        for i in 0..n {
+            let h = handle.clone();
+            waits.push(tokio::spawn(async move {
+                h.propose(proposal(&format!("client-{i}"))).await
+            }));
+            tokio::task::yield_now().await;
+        }
+        waits
+    }
+
     /// A follower forwards up to `forwards_in_flight_max` batches at once (the leader
     /// batches them again); a leader keeps to `proposals_in_flight_max` log entries.
     #[tokio::test]
@@ -292,13 +308,7 @@ mod tests {
                 ..Recorder::default()
             });
             let handle = start(&opts, rec.clone());
-            let mut waits = Vec::new();
-            for i in 0..5 {
-                let h = handle.clone();
-                waits.push(tokio::spawn(async move {
-                    h.propose(proposal(&format!("client-{i}"))).await
-                }));
-            }
+            let waits = propose_many(&handle, 5).await;
             // Every commit is held: what was submitted is what the slots allowed.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
             while rec.batches.lock().expect("lock").len() < expected {
@@ -332,14 +342,7 @@ mod tests {
         };
         let rec = Arc::new(Recorder::default());
         let handle = start(&opts, rec.clone());
-        let mut waits = Vec::new();
-        for i in 0..5 {
-            let h = handle.clone();
-            waits.push(tokio::spawn(async move {
-                h.propose(proposal(&format!("client-{i}"))).await
-            }));
-            tokio::task::yield_now().await;
-        }
+        let mut waits = propose_many(&handle, 5).await;
         // The first batch is in flight; the rest of the clients wait in the queue.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while rec.batches.lock().expect("lock").is_empty() {
