@@ -265,6 +265,23 @@ pub struct OrganisationSpec {
 }
 
 impl OrganisationSpec {
+    /// A valid organisation for unit tests: "Clinic N" in Carlton, keys "k1".
+    #[cfg(test)]
+    pub(crate) fn sample(serial: u64) -> Self {
+        Self {
+            hpio: HpiO::from_serial(serial),
+            name: format!("Clinic {serial}"),
+            suburb: "Carlton".into(),
+            state: AuState::Vic,
+            postcode: "3053".into(),
+            keys: PublicKeys {
+                key_id: "k1".into(),
+                encryption: [1; 32],
+                signing: [2; 32],
+            },
+        }
+    }
+
     pub fn validate(&self) -> Result<(), FieldError> {
         check_text("name", &self.name, NAME_BYTES_MAX)?;
         check_text("suburb", &self.suburb, SHORT_TEXT_BYTES_MAX)?;

@@ -425,21 +425,9 @@ impl ChainVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::directory::AuState;
 
     pub(crate) fn org_event(serial: u64) -> Event {
-        Event::OrganisationRegistered(OrganisationSpec {
-            hpio: HpiO::from_serial(serial),
-            name: format!("Clinic {serial}"),
-            suburb: "Carlton".into(),
-            state: AuState::Vic,
-            postcode: "3053".into(),
-            keys: PublicKeys {
-                key_id: "k1".into(),
-                encryption: [1; 32],
-                signing: [2; 32],
-            },
-        })
+        Event::OrganisationRegistered(OrganisationSpec::sample(serial))
     }
 
     fn chain_of(n: u64) -> Vec<EventRecord> {

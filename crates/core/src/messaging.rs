@@ -514,9 +514,7 @@ fn dequeue_if_delivered(msg: &MessageStatus, out: &mut Vec<ViewChange>) {
 mod tests {
     use super::*;
     use crate::command::{Command, decide};
-    use crate::directory::{
-        AuState, Endpoint, EndpointSpec, Organisation, OrganisationSpec, PayloadType, PublicKeys,
-    };
+    use crate::directory::{Endpoint, EndpointSpec, Organisation, OrganisationSpec, PayloadType};
     use crate::event::EVENT_VERSION_CURRENT;
     use crate::message::{
         AckStatus, ENVELOPE_VERSION, EnvelopeHeader, Priority, SealedCopy, Sender, payload_digest,
@@ -526,18 +524,7 @@ mod tests {
 
     fn org(serial: u64) -> Organisation {
         Organisation {
-            spec: OrganisationSpec {
-                hpio: HpiO::from_serial(serial),
-                name: format!("Org {serial}"),
-                suburb: "Carlton".into(),
-                state: AuState::Vic,
-                postcode: "3053".into(),
-                keys: PublicKeys {
-                    key_id: "k1".into(),
-                    encryption: [1; 32],
-                    signing: [2; 32],
-                },
-            },
+            spec: OrganisationSpec::sample(serial),
             registered_seq: 1,
             keys_seq: 1,
         }

@@ -556,31 +556,26 @@ mod tests {
     fn a_sender_sealing_something_else_than_it_described_is_a_digest_mismatch() {
         let (a, b) = (party(1, "a1"), party(2, "b1"));
         let env = seal_to(&a, &[&b], PAYLOAD);
-        // A dishonest sender: header describes other bytes, the copy holds PAYLOAD. It
-        // seals with the lying header's info and aad, so HPKE opens and the digest fails.
-        let mut lie = env.header.clone();
-        lie.payload_digest = payload_digest(b"something else");
-        let aad = lie.digest();
-        let copy =
-            seal_copy(&lie, b.org.clone(), &b.keys.public_keys(), PAYLOAD, &aad).expect("seal");
-        let bad = Envelope {
-            signature: a.keys.sign(&lie.signed_bytes()).to_vec(),
-            header: lie,
-            sealed: vec![copy],
-        };
-        assert_eq!(open_as(&bad, &b, &a), Err(OpenError::DigestMismatch));
-        // Same for a size that does not match.
-        let mut lie = env.header.clone();
-        lie.payload_bytes += 1;
-        let aad = lie.digest();
-        let copy =
-            seal_copy(&lie, b.org.clone(), &b.keys.public_keys(), PAYLOAD, &aad).expect("seal");
-        let bad = Envelope {
-            signature: a.keys.sign(&lie.signed_bytes()).to_vec(),
-            header: lie,
-            sealed: vec![copy],
-        };
-        assert_eq!(open_as(&bad, &b, &a), Err(OpenError::DigestMismatch));
+        // A dishonest sender: the header describes other bytes (another digest, or another
+        // size), the copy holds PAYLOAD. It seals with the lying header's info and aad, so
+        // HPKE opens and the digest check fails.
+        let lies: [fn(&mut EnvelopeHeader); 2] = [
+            |h| h.payload_digest = payload_digest(b"something else"),
+            |h| h.payload_bytes += 1,
+        ];
+        for lie_about in lies {
+            let mut lie = env.header.clone();
+            lie_about(&mut lie);
+            let aad = lie.digest();
+            let copy =
+                seal_copy(&lie, b.org.clone(), &b.keys.public_keys(), PAYLOAD, &aad).expect("seal");
+            let bad = Envelope {
+                signature: a.keys.sign(&lie.signed_bytes()).to_vec(),
+                header: lie,
+                sealed: vec![copy],
+            };
+            assert_eq!(open_as(&bad, &b, &a), Err(OpenError::DigestMismatch));
+        }
     }
 
     #[test]
