@@ -17,6 +17,9 @@ use crate::message::{
     AckStatus, Envelope, FailReason, MessageId, PAYLOAD_BYTES_HARD_MAX, RecipientState,
     check_client_message_id, check_note,
 };
+use crate::federation::{
+    Notification, PEER_CHANGES_MAX, PeerChange, TransportReceipt, check_provider, cursor,
+};
 use crate::view::Facts;
 
 /// Longest wrapped private-key blob, in bytes.
@@ -73,6 +76,31 @@ pub enum Command {
         message_id: MessageId,
         recipient: EndpointId,
     },
+    /// Directory changes pulled from the peer that hosts those organisations, the peer's
+    /// sequence `(after_seq, through_seq]`. Since event version 3, like the rest below.
+    ImportPeerDirectory {
+        provider: String,
+        after_seq: u64,
+        through_seq: u64,
+        changes: Vec<PeerChange>,
+    },
+    /// The recipients' provider's verified transport receipt.
+    RecordRelayed {
+        receipt: TransportReceipt,
+        outcome_by_ms: u64,
+    },
+    /// A sealed message relayed here by the sender's provider.
+    Receive {
+        from_provider: String,
+        envelope: Box<Envelope>,
+    },
+    /// A peer's report of a remote recipient's final outcome.
+    Notify {
+        provider: String,
+        notification: Notification,
+    },
+    /// The origin provider confirmed our notifications through `through_seq`.
+    NotificationsRelayed { provider: String, through_seq: u64 },
 }
 
 /// What the delivery worker found when it opened a recipient's copy.
@@ -118,6 +146,8 @@ pub struct Reads {
     pub messages: Vec<MessageId>,
     /// (sender organisation, client message id) idempotency keys.
     pub client_ids: Vec<(HpiO, String)>,
+    /// Federation cursors: (kind, provider).
+    pub cursors: Vec<(u8, String)>,
 }
 
 impl Command {
@@ -146,6 +176,36 @@ impl Command {
             }
             Command::Ack { note, .. } => check_note(note)?,
             Command::Deliver { .. } | Command::Fetch { .. } | Command::Expire { .. } => {}
+            Command::ImportPeerDirectory {
+                provider, changes, ..
+            } => {
+                check_provider("provider", provider)?;
+                if changes.len() > PEER_CHANGES_MAX {
+                    return Err(Rejection::InvalidArgument(format!(
+                        "changes: {} in one import, the limit is {PEER_CHANGES_MAX}",
+                        changes.len()
+                    )));
+                }
+                for ch in changes {
+                    ch.validate()?;
+                }
+            }
+            Command::RecordRelayed { receipt, .. } => receipt.validate()?,
+            Command::Receive {
+                from_provider,
+                envelope,
+            } => {
+                check_provider("from_provider", from_provider)?;
+                envelope.validate(PAYLOAD_BYTES_HARD_MAX)?;
+            }
+            Command::Notify {
+                provider,
+                notification,
+            } => {
+                check_provider("provider", provider)?;
+                notification.outcome.validate()?;
+            }
+            Command::NotificationsRelayed { provider, .. } => check_provider("provider", provider)?,
         }
         Ok(())
     }
@@ -181,13 +241,43 @@ impl Command {
                     endpoints: h.recipients.clone(),
                     messages: vec![h.message_id.clone()],
                     client_ids: vec![(h.sender.org.clone(), client_message_id.clone())],
+                    ..Reads::default()
                 }
             }
             Command::Deliver { message_id, .. }
             | Command::Fetch { message_id, .. }
             | Command::Ack { message_id, .. }
-            | Command::Expire { message_id, .. } => Reads {
+            | Command::Expire { message_id, .. }
+            | Command::RecordRelayed {
+                receipt: TransportReceipt { message_id, .. },
+                ..
+            }
+            | Command::Notify {
+                notification: Notification { message_id, .. },
+                ..
+            } => Reads {
                 messages: vec![message_id.clone()],
+                ..Reads::default()
+            },
+            Command::ImportPeerDirectory {
+                provider, changes, ..
+            } => {
+                let mut r = crate::view::peer_change_reads(changes);
+                r.cursors.push((cursor::DIRECTORY, provider.clone()));
+                r
+            }
+            Command::Receive { envelope, .. } => {
+                let h = &envelope.header;
+                let mut organisations = vec![h.sender.org.clone()];
+                organisations.extend(h.recipient_orgs());
+                Reads {
+                    organisations,
+                    messages: vec![h.message_id.clone()],
+                    ..Reads::default()
+                }
+            }
+            Command::NotificationsRelayed { provider, .. } => Reads {
+                cursors: vec![(cursor::NOTIFIED, provider.clone())],
                 ..Reads::default()
             },
         }
@@ -206,6 +296,11 @@ impl Command {
             Command::Fetch { .. } => "fetch",
             Command::Ack { .. } => "ack",
             Command::Expire { .. } => "expire",
+            Command::ImportPeerDirectory { .. } => "import_peer_directory",
+            Command::RecordRelayed { .. } => "record_relayed",
+            Command::Receive { .. } => "receive",
+            Command::Notify { .. } => "notify",
+            Command::NotificationsRelayed { .. } => "notifications_relayed",
         }
     }
 }
@@ -303,6 +398,28 @@ pub fn decide(
             message_id,
             recipient,
         } => crate::messaging::decide_expire(&message_id, &recipient, facts, ts_ms)?,
+        Command::ImportPeerDirectory {
+            provider,
+            after_seq,
+            through_seq,
+            changes,
+        } => crate::federation::decide_import(provider, after_seq, through_seq, changes, facts)?,
+        Command::RecordRelayed {
+            receipt,
+            outcome_by_ms,
+        } => crate::federation::decide_relayed(receipt, outcome_by_ms, facts)?,
+        Command::Receive {
+            from_provider,
+            envelope,
+        } => crate::federation::decide_receive(from_provider, envelope, facts, ts_ms)?,
+        Command::Notify {
+            provider,
+            notification,
+        } => crate::federation::decide_notify(provider, notification, facts)?,
+        Command::NotificationsRelayed {
+            provider,
+            through_seq,
+        } => crate::federation::decide_notified(provider, through_seq, facts)?,
         Command::PublishEndpoint(e) => {
             if facts.organisation(&e.id.org).is_none() {
                 return Err(Rejection::NotFound(format!(

@@ -354,6 +354,16 @@ pub struct Organisation {
     pub registered_seq: u64,
     /// Event sequence number of the latest key rotation, if any.
     pub keys_seq: u64,
+    /// The peer provider that hosts this organisation (its entry was imported from that
+    /// provider's directory); `None` when this provider hosts it.
+    pub provider: Option<String>,
+}
+
+impl Organisation {
+    /// Hosted by this provider (its keys are in this provider's keystore).
+    pub fn is_local(&self) -> bool {
+        self.provider.is_none()
+    }
 }
 
 /// The directory view of an endpoint.

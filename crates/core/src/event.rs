@@ -11,12 +11,13 @@ use sha2::{Digest, Sha256};
 
 use crate::canonical::Canon;
 use crate::directory::{EndpointSpec, OrganisationSpec, PublicKeys};
+use crate::federation::{PeerChange, RemoteOutcome, TransportReceipt};
 use crate::ids::{EndpointId, EndpointLocal, HpiO};
 use crate::message::{AckStatus, Envelope, FailReason, MessageId};
 
 /// Version of the event model this build writes and understands. A node refuses to apply
 /// an event whose variant was introduced after this.
-pub const EVENT_VERSION_CURRENT: u16 = 2;
+pub const EVENT_VERSION_CURRENT: u16 = 3;
 
 /// Version tag of the canonical record encoding (the hashed bytes).
 pub const CANONICAL_RECORD_VERSION: u8 = 1;
@@ -86,6 +87,39 @@ pub enum Event {
         recipient: EndpointId,
         reason: FailReason,
     },
+    /// Directory changes pulled from the peer provider that hosts those organisations,
+    /// through the peer's sequence `through_seq`; `skipped` changes named organisations the
+    /// peer does not host. Since v3.
+    PeerDirectoryImported {
+        provider: String,
+        through_seq: u64,
+        changes: Vec<PeerChange>,
+        skipped: u32,
+    },
+    /// The recipients' provider committed the message and signed this receipt; their final
+    /// outcome is expected by `outcome_by_ms`. Since v3.
+    Relayed {
+        receipt: TransportReceipt,
+        outcome_by_ms: u64,
+    },
+    /// A sealed message relayed from the sender's provider, for the recipients hosted
+    /// here. Since v3.
+    Received {
+        envelope: Box<Envelope>,
+        from_provider: String,
+    },
+    /// The origin provider confirmed the delivery notifications of messages it relayed
+    /// here, through this log's sequence `through_seq`. Since v3.
+    NotificationsRelayed { provider: String, through_seq: u64 },
+    /// A remote recipient's outcome reported after the recipient already had a different
+    /// final outcome: recorded, never a second final outcome. Since v3.
+    LateOutcome {
+        message_id: MessageId,
+        recipient: EndpointId,
+        provider: String,
+        outcome: RemoteOutcome,
+        peer_seq: u64,
+    },
 }
 
 impl Event {
@@ -103,6 +137,11 @@ impl Event {
             | Event::Fetched { .. }
             | Event::Acked { .. }
             | Event::Failed { .. } => 2,
+            Event::PeerDirectoryImported { .. }
+            | Event::Relayed { .. }
+            | Event::Received { .. }
+            | Event::NotificationsRelayed { .. }
+            | Event::LateOutcome { .. } => 3,
         }
     }
 
@@ -120,35 +159,50 @@ impl Event {
             Event::Fetched { .. } => "fetched",
             Event::Acked { .. } => "acked",
             Event::Failed { .. } => "failed",
+            Event::PeerDirectoryImported { .. } => "peer_directory_imported",
+            Event::Relayed { .. } => "relayed",
+            Event::Received { .. } => "received",
+            Event::NotificationsRelayed { .. } => "notifications_relayed",
+            Event::LateOutcome { .. } => "late_outcome",
         }
     }
 
     /// The organisation this event concerns, for audit indexes.
-    pub fn organisation(&self) -> &HpiO {
+    pub fn organisation(&self) -> Option<&HpiO> {
         match self {
-            Event::OrganisationRegistered(o) => &o.hpio,
-            Event::EndpointPublished(e) => &e.id.org,
-            Event::EndpointRetired { id, .. } => &id.org,
-            Event::KeysRotated { org, .. } => org,
-            Event::KeysProvisioned { org, .. } => org,
-            Event::Sent { envelope, .. } => &envelope.header.sender.org,
+            Event::OrganisationRegistered(o) => Some(&o.hpio),
+            Event::EndpointPublished(e) => Some(&e.id.org),
+            Event::EndpointRetired { id, .. } => Some(&id.org),
+            Event::KeysRotated { org, .. } => Some(org),
+            Event::KeysProvisioned { org, .. } => Some(org),
+            Event::Sent { envelope, .. } | Event::Received { envelope, .. } => {
+                Some(&envelope.header.sender.org)
+            }
             Event::Decrypted { recipient, .. }
             | Event::Routed { recipient, .. }
             | Event::Fetched { recipient, .. }
             | Event::Acked { recipient, .. }
-            | Event::Failed { recipient, .. } => &recipient.org,
+            | Event::Failed { recipient, .. }
+            | Event::LateOutcome { recipient, .. } => Some(&recipient.org),
+            Event::PeerDirectoryImported { .. }
+            | Event::Relayed { .. }
+            | Event::NotificationsRelayed { .. } => None,
         }
     }
 
     /// The message this event belongs to, for message events.
     pub fn message_id(&self) -> Option<&MessageId> {
         match self {
-            Event::Sent { envelope, .. } => Some(&envelope.header.message_id),
+            Event::Sent { envelope, .. } | Event::Received { envelope, .. } => {
+                Some(&envelope.header.message_id)
+            }
+            Event::Relayed { receipt, .. } => Some(&receipt.message_id),
             Event::Decrypted { message_id, .. }
             | Event::Routed { message_id, .. }
             | Event::Fetched { message_id, .. }
             | Event::Acked { message_id, .. }
-            | Event::Failed { message_id, .. } => Some(message_id),
+            | Event::Failed { message_id, .. }
+            | Event::LateOutcome { message_id, .. } => Some(message_id),
             _ => None,
         }
     }
@@ -160,13 +214,14 @@ impl Event {
             | Event::Routed { recipient, .. }
             | Event::Fetched { recipient, .. }
             | Event::Acked { recipient, .. }
-            | Event::Failed { recipient, .. } => Some(recipient),
+            | Event::Failed { recipient, .. }
+            | Event::LateOutcome { recipient, .. } => Some(recipient),
             _ => None,
         }
     }
 
     /// Frozen canonical encoding of the event body: a variant tag then its fields.
-    fn write_canonical(&self, c: &mut Canon) {
+    pub(crate) fn write_canonical_body(&self, c: &mut Canon) {
         match self {
             Event::OrganisationRegistered(o) => {
                 c.u16(1)
@@ -218,15 +273,8 @@ impl Event {
                 c.u16(6)
                     .bytes(&envelope.header.signed_bytes())
                     .bytes(&envelope.signature)
-                    .str(client_message_id)
-                    .count(envelope.sealed.len());
-                for copy in &envelope.sealed {
-                    c.str(copy.org.as_str())
-                        .str(&copy.key_id)
-                        .bytes(&copy.enc)
-                        .u64(copy.ciphertext.len() as u64)
-                        .fixed(&hash_canonical(&copy.ciphertext));
-                }
+                    .str(client_message_id);
+                write_copies_canonical(c, envelope);
             }
             Event::Decrypted {
                 message_id,
@@ -270,15 +318,40 @@ impl Event {
                 write_endpoint_id(c, recipient);
                 c.u8(reason.code());
             }
+            Event::PeerDirectoryImported { .. }
+            | Event::Relayed { .. }
+            | Event::Received { .. }
+            | Event::NotificationsRelayed { .. }
+            | Event::LateOutcome { .. } => crate::federation::write_event_canonical(self, c),
         }
     }
+}
+
+/// The sealed copies of an envelope as the chain covers them: a digest of each ciphertext,
+/// never the ciphertext itself.
+fn write_copies_canonical(c: &mut Canon, envelope: &Envelope) {
+    c.count(envelope.sealed.len());
+    for copy in &envelope.sealed {
+        c.str(copy.org.as_str())
+            .str(&copy.key_id)
+            .bytes(&copy.enc)
+            .u64(copy.ciphertext.len() as u64)
+            .fixed(&hash_canonical(&copy.ciphertext));
+    }
+}
+
+/// A whole envelope as the chain covers it: signed header, signature, copy digests.
+pub(crate) fn write_envelope_canonical(c: &mut Canon, envelope: &Envelope) {
+    c.bytes(&envelope.header.signed_bytes())
+        .bytes(&envelope.signature);
+    write_copies_canonical(c, envelope);
 }
 
 fn write_keys(c: &mut Canon, k: &PublicKeys) {
     c.str(&k.key_id).fixed(&k.encryption).fixed(&k.signing);
 }
 
-fn write_endpoint_id(c: &mut Canon, id: &EndpointId) {
+pub(crate) fn write_endpoint_id(c: &mut Canon, id: &EndpointId) {
     c.str(id.org.as_str());
     match &id.local {
         EndpointLocal::Service(s) => c.u8(1).str(s),
@@ -337,7 +410,7 @@ impl EventRecord {
             .u64(self.log_index)
             .str(&self.actor)
             .fixed(&self.prev_hash);
-        self.event.write_canonical(&mut c);
+        self.event.write_canonical_body(&mut c);
         c.finish()
     }
 

@@ -13,6 +13,8 @@
 //! - [`message`]: envelope v1 (signed header, sealed copies), message ids, lifecycle states.
 //! - [`messaging`]: the message lifecycle: send, delivery and deadline decisions, its fold
 //!   and the messaging view key layouts.
+//! - [`federation`]: provider ids, transport receipts, delivery notifications, peer
+//!   directory changes, and the decisions and folds of the federation events.
 //! - [`batch`]: the Raft entry payload and per-proposal outcomes.
 //! - [`codec`]: the versioned storage codec.
 
@@ -22,6 +24,7 @@ pub mod codec;
 pub mod command;
 pub mod directory;
 pub mod event;
+pub mod federation;
 pub mod ids;
 pub mod message;
 pub mod messaging;

@@ -535,6 +535,13 @@ pub enum RecipientState {
     Acked { status: AckStatus, seq: u64 },
     /// Final: the message failed for this recipient.
     Failed { reason: FailReason, seq: u64 },
+    /// A recipient hosted by a peer provider: that provider committed the message (its
+    /// receipt is in the `Relayed` event at `relayed_seq`); its final outcome is expected
+    /// back by `outcome_by_ms`.
+    Relayed {
+        relayed_seq: u64,
+        outcome_by_ms: u64,
+    },
 }
 
 impl RecipientState {
@@ -558,6 +565,7 @@ impl RecipientState {
             RecipientState::Routed { .. } => "routed",
             RecipientState::Acked { .. } => "acked",
             RecipientState::Failed { .. } => "failed",
+            RecipientState::Relayed { .. } => "relayed",
         }
     }
 }
@@ -569,6 +577,15 @@ pub struct RecipientStatus {
     pub state: RecipientState,
     /// How many times the recipient fetched the payload.
     pub fetches: u32,
+    /// The peer provider that hosts the recipient's organisation; `None` when this
+    /// provider does (and delivers it itself).
+    pub provider: Option<String>,
+}
+
+impl RecipientStatus {
+    pub fn is_local(&self) -> bool {
+        self.provider.is_none()
+    }
 }
 
 /// The message status view: what the header says plus each recipient's state. The
@@ -584,7 +601,11 @@ pub struct MessageStatus {
     pub priority: Priority,
     pub payload_bytes: u64,
     pub deliver_by_ms: u64,
+    /// The recipients this provider tracks: every recipient at the sender's provider; only
+    /// those hosted here at a receiving provider.
     pub recipients: Vec<RecipientStatus>,
+    /// The peer provider that relayed the message here; `None` when it was sent here.
+    pub origin: Option<String>,
 }
 
 impl MessageStatus {
@@ -599,6 +620,31 @@ impl MessageStatus {
     /// Every recipient has its final outcome.
     pub fn is_complete(&self) -> bool {
         self.recipients.iter().all(|r| r.state.is_final())
+    }
+
+    /// Some recipient hosted here still waits for the delivery worker.
+    pub fn awaits_delivery(&self) -> bool {
+        self.recipients
+            .iter()
+            .any(|r| r.is_local() && r.state == RecipientState::Sent)
+    }
+
+    /// Some recipient hosted by `provider` still waits to be relayed there.
+    pub fn awaits_relay(&self, provider: &str) -> bool {
+        self.recipients
+            .iter()
+            .any(|r| r.provider.as_deref() == Some(provider) && r.state == RecipientState::Sent)
+    }
+
+    /// The distinct peer providers hosting recipients, in first-seen order.
+    pub fn peer_providers(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for p in self.recipients.iter().filter_map(|r| r.provider.as_ref()) {
+            if !out.contains(p) {
+                out.push(p.clone());
+            }
+        }
+        out
     }
 }
 

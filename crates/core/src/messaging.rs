@@ -10,6 +10,7 @@
 use crate::command::{DeliveryVerdict, Rejection};
 use crate::directory::{Endpoint, PayloadType};
 use crate::event::Event;
+use crate::federation::{Notification, RemoteOutcome, keys as fed_keys};
 use crate::ids::{EndpointId, HpiO};
 use crate::message::{
     Envelope, FailReason, MessageId, MessageStatus, RecipientState, RecipientStatus,
@@ -231,6 +232,15 @@ pub(crate) fn decide_deliver(
             state.name()
         )));
     }
+    if let Some(p) = facts
+        .message(id)
+        .and_then(|m| m.recipient(recipient))
+        .and_then(|r| r.provider.as_ref())
+    {
+        return Err(Rejection::FailedPrecondition(format!(
+            "recipient {recipient} is hosted by {p}, which delivers it"
+        )));
+    }
     let deliver_by = facts.message(id).map(|m| m.deliver_by_ms).unwrap_or(0);
     let failed = |reason| Event::Failed {
         message_id: id.clone(),
@@ -271,7 +281,10 @@ pub(crate) fn decide_expire(
     let reason = match state {
         RecipientState::Sent if ts_ms > deliver_by => FailReason::Undeliverable,
         RecipientState::Routed { ack_by_ms, .. } if ts_ms > ack_by_ms => FailReason::Unacknowledged,
-        RecipientState::Sent | RecipientState::Routed { .. } => {
+        RecipientState::Relayed { outcome_by_ms, .. } if ts_ms > outcome_by_ms => {
+            FailReason::Unacknowledged
+        }
+        RecipientState::Sent | RecipientState::Routed { .. } | RecipientState::Relayed { .. } => {
             return Err(Rejection::FailedPrecondition(format!(
                 "no deadline of message {id} for {recipient} has passed"
             )));
@@ -306,27 +319,7 @@ pub(crate) fn fold_message(event: &Event, seq: u64, ts_ms: u64, facts: &Facts) -
             client_message_id,
         } => {
             let h = &envelope.header;
-            let status = MessageStatus {
-                message_id: h.message_id.clone(),
-                sent_seq: seq,
-                sent_ts_ms: ts_ms,
-                sender: h.sender.clone(),
-                client_message_id: client_message_id.clone(),
-                payload_type: h.payload_type,
-                priority: h.priority,
-                payload_bytes: h.payload_bytes,
-                deliver_by_ms: h.deliver_by_ms,
-                recipients: h
-                    .recipients
-                    .iter()
-                    .map(|r| RecipientStatus {
-                        endpoint: r.clone(),
-                        state: RecipientState::Sent,
-                        fetches: 0,
-                    })
-                    .collect(),
-            };
-            let id_bytes = h.message_id.as_str().as_bytes().to_vec();
+            let status = new_status(envelope, seq, ts_ms, client_message_id, None, facts);
             out.push(ViewChange::PutIdempotency(
                 h.sender.org.clone(),
                 client_message_id.clone(),
@@ -335,18 +328,60 @@ pub(crate) fn fold_message(event: &Event, seq: u64, ts_ms: u64, facts: &Facts) -
             out.push(ViewChange::Put(
                 ViewCf::Outbox,
                 keys::outbox(&h.sender.org, seq),
-                id_bytes.clone(),
+                h.message_id.as_str().as_bytes().to_vec(),
             ));
-            out.push(ViewChange::Put(ViewCf::Queue, keys::queue(seq), id_bytes));
-            for r in &h.recipients {
-                out.push(ViewChange::Put(
-                    ViewCf::Deadlines,
-                    keys::deadline(h.deliver_by_ms, deadline::UNDELIVERABLE, &h.message_id, r),
-                    Vec::new(),
-                ));
-            }
+            enqueue(&status, h.deliver_by_ms, &mut out);
             out.push(ViewChange::PutMessage(status));
         }
+        Event::Received {
+            envelope,
+            from_provider,
+        } => {
+            let status = new_status(envelope, seq, ts_ms, "", Some(from_provider), facts);
+            enqueue(&status, envelope.header.deliver_by_ms, &mut out);
+            out.push(ViewChange::PutMessage(status));
+        }
+        Event::Relayed {
+            receipt,
+            outcome_by_ms,
+        } => {
+            if let Some(mut msg) = facts.message(&receipt.message_id).cloned() {
+                for r in msg.recipients.iter_mut().filter(|r| {
+                    r.provider.as_deref() == Some(receipt.provider.as_str())
+                        && r.state == RecipientState::Sent
+                }) {
+                    r.state = RecipientState::Relayed {
+                        relayed_seq: seq,
+                        outcome_by_ms: *outcome_by_ms,
+                    };
+                    out.push(ViewChange::Delete(
+                        ViewCf::Deadlines,
+                        keys::deadline(
+                            msg.deliver_by_ms,
+                            deadline::UNDELIVERABLE,
+                            &receipt.message_id,
+                            &r.endpoint,
+                        ),
+                    ));
+                    out.push(ViewChange::Put(
+                        ViewCf::Deadlines,
+                        keys::deadline(
+                            *outcome_by_ms,
+                            deadline::UNACKNOWLEDGED,
+                            &receipt.message_id,
+                            &r.endpoint,
+                        ),
+                        Vec::new(),
+                    ));
+                }
+                out.push(ViewChange::Delete(
+                    ViewCf::RelayQueue,
+                    fed_keys::relay(&receipt.provider, msg.sent_seq),
+                ));
+                out.push(ViewChange::PutMessage(msg));
+            }
+        }
+        Event::LateOutcome { .. } => {}
         Event::Decrypted { .. } => {}
         Event::Routed {
             message_id,
@@ -410,11 +445,21 @@ pub(crate) fn fold_message(event: &Event, seq: u64, ts_ms: u64, facts: &Facts) -
             message_id,
             recipient,
             status,
-            ..
+            note,
         } => {
             if let Some(mut msg) = facts.message(message_id).cloned() {
                 if let Some(prev) = msg.recipient(recipient).map(|r| r.state) {
                     leave_inbox(&msg, message_id, recipient, &prev, &mut out);
+                    owe_notification(
+                        &msg,
+                        recipient,
+                        RemoteOutcome::Acked {
+                            status: *status,
+                            note: note.clone(),
+                        },
+                        seq,
+                        &mut out,
+                    );
                     set_state(
                         &mut msg,
                         recipient,
@@ -446,6 +491,18 @@ pub(crate) fn fold_message(event: &Event, seq: u64, ts_ms: u64, facts: &Facts) -
                         ));
                     }
                     leave_inbox(&msg, message_id, recipient, &prev, &mut out);
+                    owe_notification(
+                        &msg,
+                        recipient,
+                        RemoteOutcome::Failed { reason: *reason },
+                        seq,
+                        &mut out,
+                    );
+                    out.push(ViewChange::Put(
+                        ViewCf::DeadLetters,
+                        fed_keys::dead_letter(seq),
+                        crate::codec::encode(&(message_id.clone(), recipient.clone())),
+                    ));
                     set_state(
                         &mut msg,
                         recipient,
@@ -456,12 +513,113 @@ pub(crate) fn fold_message(event: &Event, seq: u64, ts_ms: u64, facts: &Facts) -
                     );
                 }
                 dequeue_if_delivered(&msg, &mut out);
+                if let Some(p) = msg.recipient(recipient).and_then(|r| r.provider.clone())
+                    && !msg.awaits_relay(&p)
+                {
+                    out.push(ViewChange::Delete(
+                        ViewCf::RelayQueue,
+                        fed_keys::relay(&p, msg.sent_seq),
+                    ));
+                }
                 out.push(ViewChange::PutMessage(msg));
             }
         }
         _ => {}
     }
     out
+}
+
+/// The status view of a message sent (`origin` None) or received from a peer: every
+/// recipient at the sender's provider, only the recipients hosted here at a receiver's.
+fn new_status(
+    envelope: &Envelope,
+    seq: u64,
+    ts_ms: u64,
+    client_message_id: &str,
+    origin: Option<&String>,
+    facts: &Facts,
+) -> MessageStatus {
+    let h = &envelope.header;
+    let host = |org: &HpiO| facts.organisation(org).and_then(|o| o.provider.clone());
+    MessageStatus {
+        message_id: h.message_id.clone(),
+        sent_seq: seq,
+        sent_ts_ms: ts_ms,
+        sender: h.sender.clone(),
+        client_message_id: client_message_id.to_string(),
+        payload_type: h.payload_type,
+        priority: h.priority,
+        payload_bytes: h.payload_bytes,
+        deliver_by_ms: h.deliver_by_ms,
+        recipients: h
+            .recipients
+            .iter()
+            .map(|r| RecipientStatus {
+                endpoint: r.clone(),
+                state: RecipientState::Sent,
+                fetches: 0,
+                provider: host(&r.org),
+            })
+            .filter(|r| origin.is_none() || r.is_local())
+            .collect(),
+        origin: origin.cloned(),
+    }
+}
+
+/// Queues a new message: for the delivery worker (recipients hosted here), for the relay
+/// worker (once per peer provider hosting recipients), and a deliver-by deadline for
+/// every recipient.
+fn enqueue(status: &MessageStatus, deliver_by_ms: u64, out: &mut Vec<ViewChange>) {
+    let id_bytes = status.message_id.as_str().as_bytes().to_vec();
+    if status.awaits_delivery() {
+        out.push(ViewChange::Put(
+            ViewCf::Queue,
+            keys::queue(status.sent_seq),
+            id_bytes.clone(),
+        ));
+    }
+    for p in status.peer_providers() {
+        out.push(ViewChange::Put(
+            ViewCf::RelayQueue,
+            fed_keys::relay(&p, status.sent_seq),
+            id_bytes.clone(),
+        ));
+    }
+    for r in &status.recipients {
+        out.push(ViewChange::Put(
+            ViewCf::Deadlines,
+            keys::deadline(
+                deliver_by_ms,
+                deadline::UNDELIVERABLE,
+                &status.message_id,
+                &r.endpoint,
+            ),
+            Vec::new(),
+        ));
+    }
+}
+
+/// A message relayed here from a peer owes that peer each recipient's final outcome.
+fn owe_notification(
+    msg: &MessageStatus,
+    recipient: &EndpointId,
+    outcome: RemoteOutcome,
+    seq: u64,
+    out: &mut Vec<ViewChange>,
+) {
+    if let Some(origin) = &msg.origin {
+        let n = Notification {
+            message_id: msg.message_id.clone(),
+            recipient: recipient.clone(),
+            outcome,
+            peer_seq: seq,
+        };
+        out.push(ViewChange::Put(
+            ViewCf::Notify,
+            fed_keys::notify(origin, seq),
+            crate::codec::encode(&n),
+        ));
+    }
 }
 
 fn set_state(msg: &mut MessageStatus, recipient: &EndpointId, state: RecipientState) {
@@ -497,15 +655,18 @@ fn leave_inbox(
             keys::deadline(ack_by_ms, deadline::UNACKNOWLEDGED, id, recipient),
         ));
     }
+    if let RecipientState::Relayed { outcome_by_ms, .. } = *state {
+        out.push(ViewChange::Delete(
+            ViewCf::Deadlines,
+            keys::deadline(outcome_by_ms, deadline::UNACKNOWLEDGED, id, recipient),
+        ));
+    }
 }
 
-/// Drops the message from the delivery queue once no recipient waits for delivery.
+/// Drops the message from the delivery queue once no recipient hosted here waits for
+/// delivery.
 fn dequeue_if_delivered(msg: &MessageStatus, out: &mut Vec<ViewChange>) {
-    if msg
-        .recipients
-        .iter()
-        .all(|r| r.state != RecipientState::Sent)
-    {
+    if !msg.awaits_delivery() {
         out.push(ViewChange::Delete(ViewCf::Queue, keys::queue(msg.sent_seq)));
     }
 }
@@ -527,6 +688,7 @@ mod tests {
             spec: OrganisationSpec::sample(serial),
             registered_seq: 1,
             keys_seq: 1,
+            provider: None,
         }
     }
 

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::command::Reads;
-use crate::directory::{Endpoint, Organisation};
+use crate::directory::{Endpoint, EndpointSpec, Organisation, PublicKeys};
 use crate::event::Event;
 use crate::ids::{EndpointId, EndpointLocal, HpiO};
 use crate::message::{MessageId, MessageStatus};
@@ -24,6 +24,8 @@ pub struct Facts {
     endpoints: BTreeMap<EndpointId, Option<Endpoint>>,
     messages: BTreeMap<MessageId, Option<MessageStatus>>,
     client_ids: BTreeMap<(HpiO, String), Option<MessageId>>,
+    /// Federation cursors: (kind, provider) → sequence.
+    cursors: BTreeMap<(u8, String), Option<u64>>,
 }
 
 impl Facts {
@@ -44,6 +46,22 @@ impl Facts {
         self.client_ids
             .get(&(org.clone(), client_message_id.to_string()))
             .and_then(Option::as_ref)
+    }
+
+    /// A federation cursor (see [`crate::federation::cursor`]).
+    pub fn cursor(&self, kind: u8, provider: &str) -> Option<u64> {
+        self.cursors
+            .get(&(kind, provider.to_string()))
+            .copied()
+            .flatten()
+    }
+
+    pub fn knows_cursor(&self, kind: u8, provider: &str) -> bool {
+        self.cursors.contains_key(&(kind, provider.to_string()))
+    }
+
+    pub fn load_cursor(&mut self, kind: u8, provider: String, value: Option<u64>) {
+        self.cursors.insert((kind, provider), value);
     }
 
     pub fn knows_message(&self, id: &MessageId) -> bool {
@@ -103,6 +121,17 @@ impl Facts {
                     self.client_ids
                         .insert((org.clone(), cid.clone()), Some(id.clone()));
                 }
+                ViewChange::Put(ViewCf::Peers, k, v) => {
+                    if let (Some((kind, provider)), Some(value)) = (
+                        k.split_first(),
+                        crate::federation::decode_cursor(v),
+                    ) {
+                        self.cursors.insert(
+                            (*kind, String::from_utf8_lossy(provider).into_owned()),
+                            Some(value),
+                        );
+                    }
+                }
                 ViewChange::PutIndex(_) | ViewChange::Put(..) | ViewChange::Delete(..) => {}
             }
         }
@@ -120,10 +149,20 @@ pub enum ViewCf {
     Deadlines,
     MsgEvents,
     Keystore,
+    /// Federation cursors per peer provider.
+    Peers,
+    /// Messages waiting to be relayed, per destination provider.
+    RelayQueue,
+    /// Delivery notifications owed to origin providers.
+    Notify,
+    /// This provider's own directory events, which peers pull.
+    DirLog,
+    /// Failed recipients, for operators.
+    DeadLetters,
 }
 
 impl ViewCf {
-    pub const ALL: [ViewCf; 7] = [
+    pub const ALL: [ViewCf; 12] = [
         ViewCf::Outbox,
         ViewCf::Inbox,
         ViewCf::Feed,
@@ -131,6 +170,11 @@ impl ViewCf {
         ViewCf::Deadlines,
         ViewCf::MsgEvents,
         ViewCf::Keystore,
+        ViewCf::Peers,
+        ViewCf::RelayQueue,
+        ViewCf::Notify,
+        ViewCf::DirLog,
+        ViewCf::DeadLetters,
     ];
 
     /// The column family's name in the store.
@@ -143,6 +187,11 @@ impl ViewCf {
             ViewCf::Deadlines => "deadlines",
             ViewCf::MsgEvents => "msg_events",
             ViewCf::Keystore => "keystore",
+            ViewCf::Peers => "peers",
+            ViewCf::RelayQueue => "relay_queue",
+            ViewCf::Notify => "notify",
+            ViewCf::DirLog => "dir_log",
+            ViewCf::DeadLetters => "dead_letters",
         }
     }
 }
@@ -181,16 +230,44 @@ pub fn event_reads(event: &Event) -> Reads {
             organisations: vec![org.clone()],
             ..Reads::default()
         },
-        Event::KeysProvisioned { .. } | Event::Sent { .. } => Reads::default(),
+        Event::KeysProvisioned { .. } | Event::NotificationsRelayed { .. } => Reads::default(),
+        // Which recipients are hosted here and which by a peer.
+        Event::Sent { envelope, .. } | Event::Received { envelope, .. } => Reads {
+            organisations: envelope.header.recipient_orgs(),
+            ..Reads::default()
+        },
+        Event::Relayed { receipt, .. } => Reads {
+            messages: vec![receipt.message_id.clone()],
+            ..Reads::default()
+        },
         Event::Decrypted { message_id, .. }
         | Event::Routed { message_id, .. }
         | Event::Fetched { message_id, .. }
         | Event::Acked { message_id, .. }
-        | Event::Failed { message_id, .. } => Reads {
+        | Event::Failed { message_id, .. }
+        | Event::LateOutcome { message_id, .. } => Reads {
             messages: vec![message_id.clone()],
             ..Reads::default()
         },
+        Event::PeerDirectoryImported { changes, .. } => peer_change_reads(changes),
     }
+}
+
+/// What importing a peer's directory changes reads: every organisation and endpoint named.
+pub(crate) fn peer_change_reads(changes: &[crate::federation::PeerChange]) -> Reads {
+    use crate::federation::PeerChange;
+    let mut r = Reads::default();
+    for ch in changes {
+        if !r.organisations.contains(ch.org()) {
+            r.organisations.push(ch.org().clone());
+        }
+        match ch {
+            PeerChange::Endpoint(e) => r.endpoints.push(e.id.clone()),
+            PeerChange::EndpointRetired(id) => r.endpoints.push(id.clone()),
+            PeerChange::Organisation(_) | PeerChange::KeysRotated { .. } => {}
+        }
+    }
+    r
 }
 
 /// Turns an applied event into view changes. Facts missing for an event that needs them
@@ -198,44 +275,48 @@ pub fn event_reads(event: &Event) -> Reads {
 /// change rather than invent state, and the store's rebuild check reports the difference.
 pub fn fold(event: &Event, seq: u64, ts_ms: u64, facts: &Facts) -> Vec<ViewChange> {
     match event {
-        Event::OrganisationRegistered(spec) => vec![ViewChange::PutOrganisation(Organisation {
-            spec: spec.clone(),
-            registered_seq: seq,
-            keys_seq: seq,
-        })],
-        Event::EndpointPublished(spec) => {
-            let ep = Endpoint {
+        // Directory events are only ever made for organisations hosted here (a peer's
+        // entries arrive in `PeerDirectoryImported`); `dir_log` lists them for peers to pull.
+        Event::OrganisationRegistered(spec) => vec![
+            ViewChange::PutOrganisation(Organisation {
                 spec: spec.clone(),
-                published_seq: seq,
-                retired_seq: None,
-            };
-            let mut out: Vec<ViewChange> = facts
-                .organisation(&spec.id.org)
-                .map(|org| index_keys(&ep, org))
-                .unwrap_or_default()
-                .into_iter()
-                .map(ViewChange::PutIndex)
-                .collect();
-            out.push(ViewChange::PutEndpoint(ep));
+                registered_seq: seq,
+                keys_seq: seq,
+                provider: None,
+            }),
+            ViewChange::Put(
+                ViewCf::DirLog,
+                crate::federation::keys::dir_log(seq),
+                Vec::new(),
+            ),
+        ],
+        Event::EndpointPublished(spec) => {
+            let mut out = fold_endpoint_published(spec, seq, facts);
+            out.push(ViewChange::Put(
+                ViewCf::DirLog,
+                crate::federation::keys::dir_log(seq),
+                Vec::new(),
+            ));
             out
         }
-        Event::EndpointRetired { id, .. } => facts
-            .endpoint(id)
-            .map(|ep| {
-                let mut ep = ep.clone();
-                ep.retired_seq = Some(seq);
-                vec![ViewChange::PutEndpoint(ep)]
-            })
-            .unwrap_or_default(),
-        Event::KeysRotated { org, keys } => facts
-            .organisation(org)
-            .map(|o| {
-                let mut o = o.clone();
-                o.spec.keys = keys.clone();
-                o.keys_seq = seq;
-                vec![ViewChange::PutOrganisation(o)]
-            })
-            .unwrap_or_default(),
+        Event::EndpointRetired { id, .. } => {
+            let mut out = fold_endpoint_retired(id, seq, facts);
+            out.push(ViewChange::Put(
+                ViewCf::DirLog,
+                crate::federation::keys::dir_log(seq),
+                Vec::new(),
+            ));
+            out
+        }
+        Event::KeysRotated { org, keys } => {
+            let mut out = fold_keys_rotated(org, keys, seq, facts);
+            out.push(ViewChange::Put(
+                ViewCf::DirLog,
+                crate::federation::keys::dir_log(seq),
+                Vec::new(),
+            ));
+            out
+        }
         Event::KeysProvisioned {
             org,
             key_id,
@@ -250,8 +331,70 @@ pub fn fold(event: &Event, seq: u64, ts_ms: u64, facts: &Facts) -> Vec<ViewChang
         | Event::Routed { .. }
         | Event::Fetched { .. }
         | Event::Acked { .. }
-        | Event::Failed { .. } => crate::messaging::fold_message(event, seq, ts_ms, facts),
+        | Event::Failed { .. }
+        | Event::Received { .. }
+        | Event::Relayed { .. }
+        | Event::LateOutcome { .. } => crate::messaging::fold_message(event, seq, ts_ms, facts),
+        Event::PeerDirectoryImported {
+            provider,
+            through_seq,
+            changes,
+            ..
+        } => crate::federation::fold_import(provider, *through_seq, changes, seq, facts),
+        Event::NotificationsRelayed {
+            provider,
+            through_seq,
+        } => crate::federation::fold_notified(provider, *through_seq),
     }
+}
+
+pub(crate) fn fold_endpoint_published(
+    spec: &EndpointSpec,
+    seq: u64,
+    facts: &Facts,
+) -> Vec<ViewChange> {
+    let ep = Endpoint {
+        spec: spec.clone(),
+        published_seq: seq,
+        retired_seq: None,
+    };
+    let mut out: Vec<ViewChange> = facts
+        .organisation(&spec.id.org)
+        .map(|org| index_keys(&ep, org))
+        .unwrap_or_default()
+        .into_iter()
+        .map(ViewChange::PutIndex)
+        .collect();
+    out.push(ViewChange::PutEndpoint(ep));
+    out
+}
+
+pub(crate) fn fold_endpoint_retired(id: &EndpointId, seq: u64, facts: &Facts) -> Vec<ViewChange> {
+    facts
+        .endpoint(id)
+        .map(|ep| {
+            let mut ep = ep.clone();
+            ep.retired_seq = Some(seq);
+            vec![ViewChange::PutEndpoint(ep)]
+        })
+        .unwrap_or_default()
+}
+
+pub(crate) fn fold_keys_rotated(
+    org: &HpiO,
+    keys: &PublicKeys,
+    seq: u64,
+    facts: &Facts,
+) -> Vec<ViewChange> {
+    facts
+        .organisation(org)
+        .map(|o| {
+            let mut o = o.clone();
+            o.spec.keys = keys.clone();
+            o.keys_seq = seq;
+            vec![ViewChange::PutOrganisation(o)]
+        })
+        .unwrap_or_default()
 }
 
 /// Search index namespaces (first byte of an index key).
