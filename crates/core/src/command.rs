@@ -12,13 +12,14 @@ use crate::directory::{
     EndpointSpec, FieldError, NOTE_BYTES_MAX, OrganisationSpec, PublicKeys, check_text,
 };
 use crate::event::{EVENT_VERSION_CURRENT, Event};
+use crate::federation::{
+    Notification, PEER_CHANGES_MAX, PeerChange, RELAY_BATCH_MESSAGES_MAX, TransportReceipt,
+    check_provider, cursor,
+};
 use crate::ids::{EndpointId, HpiO};
 use crate::message::{
     AckStatus, Envelope, FailReason, MessageId, PAYLOAD_BYTES_HARD_MAX, RecipientState,
     check_client_message_id, check_note,
-};
-use crate::federation::{
-    Notification, PEER_CHANGES_MAX, PeerChange, TransportReceipt, check_provider, cursor,
 };
 use crate::view::Facts;
 
@@ -89,10 +90,11 @@ pub enum Command {
         receipt: TransportReceipt,
         outcome_by_ms: u64,
     },
-    /// A sealed message relayed here by the sender's provider.
+    /// Sealed messages relayed here by the sender's provider, in the order it sent them:
+    /// each acceptable one becomes a `Received` event, in this order.
     Receive {
         from_provider: String,
-        envelope: Box<Envelope>,
+        envelopes: Vec<Envelope>,
     },
     /// A peer's report of a remote recipient's final outcome.
     Notify {
@@ -100,7 +102,10 @@ pub enum Command {
         notification: Notification,
     },
     /// The origin provider confirmed our notifications through `through_seq`.
-    NotificationsRelayed { provider: String, through_seq: u64 },
+    NotificationsRelayed {
+        provider: String,
+        through_seq: u64,
+    },
 }
 
 /// What the delivery worker found when it opened a recipient's copy.
@@ -193,10 +198,18 @@ impl Command {
             Command::RecordRelayed { receipt, .. } => receipt.validate()?,
             Command::Receive {
                 from_provider,
-                envelope,
+                envelopes,
             } => {
                 check_provider("from_provider", from_provider)?;
-                envelope.validate(PAYLOAD_BYTES_HARD_MAX)?;
+                if envelopes.is_empty() || envelopes.len() > RELAY_BATCH_MESSAGES_MAX {
+                    return Err(Rejection::InvalidArgument(format!(
+                        "envelopes: {} in one relay, expected 1 to {RELAY_BATCH_MESSAGES_MAX}",
+                        envelopes.len()
+                    )));
+                }
+                for e in envelopes {
+                    e.validate(PAYLOAD_BYTES_HARD_MAX)?;
+                }
             }
             Command::Notify {
                 provider,
@@ -266,15 +279,15 @@ impl Command {
                 r.cursors.push((cursor::DIRECTORY, provider.clone()));
                 r
             }
-            Command::Receive { envelope, .. } => {
-                let h = &envelope.header;
-                let mut organisations = vec![h.sender.org.clone()];
-                organisations.extend(h.recipient_orgs());
-                Reads {
-                    organisations,
-                    messages: vec![h.message_id.clone()],
-                    ..Reads::default()
+            Command::Receive { envelopes, .. } => {
+                let mut r = Reads::default();
+                for e in envelopes {
+                    let h = &e.header;
+                    r.organisations.push(h.sender.org.clone());
+                    r.organisations.extend(h.recipient_orgs());
+                    r.messages.push(h.message_id.clone());
                 }
+                r
             }
             Command::NotificationsRelayed { provider, .. } => Reads {
                 cursors: vec![(cursor::NOTIFIED, provider.clone())],
@@ -410,8 +423,8 @@ pub fn decide(
         } => crate::federation::decide_relayed(receipt, outcome_by_ms, facts)?,
         Command::Receive {
             from_provider,
-            envelope,
-        } => crate::federation::decide_receive(from_provider, envelope, facts, ts_ms)?,
+            envelopes,
+        } => crate::federation::decide_receive(from_provider, envelopes, facts, ts_ms)?,
         Command::Notify {
             provider,
             notification,

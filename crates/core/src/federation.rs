@@ -352,29 +352,32 @@ pub(crate) fn decide_relayed(
     }])
 }
 
-/// Commits a message relayed from a peer provider.
-pub(crate) fn decide_receive(
-    from_provider: String,
-    envelope: Box<Envelope>,
+/// Why a relayed envelope cannot be received here, judged against the facts (and the
+/// entry's time); `None` when it can.
+pub fn receive_refusal(
+    from_provider: &str,
+    envelope: &Envelope,
     facts: &Facts,
     ts_ms: u64,
-) -> Result<Vec<Event>, Rejection> {
+) -> Option<Rejection> {
     let h = &envelope.header;
     if facts.message(&h.message_id).is_some() {
-        return Err(Rejection::AlreadyExists(format!(
+        return Some(Rejection::AlreadyExists(format!(
             "message {} was already received",
             h.message_id
         )));
     }
     if ts_ms > h.deliver_by_ms {
-        return Err(Rejection::FailedPrecondition(format!(
+        return Some(Rejection::FailedPrecondition(format!(
             "message {} expired at {} (deliver-by)",
             h.message_id, h.deliver_by_ms
         )));
     }
-    let sender_host = facts.organisation(&h.sender.org).map(|o| o.provider.clone());
-    if sender_host != Some(Some(from_provider.clone())) {
-        return Err(Rejection::FailedPrecondition(format!(
+    let sender_host = facts
+        .organisation(&h.sender.org)
+        .map(|o| o.provider.clone());
+    if sender_host != Some(Some(from_provider.to_string())) {
+        return Some(Rejection::FailedPrecondition(format!(
             "sender organisation {} is not hosted by {from_provider}",
             h.sender.org
         )));
@@ -384,15 +387,44 @@ pub(crate) fn decide_receive(
         .iter()
         .any(|o| facts.organisation(o).is_some_and(|o| o.provider.is_none()));
     if !ours {
-        return Err(Rejection::FailedPrecondition(format!(
+        return Some(Rejection::FailedPrecondition(format!(
             "message {} names no organisation hosted by this provider",
             h.message_id
         )));
     }
-    Ok(vec![Event::Received {
-        envelope,
-        from_provider,
-    }])
+    None
+}
+
+/// Commits messages relayed from a peer provider, in order; those that cannot be received
+/// (already here, expired, from the wrong provider, for nobody hosted here) are left out.
+/// Refused only when none can be received.
+pub(crate) fn decide_receive(
+    from_provider: String,
+    envelopes: Vec<Envelope>,
+    facts: &Facts,
+    ts_ms: u64,
+) -> Result<Vec<Event>, Rejection> {
+    let mut out: Vec<Event> = Vec::with_capacity(envelopes.len());
+    let mut first_refusal = None;
+    for envelope in envelopes {
+        let repeated = out
+            .iter()
+            .any(|e| e.message_id() == Some(&envelope.header.message_id));
+        match receive_refusal(&from_provider, &envelope, facts, ts_ms) {
+            None if !repeated => out.push(Event::Received {
+                envelope: Box::new(envelope),
+                from_provider: from_provider.clone(),
+            }),
+            None => {}
+            Some(r) => {
+                first_refusal.get_or_insert(r);
+            }
+        }
+    }
+    match (out.is_empty(), first_refusal) {
+        (true, Some(r)) => Err(r),
+        _ => Ok(out),
+    }
 }
 
 /// Records a peer's report of a remote recipient's final outcome: the final outcome when
@@ -498,9 +530,7 @@ pub(crate) fn fold_import(
                 };
                 vec![ViewChange::PutOrganisation(org)]
             }
-            PeerChange::Endpoint(spec) => {
-                crate::view::fold_endpoint_published(spec, seq, &facts)
-            }
+            PeerChange::Endpoint(spec) => crate::view::fold_endpoint_published(spec, seq, &facts),
             PeerChange::EndpointRetired(id) => crate::view::fold_endpoint_retired(id, seq, &facts),
             PeerChange::KeysRotated { org, keys } => {
                 crate::view::fold_keys_rotated(org, keys, seq, &facts)
@@ -757,7 +787,10 @@ mod tests {
         )
         .expect("send at A");
         let sent_seq = a.seq;
-        assert!(a.put(ViewCf::RelayQueue, &keys::relay(B, sent_seq)).is_some());
+        assert!(
+            a.put(ViewCf::RelayQueue, &keys::relay(B, sent_seq))
+                .is_some()
+        );
         assert!(
             a.put(ViewCf::Queue, &crate::messaging::keys::queue(sent_seq))
                 .is_none(),
@@ -773,9 +806,10 @@ mod tests {
 
         let receive = Command::Receive {
             from_provider: A.into(),
-            envelope: Box::new(env.clone()),
+            envelopes: vec![env.clone(), env.clone()],
         };
-        b.run(receive.clone(), 120).expect("B receives");
+        let ev = b.run(receive.clone(), 120).expect("B receives");
+        assert_eq!(ev.len(), 1, "a repeat in the same relay is received once");
         let received_seq = b.seq;
         let at_b = b.facts.message(&id).expect("status at B").clone();
         assert_eq!(at_b.origin.as_deref(), Some(A));
@@ -794,9 +828,13 @@ mod tests {
             outcome_by_ms: 50_000,
         };
         a.run(relayed.clone(), 130).expect("A records the receipt");
-        assert!(matches!(a.state(&id, &ep(2)), RecipientState::Relayed { .. }));
+        assert!(matches!(
+            a.state(&id, &ep(2)),
+            RecipientState::Relayed { .. }
+        ));
         assert!(a.deleted(ViewCf::RelayQueue, &keys::relay(B, sent_seq)));
-        a.run(relayed, 131).expect_err("a second receipt changes nothing");
+        a.run(relayed, 131)
+            .expect_err("a second receipt changes nothing");
 
         b.run(deliver(DeliveryVerdict::Route { ack_by_ms: 40_000 }), 140)
             .expect("B routes");
@@ -904,7 +942,7 @@ mod tests {
         let env = envelope();
         let receive = |from: &str, env: &Envelope| Command::Receive {
             from_provider: from.into(),
-            envelope: Box::new(env.clone()),
+            envelopes: vec![env.clone()],
         };
         let err = b
             .run(receive(A, &env), DELIVER_BY + 1)
@@ -1005,8 +1043,7 @@ mod tests {
         r.ts_ms += 1;
         variants.push(r);
         let mut r = base.clone();
-        r.message_id =
-            MessageId::new(A, "01890a5d-ac96-774b-bcce-b302099a8058").expect("other id");
+        r.message_id = MessageId::new(A, "01890a5d-ac96-774b-bcce-b302099a8058").expect("other id");
         variants.push(r);
         for v in variants {
             assert_ne!(v.signed_bytes(), base.signed_bytes(), "{v:?}");

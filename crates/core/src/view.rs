@@ -122,10 +122,9 @@ impl Facts {
                         .insert((org.clone(), cid.clone()), Some(id.clone()));
                 }
                 ViewChange::Put(ViewCf::Peers, k, v) => {
-                    if let (Some((kind, provider)), Some(value)) = (
-                        k.split_first(),
-                        crate::federation::decode_cursor(v),
-                    ) {
+                    if let (Some((kind, provider)), Some(value)) =
+                        (k.split_first(), crate::federation::decode_cursor(v))
+                    {
                         self.cursors.insert(
                             (*kind, String::from_utf8_lossy(provider).into_owned()),
                             Some(value),

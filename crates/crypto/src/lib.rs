@@ -12,6 +12,8 @@
 //! - [`kek`]: the provider's key-encryption key; wraps organisation keys with
 //!   ChaCha20-Poly1305 bound to the organisation and key id.
 //! - [`envelope`]: envelope v1 seal, verify and open; the crypto-only benchmark ceiling.
+//! - [`provider_key`]: the provider's Ed25519 receipt-signing key, receipt verification,
+//!   and naming a peer provider by the CA that issued its certificate.
 //!
 //! `ENVELOPE.md` at the repository root describes the envelope and wrap formats for
 //! implementers outside this code base.
@@ -19,6 +21,7 @@
 pub mod envelope;
 pub mod kek;
 pub mod keys;
+pub mod provider_key;
 pub mod tls;
 
 pub use envelope::OpenError;

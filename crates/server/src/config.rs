@@ -173,6 +173,9 @@ pub struct NodeConfig {
     pub api: ApiLimits,
     #[serde(default)]
     pub messaging: MessagingOptions,
+    /// Relay to and from peer providers; none: this provider stands alone.
+    #[serde(default)]
+    pub federation: Option<crate::federation::FederationConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -215,13 +218,18 @@ impl NodeConfig {
         cfg.apply_env(|k| std::env::var(k).ok())?;
         // Relative paths are relative to the configuration file.
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [
+        let mut paths = vec![
             &mut cfg.data_dir,
             &mut cfg.tls.ca,
             &mut cfg.tls.cert,
             &mut cfg.tls.key,
             &mut cfg.kek,
-        ] {
+        ];
+        if let Some(f) = cfg.federation.as_mut() {
+            paths.push(&mut f.provider_key);
+            paths.push(&mut f.trust_bundle);
+        }
+        for p in paths {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -288,6 +296,9 @@ impl NodeConfig {
             return Err(invalid("api.connections_max", "must be positive"));
         }
         self.messaging.validate()?;
+        if let Some(f) = &self.federation {
+            f.validate()?;
+        }
         // A payload travels whole in a send request and a fetch reply, and sealed in a
         // Raft entry: each limit must leave room for it.
         let payload = self.messaging.payload_bytes_max as usize;
@@ -358,6 +369,7 @@ mod tests {
             raft: RaftOptions::default(),
             api: ApiLimits::default(),
             messaging: MessagingOptions::default(),
+            federation: None,
         }
     }
 

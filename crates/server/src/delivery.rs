@@ -25,6 +25,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::MessagingOptions;
+use crate::federation::TrustBundle;
 use crate::keystore::{Keystore, KeystoreError};
 use crate::messaging::{MessagingFaults, load_envelope, now_ms, sender_signing_key};
 
@@ -44,6 +45,9 @@ struct Worker {
     keystore: Keystore,
     opts: MessagingOptions,
     faults: Arc<MessagingFaults>,
+    /// The peer providers: their recipients' deadlines are the relay worker's, which asks
+    /// the peer first.
+    peers: Arc<TrustBundle>,
     actor: String,
     in_flight: Arc<Mutex<HashSet<Key>>>,
     permits: Arc<Semaphore>,
@@ -62,6 +66,7 @@ pub fn spawn(
     keystore: Keystore,
     opts: MessagingOptions,
     faults: Arc<MessagingFaults>,
+    peers: Arc<TrustBundle>,
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     let w = Arc::new(Worker {
@@ -71,6 +76,7 @@ pub fn spawn(
         keystore,
         opts,
         faults,
+        peers,
         in_flight: Arc::default(),
         opens: Semaphore::new(OPENS_IN_FLIGHT_MAX),
         scanned_to: AtomicU64::new(0),
@@ -211,7 +217,7 @@ impl Worker {
             for r in msg
                 .recipients
                 .iter()
-                .filter(|r| r.state == RecipientState::Sent)
+                .filter(|r| r.is_local() && r.state == RecipientState::Sent)
             {
                 let sent_seq = msg.sent_seq;
                 let claimed = self
@@ -308,7 +314,20 @@ impl Worker {
                 return;
             }
         };
+        let view = self.node.view();
         for d in due {
+            let remote = match view.message(&d.message_id) {
+                Ok(m) => m
+                    .and_then(|m| m.recipient(&d.recipient).and_then(|r| r.provider.clone()))
+                    .is_some_and(|p| self.peers.peer(&p).is_some()),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read a message with a due deadline");
+                    continue;
+                }
+            };
+            if remote {
+                continue;
+            }
             let claimed = self
                 // Deadlines are read from the start on every tick: no rewind needed.
                 .spawn_claimed((d.message_id, d.recipient), None, |_, key| async move {

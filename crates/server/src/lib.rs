@@ -1,5 +1,6 @@
 //! A sealpost node: the gRPC services (Directory, Messaging, Admin, the internal Raft
-//! service and reflection), the delivery worker over mutual TLS on one port, on top of the raft crate's node; node
+//! service and reflection) over mutual TLS on one port, the Relay service for peer
+//! providers on another, the delivery and relay workers, on top of the raft crate's node; node
 //! configuration; and [`local::LocalCluster`], the in-process multi-node cluster that
 //! `sealpost dev` and the end-to-end tests run.
 //!
@@ -8,6 +9,9 @@
 //! - [`config`]: [`config::NodeConfig`], file → environment → validation.
 //! - [`directory`], [`messaging`], [`admin`]: the client-facing services.
 //! - [`delivery`]: the leader's delivery and deadline worker.
+//! - [`federation`]: relay port, provider key and trust bundle settings.
+//! - [`relay`]: the `Relay` service peers call; [`relay_worker`]: the leader's relay,
+//!   notification, peer-directory and remote-deadline worker (one task per peer).
 //! - [`keystore`]: organisations' private keys, unwrapped with the provider's KEK.
 //! - [`listener`]: the TCP listener with its connection cap.
 //! - [`convert`]: protobuf ↔ domain conversions and status codes (the gRPC edge).
@@ -20,11 +24,14 @@ pub mod convert;
 pub mod crypto_pool;
 pub mod delivery;
 pub mod directory;
+pub mod federation;
 pub mod keystore;
 pub mod listener;
 pub mod local;
 pub mod messaging;
 pub mod node;
+pub mod relay;
+pub mod relay_worker;
 
 pub use config::NodeConfig;
 pub use node::{NodeHandle, ServerError, start};

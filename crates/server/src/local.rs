@@ -4,7 +4,9 @@
 //! `DIR/<provider>/clients/` and its key-encryption key in `DIR/<provider>/kek`.
 //!
 //! Ports are chosen by the OS at first start and saved in each node's `node.toml`, so a
-//! restart serves on the same addresses. `sealpost dev` and the end-to-end tests use this;
+//! restart serves on the same addresses. [`LocalCluster::create_federation`] lays out
+//! several providers that trust each other: each gets a receipt-signing key
+//! (`provider-key`), a relay port per node and a `trust-bundle.toml` naming the others. `sealpost dev` and the end-to-end tests use this;
 //! every node is a real node on loopback with real gRPC and TLS.
 
 use std::collections::BTreeMap;
@@ -17,7 +19,43 @@ use sealpost_store::types::NodeId;
 use tokio::net::TcpListener;
 
 use crate::config::{ApiLimits, Member, MessagingOptions, NodeConfig};
-use crate::node::{NodeHandle, ServerError, start};
+use crate::federation::{FederationConfig, PeerSpec, RelayOptions};
+use crate::node::{NodeHandle, ServerError, start, start_with_relay};
+use sealpost_crypto::provider_key::ProviderKey;
+
+/// The provider's receipt-signing key, in `DIR/<provider>/`.
+pub const PROVIDER_KEY_FILE: &str = "provider-key";
+/// The provider's trust bundle (its peers), in `DIR/<provider>/`.
+pub const TRUST_BUNDLE_FILE: &str = "trust-bundle.toml";
+
+/// A provider laid out on disk with its ports bound, not yet started.
+struct Prepared {
+    cluster: LocalCluster,
+    listeners: BTreeMap<NodeId, (TcpListener, Option<TcpListener>)>,
+}
+
+impl Prepared {
+    /// How peers see this provider: its CA, receipt key and relay ports.
+    fn peer_spec(&self) -> Result<PeerSpec, LocalError> {
+        let key = ProviderKey::load(&self.cluster.dir.join(PROVIDER_KEY_FILE))?;
+        Ok(PeerSpec {
+            provider: self.cluster.provider.clone(),
+            ca: self.cluster.dir.join("ca.pem"),
+            receipt_key: key.public_hex(),
+            relay_endpoints: self.cluster.relay_addrs(),
+        })
+    }
+
+    async fn start(self) -> Result<LocalCluster, LocalError> {
+        let mut cluster = self.cluster;
+        for (id, (api, relay)) in self.listeners {
+            let cfg = cluster.configs[&id].clone();
+            let handle = start_with_relay(cfg, Some(api), relay).await?;
+            cluster.running.insert(id, handle);
+        }
+        Ok(cluster)
+    }
+}
 
 /// Loopback host every local node listens on.
 pub const LOCAL_HOST: &str = "127.0.0.1";
@@ -106,6 +144,63 @@ impl LocalCluster {
         api: ApiLimits,
         messaging: MessagingOptions,
     ) -> Result<Self, LocalError> {
+        Self::prepare(dir, provider, nodes, (raft, api, messaging), None)
+            .await?
+            .start()
+            .await
+    }
+
+    /// Creates several providers under `root` (`root/<provider>`, each with its own
+    /// messaging options), each trusting all the others (a trust bundle naming their CAs,
+    /// receipt keys and relay ports), and starts them all.
+    pub async fn create_federation(
+        root: &Path,
+        providers: &[(String, MessagingOptions)],
+        nodes: u64,
+        (raft, api, relay): (RaftOptions, ApiLimits, RelayOptions),
+    ) -> Result<Vec<Self>, LocalError> {
+        let mut prepared = Vec::with_capacity(providers.len());
+        for (p, messaging) in providers {
+            prepared.push(
+                Self::prepare(
+                    &root.join(p),
+                    p,
+                    nodes,
+                    (raft.clone(), api.clone(), messaging.clone()),
+                    Some(relay.clone()),
+                )
+                .await?,
+            );
+        }
+        for me in &prepared {
+            let mut bundle = crate::federation::TrustBundleFile::default();
+            for other in prepared
+                .iter()
+                .filter(|o| o.cluster.provider != me.cluster.provider)
+            {
+                bundle.peers.push(other.peer_spec()?);
+            }
+            let path = me.cluster.dir.join(TRUST_BUNDLE_FILE);
+            write_file(&path, &bundle.to_toml(), false)?;
+        }
+        let mut out = Vec::with_capacity(prepared.len());
+        for p in prepared {
+            out.push(p.start().await?);
+        }
+        Ok(out)
+    }
+
+    /// Lays out a provider (CA, KEK, provider key and relay ports when `relay` is given,
+    /// node folders and configurations on freshly bound loopback ports) without starting
+    /// it.
+    async fn prepare(
+        dir: &Path,
+        provider: &str,
+        nodes: u64,
+        (raft, api, messaging): (RaftOptions, ApiLimits, MessagingOptions),
+        relay: Option<RelayOptions>,
+    ) -> Result<Prepared, LocalError> {
+        let federated = relay.is_some();
         if dir.join("ca.pem").exists() {
             return Err(LocalError::Layout(format!(
                 "{} already holds a provider; open it instead",
@@ -116,19 +211,25 @@ impl LocalCluster {
         let ca = DevCa::generate(provider)?;
         ca.save(&dir.join("ca.pem"), &dir.join("ca-key.pem"))?;
         sealpost_crypto::kek::Kek::generate()?.save(&dir.join("kek"))?;
-        let mut listeners = BTreeMap::new();
-        for id in 1..=nodes {
-            let l = TcpListener::bind((LOCAL_HOST, 0))
+        if federated {
+            ProviderKey::generate()?.save(&dir.join(PROVIDER_KEY_FILE))?;
+        }
+        let bind = || async {
+            TcpListener::bind((LOCAL_HOST, 0))
                 .await
                 .map_err(|source| LocalError::Io {
                     path: PathBuf::from(LOCAL_HOST),
                     source,
-                })?;
-            listeners.insert(id, l);
+                })
+        };
+        let mut listeners = BTreeMap::new();
+        for id in 1..=nodes {
+            let relay = if federated { Some(bind().await?) } else { None };
+            listeners.insert(id, (bind().await?, relay));
         }
         let members: Vec<Member> = listeners
             .iter()
-            .map(|(id, l)| {
+            .map(|(id, (l, _))| {
                 l.local_addr().map(|a| Member {
                     id: *id,
                     addr: a.to_string(),
@@ -143,22 +244,31 @@ impl LocalCluster {
             configs: BTreeMap::new(),
             running: BTreeMap::new(),
         };
+        let relay_opts = relay;
         for m in &members {
+            let relay = match &listeners[&m.id].1 {
+                Some(l) => Some(l.local_addr().map_err(io(dir))?.to_string()),
+                None => None,
+            };
             let cfg = cluster.write_node(
                 m.id,
                 &m.addr,
                 members.clone(),
                 vec![],
                 (&raft, &api, &messaging),
+                relay.as_deref().zip(relay_opts.as_ref()),
             )?;
             cluster.configs.insert(m.id, cfg);
         }
-        for (id, l) in listeners {
-            let cfg = cluster.configs[&id].clone();
-            let handle = start(cfg, Some(l)).await?;
-            cluster.running.insert(id, handle);
-        }
-        Ok(cluster)
+        Ok(Prepared { cluster, listeners })
+    }
+
+    /// The relay addresses of this provider's nodes (federated providers only).
+    pub fn relay_addrs(&self) -> Vec<String> {
+        self.configs
+            .values()
+            .filter_map(|c| c.federation.as_ref().map(|f| f.relay_listen.clone()))
+            .collect()
     }
 
     /// Opens an existing layout and starts every node on its saved port.
@@ -207,6 +317,7 @@ impl LocalCluster {
         initial_members: Vec<Member>,
         peers: Vec<Member>,
         (raft, api, messaging): (&RaftOptions, &ApiLimits, &MessagingOptions),
+        relay: Option<(&str, &RelayOptions)>,
     ) -> Result<NodeConfig, LocalError> {
         let nd = node_dir(&self.dir, id);
         let tls_dir = nd.join("tls");
@@ -233,6 +344,12 @@ impl LocalCluster {
             raft: raft.clone(),
             api: api.clone(),
             messaging: messaging.clone(),
+            federation: relay.map(|(listen, opts)| FederationConfig {
+                relay_listen: listen.to_string(),
+                provider_key: self.dir.join(PROVIDER_KEY_FILE),
+                trust_bundle: self.dir.join(TRUST_BUNDLE_FILE),
+                relay: opts.clone(),
+            }),
         };
         cfg.validate()?;
         write_file(&nd.join("node.toml"), &cfg.to_toml(), false)?;
@@ -325,15 +442,30 @@ impl LocalCluster {
             .into_iter()
             .map(|(id, addr)| Member { id, addr })
             .collect();
+        let relay = match &template.federation {
+            Some(_) => Some(
+                TcpListener::bind((LOCAL_HOST, 0))
+                    .await
+                    .map_err(io(&self.dir))?,
+            ),
+            None => None,
+        };
+        let relay_addr = match &relay {
+            Some(r) => Some(r.local_addr().map_err(io(&self.dir))?.to_string()),
+            None => None,
+        };
         let cfg = self.write_node(
             id,
             &addr,
             vec![],
             peers,
             (&template.raft, &template.api, &template.messaging),
+            relay_addr
+                .as_deref()
+                .zip(template.federation.as_ref().map(|f| &f.relay)),
         )?;
         self.configs.insert(id, cfg.clone());
-        let h = start(cfg, Some(l)).await?;
+        let h = start_with_relay(cfg, Some(l), relay).await?;
         self.running.insert(id, h);
         Ok((id, addr))
     }

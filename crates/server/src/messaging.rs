@@ -239,6 +239,18 @@ fn timeline_to_pb(rec: &sealpost_core::EventRecord) -> pb::TimelineEvent {
     let outcome = match &rec.event {
         Event::Acked { status, .. } => status.as_str().to_string(),
         Event::Failed { reason, .. } => reason.as_str().to_string(),
+        Event::LateOutcome { outcome, .. } => outcome.name(),
+        _ => String::new(),
+    };
+    let detail = match &rec.event {
+        Event::Relayed { receipt, .. } => format!(
+            "{} received it as its event {} at {} ms (signed receipt)",
+            receipt.provider, receipt.seq, receipt.ts_ms
+        ),
+        Event::Received { from_provider, .. } => format!("relayed from {from_provider}"),
+        Event::LateOutcome { provider, .. } => {
+            format!("reported by {provider} after the final outcome; not applied")
+        }
         _ => String::new(),
     };
     pb::TimelineEvent {
@@ -253,6 +265,7 @@ fn timeline_to_pb(rec: &sealpost_core::EventRecord) -> pb::TimelineEvent {
         actor: rec.actor.clone(),
         log_index: rec.log_index,
         outcome,
+        detail,
     }
 }
 
@@ -868,14 +881,14 @@ fn own_endpoint(org: &HpiO, named: &str) -> Result<Option<EndpointId>, Status> {
 pub enum LoadError {
     #[error("reading the event store: {0}")]
     Store(#[from] sealpost_store::Error),
-    #[error("event {0} is missing or is not a Sent event")]
+    #[error("event {0} is missing or is not a Sent or Received event")]
     NotSent(u64),
 }
 
 /// The envelope of the `Sent` event at `sent_seq`.
 pub fn load_envelope(view: &StateView, sent_seq: u64) -> Result<Envelope, LoadError> {
     match view.event(sent_seq)?.map(|r| r.event) {
-        Some(Event::Sent { envelope, .. }) => Ok(*envelope),
+        Some(Event::Sent { envelope, .. } | Event::Received { envelope, .. }) => Ok(*envelope),
         _ => Err(LoadError::NotSent(sent_seq)),
     }
 }

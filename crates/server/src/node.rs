@@ -1,15 +1,19 @@
 //! Running one node: load TLS material and the provider's key-encryption key, open the
 //! stores, start Raft and the delivery worker, serve every gRPC service (Raft, Directory,
-//! Messaging, Admin, reflection) on one mutually authenticated TLS port,
-//! and bootstrap the cluster when this node is an initial member.
+//! Messaging, Admin, reflection) on one mutually authenticated TLS port, and, when
+//! federation is configured, the Relay service on a second port that only the trusted peer
+//! providers' certificates may reach, with one relay worker per peer; then bootstrap the
+//! cluster when this node is an initial member.
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sealpost_proto::v1::admin_server::AdminServer;
 use sealpost_proto::v1::directory_server::DirectoryServer;
 use sealpost_proto::v1::messaging_server::MessagingServer;
+use sealpost_proto::v1::relay_server::RelayServer;
 use sealpost_raft::{NodeOptions, RaftNode};
 use sealpost_store::StoreOptions;
 use tokio::net::TcpListener;
@@ -20,8 +24,11 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTls
 use crate::admin::AdminService;
 use crate::config::NodeConfig;
 use crate::directory::DirectoryService;
+use crate::federation::TrustBundle;
 use crate::keystore::Keystore;
 use crate::messaging::{MessagingFaults, MessagingService};
+use crate::relay::RelayService;
+use crate::relay_worker::{RelayContext, RelayFaults};
 
 /// Name of the file that records which node id owns a data folder.
 pub const NODE_ID_FILE: &str = "NODE_ID";
@@ -42,18 +49,26 @@ pub enum ServerError {
     Raft(#[from] sealpost_raft::NodeError),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("federation: {0}")]
+    Federation(#[from] crate::config::ConfigError),
 }
 
 /// A running node. Dropping it does not stop it: call [`NodeHandle::stop`].
 pub struct NodeHandle {
     pub raft: RaftNode,
     pub addr: SocketAddr,
+    /// The relay port peers connect to, when federation is configured with peers.
+    pub relay_addr: Option<SocketAddr>,
     /// Test and chaos hooks of the messaging service and its worker.
     pub faults: std::sync::Arc<MessagingFaults>,
+    /// Test and chaos hooks of the relay worker.
+    pub relay_faults: std::sync::Arc<RelayFaults>,
     workers_stop: tokio::sync::watch::Sender<bool>,
-    workers: JoinHandle<()>,
+    workers: Vec<JoinHandle<()>>,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    relay_stop: Option<oneshot::Sender<()>>,
+    relay_server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
 }
 
 impl std::fmt::Debug for NodeHandle {
@@ -71,8 +86,25 @@ impl NodeHandle {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
+        if let Some(tx) = self.relay_stop.take() {
+            let _ = tx.send(());
+        }
         let _ = self.workers_stop.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.workers).await;
+        for w in &mut self.workers {
+            if tokio::time::timeout(Duration::from_secs(5), &mut *w)
+                .await
+                .is_err()
+            {
+                w.abort();
+            }
+        }
+        if let Some(mut relay) = self.relay_server.take()
+            && tokio::time::timeout(Duration::from_secs(5), &mut relay)
+                .await
+                .is_err()
+        {
+            relay.abort();
+        }
         self.raft.shutdown().await;
         match tokio::time::timeout(Duration::from_secs(10), &mut self.server).await {
             Ok(_) => {}
@@ -132,16 +164,39 @@ pub async fn start(
     cfg: NodeConfig,
     listener: Option<TcpListener>,
 ) -> Result<NodeHandle, ServerError> {
+    start_with_relay(cfg, listener, None).await
+}
+
+async fn bind(addr: &str) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+/// [`start`] with an already bound relay socket as well (for `federation.relay_listen`).
+pub async fn start_with_relay(
+    cfg: NodeConfig,
+    listener: Option<TcpListener>,
+    relay_listener: Option<TcpListener>,
+) -> Result<NodeHandle, ServerError> {
     let tls = cfg.tls.load()?;
     let kek = sealpost_crypto::kek::Kek::load(&cfg.kek)?;
+    let federation = match &cfg.federation {
+        Some(f) => Some((
+            f.clone(),
+            Arc::new(sealpost_crypto::provider_key::ProviderKey::load(
+                &f.provider_key,
+            )?),
+            Arc::new(TrustBundle::load(&f.trust_bundle, &cfg.provider)?),
+        )),
+        None => None,
+    };
     let listener = match listener {
         Some(l) => l,
-        None => TcpListener::bind(&cfg.listen)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: cfg.listen.clone(),
-                source,
-            })?,
+        None => bind(&cfg.listen).await?,
     };
     let addr = listener.local_addr().map_err(|source| ServerError::Bind {
         addr: cfg.listen.clone(),
@@ -191,13 +246,77 @@ pub async fn start(
     .max_decoding_message_size(limit)
     .max_encoding_message_size(limit);
     let (workers_stop, workers_rx) = tokio::sync::watch::channel(false);
-    let workers = crate::delivery::spawn(
+    let bundle = federation
+        .as_ref()
+        .map(|(_, _, b)| b.clone())
+        .unwrap_or_default();
+    let mut workers = vec![crate::delivery::spawn(
         raft.clone(),
         keystore,
         cfg.messaging.clone(),
         faults.clone(),
-        workers_rx,
-    );
+        bundle.clone(),
+        workers_rx.clone(),
+    )];
+    let relay_faults = Arc::new(RelayFaults::default());
+    let mut relay_addr = None;
+    let mut relay_stop = None;
+    let mut relay_server = None;
+    if let Some((fed, key, bundle)) = &federation
+        && !bundle.peers.is_empty()
+    {
+        let relay_listener = match relay_listener {
+            Some(l) => l,
+            None => bind(&fed.relay_listen).await?,
+        };
+        relay_addr = Some(
+            relay_listener
+                .local_addr()
+                .map_err(|source| ServerError::Bind {
+                    addr: fed.relay_listen.clone(),
+                    source,
+                })?,
+        );
+        let service = RelayServer::new(RelayService::new(
+            raft.clone(),
+            cfg.provider.clone(),
+            bundle.clone(),
+            key.clone(),
+            cfg.messaging.payload_bytes_max,
+        ))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+        let relay_tls = ServerTlsConfig::new()
+            .identity(identity.clone())
+            .client_ca_root(Certificate::from_pem(bundle.roots_pem()));
+        let router = Server::builder()
+            .tls_config(relay_tls)?
+            .concurrency_limit_per_connection(cfg.api.requests_per_connection_max)
+            .timeout(Duration::from_millis(cfg.api.request_timeout_ms))
+            .add_service(service);
+        let (tx, rx) = oneshot::channel::<()>();
+        let incoming = crate::listener::incoming(relay_listener, fed.relay.connections_max);
+        relay_server = Some(tokio::spawn(router.serve_with_incoming_shutdown(
+            incoming,
+            async move {
+                let _ = rx.await;
+            },
+        )));
+        relay_stop = Some(tx);
+        workers.extend(crate::relay_worker::spawn(
+            RelayContext {
+                node: raft.clone(),
+                provider: cfg.provider.clone(),
+                bundle: bundle.clone(),
+                opts: fed.relay.clone(),
+                messaging: cfg.messaging.clone(),
+                identity: identity.clone(),
+                grpc_message_bytes_max: limit,
+                faults: relay_faults.clone(),
+            },
+            workers_rx,
+        ));
+    }
     let admin = AdminServer::new(AdminService::new(
         raft.clone(),
         Duration::from_millis(cfg.api.member_status_timeout_ms),
@@ -235,14 +354,18 @@ pub async fn start(
             .collect();
         raft.initialize(members).await?;
     }
-    tracing::info!(node = cfg.id, %addr, provider = %cfg.provider, "node serving");
+    tracing::info!(node = cfg.id, %addr, relay = ?relay_addr, provider = %cfg.provider, "node serving");
     Ok(NodeHandle {
         raft,
         addr,
+        relay_addr,
         faults,
+        relay_faults,
         workers_stop,
         workers,
         stop: Some(stop_tx),
         server,
+        relay_stop,
+        relay_server,
     })
 }

@@ -1,6 +1,6 @@
 //! The state machine in its own RocksDB instance: the permanent event store (sequence →
-//! hash-chained record, never purged) and the directory views, written together in one
-//! batch per apply.
+//! hash-chained record, never purged) and the directory, messaging and federation views,
+//! written together in one batch per apply.
 //!
 //! On disk, `sm/ACTIVE` names the live database folder (`sm/db-N`); snapshots are RocksDB
 //! checkpoints under `sm/snapshots/`, and a received snapshot replaces the live folder by
@@ -22,6 +22,7 @@ use sealpost_core::directory::{Endpoint, Organisation};
 use sealpost_core::event::{
     ChainError, ChainVerifier, EVENT_VERSION_CURRENT, EventRecord, GENESIS_HASH, Hash,
 };
+use sealpost_core::federation::{self, Notification, keys as fed_keys};
 use sealpost_core::ids::{EndpointId, HpiO};
 use sealpost_core::message::{MessageId, MessageStatus};
 use sealpost_core::messaging::keys;
@@ -59,6 +60,11 @@ pub(crate) const SM_CFS: &[&str] = &[
     "deadlines",
     "msg_events",
     "keystore",
+    "peers",
+    "relay_queue",
+    "notify",
+    "dir_log",
+    "dead_letters",
 ];
 
 pub(crate) const KEY_LAST_APPLIED: &[u8] = b"last_applied";
@@ -142,6 +148,26 @@ impl SmDb {
 
     pub(crate) fn event(&self, seq: u64) -> Result<Option<EventRecord>> {
         self.get(CF_EVENTS, &seq.to_be_bytes())
+    }
+
+    /// A federation cursor (raw big-endian u64, not the codec).
+    pub(crate) fn cursor(&self, kind: u8, provider: &str) -> Result<Option<u64>> {
+        let raw = self
+            .db
+            .get_cf(
+                rocks::cf(&self.db, ViewCf::Peers.name()),
+                fed_keys::cursor(kind, provider),
+            )
+            .map_err(rocks_err(&self.path))?;
+        match raw {
+            None => Ok(None),
+            Some(v) => federation::decode_cursor(&v)
+                .map(Some)
+                .ok_or_else(|| Error::Corrupt {
+                    path: self.path.clone(),
+                    detail: format!("the {provider} cursor is not a sequence number"),
+                }),
+        }
     }
 
     /// Checks that the newest event matches the recorded chain head, so a store whose
@@ -366,6 +392,12 @@ fn load_facts(live: &SmDb, facts: &mut Facts, reads: &Reads) -> Result<()> {
         if !facts.knows_client_id(org, cid) {
             let v: Option<MessageId> = live.get(CF_IDEMPOTENCY, &keys::idempotency(org, cid))?;
             facts.load_client_id(org.clone(), cid.clone(), v);
+        }
+    }
+    for (kind, provider) in &reads.cursors {
+        if !facts.knows_cursor(*kind, provider) {
+            let v = live.cursor(*kind, provider)?;
+            facts.load_cursor(*kind, provider.clone(), v);
         }
     }
     Ok(())
@@ -777,6 +809,19 @@ impl SmDb {
     }
 }
 
+/// The big-endian sequence number at the end of a view key.
+fn seq_suffix(path: &Path, k: &[u8]) -> Result<u64> {
+    k.len()
+        .checked_sub(8)
+        .and_then(|at| k.get(at..))
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| Error::Corrupt {
+            path: path.to_path_buf(),
+            detail: format!("view key {} does not end in a sequence", hex::encode(k)),
+        })
+}
+
 fn decode_entry(path: &Path, k: &[u8], v: &[u8]) -> Result<InboxEntry> {
     let (message_id, recipient): (MessageId, EndpointId) =
         codec::decode(v).map_err(|e| Error::Codec {
@@ -954,6 +999,97 @@ impl StateView {
             out.push(rec);
         }
         Ok(out)
+    }
+
+    /// A federation cursor (see `sealpost_core::federation::cursor`).
+    pub fn cursor(&self, kind: u8, provider: &str) -> Result<Option<u64>> {
+        self.shared.live().cursor(kind, provider)
+    }
+
+    /// Messages waiting to be relayed to `provider`, oldest first: (sent seq, id).
+    pub fn relay_queue(&self, provider: &str, limit: usize) -> Result<Vec<(u64, MessageId)>> {
+        let live = self.shared.live();
+        let prefix = fed_keys::relay_prefix(provider);
+        let rows = live.prefix_scan(ViewCf::RelayQueue.name(), &prefix, None, false, limit)?;
+        rows.iter()
+            .map(|(k, v)| {
+                let seq = seq_suffix(&live.path, k)?;
+                let id =
+                    MessageId::parse(&String::from_utf8_lossy(v)).map_err(|e| Error::Corrupt {
+                        path: live.path.clone(),
+                        detail: format!("the relay queue names a bad message id: {e}"),
+                    })?;
+                Ok((seq, id))
+            })
+            .collect()
+    }
+
+    /// Notifications owed to `provider` for final events after `after_seq`, oldest first.
+    pub fn notifications(
+        &self,
+        provider: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Notification>> {
+        let live = self.shared.live();
+        let prefix = fed_keys::relay_prefix(provider);
+        let start = fed_keys::notify(provider, after_seq.saturating_add(1));
+        let rows = live.prefix_scan(ViewCf::Notify.name(), &prefix, Some(&start), false, limit)?;
+        rows.iter()
+            .map(|(k, v)| {
+                codec::decode(v).map_err(|e| Error::Codec {
+                    what: format!("notification {}", hex::encode(k)),
+                    source: e,
+                })
+            })
+            .collect()
+    }
+
+    /// This provider's own directory events after `after_seq` (what peers pull), oldest
+    /// first.
+    pub fn directory_log(&self, after_seq: u64, limit: usize) -> Result<Vec<EventRecord>> {
+        let live = self.shared.live();
+        let start = fed_keys::dir_log(after_seq.saturating_add(1));
+        let rows = live.prefix_scan(ViewCf::DirLog.name(), &[], Some(&start), false, limit)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (k, _) in rows {
+            let seq = seq_suffix(&live.path, &k)?;
+            let rec = live.event(seq)?.ok_or_else(|| Error::Corrupt {
+                path: live.path.clone(),
+                detail: format!("the directory log names event {seq}, which is missing"),
+            })?;
+            out.push(rec);
+        }
+        Ok(out)
+    }
+
+    /// Failed recipients, newest first, failed before `before_seq` (0: from the newest):
+    /// (sequence of the `Failed` event, message id, recipient).
+    pub fn dead_letters(
+        &self,
+        before_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, MessageId, EndpointId)>> {
+        let live = self.shared.live();
+        let start = (before_seq > 0).then(|| fed_keys::dead_letter(before_seq));
+        let rows = live.prefix_scan(
+            ViewCf::DeadLetters.name(),
+            &[],
+            start.as_deref(),
+            true,
+            limit,
+        )?;
+        rows.iter()
+            .map(|(k, v)| {
+                let seq = seq_suffix(&live.path, k)?;
+                let (id, ep): (MessageId, EndpointId) =
+                    codec::decode(v).map_err(|e| Error::Codec {
+                        what: format!("dead letter {}", hex::encode(k)),
+                        source: e,
+                    })?;
+                Ok((seq, id, ep))
+            })
+            .collect()
     }
 
     /// An organisation's wrapped private keys for a key id.

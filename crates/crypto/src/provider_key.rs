@@ -1,0 +1,208 @@
+//! The provider's receipt-signing key: an Ed25519 key pair, one per provider, given to
+//! every node of the provider as a file (like the key-encryption key). Transport receipts
+//! are signed with it; peers verify them with the public half, which the provider
+//! publishes in its peers' trust bundles next to its CA certificate.
+//!
+//! Also the identification of a peer provider from the certificate it presented: the
+//! TLS layer has already checked that the certificate chains to one of the trusted peer
+//! CAs; which peer it is follows from the certificate's issuer, which must be exactly one
+//! trusted CA's subject.
+
+use std::path::Path;
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use sealpost_core::federation::TransportReceipt;
+use x509_parser::prelude::{FromDer, X509Certificate};
+use zeroize::Zeroizing;
+
+use crate::{Error, Result};
+
+/// First line of a provider key file.
+pub const PROVIDER_KEY_FILE_HEADER: &str = "sealpost-provider-key-v1";
+
+/// A provider's receipt-signing key. Never printed.
+pub struct ProviderKey {
+    key: SigningKey,
+}
+
+impl std::fmt::Debug for ProviderKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderKey")
+            .field("public", &self.public_hex())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a receipt does not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReceiptError {
+    #[error("the receipt's public key is not a valid Ed25519 key")]
+    BadKey,
+    #[error("the receipt signature is not 64 bytes")]
+    BadSignatureLength,
+    #[error("the receipt signature does not verify against {provider}'s published key")]
+    BadSignature { provider: String },
+}
+
+impl ProviderKey {
+    pub fn generate() -> Result<Self> {
+        let mut seed = Zeroizing::new([0u8; 32]);
+        getrandom::fill(seed.as_mut()).map_err(|e| Error::Random(e.to_string()))?;
+        Ok(Self {
+            key: SigningKey::from_bytes(&seed),
+        })
+    }
+
+    /// The public half, as 64 hex characters (what trust bundles carry).
+    pub fn public_hex(&self) -> String {
+        hex::encode(self.key.verifying_key().to_bytes())
+    }
+
+    pub fn public(&self) -> [u8; 32] {
+        self.key.verifying_key().to_bytes()
+    }
+
+    /// Writes `sealpost-provider-key-v1\n<64 hex characters of the seed>\n`, mode 0600.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut text = Zeroizing::new(String::with_capacity(96));
+        text.push_str(PROVIDER_KEY_FILE_HEADER);
+        text.push('\n');
+        text.push_str(&Zeroizing::new(hex::encode(self.key.to_bytes())));
+        text.push('\n');
+        crate::tls::write_file(path, &text, true)
+    }
+
+    /// Reads a key written by [`ProviderKey::save`].
+    pub fn load(path: &Path) -> Result<Self> {
+        let bad = |problem: &str| Error::BadFile {
+            path: path.to_path_buf(),
+            problem: problem.to_string(),
+        };
+        let raw = Zeroizing::new(std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?);
+        let text = std::str::from_utf8(&raw).map_err(|_| bad("a provider key file is text"))?;
+        let mut lines = text.lines();
+        if lines.next() != Some(PROVIDER_KEY_FILE_HEADER) {
+            return Err(bad(&format!(
+                "the first line must be {PROVIDER_KEY_FILE_HEADER}"
+            )));
+        }
+        let seed = Zeroizing::new(
+            hex::decode(lines.next().unwrap_or("").trim())
+                .map_err(|_| bad("the second line must be 64 hex characters"))?,
+        );
+        let seed: &[u8; 32] = seed
+            .as_slice()
+            .try_into()
+            .map_err(|_| bad("the second line must be 64 hex characters"))?;
+        Ok(Self {
+            key: SigningKey::from_bytes(seed),
+        })
+    }
+
+    /// Signs a receipt in place (Ed25519 is deterministic: the same receipt always gets
+    /// the same signature, so a duplicate delivery returns the original receipt).
+    pub fn sign(&self, receipt: &mut TransportReceipt) {
+        receipt.signature = self.key.sign(&receipt.signed_bytes()).to_bytes().to_vec();
+    }
+}
+
+/// Parses a public key given as 64 hex characters.
+pub fn parse_public_hex(s: &str) -> Option<[u8; 32]> {
+    let bytes = hex::decode(s.trim()).ok()?;
+    let key: [u8; 32] = bytes.try_into().ok()?;
+    VerifyingKey::from_bytes(&key).ok()?;
+    Some(key)
+}
+
+/// Verifies a receipt against its provider's published key.
+pub fn verify_receipt(
+    public: &[u8; 32],
+    receipt: &TransportReceipt,
+) -> std::result::Result<(), ReceiptError> {
+    let key = VerifyingKey::from_bytes(public).map_err(|_| ReceiptError::BadKey)?;
+    let sig: [u8; 64] = receipt
+        .signature
+        .as_slice()
+        .try_into()
+        .map_err(|_| ReceiptError::BadSignatureLength)?;
+    key.verify_strict(&receipt.signed_bytes(), &Signature::from_bytes(&sig))
+        .map_err(|_| ReceiptError::BadSignature {
+            provider: receipt.provider.clone(),
+        })
+}
+
+/// The raw subject of a CA certificate given as PEM (the first certificate in it).
+pub fn ca_subject(pem: &str) -> Option<Vec<u8>> {
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+    let (_, cert) = X509Certificate::from_der(&p.contents).ok()?;
+    Some(cert.subject().as_raw().to_vec())
+}
+
+/// The raw issuer of a DER certificate.
+pub fn issuer_of(der: &[u8]) -> Option<Vec<u8>> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    Some(cert.issuer().as_raw().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sealpost_core::message::MessageId;
+
+    fn receipt() -> TransportReceipt {
+        TransportReceipt {
+            message_id: MessageId::new("prov-a", "01890a5d-ac96-774b-bcce-b302099a8057")
+                .expect("id"),
+            header_digest: [3; 32],
+            provider: "prov-b".into(),
+            seq: 42,
+            ts_ms: 1_700_000_000_000,
+            signature: Vec::new(),
+        }
+    }
+
+    /// A signed receipt verifies with the provider's public key, survives a save and load
+    /// of the key, and any change to it or another provider's key is refused.
+    #[test]
+    fn receipts_verify_only_unchanged_and_with_the_right_key() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let key = ProviderKey::generate().expect("key");
+        key.save(&dir.path().join("pk")).expect("save");
+        let key = ProviderKey::load(&dir.path().join("pk")).expect("load");
+        let public = parse_public_hex(&key.public_hex()).expect("public");
+        let mut r = receipt();
+        key.sign(&mut r);
+        verify_receipt(&public, &r).expect("verifies");
+        let mut again = receipt();
+        key.sign(&mut again);
+        assert_eq!(again, r, "deterministic: a duplicate gets the same receipt");
+        let mut altered = r.clone();
+        altered.seq += 1;
+        assert!(matches!(
+            verify_receipt(&public, &altered),
+            Err(ReceiptError::BadSignature { .. })
+        ));
+        let other = ProviderKey::generate().expect("other");
+        assert!(verify_receipt(&other.public(), &r).is_err());
+        assert!(format!("{key:?}").contains(&key.public_hex()));
+        std::fs::write(dir.path().join("bad"), "nope\n").expect("write");
+        assert!(ProviderKey::load(&dir.path().join("bad")).is_err());
+    }
+
+    /// A node certificate's issuer is its CA's subject, and differs between providers.
+    #[test]
+    fn a_certificate_names_its_ca() {
+        let a = crate::tls::DevCa::generate("prov-a").expect("ca a");
+        let b = crate::tls::DevCa::generate("prov-b").expect("ca b");
+        let node = a
+            .issue_node("prov-a-node-1", &["127.0.0.1".into()])
+            .expect("node");
+        let (_, p) = x509_parser::pem::parse_x509_pem(node.cert_pem.as_bytes()).expect("pem");
+        let issuer = issuer_of(&p.contents).expect("issuer");
+        assert_eq!(Some(issuer.clone()), ca_subject(a.cert_pem()));
+        assert_ne!(Some(issuer), ca_subject(b.cert_pem()));
+    }
+}

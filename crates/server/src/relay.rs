@@ -1,0 +1,384 @@
+//! The `Relay` gRPC service, served on the node's relay port to peer providers: receive
+//! sealed envelopes (commit `Received`, then answer with signed transport receipts),
+//! record delivery notifications for messages this provider relayed out, answer status
+//! questions about messages a peer relayed here, and export this provider's own directory
+//! changes.
+//!
+//! A peer is identified by the CA that issued its certificate (checked against the trust
+//! bundle during the TLS handshake, then matched by issuer here); it may only relay
+//! messages of organisations it hosts and only learn the state of messages it relayed.
+
+use std::sync::Arc;
+
+use sealpost_core::Outcome;
+use sealpost_core::codec;
+use sealpost_core::command::{Command, Proposal, Rejection};
+use sealpost_core::event::Event;
+use sealpost_core::federation::{
+    NOTIFY_BATCH_MAX, Notification, PEER_CHANGES_MAX, PeerChange, RELAY_BATCH_MESSAGES_MAX,
+    RemoteOutcome, TransportReceipt, receive_refusal,
+};
+use sealpost_core::message::{Envelope, MessageId, MessageStatus, RecipientState};
+use sealpost_core::view::Facts;
+use sealpost_crypto::provider_key::ProviderKey;
+use sealpost_proto::v1 as pb;
+use sealpost_proto::v1::relay_server::Relay;
+use sealpost_raft::RaftNode;
+use sealpost_store::StateView;
+use tonic::{Request, Response, Status};
+
+use crate::convert;
+use crate::federation::TrustBundle;
+use crate::messaging::{load_envelope, now_ms};
+
+/// Most message ids one status question may name.
+pub const STATUS_IDS_MAX: usize = 256;
+
+/// The `sealpost.v1.Relay` service of one node.
+#[derive(Clone)]
+pub struct RelayService {
+    node: RaftNode,
+    provider: String,
+    bundle: Arc<TrustBundle>,
+    key: Arc<ProviderKey>,
+    payload_bytes_max: u64,
+}
+
+impl RelayService {
+    pub fn new(
+        node: RaftNode,
+        provider: String,
+        bundle: Arc<TrustBundle>,
+        key: Arc<ProviderKey>,
+        payload_bytes_max: u64,
+    ) -> Self {
+        Self {
+            node,
+            provider,
+            bundle,
+            key,
+            payload_bytes_max,
+        }
+    }
+
+    fn view(&self) -> &StateView {
+        self.node.view()
+    }
+
+    /// The peer provider calling, from its certificate's issuer.
+    fn peer<T>(&self, req: &Request<T>) -> Result<String, Status> {
+        let der = req
+            .peer_certs()
+            .and_then(|c| c.first().map(|c| c.as_ref().to_vec()))
+            .ok_or_else(|| Status::unauthenticated("a peer provider certificate is required"))?;
+        self.bundle
+            .peer_of_certificate(&der)
+            .map(|p| p.provider.clone())
+            .ok_or_else(|| {
+                Status::permission_denied("the certificate was not issued by a trusted peer CA")
+            })
+    }
+
+    fn actor(&self, peer: &str) -> String {
+        format!("relay:{peer}@node-{}", self.node.id())
+    }
+
+    /// The signed receipt of a message received here (the same bytes every time).
+    pub(crate) fn receipt(&self, msg: &MessageStatus) -> Result<TransportReceipt, Status> {
+        let envelope = load_envelope(self.view(), msg.sent_seq)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let mut r = TransportReceipt {
+            message_id: msg.message_id.clone(),
+            header_digest: envelope.header.digest(),
+            provider: self.provider.clone(),
+            seq: msg.sent_seq,
+            ts_ms: msg.sent_ts_ms,
+            signature: Vec::new(),
+        };
+        self.key.sign(&mut r);
+        Ok(r)
+    }
+
+    /// A message the peer relayed here, if any.
+    fn relayed_by(&self, peer: &str, id: &MessageId) -> Result<Option<MessageStatus>, Status> {
+        Ok(self
+            .view()
+            .message(id)
+            .map_err(convert::store_error)?
+            .filter(|m| m.origin.as_deref() == Some(peer)))
+    }
+
+    /// The rules of `Receive` checked on this node's view, for an early and specific answer.
+    fn precheck(&self, peer: &str, env: &Envelope) -> Result<Option<Rejection>, Status> {
+        let view = self.view();
+        let mut facts = Facts::default();
+        let h = &env.header;
+        for org in std::iter::once(&h.sender.org).chain(h.recipient_orgs().iter()) {
+            let o = view.organisation(org).map_err(convert::store_error)?;
+            facts.load_organisation(org.clone(), o);
+        }
+        let m = view.message(&h.message_id).map_err(convert::store_error)?;
+        facts.load_message(h.message_id.clone(), m);
+        Ok(receive_refusal(peer, env, &facts, now_ms()))
+    }
+
+    /// The final outcome of a recipient here, as a notification to the sender's provider.
+    fn outcome_of(
+        &self,
+        msg: &MessageStatus,
+        endpoint: &sealpost_core::EndpointId,
+        state: &RecipientState,
+    ) -> Result<Option<Notification>, Status> {
+        let (outcome, seq) = match *state {
+            RecipientState::Acked { status, seq } => {
+                let note = match self.view().event(seq).map_err(convert::store_error)? {
+                    Some(rec) => match rec.event {
+                        Event::Acked { note, .. } => note,
+                        _ => String::new(),
+                    },
+                    None => String::new(),
+                };
+                (RemoteOutcome::Acked { status, note }, seq)
+            }
+            RecipientState::Failed { reason, seq } => (RemoteOutcome::Failed { reason }, seq),
+            _ => return Ok(None),
+        };
+        Ok(Some(Notification {
+            message_id: msg.message_id.clone(),
+            recipient: endpoint.clone(),
+            outcome,
+            peer_seq: seq,
+        }))
+    }
+}
+
+fn deliver_error(id: String, error: String, permanent: bool) -> pb::DeliverResult {
+    pb::DeliverResult {
+        message_id: id,
+        receipt: Vec::new(),
+        error,
+        permanent,
+    }
+}
+
+#[tonic::async_trait]
+impl Relay for RelayService {
+    #[tracing::instrument(skip_all, fields(node = self.node.id()))]
+    async fn deliver(
+        &self,
+        req: Request<pb::DeliverRequest>,
+    ) -> Result<Response<pb::DeliverReply>, Status> {
+        let peer = self.peer(&req)?;
+        let items = req.into_inner().envelopes;
+        if items.is_empty() || items.len() > RELAY_BATCH_MESSAGES_MAX {
+            return Err(Status::invalid_argument(format!(
+                "envelopes: {} in one request, expected 1 to {RELAY_BATCH_MESSAGES_MAX}",
+                items.len()
+            )));
+        }
+        let mut results: Vec<Option<pb::DeliverResult>> = vec![None; items.len()];
+        let mut ids: Vec<Option<MessageId>> = vec![None; items.len()];
+        let mut fresh: Vec<Envelope> = Vec::new();
+        for (i, bytes) in items.iter().enumerate() {
+            let env: Envelope = match codec::decode(bytes) {
+                Ok(e) => e,
+                Err(e) => {
+                    results[i] = Some(deliver_error(
+                        String::new(),
+                        format!("envelope {i} does not decode: {e}"),
+                        true,
+                    ));
+                    continue;
+                }
+            };
+            let id = env.header.message_id.clone();
+            ids[i] = Some(id.clone());
+            if let Err(e) = env.validate(self.payload_bytes_max) {
+                results[i] = Some(deliver_error(id.to_string(), e.to_string(), true));
+                continue;
+            }
+            match self.precheck(&peer, &env)? {
+                None => fresh.push(env),
+                // Already here: answered with its receipt below.
+                Some(Rejection::AlreadyExists(_)) => {}
+                Some(r) => {
+                    let permanent = r.to_string().contains("expired");
+                    results[i] = Some(deliver_error(id.to_string(), r.to_string(), permanent));
+                }
+            }
+        }
+        if !fresh.is_empty() {
+            let proposal = Proposal {
+                actor: self.actor(&peer),
+                command: Command::Receive {
+                    from_provider: peer.clone(),
+                    envelopes: fresh,
+                },
+            };
+            proposal.validate().map_err(convert::rejection)?;
+            let committed = self
+                .node
+                .propose(proposal)
+                .await
+                .map_err(convert::propose_error)?;
+            if let Outcome::Rejected(r) = committed.outcome {
+                tracing::debug!(peer = %peer, reason = %r, "relayed batch refused at commit");
+            }
+        }
+        // Whatever is now committed here gets its receipt: fresh, or the original one.
+        let mut out = Vec::with_capacity(items.len());
+        for (i, slot) in results.into_iter().enumerate() {
+            if let Some(r) = slot {
+                out.push(r);
+                continue;
+            }
+            let Some(id) = ids[i].clone() else { continue };
+            match self.relayed_by(&peer, &id)? {
+                Some(m) => {
+                    let receipt = self.receipt(&m)?;
+                    out.push(pb::DeliverResult {
+                        message_id: id.to_string(),
+                        receipt: codec::encode(&receipt),
+                        error: String::new(),
+                        permanent: false,
+                    });
+                }
+                None => out.push(deliver_error(
+                    id.to_string(),
+                    "not committed (the directory may be catching up); retry later".into(),
+                    false,
+                )),
+            }
+        }
+        Ok(Response::new(pb::DeliverReply { results: out }))
+    }
+
+    #[tracing::instrument(skip_all, fields(node = self.node.id()))]
+    async fn notify(
+        &self,
+        req: Request<pb::NotifyRequest>,
+    ) -> Result<Response<pb::NotifyReply>, Status> {
+        let peer = self.peer(&req)?;
+        let items = req.into_inner().notifications;
+        if items.len() > NOTIFY_BATCH_MAX {
+            return Err(Status::invalid_argument(format!(
+                "notifications: {} in one request, the limit is {NOTIFY_BATCH_MAX}",
+                items.len()
+            )));
+        }
+        let actor = self.actor(&peer);
+        let proposals = items.iter().map(|bytes| {
+            let peer = peer.clone();
+            let actor = actor.clone();
+            async move {
+                let n: Notification = match codec::decode(bytes) {
+                    Ok(n) => n,
+                    Err(e) => return (format!("notification does not decode: {e}"), true),
+                };
+                let p = Proposal {
+                    actor,
+                    command: Command::Notify {
+                        provider: peer,
+                        notification: n,
+                    },
+                };
+                if let Err(r) = p.validate() {
+                    return (r.to_string(), true);
+                }
+                match self.node.propose_urgent(p).await {
+                    Ok(c) => match c.outcome {
+                        Outcome::Applied { .. }
+                        | Outcome::Rejected(Rejection::AlreadyExists(_)) => (String::new(), false),
+                        Outcome::Rejected(r) => (r.to_string(), true),
+                    },
+                    Err(e) => (e.to_string(), false),
+                }
+            }
+        });
+        let results = futures::future::join_all(proposals)
+            .await
+            .into_iter()
+            .map(|(error, permanent)| pb::NotifyResult { error, permanent })
+            .collect();
+        Ok(Response::new(pb::NotifyReply { results }))
+    }
+
+    async fn status(
+        &self,
+        req: Request<pb::PeerStatusRequest>,
+    ) -> Result<Response<pb::PeerStatusReply>, Status> {
+        let peer = self.peer(&req)?;
+        let ids = req.into_inner().message_ids;
+        if ids.len() > STATUS_IDS_MAX {
+            return Err(Status::invalid_argument(format!(
+                "message_ids: {} in one request, the limit is {STATUS_IDS_MAX}",
+                ids.len()
+            )));
+        }
+        self.node
+            .linearizable_barrier()
+            .await
+            .map_err(convert::node_error)?;
+        let mut messages = Vec::with_capacity(ids.len());
+        for raw in ids {
+            let id = MessageId::parse(raw.trim()).map_err(convert::field_error)?;
+            let Some(m) = self.relayed_by(&peer, &id)? else {
+                messages.push(pb::PeerMessage {
+                    message_id: id.to_string(),
+                    known: false,
+                    ..Default::default()
+                });
+                continue;
+            };
+            let mut recipients = Vec::with_capacity(m.recipients.len());
+            for r in &m.recipients {
+                let outcome = self
+                    .outcome_of(&m, &r.endpoint, &r.state)?
+                    .map(|n| codec::encode(&n))
+                    .unwrap_or_default();
+                recipients.push(pb::PeerRecipient {
+                    endpoint: r.endpoint.to_string(),
+                    state: r.state.name().into(),
+                    outcome,
+                });
+            }
+            messages.push(pb::PeerMessage {
+                message_id: id.to_string(),
+                known: true,
+                receipt: codec::encode(&self.receipt(&m)?),
+                recipients,
+            });
+        }
+        Ok(Response::new(pb::PeerStatusReply { messages }))
+    }
+
+    async fn directory_changes(
+        &self,
+        req: Request<pb::DirectoryChangesRequest>,
+    ) -> Result<Response<pb::DirectoryChangesReply>, Status> {
+        self.peer(&req)?;
+        let r = req.into_inner();
+        let limit = match r.limit as usize {
+            0 => PEER_CHANGES_MAX,
+            n => n.min(PEER_CHANGES_MAX),
+        };
+        self.node
+            .linearizable_barrier()
+            .await
+            .map_err(convert::node_error)?;
+        let recs = self
+            .view()
+            .directory_log(r.after_seq, limit)
+            .map_err(convert::store_error)?;
+        let through_seq = recs.last().map(|r| r.seq).unwrap_or(r.after_seq);
+        let changes: Vec<PeerChange> = recs
+            .iter()
+            .filter_map(|r| PeerChange::from_event(&r.event))
+            .collect();
+        Ok(Response::new(pb::DirectoryChangesReply {
+            changes: codec::encode(&changes),
+            through_seq,
+            more: recs.len() == limit,
+        }))
+    }
+}
