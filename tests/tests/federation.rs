@@ -38,7 +38,10 @@ fn relay_opts() -> RelayOptions {
     }
 }
 
-async fn provision(c: &LocalCluster, orgs: &[(u64, Vec<(&str, Vec<&str>)>)]) {
+/// An organisation's serial and its services, each with the payload types it accepts.
+type OrgSpec<'a> = (u64, Vec<(&'a str, Vec<&'a str>)>);
+
+async fn provision(c: &LocalCluster, orgs: &[OrgSpec<'_>]) {
     let admin = client(c, 1).await;
     let mut d = admin.directory();
     for (serial, services) in orgs {
@@ -346,7 +349,11 @@ async fn a_leader_change_while_relaying_loses_and_duplicates_nothing() {
     let to = endpoint(LAB, "results");
     let mut ids = Vec::new();
     for i in 0..24 {
-        let r = send_retrying(&gp, send(&[to.clone()], b"report", &format!("l-{i}"), 0)).await;
+        let r = send_retrying(
+            &gp,
+            send(std::slice::from_ref(&to), b"report", &format!("l-{i}"), 0),
+        )
+        .await;
         ids.push(r.message_id);
         if i == 12 {
             f.a.stop_node(leader).await.expect("stop A's leader");
@@ -444,7 +451,11 @@ async fn a_lost_receipt_is_recovered_by_asking_the_peer() {
     let gp = org_client(&f.a, 1, SENDER).await;
     let lab = org_client(&f.b, 1, LAB).await;
     let to = endpoint(LAB, "results");
-    let sent = send_ok(&gp, send(&[to.clone()], b"lost receipt", "r-1", 1_500)).await;
+    let sent = send_ok(
+        &gp,
+        send(std::slice::from_ref(&to), b"lost receipt", "r-1", 1_500),
+    )
+    .await;
     track_until(&lab, &sent.message_id, "routed at B", |r| {
         recipient_state(r, &to).0 == "routed"
     })
@@ -477,7 +488,11 @@ async fn deadlines_give_exactly_one_final_outcome() {
     let lab = org_client(&f.b, 1, LAB).await;
     let to = endpoint(LAB, "results");
 
-    let late = send_ok(&gp, send(&[to.clone()], b"late ack", "t-1", 1_000)).await;
+    let late = send_ok(
+        &gp,
+        send(std::slice::from_ref(&to), b"late ack", "t-1", 1_000),
+    )
+    .await;
     let at_a = track_until(&gp, &late.message_id, "unacknowledged at A", |r| {
         recipient_state(r, &to) == ("failed".into(), "unacknowledged".into())
     })
@@ -500,7 +515,11 @@ async fn deadlines_give_exactly_one_final_outcome() {
             n.relay_faults.set_relay_paused(true);
         }
     }
-    let lost = send_ok(&gp, send(&[to.clone()], b"never there", "t-2", 800)).await;
+    let lost = send_ok(
+        &gp,
+        send(std::slice::from_ref(&to), b"never there", "t-2", 800),
+    )
+    .await;
     for id in f.b.node_ids() {
         f.b.stop_node(id).await.expect("stop B");
     }
@@ -544,4 +563,32 @@ async fn deadlines_give_exactly_one_final_outcome() {
         Some(tonic::Code::NotFound),
         "a failed message is never relayed afterwards"
     );
+
+    // Operators see both failures, newest first, with the reason spelled out.
+    let dead = client(&f.a, 1)
+        .await
+        .admin()
+        .dead_letters(pb::DeadLettersRequest::default())
+        .await
+        .expect("dead letters")
+        .into_inner()
+        .items;
+    let listed: Vec<(&str, &str, &str)> = dead
+        .iter()
+        .map(|d| {
+            (
+                d.message_id.as_str(),
+                d.reason.as_str(),
+                d.provider.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (lost.message_id.as_str(), "undeliverable", B),
+            (late.message_id.as_str(), "unacknowledged", B),
+        ]
+    );
+    assert!(dead[0].last_error.contains("deliver-by"), "{:?}", dead[0]);
 }

@@ -1,7 +1,9 @@
-//! `sealpost dev`: the embedded default. N providers, each an N-node cluster with its own
-//! CA, all in this process on loopback with real gRPC and TLS, laid out as
-//! `DIR/<provider>/node-<id>`; a demo directory; `DIR/client.toml` with a profile per demo
-//! organisation and an `admin` profile; and a control socket (`DIR/control.sock`) through
+//! `sealpost dev`: the embedded default. N providers (two by default), each an N-node
+//! cluster with its own CA, receipt key and relay ports, trusting each other, all in this
+//! process on loopback with real gRPC and TLS, laid out as `DIR/<provider>/node-<id>`; demo
+//! organisations at every provider (each provider's directory lists its peers' too);
+//! `DIR/client.toml` with a profile per demo organisation (at the provider that hosts it)
+//! and an admin profile per provider; and a control socket (`DIR/control.sock`) through
 //! which `sealpost cluster stop-node / start-node` act on the running nodes.
 //!
 //! Also `sealpost certs`, which writes a provider's CA and certificates for clusters run as
@@ -19,7 +21,8 @@ use sealpost_core::ids::{HpiI, HpiO};
 use sealpost_crypto::tls::{DevCa, TlsPaths, write_file};
 use sealpost_proto::v1 as pb;
 use sealpost_raft::RaftOptions;
-use sealpost_server::config::ApiLimits;
+use sealpost_server::config::{ApiLimits, MessagingOptions};
+use sealpost_server::federation::RelayOptions;
 use sealpost_server::local::LocalCluster;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -36,13 +39,15 @@ pub const DEV_PROVIDERS_MAX: usize = 8;
 pub const DEV_NODES_MAX: u64 = 9;
 /// How long `dev` waits for each provider to elect a leader.
 pub const LEADER_WAIT_MS: u64 = 20_000;
+/// How long `dev` waits for each provider's directory to list every demo organisation.
+pub const DIRECTORY_WAIT_MS: u64 = 30_000;
 
 #[derive(Args, Debug)]
 pub struct DevArgs {
     /// Folder holding the cluster; created if missing, resumed if it holds one.
     #[arg(long)]
     data: PathBuf,
-    /// Number of providers (default 1, or what the folder holds).
+    /// Number of providers (default 2, or what the folder holds); each trusts the others.
     #[arg(long)]
     providers: Option<usize>,
     /// Nodes per provider (default 3, or what the folder holds).
@@ -127,7 +132,7 @@ fn shape_of(args: &DevArgs) -> anyhow::Result<(DevShape, bool)> {
             );
         }
     }
-    let providers = args.providers.unwrap_or(1);
+    let providers = args.providers.unwrap_or(2);
     let nodes = args.nodes.unwrap_or(3);
     if providers == 0 || providers > DEV_PROVIDERS_MAX {
         bail!("--providers must be between 1 and {DEV_PROVIDERS_MAX}");
@@ -153,6 +158,8 @@ fn write_shape(dir: &Path, shape: &DevShape) -> anyhow::Result<()> {
 /// A demo organisation: its profile name, identity, services and practitioners.
 struct DemoOrg {
     profile: &'static str,
+    /// Index of the provider that hosts it (modulo the number of providers).
+    home: usize,
     serial: u64,
     name: &'static str,
     suburb: &'static str,
@@ -170,6 +177,7 @@ struct DemoOrg {
 const DEMO: &[DemoOrg] = &[
     DemoOrg {
         profile: "northside-gp",
+        home: 0,
         serial: 101,
         name: "Northside Medical Centre",
         suburb: "Brunswick",
@@ -188,6 +196,7 @@ const DEMO: &[DemoOrg] = &[
     },
     DemoOrg {
         profile: "citylab",
+        home: 0,
         serial: 102,
         name: "CityLab Pathology",
         suburb: "Melbourne",
@@ -211,6 +220,7 @@ const DEMO: &[DemoOrg] = &[
     },
     DemoOrg {
         profile: "fitzroy-hospital",
+        home: 1,
         serial: 103,
         name: "Fitzroy General Hospital",
         suburb: "Fitzroy",
@@ -234,6 +244,7 @@ const DEMO: &[DemoOrg] = &[
     },
     DemoOrg {
         profile: "harbour-radiology",
+        home: 1,
         serial: 104,
         name: "Harbour Radiology",
         suburb: "Sydney",
@@ -249,7 +260,12 @@ const DEMO: &[DemoOrg] = &[
     },
 ];
 
-async fn seed(admin: &Profile) -> anyhow::Result<()> {
+/// The demo organisations a provider (index `i` of `n`) hosts.
+fn demo_at(i: usize, n: usize) -> impl Iterator<Item = &'static DemoOrg> {
+    DEMO.iter().filter(move |o| o.home % n == i)
+}
+
+async fn seed(admin: &Profile, orgs: impl Iterator<Item = &'static DemoOrg>) -> anyhow::Result<()> {
     let client = Client::connect(admin).await?;
     let mut dir = client.directory();
     let ignore_exists = |r: Result<tonic::Response<pb::WriteResult>, tonic::Status>| match r {
@@ -260,7 +276,7 @@ async fn seed(admin: &Profile) -> anyhow::Result<()> {
             s.message()
         )),
     };
-    for org in DEMO {
+    for org in orgs {
         let hpio = HpiO::from_serial(org.serial);
         // No keys in the request: the provider generates them and keeps the private halves
         // wrapped under its key-encryption key, so it can sign, seal and open for the org.
@@ -315,8 +331,9 @@ fn relative(base: &Path, p: &Path) -> PathBuf {
         .unwrap_or_else(|_| p.to_path_buf())
 }
 
-/// Profiles for every provider: `admin` (operator), and one per demo organisation on the
-/// first provider.
+/// Profiles for every provider: `admin` for the first provider's operator,
+/// `<provider>-admin` for the others', and one per demo organisation at the provider that
+/// hosts it.
 fn client_config(
     data: &Path,
     clusters: &BTreeMap<String, LocalCluster>,
@@ -352,15 +369,13 @@ fn client_config(
             format!("{name}-admin")
         };
         profiles.insert(admin_name, mk("admin", None, None)?);
-        if i == 0 {
-            for org in DEMO {
-                let hpio = HpiO::from_serial(org.serial);
-                let default_ep = org.services.first().map(|s| format!("{hpio}/{}", s.0));
-                profiles.insert(
-                    org.profile.to_string(),
-                    mk(org.profile, Some(hpio.to_string()), default_ep)?,
-                );
-            }
+        for org in demo_at(i, clusters.len()) {
+            let hpio = HpiO::from_serial(org.serial);
+            let default_ep = org.services.first().map(|s| format!("{hpio}/{}", s.0));
+            profiles.insert(
+                org.profile.to_string(),
+                mk(org.profile, Some(hpio.to_string()), default_ep)?,
+            );
         }
     }
     Ok(ClientConfig {
@@ -379,21 +394,42 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         write_shape(&data, &shape)?;
     }
     let mut clusters = BTreeMap::new();
-    for p in &shape.providers {
-        let dir = data.join(p);
-        let cluster = if dir.join("ca.pem").exists() {
-            LocalCluster::open(&dir, p).await?
-        } else {
-            LocalCluster::create(
-                &dir,
-                p,
-                shape.nodes,
-                RaftOptions::default(),
-                ApiLimits::default(),
-            )
-            .await?
-        };
-        clusters.insert(p.clone(), cluster);
+    let fresh = !data.join(&shape.providers[0]).join("ca.pem").exists();
+    if fresh && shape.providers.len() > 1 {
+        let (raft, api) = (RaftOptions::default(), ApiLimits::default());
+        let messaging = LocalCluster::fitting_messaging(&raft, &api);
+        let specs: Vec<(String, MessagingOptions)> = shape
+            .providers
+            .iter()
+            .map(|p| (p.clone(), messaging.clone()))
+            .collect();
+        let created = LocalCluster::create_federation(
+            &data,
+            &specs,
+            shape.nodes,
+            (raft, api, RelayOptions::default()),
+        )
+        .await?;
+        for c in created {
+            clusters.insert(c.provider.clone(), c);
+        }
+    } else {
+        for p in &shape.providers {
+            let dir = data.join(p);
+            let cluster = if dir.join("ca.pem").exists() {
+                LocalCluster::open(&dir, p).await?
+            } else {
+                LocalCluster::create(
+                    &dir,
+                    p,
+                    shape.nodes,
+                    RaftOptions::default(),
+                    ApiLimits::default(),
+                )
+                .await?
+            };
+            clusters.insert(p.clone(), cluster);
+        }
     }
     for (p, c) in &clusters {
         c.wait_leader(Duration::from_millis(LEADER_WAIT_MS))
@@ -403,12 +439,27 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let cfg = client_config(&data, &clusters)?;
     let client_toml = data.join("client.toml");
     write_file(&client_toml, &cfg.to_toml(), false)?;
+    let loaded = ClientConfig::load(&client_toml)?;
+    let admin_of = |i: usize| -> anyhow::Result<Profile> {
+        let name = if i == 0 {
+            "admin".to_string()
+        } else {
+            format!("{}-admin", shape.providers[i])
+        };
+        Ok(loaded.profile(Some(&name), &client_toml)?.1)
+    };
     if !shape.seeded {
-        let loaded = ClientConfig::load(&client_toml)?;
-        let (_, admin) = loaded.profile(Some("admin"), &client_toml)?;
-        seed(&admin).await?;
+        let n = shape.providers.len();
+        for i in 0..n {
+            seed(&admin_of(i)?, demo_at(i, n)).await?;
+        }
         shape.seeded = true;
         write_shape(&data, &shape)?;
+    }
+    // Every provider lists every demo organisation, its own and its peers' (pulled from
+    // them), before the summary says the cluster is ready.
+    for i in 0..shape.providers.len() {
+        wait_directory(&admin_of(i)?, &shape.providers[i]).await?;
     }
     print_summary(&data, &client_toml, &clusters);
     if args.exit_after_start {
@@ -434,13 +485,49 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits (bounded) until a provider's directory shows every demo organisation.
+async fn wait_directory(admin: &Profile, provider: &str) -> anyhow::Result<()> {
+    let client = Client::connect(admin).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(DIRECTORY_WAIT_MS);
+    loop {
+        let mut missing = None;
+        for org in DEMO {
+            let hpio = HpiO::from_serial(org.serial).to_string();
+            let found = client
+                .directory()
+                .get_organisation(pb::GetOrganisationRequest {
+                    hpio: hpio.clone(),
+                    ..Default::default()
+                })
+                .await
+                .is_ok();
+            if !found {
+                missing = Some(hpio);
+                break;
+            }
+        }
+        let Some(hpio) = missing else { return Ok(()) };
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "provider {provider}'s directory still lacks demo organisation {hpio} after {DIRECTORY_WAIT_MS} ms"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn print_summary(data: &Path, client_toml: &Path, clusters: &BTreeMap<String, LocalCluster>) {
     println!("sealpost dev is running from {}", data.display());
     for (p, c) in clusters {
         println!("  provider {p} (CA {}):", c.dir.join("ca.pem").display());
-        for (id, addr) in c.addrs() {
+        let relays = c.relay_addrs();
+        for (i, (id, addr)) in c.addrs().into_iter().enumerate() {
+            let relay = relays
+                .get(i)
+                .map(|r| format!("  relay {r}"))
+                .unwrap_or_default();
             println!(
-                "    node {id}  https://{addr}  data {}",
+                "    node {id}  https://{addr}{relay}  data {}",
                 c.dir.join(format!("node-{id}")).display()
             );
         }
@@ -457,6 +544,8 @@ fn print_summary(data: &Path, client_toml: &Path, clusters: &BTreeMap<String, Lo
         HpiO::from_serial(103)
     );
     println!("  sealpost inbox --as fitzroy-hospital");
+    println!("  sealpost track --as northside-gp <message id>");
+    println!("  sealpost dead-letters");
     println!("Stop with Ctrl-C; run the same command again to resume from disk.");
 }
 

@@ -115,6 +115,13 @@ enum Command {
         #[command(flatten)]
         args: message_cmd::OutboxArgs,
     },
+    /// Failed recipients for operators, newest first, with the reason and last error.
+    DeadLetters {
+        #[command(flatten)]
+        opts: ClientOpts,
+        #[command(flatten)]
+        args: message_cmd::DeadLettersArgs,
+    },
 }
 
 fn init_tracing() {
@@ -180,5 +187,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ack { opts, args } => message_cmd::ack(&opts, args).await,
         Command::Track { opts, args } => message_cmd::track(&opts, args).await,
         Command::Outbox { opts, args } => message_cmd::outbox(&opts, args).await,
+        Command::DeadLetters { opts, args } => message_cmd::dead_letters(&opts, args).await,
     }
 }

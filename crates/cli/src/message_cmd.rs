@@ -1,6 +1,6 @@
 //! Messaging commands: `send`, `inbox`, `fetch`, `ack`, `track` and `outbox`, each through
 //! the chosen profile (whose client certificate names the organisation it acts for),
-//! printed as text or JSON.
+//! printed as text or JSON; and `dead-letters`, the operator's list of failed recipients.
 
 use std::path::PathBuf;
 
@@ -101,6 +101,15 @@ pub struct OutboxArgs {
     #[arg(long, default_value_t = 50)]
     pub limit: u32,
     /// Page back from this sent sequence.
+    #[arg(long, default_value_t = 0)]
+    pub before: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct DeadLettersArgs {
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    /// Page back from this event sequence.
     #[arg(long, default_value_t = 0)]
     pub before: u64,
 }
@@ -344,6 +353,7 @@ pub async fn track(opts: &ClientOpts, a: TrackArgs) -> anyhow::Result<()> {
                 json!({
                     "seq": e.seq, "ts_ms": e.ts_ms, "event": e.event, "recipient": e.recipient,
                     "actor": e.actor, "log_index": e.log_index, "outcome": e.outcome,
+                    "detail": e.detail,
                 })
             })
             .collect();
@@ -373,6 +383,58 @@ pub async fn track(opts: &ClientOpts, a: TrackArgs) -> anyhow::Result<()> {
         }
         line.push_str(&format!("  by {}", e.actor));
         println!("{line}");
+        if !e.detail.is_empty() {
+            println!("             {}", e.detail);
+        }
+    }
+    Ok(())
+}
+
+pub async fn dead_letters(opts: &ClientOpts, a: DeadLettersArgs) -> anyhow::Result<()> {
+    let (client, _) = connect_profile(opts).await?;
+    let r = client
+        .admin()
+        .dead_letters(pb::DeadLettersRequest {
+            before_seq: a.before,
+            limit: a.limit,
+        })
+        .await
+        .map_err(status_err("dead-letters"))?
+        .into_inner();
+    if opts.json {
+        let items: Vec<Value> = r
+            .items
+            .iter()
+            .map(|d| {
+                json!({
+                    "seq": d.seq, "ts_ms": d.ts_ms, "message_id": d.message_id,
+                    "recipient": d.recipient, "reason": d.reason, "sender_org": d.sender_org,
+                    "provider": d.provider, "origin": d.origin, "last_error": d.last_error,
+                })
+            })
+            .collect();
+        println!("{}", json!({ "dead_letters": items }));
+        return Ok(());
+    }
+    if r.items.is_empty() {
+        println!("no dead letters");
+    }
+    for d in &r.items {
+        let at = if d.provider.is_empty() {
+            String::new()
+        } else {
+            format!(" at {}", d.provider)
+        };
+        println!(
+            "#{:<8} {} {} to {}{at} from {}: {}",
+            d.seq,
+            crate::output::utc_ms(d.ts_ms),
+            d.message_id,
+            d.recipient,
+            d.sender_org,
+            d.reason
+        );
+        println!("           {}", d.last_error);
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! `sealpost dev` as a user runs it: a real process with a 3-node cluster, driven by the
-//! `sealpost` client commands through the generated `client.toml`.
+//! `sealpost dev` as a user runs it: a real process with two providers of three nodes
+//! each, driven by the `sealpost` client commands through the generated `client.toml`.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -99,7 +99,11 @@ fn dev_cluster_serves_the_cli_stops_and_restarts_nodes_and_resumes_from_disk() {
     let tmp = tempfile::tempdir().expect("tmp");
     let data = tmp.path().join("data");
     let (dev, lines) = start_dev(&data);
-    assert_eq!(node_lines(&lines).len(), 3, "{lines:?}");
+    assert_eq!(
+        node_lines(&lines).len(),
+        6,
+        "two providers of three: {lines:?}"
+    );
 
     let s = wait_for(&data, "a leader", |s| {
         s["nodes"]
@@ -252,9 +256,10 @@ fn ok_json(data: &Path, args: &[&str]) -> serde_json::Value {
     json(&sealpost(data, args))
 }
 
-/// The README's messaging walk-through through the CLI: the GP sends an urgent referral to
-/// the hospital's cardiology clinic, the hospital sees it in its inbox, fetches exactly the
-/// file sent, acknowledges it, and the GP's track shows every step in order.
+/// The README's messaging walk-through through the CLI: the GP (at provider A) sends an
+/// urgent referral to the hospital's cardiology clinic (at provider B), the hospital sees
+/// it in its inbox, fetches exactly the file sent, acknowledges it, and both tracks show
+/// every step in order, each from its own provider's log.
 #[test]
 fn dev_walkthrough_sends_receives_acknowledges_and_tracks() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -357,15 +362,39 @@ fn dev_walkthrough_sends_receives_acknowledges_and_tracks() {
             "--json",
         ],
     );
-    let t = ok_json(&data, &["track", "--as", "northside-gp", &id, "--json"]);
-    let events: Vec<&str> = t["timeline"]
-        .as_array()
-        .expect("timeline")
-        .iter()
-        .filter_map(|e| e["event"].as_str())
-        .collect();
-    assert_eq!(events, ["sent", "decrypted", "routed", "fetched", "acked"]);
+    let events = |t: &serde_json::Value| -> Vec<String> {
+        t["timeline"]
+            .as_array()
+            .expect("timeline")
+            .iter()
+            .filter_map(|e| e["event"].as_str().map(str::to_string))
+            .collect()
+    };
+    // The hospital is at the other provider: its log has the receiving side...
+    let at_b = ok_json(&data, &["track", "--as", "fitzroy-hospital", &id, "--json"]);
+    assert_eq!(
+        events(&at_b),
+        ["received", "decrypted", "routed", "fetched", "acked"]
+    );
+    // ...and the GP's track shows the relay with the hospital provider's receipt, then
+    // the acknowledgement once it has travelled back.
+    let deadline = Instant::now() + WAIT;
+    let t = loop {
+        let t = ok_json(&data, &["track", "--as", "northside-gp", &id, "--json"]);
+        if t["message"]["recipients"][0]["state"] == "acked" {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "the ack never came back: {t}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(events(&t), ["sent", "relayed", "acked"]);
     assert_eq!(t["message"]["recipients"][0]["outcome"], "accepted");
+    assert!(
+        t["timeline"][1]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("prov-b")),
+        "{t}"
+    );
     let outbox = ok_json(&data, &["outbox", "--as", "northside-gp", "--json"]);
     assert_eq!(outbox["messages"].as_array().map(Vec::len), Some(1));
     // The text form names the steps too.

@@ -450,6 +450,15 @@ pub(crate) fn decide_notify(
             n.recipient
         )));
     }
+    if r.state == RecipientState::Sent {
+        // The peer can only know the outcome of a message it received, so its receipt is
+        // on its way (or was lost and the deadline path will fetch it): the outcome must
+        // follow `Relayed` in this log.
+        return Err(Rejection::FailedPrecondition(format!(
+            "message {} for {} has no recorded receipt yet",
+            n.message_id, n.recipient
+        )));
+    }
     if r.state.is_final() {
         if n.outcome.matches(&r.state) {
             return Err(Rejection::AlreadyExists(format!(
@@ -823,6 +832,16 @@ mod tests {
             Err(Rejection::AlreadyExists(_))
         ));
 
+        let early = notify(
+            &id,
+            RemoteOutcome::Acked {
+                status: AckStatus::Accepted,
+                note: String::new(),
+            },
+            99,
+        );
+        a.run(early, 125)
+            .expect_err("an outcome never precedes the receipt in A's log");
         let relayed = Command::RecordRelayed {
             receipt: receipt(&env, received_seq),
             outcome_by_ms: 50_000,

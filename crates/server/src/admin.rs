@@ -1,5 +1,6 @@
 //! The `Admin` gRPC service: cluster status (this node's, or every member's own answer),
-//! membership changes, snapshots and a full hash-chain check.
+//! membership changes, snapshots, a full hash-chain check, and the dead letters (failed
+//! recipients, with the reason and the last error known) for operators.
 
 use std::time::Duration;
 
@@ -11,12 +12,17 @@ use sealpost_raft::{LocalStatus, MembershipOp, RaftNode};
 use tonic::{Request, Response, Status};
 
 use crate::convert;
+use crate::relay_worker::LastErrors;
+use sealpost_core::message::FailReason;
+use sealpost_core::message::RecipientState;
 
 /// The `sealpost.v1.Admin` service of one node.
 #[derive(Clone)]
 pub struct AdminService {
     node: RaftNode,
     member_status_timeout: Duration,
+    relay_errors: LastErrors,
+    listing_items_max: u32,
 }
 
 pub fn role_name(s: ServerState, voter: bool) -> &'static str {
@@ -51,11 +57,43 @@ pub fn status_to_pb(s: &LocalStatus) -> pb::NodeStatus {
 }
 
 impl AdminService {
-    pub fn new(node: RaftNode, member_status_timeout: Duration) -> Self {
+    pub fn new(
+        node: RaftNode,
+        member_status_timeout: Duration,
+        relay_errors: LastErrors,
+        listing_items_max: u32,
+    ) -> Self {
         Self {
             node,
             member_status_timeout,
+            relay_errors,
+            listing_items_max,
         }
+    }
+
+    /// What is known about why a recipient failed: the reason spelled out, and for a
+    /// recipient at a peer the last relay error this node met with that peer.
+    fn last_error(&self, reason: FailReason, provider: Option<&str>) -> String {
+        let why = match reason {
+            FailReason::BadSignature => "the sender's signature does not verify",
+            FailReason::UnknownKey => "the envelope names a key that is not published",
+            FailReason::DigestMismatch => "the opened payload does not match its digest",
+            FailReason::PayloadTypeNotAccepted => {
+                "the recipient does not accept the payload type (or is retired)"
+            }
+            FailReason::DecryptionFailed => "the sealed copy does not open",
+            FailReason::Malformed => "the envelope is malformed",
+            FailReason::Undeliverable => "not delivered by its deliver-by time",
+            FailReason::Unacknowledged => "not acknowledged within its window",
+        };
+        let relay = provider.and_then(|p| {
+            self.relay_errors
+                .lock()
+                .ok()
+                .and_then(|m| m.get(p).cloned())
+                .map(|e| format!("; last relay error with {p}: {e}"))
+        });
+        format!("{why}{}", relay.unwrap_or_default())
     }
 
     async fn ask_member(&self, id: u64, addr: &str) -> pb::NodeStatus {
@@ -190,5 +228,54 @@ impl Admin for AdminService {
                 problem: e.to_string(),
             },
         }))
+    }
+
+    async fn dead_letters(
+        &self,
+        req: Request<pb::DeadLettersRequest>,
+    ) -> Result<Response<pb::DeadLettersReply>, Status> {
+        let r = req.into_inner();
+        let limit = match r.limit {
+            0 => self.listing_items_max,
+            n => n.min(self.listing_items_max),
+        } as usize;
+        self.node
+            .linearizable_barrier()
+            .await
+            .map_err(convert::node_error)?;
+        let view = self.node.view();
+        let rows = view
+            .dead_letters(r.before_seq, limit)
+            .map_err(convert::store_error)?;
+        let mut items = Vec::with_capacity(rows.len());
+        for (seq, id, recipient) in rows {
+            let Some(m) = view.message(&id).map_err(convert::store_error)? else {
+                continue;
+            };
+            let Some(rs) = m.recipient(&recipient) else {
+                continue;
+            };
+            let reason = match rs.state {
+                RecipientState::Failed { reason, .. } => reason,
+                _ => continue,
+            };
+            let ts_ms = view
+                .event(seq)
+                .map_err(convert::store_error)?
+                .map(|e| e.ts_ms)
+                .unwrap_or(0);
+            items.push(pb::DeadLetter {
+                seq,
+                ts_ms,
+                message_id: id.to_string(),
+                recipient: recipient.to_string(),
+                reason: reason.as_str().into(),
+                sender_org: m.sender.org.to_string(),
+                provider: rs.provider.clone().unwrap_or_default(),
+                origin: m.origin.clone().unwrap_or_default(),
+                last_error: self.last_error(reason, rs.provider.as_deref()),
+            });
+        }
+        Ok(Response::new(pb::DeadLettersReply { items }))
     }
 }

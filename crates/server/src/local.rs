@@ -124,7 +124,13 @@ impl LocalCluster {
         raft: RaftOptions,
         api: ApiLimits,
     ) -> Result<Self, LocalError> {
-        // The largest payload these limits can carry, up to the default.
+        let messaging = Self::fitting_messaging(&raft, &api);
+        Self::create_with(dir, provider, nodes, raft, api, messaging).await
+    }
+
+    /// Default messaging options with the largest payload these limits can carry, up to
+    /// the default.
+    pub fn fitting_messaging(raft: &RaftOptions, api: &ApiLimits) -> MessagingOptions {
         let fit = raft
             .batch_bytes_max
             .min(api.grpc_message_bytes_max)
@@ -132,7 +138,7 @@ impl LocalCluster {
             .max(1) as u64;
         let mut messaging = MessagingOptions::default();
         messaging.payload_bytes_max = messaging.payload_bytes_max.min(fit);
-        Self::create_with(dir, provider, nodes, raft, api, messaging).await
+        messaging
     }
 
     /// [`Self::create`] with messaging options (deadlines, limits) for every node.

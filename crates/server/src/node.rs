@@ -28,7 +28,7 @@ use crate::federation::TrustBundle;
 use crate::keystore::Keystore;
 use crate::messaging::{MessagingFaults, MessagingService};
 use crate::relay::RelayService;
-use crate::relay_worker::{RelayContext, RelayFaults};
+use crate::relay_worker::{LastErrors, RelayContext, RelayFaults};
 
 /// Name of the file that records which node id owns a data folder.
 pub const NODE_ID_FILE: &str = "NODE_ID";
@@ -259,6 +259,7 @@ pub async fn start_with_relay(
         workers_rx.clone(),
     )];
     let relay_faults = Arc::new(RelayFaults::default());
+    let last_errors = LastErrors::default();
     let mut relay_addr = None;
     let mut relay_stop = None;
     let mut relay_server = None;
@@ -313,6 +314,7 @@ pub async fn start_with_relay(
                 identity: identity.clone(),
                 grpc_message_bytes_max: limit,
                 faults: relay_faults.clone(),
+                last_errors: last_errors.clone(),
             },
             workers_rx,
         ));
@@ -320,6 +322,8 @@ pub async fn start_with_relay(
     let admin = AdminServer::new(AdminService::new(
         raft.clone(),
         Duration::from_millis(cfg.api.member_status_timeout_ms),
+        last_errors,
+        cfg.messaging.listing_items_max,
     ))
     .max_decoding_message_size(limit)
     .max_encoding_message_size(limit);

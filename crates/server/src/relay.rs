@@ -275,6 +275,24 @@ impl Relay for RelayService {
                     Ok(n) => n,
                     Err(e) => return (format!("notification does not decode: {e}"), true),
                 };
+                // An outcome can overtake the receipt it follows (the peer routed and its
+                // receiver answered before this provider recorded `Relayed`): not yet.
+                let unrecorded = self
+                    .view()
+                    .message(&n.message_id)
+                    .ok()
+                    .flatten()
+                    .and_then(|m| m.recipient(&n.recipient).map(|r| r.state))
+                    == Some(RecipientState::Sent);
+                if unrecorded {
+                    return (
+                        format!(
+                            "the receipt of {} is not recorded here yet; retry",
+                            n.message_id
+                        ),
+                        false,
+                    );
+                }
                 let p = Proposal {
                     actor,
                     command: Command::Notify {

@@ -48,6 +48,10 @@ pub const DROPPED_RECEIPT_HOLD_SECS: u64 = 3600;
 /// Connect timeout towards a peer.
 pub const PEER_CONNECT_TIMEOUT_MS: u64 = 3_000;
 
+/// The last error each peer's relay task met on this node (cleared by a success), for the
+/// dead-letter listing.
+pub type LastErrors = Arc<std::sync::Mutex<std::collections::BTreeMap<String, String>>>;
+
 /// Fault hooks for tests and chaos runs; all off unless set.
 #[derive(Default, Debug)]
 pub struct RelayFaults {
@@ -85,6 +89,7 @@ pub struct RelayContext {
     pub identity: Identity,
     pub grpc_message_bytes_max: usize,
     pub faults: Arc<RelayFaults>,
+    pub last_errors: LastErrors,
 }
 
 /// Starts one task per peer; they end when `shutdown` turns true or is dropped.
@@ -219,7 +224,17 @@ impl PeerWorker {
         if self.last_error.as_deref() != Some(msg.as_str()) {
             tracing::warn!(peer = %self.peer.provider, error = %msg, "relay call failed; backing off");
         }
-        self.last_error = Some(msg);
+        self.set_last_error(Some(msg));
+    }
+
+    fn set_last_error(&mut self, e: Option<String>) {
+        if let Ok(mut m) = self.ctx.last_errors.lock() {
+            match &e {
+                Some(e) => m.insert(self.peer.provider.clone(), e.clone()),
+                None => m.remove(&self.peer.provider),
+            };
+        }
+        self.last_error = e;
     }
 
     fn is_leader(&self) -> bool {
@@ -408,7 +423,7 @@ impl PeerWorker {
             }
         };
         self.relay_backoff.succeed();
-        self.last_error = None;
+        self.set_last_error(None);
         let mut records = Vec::new();
         for (msg, _) in &batch {
             let id = msg.message_id.to_string();
@@ -451,7 +466,7 @@ impl PeerWorker {
         tracing::warn!(peer = %self.peer.provider, message_id = %id, error = %why, "peer did not take the message; will offer it again");
         let wait = Duration::from_millis(self.ctx.opts.retry_max_ms.min(5_000));
         self.refused.insert(id.clone(), Instant::now() + wait);
-        self.last_error = Some(why.to_string());
+        self.set_last_error(Some(format!("{id}: {why}")));
     }
 
     /// Decodes and verifies a receipt: the peer's key, this message, this envelope.
