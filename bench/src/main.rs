@@ -6,6 +6,8 @@
 //! - `messaging`: end-to-end sealed messages per second (send → routed, measured by a live
 //!   inbox stream), the crypto-only ceiling (seal + sign + open + verify on every core) in
 //!   the same run, their ratio, and send → routed latency at half the maximum rate.
+//! - `federation`: two providers; sealed messages per second from A's senders to B's
+//!   recipients, receipt latency and send → routed at B.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +28,7 @@ use sealpost_server::local::LocalCluster;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod federation;
 mod messaging;
 
 #[derive(Parser, Debug)]
@@ -58,6 +61,8 @@ enum Scenario {
     },
     /// End-to-end sealed messages per second against the crypto-only ceiling.
     Messaging(messaging::MessagingArgs),
+    /// Sealed messages per second from one provider to another, and receipt latency.
+    Federation(federation::FederationArgs),
 }
 
 /// Highest latency the histogram records, in microseconds.
@@ -247,6 +252,7 @@ fn main() -> anyhow::Result<()> {
                 .await
             }
             Scenario::Messaging(a) => messaging::run(a).await,
+            Scenario::Federation(a) => federation::run(a).await,
         }
     })
 }

@@ -80,7 +80,7 @@ type SendAndRoute = (Option<Instant>, Option<Instant>);
 
 /// Send and route times of messages, matched by message id whichever arrives first.
 #[derive(Default)]
-struct Matcher {
+pub(crate) struct Matcher {
     pending: Mutex<HashMap<String, SendAndRoute>>,
     hist: Mutex<Option<Histogram<u64>>>,
     routed: AtomicU64,
@@ -96,7 +96,7 @@ const TIMELINE_WINDOW_MS: u64 = 250;
 const TIMELINE_WINDOWS_MAX: usize = 4096;
 
 impl Matcher {
-    fn note(&self, id: String, sent: Option<Instant>, routed: Option<Instant>) {
+    pub(crate) fn note(&self, id: String, sent: Option<Instant>, routed: Option<Instant>) {
         let done = {
             let mut p = self.pending.lock().expect("matcher lock");
             let e = p.entry(id.clone()).or_default();
@@ -138,7 +138,7 @@ impl Matcher {
     }
 
     /// Starts a measurement window: counts and latencies of messages sent from now.
-    fn start(&self) {
+    pub(crate) fn start(&self) {
         *self.hist.lock().expect("matcher lock") =
             Some(Histogram::new_with_max(LATENCY_US_MAX, 3).expect("histogram bounds are valid"));
         self.routed.store(0, Ordering::Relaxed);
@@ -155,7 +155,7 @@ impl Matcher {
             .join(" ")
     }
 
-    fn take(&self) -> (u64, Histogram<u64>) {
+    pub(crate) fn take(&self) -> (u64, Histogram<u64>) {
         let h = self
             .hist
             .lock()

@@ -60,8 +60,9 @@ pub struct DevArgs {
 
 #[derive(Args, Debug)]
 pub struct CertsArgs {
-    /// Folder to write ca.pem, node-N.pem / node-N-key.pem, clients/ and the provider's
-    /// key-encryption key (kek) into. Existing files are kept.
+    /// Folder to write ca.pem, node-N.pem / node-N-key.pem, clients/, the provider's
+    /// key-encryption key (kek) and receipt-signing key (provider-key) into. Existing files
+    /// are kept.
     #[arg(long)]
     out: PathBuf,
     #[arg(long)]
@@ -668,6 +669,13 @@ pub fn certs(args: CertsArgs) -> anyhow::Result<()> {
     if !kek.exists() {
         sealpost_crypto::kek::Kek::generate()?.save(&kek)?;
     }
+    // The receipt-signing key for federation; peers put its public half in their trust
+    // bundles (`receipt_key`).
+    let provider_key = out.join(sealpost_server::local::PROVIDER_KEY_FILE);
+    if !provider_key.exists() {
+        sealpost_crypto::provider_key::ProviderKey::generate()?.save(&provider_key)?;
+    }
+    let receipt_key = sealpost_crypto::provider_key::ProviderKey::load(&provider_key)?.public_hex();
     for spec in &args.clients {
         let (c, org) = match spec.split_once('=') {
             Some((name, hpio)) => (
@@ -688,5 +696,6 @@ pub fn certs(args: CertsArgs) -> anyhow::Result<()> {
         }
     }
     println!("certificates for {} in {}", args.provider, out.display());
+    println!("receipt_key for peers' trust bundles: {receipt_key}");
     Ok(())
 }

@@ -271,3 +271,132 @@ impl TrustBundle {
         self.peers.iter().map(|p| p.ca_pem.as_str()).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sealpost_crypto::provider_key::ProviderKey;
+    use sealpost_crypto::tls::DevCa;
+
+    fn write_peer(dir: &Path, name: &str) -> PeerSpec {
+        let ca = DevCa::generate(name).expect("ca");
+        let ca_path = dir.join(format!("{name}-ca.pem"));
+        std::fs::write(&ca_path, ca.cert_pem()).expect("write ca");
+        PeerSpec {
+            provider: name.into(),
+            ca: PathBuf::from(format!("{name}-ca.pem")),
+            receipt_key: ProviderKey::generate().expect("key").public_hex(),
+            relay_endpoints: vec!["127.0.0.1:7443".into()],
+        }
+    }
+
+    fn load(dir: &Path, peers: Vec<PeerSpec>) -> Result<TrustBundle, ConfigError> {
+        let path = dir.join("bundle.toml");
+        std::fs::write(&path, TrustBundleFile { peers }.to_toml()).expect("write bundle");
+        TrustBundle::load(&path, "prov-a")
+    }
+
+    /// A good bundle loads (CA paths relative to the bundle file); each mistake is refused
+    /// with a message naming the peer and the problem.
+    #[test]
+    fn trust_bundles_are_checked() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path();
+        let b = write_peer(dir, "prov-b");
+        let c = write_peer(dir, "prov-c");
+        let bundle = load(dir, vec![b.clone(), c.clone()]).expect("loads");
+        assert_eq!(bundle.peers.len(), 2);
+        assert!(bundle.peer("prov-c").is_some());
+        assert!(bundle.roots_pem().matches("BEGIN CERTIFICATE").count() == 2);
+
+        let cases: Vec<(Vec<PeerSpec>, &str)> = vec![
+            (vec![b.clone(), b.clone()], "listed twice"),
+            (
+                vec![PeerSpec {
+                    provider: "prov-a".into(),
+                    ..b.clone()
+                }],
+                "is this provider",
+            ),
+            (
+                vec![PeerSpec {
+                    receipt_key: "zz".into(),
+                    ..b.clone()
+                }],
+                "receipt_key",
+            ),
+            (
+                vec![PeerSpec {
+                    relay_endpoints: vec![],
+                    ..b.clone()
+                }],
+                "relay_endpoints",
+            ),
+            (
+                vec![
+                    b.clone(),
+                    PeerSpec {
+                        provider: "prov-d".into(),
+                        ..b.clone()
+                    },
+                ],
+                "same subject",
+            ),
+            (
+                vec![PeerSpec {
+                    provider: "prov b".into(),
+                    ..c.clone()
+                }],
+                "spaces",
+            ),
+        ];
+        for (peers, expected) in cases {
+            let err = load(dir, peers).expect_err(expected).to_string();
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
+        let missing = load(
+            dir,
+            vec![PeerSpec {
+                ca: "nowhere.pem".into(),
+                ..b
+            }],
+        )
+        .expect_err("missing CA");
+        assert!(missing.to_string().contains("nowhere.pem"), "{missing}");
+    }
+
+    #[test]
+    fn federation_settings_name_the_bad_field() {
+        let good = FederationConfig {
+            relay_listen: "127.0.0.1:7443".into(),
+            provider_key: "provider-key".into(),
+            trust_bundle: "bundle.toml".into(),
+            relay: RelayOptions::default(),
+        };
+        good.validate().expect("valid");
+        let mut bad = good.clone();
+        bad.relay_listen = "somewhere".into();
+        assert!(
+            bad.validate()
+                .expect_err("listen")
+                .to_string()
+                .contains("relay_listen")
+        );
+        let mut bad = good.clone();
+        bad.relay.batch_messages_max = 1000;
+        assert!(
+            bad.validate()
+                .expect_err("batch")
+                .to_string()
+                .contains("batch_messages_max")
+        );
+        let mut bad = good;
+        bad.relay.retry_max_ms = 1;
+        assert!(
+            bad.validate()
+                .expect_err("retry")
+                .to_string()
+                .contains("retry_max_ms")
+        );
+    }
+}
