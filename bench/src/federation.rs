@@ -41,6 +41,44 @@ pub struct FederationArgs {
     duration_secs: u64,
     #[arg(long, default_value_t = 2)]
     warmup_secs: u64,
+    /// Offer this many messages per second (open loop, latency counted from each send's
+    /// due time) instead of running closed-loop senders at the maximum.
+    #[arg(long)]
+    rate: Option<f64>,
+}
+
+/// Sends the open-loop mode may have outstanding at once.
+const OPEN_LOOP_IN_FLIGHT_MAX: usize = 8192;
+
+fn request(to: &str, payload: &[u8]) -> pb::SendRequest {
+    pb::SendRequest {
+        from_org: HpiO::from_serial(1).to_string(),
+        to: vec![to.to_string()],
+        payload_type: "TEXT".into(),
+        payload: payload.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// What one acknowledged send feeds to the measurements.
+#[derive(Clone)]
+struct Sinks {
+    routed: Arc<Matcher>,
+    receipts: Arc<Matcher>,
+    watch: tokio::sync::mpsc::Sender<MessageId>,
+}
+
+impl Sinks {
+    /// `due`: when the send was due (open loop) or started (closed loop).
+    fn sent(&self, id: String, due: Instant) {
+        let acked = Instant::now();
+        self.routed.note(id.clone(), Some(due), None);
+        if let Ok(mid) = MessageId::parse(&id)
+            && self.watch.try_send(mid).is_ok()
+        {
+            self.receipts.note(id, Some(acked), None);
+        }
+    }
 }
 
 async fn admin(c: &LocalCluster) -> anyhow::Result<Client> {
@@ -198,62 +236,95 @@ pub async fn run(a: FederationArgs) -> anyhow::Result<()> {
         }
     });
 
+    let mode = match a.rate {
+        Some(r) => format!("open loop at {r:.0} msgs/s"),
+        None => format!("{} closed-loop senders", a.senders),
+    };
     println!(
-        "scenario: federation, 2 providers x {} nodes in one process, {} senders at A, {} B payloads to B, fsync on",
-        a.nodes, a.senders, a.payload_bytes
+        "scenario: federation, 2 providers x {} nodes in one process, {mode} at A, {} B payloads to B, fsync on",
+        a.nodes, a.payload_bytes
     );
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
     let payload = Arc::new(vec![0x42u8; a.payload_bytes]);
+    let sinks = Sinks {
+        routed: routed.clone(),
+        receipts: receipts.clone(),
+        watch: watch_tx.clone(),
+    };
     let mut tasks = tokio::task::JoinSet::new();
-    for s in 0..a.senders {
-        let client = senders[(s % a.connections.max(1)) as usize].clone();
-        let (stop, errors, routed, receipts, payload, to, watch) = (
+    if let Some(rate) = a.rate.filter(|r| *r > 0.0) {
+        let (stop, errors, payload, to, sinks, senders) = (
             stop.clone(),
             errors.clone(),
-            routed.clone(),
-            receipts.clone(),
             payload.clone(),
             to.clone(),
-            watch_tx.clone(),
+            sinks.clone(),
+            senders.clone(),
         );
         tasks.spawn(async move {
-            let mut m = client.messaging();
+            let permits = Arc::new(tokio::sync::Semaphore::new(OPEN_LOOP_IN_FLIGHT_MAX));
+            let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut i = 0usize;
             while !stop.load(Ordering::Relaxed) {
-                let t = Instant::now();
-                let req = pb::SendRequest {
-                    from_org: HpiO::from_serial(1).to_string(),
-                    to: vec![to.clone()],
-                    payload_type: "TEXT".into(),
-                    payload: payload.to_vec(),
-                    ..Default::default()
+                let due = ticker.tick().await.into_std();
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break;
                 };
-                match m.send(req).await {
-                    Ok(r) => {
-                        let id = r.into_inner().message_id;
-                        let acked = Instant::now();
-                        routed.note(id.clone(), Some(t), None);
-                        if let Ok(mid) = MessageId::parse(&id)
-                            && watch.try_send(mid).is_ok()
-                        {
-                            receipts.note(id, Some(acked), None);
+                let mut m = senders[i % senders.len()].messaging();
+                i += 1;
+                let (errors, payload, to, sinks) =
+                    (errors.clone(), payload.clone(), to.clone(), sinks.clone());
+                tokio::spawn(async move {
+                    match m.send(request(&to, &payload)).await {
+                        Ok(r) => sinks.sent(r.into_inner().message_id, due),
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    Err(_) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                    drop(permit);
+                });
             }
         });
+    } else {
+        for s in 0..a.senders {
+            let client = senders[(s % a.connections.max(1)) as usize].clone();
+            let (stop, errors, payload, to, sinks) = (
+                stop.clone(),
+                errors.clone(),
+                payload.clone(),
+                to.clone(),
+                sinks.clone(),
+            );
+            tasks.spawn(async move {
+                let mut m = client.messaging();
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    match m.send(request(&to, &payload)).await {
+                        Ok(r) => sinks.sent(r.into_inner().message_id, t),
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+        }
     }
     tokio::time::sleep(Duration::from_secs(a.warmup_secs)).await;
     routed.start();
     receipts.start();
     tokio::time::sleep(Duration::from_secs(a.duration_secs)).await;
+    if a.rate.is_some() {
+        // Stop offering, and let what was sent in the window arrive.
+        stop.store(true, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
     let (n_routed, routed_hist) = routed.take();
     let (n_receipts, receipt_hist) = receipts.take();
     stop.store(true, Ordering::Relaxed);
     while tasks.join_next().await.is_some() {}
+    drop(sinks);
     println!(
         "sealed messages A -> B: {:.0} msgs/s routed at B ({n_routed} in {} s), {n_receipts} receipts sampled",
         n_routed as f64 / a.duration_secs as f64,

@@ -188,7 +188,15 @@ fn finals(r: &pb::TrackReply, recipient: &str) -> usize {
 /// copy sealed to the other's organisation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_message_crosses_providers_and_its_acknowledgement_returns() {
-    let f = federation(messaging_opts(), messaging_opts()).await;
+    let mut f = federation(messaging_opts(), messaging_opts()).await;
+    // A relays to B's first relay endpoint (node 1): make that node a follower, so the
+    // receipts are built on a node that did not itself commit the message.
+    if f.b.wait_leader(WAIT).await == Some(1) {
+        f.b.stop_node(1).await.expect("stop B's node 1");
+        f.b.wait_leader(WAIT).await.expect("a new leader at B");
+        f.b.start_node(1).await.expect("start B's node 1");
+    }
+    assert_ne!(f.b.wait_leader(WAIT).await, Some(1));
     let gp = org_client(&f.a, 2, SENDER).await;
     let lab = org_client(&f.b, 3, LAB).await;
     let to_b = endpoint(LAB, "results");

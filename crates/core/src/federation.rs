@@ -31,7 +31,7 @@ pub const RECEIPT_SIGNATURE_BYTES: usize = 64;
 /// Most directory changes one import carries.
 pub const PEER_CHANGES_MAX: usize = 256;
 /// Most envelopes one relay request carries.
-pub const RELAY_BATCH_MESSAGES_MAX: usize = 64;
+pub const RELAY_BATCH_MESSAGES_MAX: usize = 512;
 /// Most notifications one relay request carries.
 pub const NOTIFY_BATCH_MAX: usize = 256;
 

@@ -465,6 +465,21 @@ impl RaftNode {
         Ok(())
     }
 
+    /// Waits until this node has applied the log entry at `index`: after a proposal that
+    /// the leader committed (and applied) on this follower's behalf, before reading what
+    /// it wrote from this node's views.
+    pub async fn wait_applied(&self, index: u64) -> Result<(), NodeError> {
+        self.core
+            .raft
+            .wait(Some(self.core.opts.forward_timeout()))
+            .applied_index_at_least(Some(index), "applied locally")
+            .await
+            .map_err(|e| {
+                NodeError::Unavailable(format!("this node did not catch up in time: {e}"))
+            })?;
+        Ok(())
+    }
+
     /// Runs a membership change on the leader (forwarded when this node is not it).
     pub async fn change_membership(&self, op: MembershipOp) -> Result<u64, NodeError> {
         let core = &self.core;

@@ -67,7 +67,7 @@ pub struct RelayOptions {
 impl Default for RelayOptions {
     fn default() -> Self {
         Self {
-            batch_messages_max: 64,
+            batch_messages_max: 256,
             batch_bytes_max: 8 * 1024 * 1024,
             retry_min_ms: 200,
             retry_max_ms: 30_000,

@@ -224,6 +224,12 @@ impl Relay for RelayService {
             if let Outcome::Rejected(r) = committed.outcome {
                 tracing::debug!(peer = %peer, reason = %r, "relayed batch refused at commit");
             }
+            // The leader applied it; this node (perhaps a follower) reads the receipts'
+            // facts from its own views, so it waits to have applied it too.
+            self.node
+                .wait_applied(committed.log_index)
+                .await
+                .map_err(convert::node_error)?;
         }
         // Whatever is now committed here gets its receipt: fresh, or the original one.
         let mut out = Vec::with_capacity(items.len());

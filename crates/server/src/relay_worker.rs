@@ -105,6 +105,19 @@ pub fn spawn(ctx: RelayContext, shutdown: watch::Receiver<bool>) -> Vec<JoinHand
         .collect()
 }
 
+/// Proposes a worker command on the node's urgent lane.
+async fn propose(
+    node: &RaftNode,
+    actor: String,
+    command: Command,
+) -> Result<Outcome, sealpost_raft::ProposeError> {
+    let p = Proposal { actor, command };
+    if let Err(r) = p.validate() {
+        return Ok(Outcome::Rejected(r));
+    }
+    node.propose_urgent(p).await.map(|c| c.outcome)
+}
+
 /// Exponential backoff with jitter.
 struct Backoff {
     min_ms: u64,
@@ -163,6 +176,9 @@ struct PeerWorker {
     next_pull: Instant,
     /// Messages the peer refused for now, and when to offer them again.
     refused: HashMap<MessageId, Instant>,
+    /// Messages whose receipt is being recorded: the next batch goes out meanwhile (the
+    /// peer has committed this one), without offering them again.
+    recording: Arc<std::sync::Mutex<HashSet<MessageId>>>,
     last_error: Option<String>,
 }
 
@@ -197,6 +213,7 @@ impl PeerWorker {
             directory_backoff: Backoff::new(&ctx.opts),
             next_pull: Instant::now(),
             refused: HashMap::new(),
+            recording: Arc::default(),
             last_error: None,
             endpoint_index: 0,
             channels,
@@ -281,14 +298,7 @@ impl PeerWorker {
     }
 
     async fn propose(&self, command: Command) -> Result<Outcome, sealpost_raft::ProposeError> {
-        let p = Proposal {
-            actor: self.actor.clone(),
-            command,
-        };
-        if let Err(r) = p.validate() {
-            return Ok(Outcome::Rejected(r));
-        }
-        self.ctx.node.propose_urgent(p).await.map(|c| c.outcome)
+        propose(&self.ctx.node, self.actor.clone(), command).await
     }
 
     async fn pull_directory(&mut self) {
@@ -363,6 +373,8 @@ impl PeerWorker {
             return false;
         }
         let view = self.ctx.node.view().clone();
+        // Read before the queue: a receipt recorded in between is then out of both.
+        let recording = self.recording.lock().map(|r| r.clone()).unwrap_or_default();
         let queue = match view.relay_queue(&self.peer.provider, RELAY_SCAN_MESSAGES_MAX) {
             Ok(q) => q,
             Err(e) => {
@@ -376,7 +388,7 @@ impl PeerWorker {
         let mut bytes = 0usize;
         let mut skipped = 0usize;
         for (seq, id) in queue {
-            if self.refused.contains_key(&id) {
+            if self.refused.contains_key(&id) || recording.contains(&id) {
                 skipped += 1;
                 continue;
             }
@@ -453,12 +465,38 @@ impl PeerWorker {
                 Err(e) => self.refuse(&msg.message_id, &e),
             }
         }
-        let proposals = records.into_iter().map(|c| self.propose(c));
-        for r in futures::future::join_all(proposals).await {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "relay not recorded; will retry");
-            }
+        // Recorded in the background: the peer committed this batch, so the next one may
+        // go out now without changing the order in which the peer receives them.
+        let ids: Vec<MessageId> = records
+            .iter()
+            .filter_map(|c| match c {
+                Command::RecordRelayed { receipt, .. } => Some(receipt.message_id.clone()),
+                _ => None,
+            })
+            .collect();
+        if let Ok(mut r) = self.recording.lock() {
+            r.extend(ids.iter().cloned());
         }
+        let (node, actor, recording) = (
+            self.ctx.node.clone(),
+            self.actor.clone(),
+            self.recording.clone(),
+        );
+        tokio::spawn(async move {
+            let proposals = records
+                .into_iter()
+                .map(|c| propose(&node, actor.clone(), c));
+            for r in futures::future::join_all(proposals).await {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "relay not recorded; will retry");
+                }
+            }
+            if let Ok(mut r) = recording.lock() {
+                for id in &ids {
+                    r.remove(id);
+                }
+            }
+        });
         sent + skipped < RELAY_SCAN_MESSAGES_MAX && sent == self.ctx.opts.batch_messages_max
     }
 
