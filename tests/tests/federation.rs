@@ -406,23 +406,9 @@ async fn a_peer_outside_the_trust_bundle_is_refused() {
             .to_string();
     let b_ca = std::fs::read_to_string(f.b.dir.join("ca.pem")).expect("B's CA");
     let try_with = |tls: sealpost_crypto::tls::TlsPaths| {
-        let relay = relay.clone();
-        let b_ca = b_ca.clone();
+        let mut c = relay_client(&relay, &b_ca, &tls);
         async move {
-            let cert = std::fs::read_to_string(&tls.cert).expect("cert");
-            let key = std::fs::read_to_string(&tls.key).expect("key");
-            let ch = tonic::transport::Endpoint::from_shared(format!("https://{relay}"))
-                .expect("uri")
-                .tls_config(
-                    tonic::transport::ClientTlsConfig::new()
-                        .ca_certificate(tonic::transport::Certificate::from_pem(b_ca))
-                        .identity(tonic::transport::Identity::from_pem(cert, key)),
-                )
-                .expect("tls")
-                .connect_timeout(Duration::from_secs(5))
-                .connect_lazy();
-            pb::relay_client::RelayClient::new(ch)
-                .directory_changes(pb::DirectoryChangesRequest::default())
+            c.directory_changes(pb::DirectoryChangesRequest::default())
                 .await
         }
     };
@@ -436,13 +422,81 @@ async fn a_peer_outside_the_trust_bundle_is_refused() {
         cert: f.a.dir.join("node-1/tls/node.pem"),
         key: f.a.dir.join("node-1/tls/node-key.pem"),
     };
-    let ok = try_with(a_node).await.expect("a trusted peer is served");
+    let ok = try_with(a_node.clone())
+        .await
+        .expect("a trusted peer is served");
     let changes: Vec<sealpost_core::federation::PeerChange> =
         sealpost_core::codec::decode(&ok.into_inner().changes).expect("changes");
     assert!(
         changes.iter().all(|c| c.org() == &HpiO::from_serial(LAB)),
         "B exports only its own organisations: {changes:?}"
     );
+
+    // A duplicate delivery (A's node presenting an envelope B already committed) is
+    // answered with the original receipt, byte for byte, and writes nothing.
+    let gp = org_client(&f.a, 1, SENDER).await;
+    let to = endpoint(LAB, "results");
+    let sent = send_ok(&gp, send(std::slice::from_ref(&to), b"once", "dup-1", 0)).await;
+    track_until(&gp, &sent.message_id, "relayed", |r| {
+        count(r, "relayed") == 1
+    })
+    .await;
+    let a_view = f.a.node(1).expect("A's node 1").raft.view();
+    let envelope = sealpost_server::messaging::load_envelope(a_view, sent.seq).expect("envelope");
+    let recorded = a_view
+        .message_events(
+            &sealpost_core::message::MessageId::parse(&sent.message_id).expect("id"),
+            16,
+        )
+        .expect("timeline")
+        .into_iter()
+        .find_map(|r| match r.event {
+            sealpost_core::Event::Relayed { receipt, .. } => Some(receipt),
+            _ => None,
+        })
+        .expect("A recorded the receipt");
+    let b_events = |c: &LocalCluster| {
+        c.node(1)
+            .expect("B's node 1")
+            .raft
+            .status()
+            .expect("status")
+            .sm
+            .event_count
+    };
+    let before = b_events(&f.b);
+    let again = relay_client(&relay, &b_ca, &a_node)
+        .deliver(pb::DeliverRequest {
+            envelopes: vec![sealpost_core::codec::encode(&envelope)],
+        })
+        .await
+        .expect("deliver again")
+        .into_inner();
+    let receipt: sealpost_core::federation::TransportReceipt =
+        sealpost_core::codec::decode(&again.results[0].receipt).expect("a receipt");
+    assert_eq!(receipt, recorded);
+    assert_eq!(b_events(&f.b), before, "a duplicate writes nothing");
+}
+
+/// A relay client presenting `tls` to the relay port at `addr`, trusting `server_ca`.
+fn relay_client(
+    addr: &str,
+    server_ca: &str,
+    tls: &sealpost_crypto::tls::TlsPaths,
+) -> pb::relay_client::RelayClient<tonic::transport::Channel> {
+    let cert = std::fs::read_to_string(&tls.cert).expect("cert");
+    let key = std::fs::read_to_string(&tls.key).expect("key");
+    let ch = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+        .expect("uri")
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(server_ca))
+                .identity(tonic::transport::Identity::from_pem(cert, key)),
+        )
+        .expect("tls")
+        .connect_timeout(Duration::from_secs(5))
+        .connect_lazy();
+    pb::relay_client::RelayClient::new(ch)
 }
 
 /// A receipt lost on its way back does not end in `Failed(undeliverable)`: at the

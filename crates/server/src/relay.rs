@@ -201,9 +201,13 @@ impl Relay for RelayService {
                 None => fresh.push(env),
                 // Already here: answered with its receipt below.
                 Some(Rejection::AlreadyExists(_)) => {}
+                // Past its deliver-by: refused for good (receivers refuse expired envelopes).
+                Some(r) if now_ms() > env.header.deliver_by_ms => {
+                    results[i] = Some(deliver_error(id.to_string(), r.to_string(), true));
+                }
+                // Anything else may change (the directory catching up): try again later.
                 Some(r) => {
-                    let permanent = r.to_string().contains("expired");
-                    results[i] = Some(deliver_error(id.to_string(), r.to_string(), permanent));
+                    results[i] = Some(deliver_error(id.to_string(), r.to_string(), false));
                 }
             }
         }
