@@ -284,6 +284,7 @@ pub async fn start_with_relay(
             bundle.clone(),
             key.clone(),
             cfg.messaging.payload_bytes_max,
+            cfg.raft.batch_bytes_max,
         ))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);

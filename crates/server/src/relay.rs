@@ -42,6 +42,8 @@ pub struct RelayService {
     bundle: Arc<TrustBundle>,
     key: Arc<ProviderKey>,
     payload_bytes_max: u64,
+    /// Largest `Receive` proposal: the Raft batch limit less room for the rest of it.
+    proposal_bytes_max: usize,
 }
 
 impl RelayService {
@@ -51,6 +53,7 @@ impl RelayService {
         bundle: Arc<TrustBundle>,
         key: Arc<ProviderKey>,
         payload_bytes_max: u64,
+        raft_batch_bytes_max: usize,
     ) -> Self {
         Self {
             node,
@@ -58,6 +61,9 @@ impl RelayService {
             bundle,
             key,
             payload_bytes_max,
+            proposal_bytes_max: raft_batch_bytes_max
+                .saturating_sub(RECEIVE_OVERHEAD_BYTES)
+                .max(1),
         }
     }
 
@@ -152,6 +158,28 @@ impl RelayService {
     }
 }
 
+/// Room a `Receive` proposal needs around its envelopes, in bytes.
+pub const RECEIVE_OVERHEAD_BYTES: usize = 64 * 1024;
+
+/// Splits envelopes, in order, into groups whose encoded size stays within `bytes_max`
+/// (a single larger envelope forms a group alone; the proposer then names the limit).
+fn chunks_within(envelopes: Vec<Envelope>, bytes_max: usize) -> Vec<Vec<Envelope>> {
+    let mut out: Vec<Vec<Envelope>> = Vec::new();
+    let mut size = 0usize;
+    for e in envelopes {
+        let n = codec::encoded_len(&e);
+        match out.last_mut() {
+            Some(last) if size + n <= bytes_max => last.push(e),
+            _ => {
+                size = 0;
+                out.push(vec![e]);
+            }
+        }
+        size += n;
+    }
+    out
+}
+
 fn deliver_error(id: String, error: String, permanent: bool) -> pb::DeliverResult {
     pb::DeliverResult {
         message_id: id,
@@ -211,12 +239,14 @@ impl Relay for RelayService {
                 }
             }
         }
-        if !fresh.is_empty() {
+        // One proposal per chunk that fits a Raft entry, proposed one after the other so
+        // they are committed in the order the peer sent them.
+        for chunk in chunks_within(fresh, self.proposal_bytes_max) {
             let proposal = Proposal {
                 actor: self.actor(&peer),
                 command: Command::Receive {
                     from_provider: peer.clone(),
-                    envelopes: fresh,
+                    envelopes: chunk,
                 },
             };
             proposal.validate().map_err(convert::rejection)?;
@@ -408,5 +438,64 @@ impl Relay for RelayService {
             through_seq,
             more: recs.len() == limit,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sealpost_core::ids::HpiO;
+    use sealpost_core::message::{
+        ENVELOPE_VERSION, EnvelopeHeader, Priority, SealedCopy, Sender, payload_digest,
+    };
+
+    fn envelope(n: u32, bytes: usize) -> Envelope {
+        Envelope {
+            header: EnvelopeHeader {
+                version: ENVELOPE_VERSION,
+                message_id: MessageId::new("prov-a", &format!("01890a5d-ac96-774b-bcce-{n:012x}"))
+                    .expect("id"),
+                sender: Sender {
+                    org: HpiO::from_serial(1),
+                    practitioner: None,
+                },
+                sender_key_id: "k1".into(),
+                recipients: vec![
+                    sealpost_core::EndpointId::service(HpiO::from_serial(2), "desk")
+                        .expect("endpoint"),
+                ],
+                payload_type: sealpost_core::directory::PayloadType::Text,
+                priority: Priority::Routine,
+                patient: None,
+                payload_digest: payload_digest(b""),
+                payload_bytes: bytes as u64,
+                created_ms: 1,
+                deliver_by_ms: 2,
+            },
+            signature: vec![0; 64],
+            sealed: vec![SealedCopy {
+                org: HpiO::from_serial(2),
+                key_id: "k1".into(),
+                enc: vec![0; 32],
+                ciphertext: vec![0; bytes + 16],
+            }],
+        }
+    }
+
+    /// Chunks keep the order, stay within the limit, and a lone oversized envelope still
+    /// gets a chunk of its own.
+    #[test]
+    fn receive_chunks_keep_order_and_size() {
+        let envs: Vec<Envelope> = (0..10).map(|i| envelope(i, 1000)).collect();
+        let one = codec::encoded_len(&envs[0]);
+        let chunks = chunks_within(envs.clone(), one * 3);
+        assert_eq!(
+            chunks.iter().map(Vec::len).collect::<Vec<_>>(),
+            [3, 3, 3, 1]
+        );
+        let flat: Vec<Envelope> = chunks.into_iter().flatten().collect();
+        assert_eq!(flat, envs);
+        let big = chunks_within(vec![envelope(1, 5000), envelope(2, 10)], 100);
+        assert_eq!(big.iter().map(Vec::len).collect::<Vec<_>>(), [1, 1]);
     }
 }

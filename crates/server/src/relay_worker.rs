@@ -262,7 +262,7 @@ impl PeerWorker {
     async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut applied = self.ctx.node.view().subscribe();
         let tick = Duration::from_millis(self.ctx.messaging.worker_tick_ms);
-        let mut last_tick = Instant::now() - tick;
+        let mut last_tick: Option<Instant> = None;
         loop {
             if *shutdown.borrow() {
                 return;
@@ -276,8 +276,8 @@ impl PeerWorker {
                 }
                 let more = self.relay_pass().await;
                 self.notify_pass().await;
-                if last_tick.elapsed() >= tick {
-                    last_tick = Instant::now();
+                if last_tick.is_none_or(|t| t.elapsed() >= tick) {
+                    last_tick = Some(Instant::now());
                     self.deadline_pass().await;
                 }
                 if more {
