@@ -237,6 +237,7 @@ impl Command {
                 ..Reads::default()
             },
             Command::RetireEndpoint { id, .. } => Reads {
+                organisations: vec![id.org.clone()],
                 endpoints: vec![id.clone()],
                 ..Reads::default()
             },
@@ -323,6 +324,16 @@ impl Proposal {
         check_text("actor", &self.actor, ACTOR_BYTES_MAX)?;
         self.command.validate()
     }
+}
+
+/// The refusal of a directory change to an organisation a peer provider hosts: only that
+/// provider changes it (its changes arrive here through the peer directory import).
+fn hosted_elsewhere(org: &crate::directory::Organisation) -> Rejection {
+    Rejection::FailedPrecondition(format!(
+        "organisation {} is hosted by {}; change it there",
+        org.spec.hpio,
+        org.provider.as_deref().unwrap_or("another provider")
+    ))
 }
 
 /// Decides a command against the current facts. Pure and deterministic: every replica
@@ -434,11 +445,14 @@ pub fn decide(
             through_seq,
         } => crate::federation::decide_notified(provider, through_seq, facts)?,
         Command::PublishEndpoint(e) => {
-            if facts.organisation(&e.id.org).is_none() {
+            let Some(org) = facts.organisation(&e.id.org) else {
                 return Err(Rejection::NotFound(format!(
                     "organisation {} is not registered",
                     e.id.org
                 )));
+            };
+            if !org.is_local() {
+                return Err(hosted_elsewhere(org));
             }
             if facts.endpoint(&e.id).is_some_and(|ep| ep.is_active()) {
                 return Err(Rejection::AlreadyExists(format!(
@@ -459,14 +473,19 @@ pub fn decide(
                     "endpoint {id} is already retired"
                 )));
             }
-            Some(_) => vec![Event::EndpointRetired { id, reason }],
+            Some(_) => match facts.organisation(&id.org) {
+                Some(o) if !o.is_local() => return Err(hosted_elsewhere(o)),
+                _ => vec![Event::EndpointRetired { id, reason }],
+            },
         },
         Command::RotateKeys { org, keys } => match facts.organisation(&org) {
+            Some(o) if !o.is_local() => return Err(hosted_elsewhere(o)),
             None => {
                 return Err(Rejection::NotFound(format!(
                     "organisation {org} is not registered"
                 )));
             }
+
             Some(o) if o.spec.keys.key_id == keys.key_id => {
                 return Err(Rejection::AlreadyExists(format!(
                     "organisation {org} already uses key id {}",

@@ -1043,6 +1043,36 @@ mod tests {
         ));
     }
 
+    /// This provider's own clients cannot change an organisation a peer hosts.
+    #[test]
+    fn a_peers_organisation_is_changed_only_by_the_peer() {
+        let mut a = provider(A);
+        let peer_org = HpiO::from_serial(2);
+        let new_ep = EndpointSpec {
+            id: EndpointId::service(peer_org.clone(), "other").expect("ep"),
+            display_name: "Other".into(),
+            specialty: "Renal".into(),
+            payload_types: vec![PayloadType::Text],
+        };
+        let mut keys = OrganisationSpec::sample(2).keys;
+        keys.key_id = "k-new".into();
+        for cmd in [
+            Command::PublishEndpoint(new_ep),
+            Command::RetireEndpoint {
+                id: ep(2),
+                reason: "gone".into(),
+            },
+            Command::RotateKeys {
+                org: peer_org.clone(),
+                keys,
+            },
+        ] {
+            let err = a.run(cmd, 10).expect_err("hosted by B");
+            assert!(err.to_string().contains("hosted by prov-b"), "{err}");
+        }
+        assert!(a.events.is_empty());
+    }
+
     /// The receipt's signed bytes cover every field but the signature.
     #[test]
     fn receipt_signed_bytes_cover_every_field() {
