@@ -384,7 +384,8 @@ impl PeerWorker {
         };
         let now = Instant::now();
         self.refused.retain(|_, until| *until > now);
-        let mut batch: Vec<(MessageStatus, Vec<u8>)> = Vec::new();
+        // Each message with its header digest (what the receipt must name) and its bytes.
+        let mut batch: Vec<(MessageStatus, [u8; 32], Vec<u8>)> = Vec::new();
         let mut bytes = 0usize;
         let mut skipped = 0usize;
         for (seq, id) in queue {
@@ -400,8 +401,8 @@ impl PeerWorker {
                     return false;
                 }
             };
-            let env = match load_envelope(&view, seq) {
-                Ok(e) => codec::encode(&e),
+            let (digest, env) = match load_envelope(&view, seq) {
+                Ok(e) => (e.header.digest(), codec::encode(&e)),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot load a queued envelope");
                     return false;
@@ -414,7 +415,7 @@ impl PeerWorker {
                 break;
             }
             bytes += env.len();
-            batch.push((msg, env));
+            batch.push((msg, digest, env));
         }
         if batch.is_empty() {
             return false;
@@ -424,7 +425,7 @@ impl PeerWorker {
         };
         let sent = batch.len();
         let request = pb::DeliverRequest {
-            envelopes: batch.iter().map(|(_, e)| e.clone()).collect(),
+            envelopes: batch.iter().map(|(_, _, e)| e.clone()).collect(),
         };
         let reply = match client.deliver(request).await {
             Ok(r) => r.into_inner(),
@@ -437,9 +438,14 @@ impl PeerWorker {
         self.relay_backoff.succeed();
         self.set_last_error(None);
         let mut records = Vec::new();
-        for (msg, _) in &batch {
+        let results: HashMap<&str, &pb::DeliverResult> = reply
+            .results
+            .iter()
+            .map(|r| (r.message_id.as_str(), r))
+            .collect();
+        for (msg, digest, _) in &batch {
             let id = msg.message_id.to_string();
-            let Some(result) = reply.results.iter().find(|r| r.message_id == id) else {
+            let Some(result) = results.get(id.as_str()) else {
                 self.refuse(&msg.message_id, "the peer did not answer for it");
                 continue;
             };
@@ -457,7 +463,7 @@ impl PeerWorker {
                 );
                 continue;
             }
-            match self.check_receipt(msg, &result.receipt) {
+            match self.check_receipt(msg, Some(*digest), &result.receipt) {
                 Ok(receipt) => records.push(Command::RecordRelayed {
                     receipt,
                     outcome_by_ms: self.outcome_by(msg),
@@ -507,8 +513,14 @@ impl PeerWorker {
         self.set_last_error(Some(format!("{id}: {why}")));
     }
 
-    /// Decodes and verifies a receipt: the peer's key, this message, this envelope.
-    fn check_receipt(&self, msg: &MessageStatus, bytes: &[u8]) -> Result<TransportReceipt, String> {
+    /// Decodes and verifies a receipt: the peer's key, this message, this envelope (its
+    /// header digest, given or read from the store).
+    fn check_receipt(
+        &self,
+        msg: &MessageStatus,
+        digest: Option<[u8; 32]>,
+        bytes: &[u8],
+    ) -> Result<TransportReceipt, String> {
         let receipt: TransportReceipt =
             codec::decode(bytes).map_err(|e| format!("undecodable receipt: {e}"))?;
         receipt.validate().map_err(|e| e.to_string())?;
@@ -519,8 +531,14 @@ impl PeerWorker {
                 receipt.message_id, receipt.provider, msg.message_id, self.peer.provider
             ));
         }
-        let env = load_envelope(self.ctx.node.view(), msg.sent_seq).map_err(|e| e.to_string())?;
-        if receipt.header_digest != env.header.digest() {
+        let digest = match digest {
+            Some(d) => d,
+            None => load_envelope(self.ctx.node.view(), msg.sent_seq)
+                .map_err(|e| e.to_string())?
+                .header
+                .digest(),
+        };
+        if receipt.header_digest != digest {
             return Err("the receipt names another envelope (digest mismatch)".into());
         }
         Ok(receipt)
@@ -662,7 +680,7 @@ impl PeerWorker {
         if pm.known {
             let waiting = msg.awaits_relay(provider);
             if waiting {
-                match self.check_receipt(msg, &pm.receipt) {
+                match self.check_receipt(msg, None, &pm.receipt) {
                     Ok(receipt) => {
                         tracing::info!(message_id = %msg.message_id, "peer holds a message whose receipt was lost; recording it as relayed");
                         commands.push(Command::RecordRelayed {
