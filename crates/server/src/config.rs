@@ -176,6 +176,9 @@ pub struct NodeConfig {
     /// Relay to and from peer providers; none: this provider stands alone.
     #[serde(default)]
     pub federation: Option<crate::federation::FederationConfig>,
+    /// HL7 v2 over MLLP listeners for clinical systems (`[[mllp]]`).
+    #[serde(default)]
+    pub mllp: Vec<crate::mllp::MllpListenerConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -299,6 +302,9 @@ impl NodeConfig {
         if let Some(f) = &self.federation {
             f.validate()?;
         }
+        for m in &self.mllp {
+            m.validate()?;
+        }
         // A payload travels whole in a send request and a fetch reply, and sealed in a
         // Raft entry: each limit must leave room for it.
         let payload = self.messaging.payload_bytes_max as usize;
@@ -370,6 +376,7 @@ mod tests {
             api: ApiLimits::default(),
             messaging: MessagingOptions::default(),
             federation: None,
+            mllp: Vec::new(),
         }
     }
 

@@ -356,6 +356,7 @@ impl LocalCluster {
                 trust_bundle: self.dir.join(TRUST_BUNDLE_FILE),
                 relay: opts.clone(),
             }),
+            mllp: Vec::new(),
         };
         cfg.validate()?;
         write_file(&nd.join("node.toml"), &cfg.to_toml(), false)?;
@@ -384,6 +385,26 @@ impl LocalCluster {
             .iter()
             .map(|(id, c)| (*id, c.advertise_addr()))
             .collect()
+    }
+
+    /// Gives a node these MLLP listeners (saved in its `node.toml`) and restarts it.
+    pub async fn set_mllp(
+        &mut self,
+        id: NodeId,
+        listeners: Vec<crate::mllp::MllpListenerConfig>,
+    ) -> Result<(), LocalError> {
+        let cfg = self
+            .configs
+            .get_mut(&id)
+            .ok_or(LocalError::UnknownNode(id))?;
+        cfg.mllp = listeners;
+        cfg.validate()?;
+        write_file(&cfg.data_dir.join("node.toml"), &cfg.to_toml(), false)?;
+        if self.running.contains_key(&id) {
+            self.stop_node(id).await?;
+            self.start_node(id).await?;
+        }
+        Ok(())
     }
 
     /// Stops one node; its folder and port stay for a restart.

@@ -581,34 +581,9 @@ impl Messaging for MessagingService {
     #[tracing::instrument(skip_all, fields(node = self.node.id()))]
     async fn send(&self, req: Request<pb::SendRequest>) -> Result<Response<pb::SendReply>, Status> {
         let caller = caller_of(&req, self.node.id());
-        let (envelope, cid) = match self.build_envelope(&caller, req.into_inner()).await? {
-            Ok(v) => v,
-            Err(dup) => return Ok(Response::new(dup)),
-        };
-        let id = envelope.header.message_id.clone();
-        let org = envelope.header.sender.org.clone();
-        let command = Command::Send {
-            envelope: Box::new(envelope),
-            client_message_id: cid.clone(),
-        };
-        match self.propose(caller.actor, command).await {
-            Ok((seq, _)) => {
-                tracing::info!(message_id = %id, seq, "sent");
-                Ok(Response::new(pb::SendReply {
-                    message_id: id.to_string(),
-                    seq,
-                    duplicate: false,
-                }))
-            }
-            // A concurrent resend won the race: answer with the original.
-            Err(Rejected::Rule(Rejection::AlreadyExists(m))) => {
-                match self.duplicate_reply(&org, &cid)? {
-                    Some(dup) => Ok(Response::new(dup)),
-                    None => Err(Status::already_exists(m)),
-                }
-            }
-            Err(e) => Err(e.into()),
-        }
+        self.send_as(&caller, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn inbox(
@@ -846,6 +821,44 @@ impl Messaging for MessagingService {
 }
 
 impl MessagingService {
+    /// Sends for `caller`: validate, sign and seal on this node, commit `Sent`, answer once
+    /// committed; a resend with the same client message id answers with the original.
+    /// The gRPC `Send` and the MLLP front door both come here.
+    pub async fn send_as(
+        &self,
+        caller: &Caller,
+        r: pb::SendRequest,
+    ) -> Result<pb::SendReply, Status> {
+        let (envelope, cid) = match self.build_envelope(caller, r).await? {
+            Ok(v) => v,
+            Err(dup) => return Ok(dup),
+        };
+        let id = envelope.header.message_id.clone();
+        let org = envelope.header.sender.org.clone();
+        let command = Command::Send {
+            envelope: Box::new(envelope),
+            client_message_id: cid.clone(),
+        };
+        match self.propose(caller.actor.clone(), command).await {
+            Ok((seq, _)) => {
+                tracing::info!(message_id = %id, seq, "sent");
+                Ok(pb::SendReply {
+                    message_id: id.to_string(),
+                    seq,
+                    duplicate: false,
+                })
+            }
+            // A concurrent resend won the race: answer with the original.
+            Err(Rejected::Rule(Rejection::AlreadyExists(m))) => {
+                match self.duplicate_reply(&org, &cid)? {
+                    Some(dup) => Ok(dup),
+                    None => Err(Status::already_exists(m)),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     fn envelope(&self, sent_seq: u64) -> Result<Envelope, Status> {
         load_envelope(self.view(), sent_seq).map_err(|e| Status::internal(e.to_string()))
     }

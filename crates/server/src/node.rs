@@ -59,6 +59,8 @@ pub struct NodeHandle {
     pub addr: SocketAddr,
     /// The relay port peers connect to, when federation is configured with peers.
     pub relay_addr: Option<SocketAddr>,
+    /// The MLLP listeners' addresses, in configuration order.
+    pub mllp_addrs: Vec<SocketAddr>,
     /// Test and chaos hooks of the messaging service and its worker.
     pub faults: std::sync::Arc<MessagingFaults>,
     /// Test and chaos hooks of the relay worker.
@@ -236,16 +238,18 @@ pub async fn start_with_relay(
     let directory = DirectoryServer::new(DirectoryService::new(raft.clone(), keystore.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
-    let messaging = MessagingServer::new(MessagingService::new(
+    let messaging_service = MessagingService::new(
         raft.clone(),
         cfg.provider.clone(),
         keystore.clone(),
         cfg.messaging.clone(),
         faults.clone(),
-    ))
-    .max_decoding_message_size(limit)
-    .max_encoding_message_size(limit);
+    );
+    let messaging = MessagingServer::new(messaging_service.clone())
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
     let (workers_stop, workers_rx) = tokio::sync::watch::channel(false);
+    let workers_rx_mllp = workers_rx.clone();
     let bundle = federation
         .as_ref()
         .map(|(_, _, b)| b.clone())
@@ -320,6 +324,23 @@ pub async fn start_with_relay(
             workers_rx,
         ));
     }
+    let mut mllp_addrs = Vec::with_capacity(cfg.mllp.len());
+    for m in &cfg.mllp {
+        let l = crate::mllp::start(
+            m.clone(),
+            None,
+            messaging_service.clone(),
+            cfg.id,
+            workers_rx_mllp.clone(),
+        )
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: m.listen.clone(),
+            source,
+        })?;
+        mllp_addrs.push(l.addr);
+        workers.push(l.task);
+    }
     let admin = AdminServer::new(AdminService::new(
         raft.clone(),
         Duration::from_millis(cfg.api.member_status_timeout_ms),
@@ -364,6 +385,7 @@ pub async fn start_with_relay(
         raft,
         addr,
         relay_addr,
+        mllp_addrs,
         faults,
         relay_faults,
         workers_stop,

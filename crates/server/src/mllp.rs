@@ -1,0 +1,505 @@
+//! The MLLP front door: HL7 v2 messages from clinical systems, framed by MLLP over TCP,
+//! sent through the messaging pipeline, answered with HL7 acknowledgements.
+//!
+//! A plain MLLP listener serves loopback only and is bound to one organisation (MSH-4 may
+//! not claim another). Each frame is parsed (ER7), its recipient is found from the HL7
+//! addressing (MSH-6 carries the receiving organisation's HPI-O; a referred-to `PRD` the
+//! practitioner's HPI-I, or else MSH-5 the service), and it is sent with sending
+//! application, facility and control id (MSH-3/4/10) as the idempotency key. The answer is
+//! AA (or CA in enhanced mode) only once `Sent` is committed; AE/AR (CE/CR) name the
+//! problem otherwise; a resend of the same control id is acknowledged without a second
+//! message. Frames on one connection are answered in order. Nothing here logs message
+//! content: only control ids, message types and errors.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use sealpost_core::ids::{EndpointId, HpiI, HpiO};
+use sealpost_hl7::ack::{self, AckError, Outcome};
+use sealpost_hl7::er7::{self, Message, Msh};
+use sealpost_hl7::mllp::MllpCodec;
+use sealpost_proto::v1 as pb;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+use tokio_util::codec::Framed;
+use tonic::Code;
+
+use crate::config::ConfigError;
+use crate::messaging::{Caller, MessagingService};
+
+/// Longest client message id an MLLP submission may produce before it is hashed, in bytes.
+const MLLP_CLIENT_ID_BYTES_MAX: usize = 128;
+
+/// One MLLP listener (`[[mllp]]` in node.toml).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MllpListenerConfig {
+    /// host:port; a plain listener must be on a loopback address.
+    pub listen: String,
+    /// The organisation (HPI-O) every message on this listener is sent as.
+    pub organisation: String,
+    /// Largest MLLP frame, in bytes.
+    #[serde(default = "default_frame_bytes_max")]
+    pub frame_bytes_max: usize,
+    /// Connections open at once; more wait in the backlog.
+    #[serde(default = "default_connections_max")]
+    pub connections_max: usize,
+    /// A connection idle this long is closed.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Empty frames in a row after which a connection is closed.
+    #[serde(default = "default_empty_frames_max")]
+    pub empty_frames_max: u32,
+    /// Frames one connection may carry before it is closed (the client reconnects).
+    #[serde(default = "default_frames_per_connection_max")]
+    pub frames_per_connection_max: u64,
+}
+
+fn default_frame_bytes_max() -> usize {
+    sealpost_hl7::mllp::MLLP_FRAME_BYTES_DEFAULT_MAX
+}
+fn default_connections_max() -> usize {
+    1024
+}
+fn default_idle_timeout_ms() -> u64 {
+    300_000
+}
+fn default_empty_frames_max() -> u32 {
+    16
+}
+fn default_frames_per_connection_max() -> u64 {
+    1_000_000
+}
+
+fn invalid(field: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        problem: problem.into(),
+    }
+}
+
+impl MllpListenerConfig {
+    /// A loopback listener for `organisation` with default limits.
+    pub fn loopback(listen: &str, organisation: &HpiO) -> Self {
+        Self {
+            listen: listen.to_string(),
+            organisation: organisation.to_string(),
+            frame_bytes_max: default_frame_bytes_max(),
+            connections_max: default_connections_max(),
+            idle_timeout_ms: default_idle_timeout_ms(),
+            empty_frames_max: default_empty_frames_max(),
+            frames_per_connection_max: default_frames_per_connection_max(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let addr: SocketAddr = self.listen.parse().map_err(|_| {
+            invalid(
+                "mllp.listen",
+                format!("{:?} is not host:port with an IP host", self.listen),
+            )
+        })?;
+        if !addr.ip().is_loopback() {
+            return Err(invalid(
+                "mllp.listen",
+                format!(
+                    "{addr} is not a loopback address: plain MLLP carries no authentication, \
+                     so it is served on loopback only"
+                ),
+            ));
+        }
+        HpiO::parse(&self.organisation).map_err(|e| invalid("mllp.organisation", e.to_string()))?;
+        for (field, v) in [
+            ("mllp.frame_bytes_max", self.frame_bytes_max as u64),
+            ("mllp.connections_max", self.connections_max as u64),
+            ("mllp.idle_timeout_ms", self.idle_timeout_ms),
+            ("mllp.empty_frames_max", u64::from(self.empty_frames_max)),
+            (
+                "mllp.frames_per_connection_max",
+                self.frames_per_connection_max,
+            ),
+        ] {
+            if v == 0 {
+                return Err(invalid(field, "must be positive"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A running MLLP listener.
+pub struct MllpListener {
+    pub addr: SocketAddr,
+    pub task: JoinHandle<()>,
+}
+
+/// Starts a listener on an already bound socket (or binds `cfg.listen`).
+pub async fn start(
+    cfg: MllpListenerConfig,
+    listener: Option<TcpListener>,
+    messaging: MessagingService,
+    node: u64,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<MllpListener> {
+    let listener = match listener {
+        Some(l) => l,
+        None => TcpListener::bind(&cfg.listen).await?,
+    };
+    let addr = listener.local_addr()?;
+    let org = HpiO::parse(&cfg.organisation)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    let ctx = Arc::new(Ctx {
+        messaging,
+        org,
+        node,
+        cfg,
+    });
+    let task = tokio::spawn(accept_loop(listener, ctx, shutdown));
+    tracing::info!(%addr, "MLLP listener serving");
+    Ok(MllpListener { addr, task })
+}
+
+struct Ctx {
+    messaging: MessagingService,
+    org: HpiO,
+    node: u64,
+    cfg: MllpListenerConfig,
+}
+
+async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(ctx.cfg.connections_max));
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = shutdown.changed() => return,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(error = %e, "MLLP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let ctx = ctx.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            serve(stream, peer, &ctx, shutdown).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    ctx: &Ctx,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut framed = Framed::new(stream, MllpCodec::new(ctx.cfg.frame_bytes_max));
+    let idle = Duration::from_millis(ctx.cfg.idle_timeout_ms);
+    let mut empties = 0u32;
+    for _ in 0..ctx.cfg.frames_per_connection_max {
+        let next = tokio::select! {
+            n = tokio::time::timeout(idle, framed.next()) => n,
+            _ = shutdown.changed() => return,
+        };
+        let frame = match next {
+            Err(_) => {
+                tracing::info!(%peer, "MLLP connection idle; closing it");
+                return;
+            }
+            Ok(None) => return,
+            Ok(Some(Err(e))) => {
+                tracing::warn!(%peer, error = %e, "closing MLLP connection");
+                return;
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if frame.iter().all(|b| b.is_ascii_whitespace()) {
+            empties += 1;
+            if empties > ctx.cfg.empty_frames_max {
+                tracing::warn!(%peer, empties, "closing MLLP connection: too many empty frames");
+                return;
+            }
+            continue;
+        }
+        empties = 0;
+        let answer = handle(ctx, &frame).await;
+        if let Err(e) = framed.send(answer.as_bytes()).await {
+            tracing::warn!(%peer, error = %e, "cannot answer on MLLP connection; closing it");
+            return;
+        }
+    }
+    tracing::info!(%peer, "MLLP connection reached its frame limit; closing it");
+}
+
+/// The acknowledgement for one frame.
+async fn handle(ctx: &Ctx, frame: &[u8]) -> String {
+    let msg = match er7::parse(frame) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, "MLLP frame is not an HL7 message; rejected");
+            let msh = blank_msh();
+            return answer(
+                &msh,
+                Outcome::Rejected,
+                Some(&AckError::from_parse_error(&e)),
+            );
+        }
+    };
+    let msh = match msg.msh() {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, "HL7 message without a usable MSH; rejected");
+            return answer(
+                &partial_msh(&msg),
+                Outcome::Rejected,
+                Some(&AckError::from_parse_error(&e)),
+            );
+        }
+    };
+    match submit(ctx, frame, &msg, &msh).await {
+        Ok(reply) => {
+            tracing::info!(
+                control_id = %msh.control_id,
+                message_id = %reply.message_id,
+                duplicate = reply.duplicate,
+                "MLLP message accepted"
+            );
+            answer(&msh, Outcome::Accepted, None)
+        }
+        Err((outcome, err)) => {
+            tracing::warn!(control_id = %msh.control_id, error = %err.text, "MLLP message not accepted");
+            answer(&msh, outcome, Some(&err))
+        }
+    }
+}
+
+fn answer(msh: &Msh, outcome: Outcome, err: Option<&AckError>) -> String {
+    let code = ack::ack_code(ack::mode_for(msh), outcome);
+    let now = hl7_now();
+    let id = format!("SP{}", uuid::Uuid::now_v7().simple());
+    ack::build_ack(msh, code, err, &now, &id)
+}
+
+/// Validates, addresses and sends one message; the acknowledgement outcome otherwise.
+async fn submit(
+    ctx: &Ctx,
+    frame: &[u8],
+    msg: &Message,
+    msh: &Msh,
+) -> Result<pb::SendReply, (Outcome, AckError)> {
+    let reject = |code: u16, text: String| (Outcome::Rejected, AckError { code, text });
+    // The listener is bound to one organisation: MSH-4 may name it, never another.
+    let claimed = first_nonempty(&msh.sending_facility_universal_id, &msh.sending_facility);
+    if let Some(c) = claimed
+        && HpiO::parse(c).is_ok()
+        && c != ctx.org.as_str()
+    {
+        return Err(reject(
+            207,
+            format!(
+                "MSH-4 names organisation {c}, but this listener sends only as {}",
+                ctx.org
+            ),
+        ));
+    }
+    let payload_type = match msh.message_code().as_str() {
+        "REF^I12" => "REF^I12",
+        "ORU^R01" => "ORU^R01",
+        "MDM^T02" => "MDM^T02",
+        other => {
+            return Err(reject(
+                200,
+                format!("message type {other} is not supported (REF^I12, ORU^R01, MDM^T02)"),
+            ));
+        }
+    };
+    let to = recipient(msg, msh).map_err(|text| reject(103, text))?;
+    let patient = msg.pid().and_then(|p| p.ihi()).unwrap_or_default();
+    let mut cid = format!(
+        "mllp:{}|{}|{}",
+        msh.sending_application, msh.sending_facility, msh.control_id
+    );
+    if cid.len() > MLLP_CLIENT_ID_BYTES_MAX || cid.chars().any(char::is_control) {
+        cid = format!(
+            "mllp:{}",
+            hex::encode(sealpost_core::message::payload_digest(cid.as_bytes()))
+        );
+    }
+    let caller = Caller {
+        actor: format!("mllp:{}@node-{}", ctx.org, ctx.node),
+        org: Some(ctx.org.clone()),
+    };
+    let request = pb::SendRequest {
+        from_org: ctx.org.to_string(),
+        to: vec![to.to_string()],
+        payload_type: payload_type.into(),
+        client_message_id: cid,
+        // The message exactly as the sending system framed it.
+        payload: frame.to_vec(),
+        patient_ihi: patient,
+        ..Default::default()
+    };
+    ctx.messaging.send_as(&caller, request).await.map_err(|s| {
+        let outcome = match s.code() {
+            // Worth retrying: the provider could not commit it now.
+            Code::Unavailable
+            | Code::Internal
+            | Code::ResourceExhausted
+            | Code::DeadlineExceeded
+            | Code::Unknown
+            | Code::Aborted => Outcome::Error,
+            _ => Outcome::Rejected,
+        };
+        let code = match s.code() {
+            Code::NotFound => 204,
+            Code::InvalidArgument => 102,
+            Code::FailedPrecondition | Code::PermissionDenied => 207,
+            _ => 207,
+        };
+        (
+            outcome,
+            AckError {
+                code,
+                text: s.message().to_string(),
+            },
+        )
+    })
+}
+
+/// The directory endpoint an HL7 message is addressed to: the receiving organisation's
+/// HPI-O from MSH-6 (universal id, or namespace id), then the referred-to practitioner's
+/// HPI-I from a `PRD|RT` segment, or else the service named by MSH-5.
+fn recipient(msg: &Message, msh: &Msh) -> Result<EndpointId, String> {
+    let org_text = first_nonempty(
+        &msh.receiving_facility_universal_id,
+        &msh.receiving_facility,
+    )
+    .ok_or_else(|| {
+        "MSH-6 (receiving facility) must carry the receiving organisation's HPI-O".to_string()
+    })?;
+    let org = HpiO::parse(org_text)
+        .or_else(|_| HpiO::parse(&msh.receiving_facility))
+        .map_err(|e| format!("MSH-6 does not carry an HPI-O: {e}"))?;
+    let practitioner = msg
+        .prds()
+        .into_iter()
+        .filter(|p| p.role.eq_ignore_ascii_case("RT"))
+        .flat_map(|p| p.provider_ids)
+        .find(|id| {
+            matches!(id.id_type.to_ascii_uppercase().as_str(), "HPII" | "NPII")
+                || id.id.starts_with("800361")
+        });
+    if let Some(p) = practitioner {
+        let hpii = HpiI::parse(&p.id).map_err(|e| format!("PRD-7 referred-to provider: {e}"))?;
+        return Ok(EndpointId::practitioner(org, hpii));
+    }
+    let app = first_nonempty(&msh.receiving_application, "")
+        .ok_or_else(|| "no recipient: name a referred-to practitioner (PRD|RT with an HPI-I) or the receiving service in MSH-5".to_string())?;
+    EndpointId::service(org, &app.to_ascii_lowercase())
+        .map_err(|e| format!("MSH-5 does not name a service of the receiving organisation: {e}"))
+}
+
+fn first_nonempty<'a>(a: &'a str, b: &'a str) -> Option<&'a str> {
+    [a, b].into_iter().map(str::trim).find(|s| !s.is_empty())
+}
+
+/// An MSH with nothing known (the frame had no usable MSH).
+fn blank_msh() -> Msh {
+    Msh::default()
+}
+
+/// What can be read of a MSH that lacks a required field, for addressing the answer.
+fn partial_msh(msg: &Message) -> Msh {
+    let get = |p: &str| msg.get(p).unwrap_or_default();
+    Msh {
+        sending_application: get("MSH-3.1"),
+        sending_facility: get("MSH-4.1"),
+        receiving_application: get("MSH-5.1"),
+        receiving_facility: get("MSH-6.1"),
+        message_type: get("MSH-9.1"),
+        trigger: get("MSH-9.2"),
+        control_id: get("MSH-10"),
+        processing_id: get("MSH-11.1"),
+        version: get("MSH-12.1"),
+        accept_ack_type: get("MSH-15"),
+        app_ack_type: get("MSH-16"),
+        ..Msh::default()
+    }
+}
+
+/// Now as an HL7 timestamp (UTC), YYYYMMDDHHMMSS.
+fn hl7_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}{m:02}{d:02}{:02}{:02}{:02}",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hl7_dates_are_civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_418), (2025, 11, 26));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(hl7_now().len(), 14);
+    }
+
+    #[test]
+    fn plain_listeners_are_loopback_only_and_bound_to_an_organisation() {
+        let org = HpiO::from_serial(101);
+        MllpListenerConfig::loopback("127.0.0.1:2575", &org)
+            .validate()
+            .expect("valid");
+        let mut c = MllpListenerConfig::loopback("0.0.0.0:2575", &org);
+        assert!(
+            c.validate()
+                .expect_err("public")
+                .to_string()
+                .contains("loopback")
+        );
+        c.listen = "127.0.0.1:2575".into();
+        c.organisation = "123".into();
+        assert!(
+            c.validate()
+                .expect_err("org")
+                .to_string()
+                .contains("mllp.organisation")
+        );
+    }
+}

@@ -1,0 +1,304 @@
+//! HL7 v2 over MLLP end to end: a clinical system submits over a loopback MLLP listener
+//! bound to its organisation; the acknowledgement is AA only once the message is committed,
+//! the message reaches the addressed inbox exactly as framed, a resend of the same control
+//! id writes nothing, malformed input is refused without harm to anything else, and
+//! hundreds of connections are answered at once.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use sealpost_core::ids::HpiO;
+use sealpost_hl7::ack::{AckCode, parse_ack};
+use sealpost_hl7::{er7, samples};
+use sealpost_proto::v1 as pb;
+use sealpost_server::local::LocalCluster;
+use sealpost_server::mllp::MllpListenerConfig;
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The samples address 8003620000001011 (a GP) → 8003620000001037 (a hospital); the test
+/// directory's organisations are `SENDER` and `HOSPITAL`.
+fn addressed(sample: &str) -> String {
+    sample
+        .replace("8003620000001011", HpiO::from_serial(SENDER).as_str())
+        .replace("8003620000001037", HpiO::from_serial(HOSPITAL).as_str())
+}
+
+/// The referred-to practitioner's HPI-I in the REF^I12 sample.
+fn referred_to() -> String {
+    er7::parse_str(samples::REF_I12)
+        .expect("sample parses")
+        .prds()
+        .into_iter()
+        .find(|p| p.role == "RT")
+        .and_then(|p| p.provider_ids.into_iter().next())
+        .map(|p| p.id)
+        .expect("a referred-to practitioner")
+}
+
+/// A 3-node provider whose node 1 serves MLLP on loopback for the sender organisation, and
+/// whose hospital publishes the sample's referred-to practitioner.
+async fn provider() -> (TempDir, LocalCluster, String) {
+    let (dir, mut c) = messaging_cluster(3, messaging_opts()).await;
+    let admin = client(&c, 1).await;
+    admin
+        .directory()
+        .publish_endpoint(pb::PublishEndpointRequest {
+            id: format!("{}/{}", HpiO::from_serial(HOSPITAL), referred_to()),
+            display_name: "Dr Referred".into(),
+            specialty: "Cardiology".into(),
+            payload_types: vec!["REF^I12".into()],
+        })
+        .await
+        .expect("practitioner published");
+    c.set_mllp(
+        1,
+        vec![MllpListenerConfig::loopback(
+            "127.0.0.1:0",
+            &HpiO::from_serial(SENDER),
+        )],
+    )
+    .await
+    .expect("MLLP listener");
+    c.wait_leader(WAIT).await.expect("leader");
+    let addr = c.node(1).expect("node 1").mllp_addrs[0].to_string();
+    (dir, c, addr)
+}
+
+fn frame(msg: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x0b];
+    f.extend_from_slice(msg);
+    f.extend_from_slice(&[0x1c, 0x0d]);
+    f
+}
+
+/// Reads one MLLP frame; `None` when the connection closed first.
+async fn read_frame(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(end) = buf.windows(2).position(|w| w == [0x1c, 0x0d]) {
+            let start = buf.iter().position(|b| *b == 0x0b)?;
+            return Some(buf[start + 1..end].to_vec());
+        }
+        let n = tokio::time::timeout_at(deadline, s.read(&mut byte))
+            .await
+            .expect("an answer in time")
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&byte[..n]);
+    }
+}
+
+/// Sends one message and returns the acknowledgement code, control id and text.
+async fn exchange(s: &mut TcpStream, msg: &[u8]) -> Option<(AckCode, String, Option<String>)> {
+    s.write_all(&frame(msg)).await.ok()?;
+    let answer = read_frame(s).await?;
+    let parsed = er7::parse(&answer).expect("the acknowledgement is HL7");
+    parse_ack(&parsed)
+}
+
+async fn connect(addr: &str) -> TcpStream {
+    TcpStream::connect(addr).await.expect("connect")
+}
+
+async fn hospital_inbox(c: &LocalCluster) -> Vec<pb::InboxItem> {
+    org_client(c, 2, HOSPITAL)
+        .await
+        .messaging()
+        .inbox(pb::InboxRequest::default())
+        .await
+        .expect("inbox")
+        .into_inner()
+        .items
+}
+
+async fn event_count(c: &LocalCluster) -> u64 {
+    converged(c).await.1
+}
+
+/// The REF^I12 sample asks for enhanced-mode acknowledgements (MSH-15 AL, MSH-16 NE); the
+/// same message in original mode (MSH-15/16 empty), with another control id.
+fn original_mode(msg: &str) -> String {
+    msg.replace("|||AL|NE|AUS", "|||||AUS")
+        .replace("SUN20250314093000001", "SUN20250314093000002")
+}
+
+/// A REF^I12 over MLLP: CA (enhanced mode, as the message asks) or AA (original mode) once
+/// committed, routed to the referred-to practitioner, the payload exactly as framed; the
+/// same control id again is acknowledged and sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_referral_over_mllp_is_acknowledged_and_routed_once() {
+    let (_dir, c, addr) = provider().await;
+    let msg = addressed(samples::REF_I12);
+    let mut s = connect(&addr).await;
+    let (code, control, _) = exchange(&mut s, msg.as_bytes()).await.expect("an ACK");
+    assert_eq!(code, AckCode::CA, "enhanced mode: a commit acknowledgement");
+    let original = er7::parse_str(&msg).expect("parses").msh().expect("msh");
+    assert_eq!(control, original.control_id);
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let items = loop {
+        let items = hospital_inbox(&c).await;
+        if !items.is_empty() {
+            break items;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never routed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].payload_type, "REF^I12");
+    assert!(
+        items[0].recipient.ends_with(&referred_to()),
+        "{:?}",
+        items[0]
+    );
+    let fetched = org_client(&c, 1, HOSPITAL)
+        .await
+        .messaging()
+        .fetch(pb::FetchRequest {
+            message_id: items[0].message_id.clone(),
+            recipient: String::new(),
+        })
+        .await
+        .expect("fetch")
+        .into_inner();
+    assert_eq!(fetched.payload, msg.as_bytes());
+    assert!(
+        !fetched.patient_ihi.is_empty(),
+        "the IHI travels in the header"
+    );
+
+    let before = event_count(&c).await;
+    let (again, _, _) = exchange(&mut s, msg.as_bytes()).await.expect("an ACK");
+    assert_eq!(again, AckCode::CA, "a duplicate is acknowledged");
+    assert_eq!(event_count(&c).await, before, "a duplicate writes nothing");
+    assert_eq!(hospital_inbox(&c).await.len(), 1);
+
+    let (code, _, _) = exchange(&mut s, original_mode(&msg).as_bytes())
+        .await
+        .expect("an ACK");
+    assert_eq!(
+        code,
+        AckCode::AA,
+        "original mode: an application acknowledgement"
+    );
+}
+
+/// Input that cannot be accepted gets AR (or AE) naming the problem, or a closed
+/// connection; nothing is written and another connection carries on meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_mllp_input_is_refused_and_harms_nothing() {
+    let (_dir, c, addr) = provider().await;
+    let mut bystander = connect(&addr).await;
+    let before = event_count(&c).await;
+
+    // Parsed but not acceptable: each gets AR with a reason.
+    let unsupported = addressed(samples::ORU_R01).replace("ORU^R01", "ADT^A01");
+    let other_org = addressed(samples::REF_I12).replace(
+        HpiO::from_serial(SENDER).as_str(),
+        HpiO::from_serial(LAB).as_str(),
+    );
+    let nobody = addressed(samples::REF_I12)
+        .replace(HpiO::from_serial(HOSPITAL).as_str(), "8003629999999999");
+    let mut s = connect(&addr).await;
+    for (name, msg, expected) in [
+        ("unsupported type", unsupported, "not supported"),
+        ("another organisation in MSH-4", other_org, "sends only as"),
+        ("unknown recipient", nobody, "HPI-O"),
+    ] {
+        let (code, _, text) = exchange(&mut s, msg.as_bytes())
+            .await
+            .unwrap_or_else(|| panic!("{name}: no answer"));
+        assert!(
+            matches!(code, AckCode::AR | AckCode::CR),
+            "{name}: {code:?}"
+        );
+        let text = text.unwrap_or_default();
+        assert!(text.contains(expected), "{name}: {text}");
+    }
+    for (name, bytes) in samples::malformed() {
+        let mut s = connect(&addr).await;
+        match exchange(&mut s, &bytes).await {
+            Some((code, _, _)) => assert!(
+                matches!(code, AckCode::AR | AckCode::AE | AckCode::CR | AckCode::CE),
+                "{name}: {code:?}"
+            ),
+            None => {} // closed: acceptable for input that is not HL7 at all
+        }
+    }
+    // Framing abuse: an oversized frame, garbage without a start byte, a truncated frame,
+    // a flood of empty frames: the connection is closed.
+    let mut big = vec![0x0b];
+    big.extend(std::iter::repeat_n(b'A', 2 * 1024 * 1024));
+    let mut garbage = Vec::new();
+    garbage.extend((0..20_000u32).map(|i| (i % 251) as u8 | 0x80));
+    let mut empties = Vec::new();
+    for _ in 0..64 {
+        empties.extend_from_slice(&[0x0b, 0x1c, 0x0d]);
+    }
+    for (name, bytes) in [("garbage", garbage), ("empty frames", empties)] {
+        let mut s = connect(&addr).await;
+        let _ = s.write_all(&bytes).await;
+        assert!(
+            read_frame(&mut s).await.is_none(),
+            "{name}: connection stays open"
+        );
+    }
+    {
+        let mut s = connect(&addr).await;
+        let _ = s.write_all(&big[..64 * 1024]).await;
+        drop(s); // truncated: the server sees EOF mid-frame
+    }
+    assert_eq!(event_count(&c).await, before, "nothing was written");
+
+    let (code, _, _) = exchange(&mut bystander, addressed(samples::REF_I12).as_bytes())
+        .await
+        .expect("the other connection still works");
+    assert_eq!(code, AckCode::CA);
+}
+
+/// Two hundred clinical systems connected at once, each submitting its own message: every
+/// one gets its AA and every message is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_connections_are_answered_at_once() {
+    let (_dir, c, addr) = provider().await;
+    let msg = original_mode(&addressed(samples::REF_I12));
+    let original = er7::parse_str(&msg).expect("parses").msh().expect("msh");
+    let mut conns = Vec::new();
+    for _ in 0..200 {
+        conns.push(connect(&addr).await);
+    }
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut s)| {
+            let m = msg.replace(
+                &format!("|{}|", original.control_id),
+                &format!("|CONN{i:04}|"),
+            );
+            tokio::spawn(async move { exchange(&mut s, m.as_bytes()).await })
+        })
+        .collect();
+    for t in tasks {
+        let (code, _, text) = t.await.expect("task").expect("an ACK");
+        assert_eq!(code, AckCode::AA, "{text:?}");
+    }
+    let outbox = org_client(&c, 1, SENDER)
+        .await
+        .messaging()
+        .outbox(pb::OutboxRequest {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("outbox")
+        .into_inner();
+    assert_eq!(outbox.messages.len(), 200);
+}
