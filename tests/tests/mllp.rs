@@ -225,12 +225,12 @@ async fn bad_mllp_input_is_refused_and_harms_nothing() {
     }
     for (name, bytes) in samples::malformed() {
         let mut s = connect(&addr).await;
-        match exchange(&mut s, &bytes).await {
-            Some((code, _, _)) => assert!(
+        // A closed connection (no answer) is acceptable for input that is not HL7 at all.
+        if let Some((code, _, _)) = exchange(&mut s, &bytes).await {
+            assert!(
                 matches!(code, AckCode::AR | AckCode::AE | AckCode::CR | AckCode::CE),
                 "{name}: {code:?}"
-            ),
-            None => {} // closed: acceptable for input that is not HL7 at all
+            );
         }
     }
     // Framing abuse: an oversized frame, garbage without a start byte, a truncated frame,
