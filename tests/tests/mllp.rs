@@ -302,3 +302,35 @@ async fn two_hundred_connections_are_answered_at_once() {
         .into_inner();
     assert_eq!(outbox.messages.len(), 200);
 }
+
+/// A real third-party client: python-hl7's `mllp_send` (PyPI `hl7`, installed by
+/// `scripts/test`; run as `$SEALPOST_PYTHON -m hl7.client`) submits a referral and gets
+/// AA; the message reaches the inbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn python_hl7_mllp_send_gets_an_aa() {
+    let (dir, c, addr) = provider().await;
+    let file = dir.path().join("referral.hl7");
+    std::fs::write(&file, original_mode(&addressed(samples::REF_I12))).expect("write");
+    let (host, port) = addr.rsplit_once(':').expect("host:port");
+    let python = std::env::var("SEALPOST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = tokio::process::Command::new(python)
+        .args(["-m", "hl7.client", "--file"])
+        .arg(&file)
+        .arg("--loose")
+        .args(["--port", port, host])
+        .output()
+        .await
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "mllp_send failed (pip install hl7==0.4.5; scripts/test installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("MSA|AA|"), "{stdout}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while hospital_inbox(&c).await.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "never routed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
