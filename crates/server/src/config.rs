@@ -179,6 +179,9 @@ pub struct NodeConfig {
     /// HL7 v2 over MLLP listeners for clinical systems (`[[mllp]]`).
     #[serde(default)]
     pub mllp: Vec<crate::mllp::MllpListenerConfig>,
+    /// Endpoints whose messages are pushed to a clinical system over MLLP.
+    #[serde(default)]
+    pub mllp_destinations: Vec<crate::mllp_out::MllpDestination>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -305,6 +308,9 @@ impl NodeConfig {
         for m in &self.mllp {
             m.validate()?;
         }
+        for d in &self.mllp_destinations {
+            d.validate()?;
+        }
         // A payload travels whole in a send request and a fetch reply, and sealed in a
         // Raft entry: each limit must leave room for it.
         let payload = self.messaging.payload_bytes_max as usize;
@@ -377,6 +383,7 @@ mod tests {
             messaging: MessagingOptions::default(),
             federation: None,
             mllp: Vec::new(),
+            mllp_destinations: Vec::new(),
         }
     }
 

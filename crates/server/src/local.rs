@@ -357,6 +357,7 @@ impl LocalCluster {
                 relay: opts.clone(),
             }),
             mllp: Vec::new(),
+            mllp_destinations: Vec::new(),
         };
         cfg.validate()?;
         write_file(&nd.join("node.toml"), &cfg.to_toml(), false)?;
@@ -403,6 +404,28 @@ impl LocalCluster {
         if self.running.contains_key(&id) {
             self.stop_node(id).await?;
             self.start_node(id).await?;
+        }
+        Ok(())
+    }
+
+    /// Gives every node these MLLP destinations (saved in each `node.toml`) and restarts
+    /// the running ones.
+    pub async fn set_mllp_destinations(
+        &mut self,
+        destinations: Vec<crate::mllp_out::MllpDestination>,
+    ) -> Result<(), LocalError> {
+        for id in self.node_ids() {
+            let cfg = self
+                .configs
+                .get_mut(&id)
+                .ok_or(LocalError::UnknownNode(id))?;
+            cfg.mllp_destinations = destinations.clone();
+            cfg.validate()?;
+            write_file(&cfg.data_dir.join("node.toml"), &cfg.to_toml(), false)?;
+            if self.running.contains_key(&id) {
+                self.stop_node(id).await?;
+                self.start_node(id).await?;
+            }
         }
         Ok(())
     }

@@ -254,14 +254,21 @@ pub async fn start_with_relay(
         .as_ref()
         .map(|(_, _, b)| b.clone())
         .unwrap_or_default();
-    let mut workers = vec![crate::delivery::spawn(
+    let mut workers = crate::mllp_out::spawn(
+        raft.clone(),
+        keystore.clone(),
+        cfg.messaging.clone(),
+        cfg.mllp_destinations.clone(),
+        workers_rx.clone(),
+    );
+    workers.push(crate::delivery::spawn(
         raft.clone(),
         keystore,
         cfg.messaging.clone(),
         faults.clone(),
         bundle.clone(),
         workers_rx.clone(),
-    )];
+    ));
     let relay_faults = Arc::new(RelayFaults::default());
     let last_errors = LastErrors::default();
     let mut relay_addr = None;
