@@ -388,19 +388,37 @@ async fn receiving_system(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
+    serve_system(listener, vec![code])
+}
+
+/// Serves a receiving system on `listener`: each frame is answered with one
+/// acknowledgement per code, in order.
+fn serve_system(
+    listener: tokio::net::TcpListener,
+    codes: Vec<sealpost_hl7::ack::AckCode>,
+) -> (String, tokio::sync::mpsc::Receiver<Vec<u8>>) {
     let addr = listener.local_addr().expect("addr").to_string();
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
-            let tx = tx.clone();
+            let (tx, codes) = (tx.clone(), codes.clone());
             tokio::spawn(async move {
                 while let Some(msg) = read_frame(&mut s).await {
                     let msh = er7::parse(&msg).expect("HL7").msh().expect("msh");
-                    let ack =
-                        sealpost_hl7::ack::build_ack(&msh, code, None, "20261126000000", "RCV1");
                     let _ = tx.send(msg).await;
-                    if s.write_all(&frame(ack.as_bytes())).await.is_err() {
-                        return;
+                    for code in &codes {
+                        let err = sealpost_hl7::ack::AckError::new(207, "bed not available");
+                        let err = (*code != AckCode::AA && *code != AckCode::CA).then_some(&err);
+                        let ack = sealpost_hl7::ack::build_ack(
+                            &msh,
+                            *code,
+                            err,
+                            "20261126000000",
+                            "RCV1",
+                        );
+                        if s.write_all(&frame(ack.as_bytes())).await.is_err() {
+                            return;
+                        }
                     }
                 }
             });
@@ -536,4 +554,94 @@ async fn an_hl7_round_trip_across_providers() {
     );
     a.stop_all().await;
     b.stop_all().await;
+}
+
+/// A receiving system that is down at first is retried until it answers; its enhanced-mode
+/// answer (CA, then the application's AE) becomes `Acked(error)` with its text, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_receiving_system_is_retried_and_its_answer_recorded() {
+    use sealpost_server::mllp_out::MllpDestination;
+
+    let (_dir, mut c, addr) = provider().await;
+    let practitioner = format!("{}/{}", HpiO::from_serial(HOSPITAL), referred_to());
+    // A port with nothing listening yet.
+    let reserved = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let system_addr = reserved.local_addr().expect("addr");
+    drop(reserved);
+    let mut dest = MllpDestination::new(
+        &sealpost_core::EndpointId::parse(&practitioner).expect("endpoint"),
+        &system_addr.to_string(),
+    );
+    dest.retry_min_ms = 50;
+    dest.retry_max_ms = 200;
+    dest.answer_timeout_ms = 2_000;
+    c.set_mllp_destinations(vec![dest])
+        .await
+        .expect("destination");
+    c.wait_leader(WAIT).await.expect("leader");
+    let addr = c
+        .node(1)
+        .map(|n| n.mllp_addrs[0].to_string())
+        .unwrap_or(addr);
+    let mut s = connect(&addr).await;
+    let (code, _, _) = exchange(
+        &mut s,
+        original_mode(&addressed(samples::REF_I12)).as_bytes(),
+    )
+    .await
+    .expect("an ACK");
+    assert_eq!(code, AckCode::AA);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let gp = org_client(&c, 1, SENDER).await;
+    let id = gp
+        .messaging()
+        .outbox(pb::OutboxRequest::default())
+        .await
+        .expect("outbox")
+        .into_inner()
+        .messages[0]
+        .message_id
+        .clone();
+    let r = gp
+        .messaging()
+        .track(pb::TrackRequest {
+            message_id: id.clone(),
+        })
+        .await
+        .expect("track")
+        .into_inner();
+    assert_eq!(
+        recipient_state(&r, &practitioner).0,
+        "routed",
+        "still waiting"
+    );
+
+    let listener = tokio::net::TcpListener::bind(system_addr)
+        .await
+        .expect("the system comes up");
+    let (_, mut received) = serve_system(listener, vec![AckCode::CA, AckCode::AE]);
+    tokio::time::timeout(WAIT, received.recv())
+        .await
+        .expect("delivered once the system is up")
+        .expect("a message");
+    let r = track_until(&gp, &id, "acked", |r| {
+        recipient_state(r, &practitioner).0 == "acked"
+    })
+    .await;
+    assert_eq!(recipient_state(&r, &practitioner).1, "error");
+    assert_eq!(
+        r.timeline
+            .iter()
+            .filter(|e| e.event == "acked" || e.event == "failed")
+            .count(),
+        1
+    );
+    assert_eq!(
+        r.timeline.iter().filter(|e| e.event == "fetched").count(),
+        1,
+        "attempts on an unreachable system record no access: {:?}",
+        timeline(&r)
+    );
 }

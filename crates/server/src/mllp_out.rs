@@ -297,6 +297,11 @@ impl Pusher {
             Ok(None) => return Pushed::Retry("the sender's key is no longer published".into()),
             Err(e) => return Pushed::Retry(format!("cannot read the sender's key: {e}")),
         };
+        // Connect first: an unreachable system costs no access event per attempt.
+        let framed = match self.connect().await {
+            Ok(f) => f,
+            Err(why) => return Pushed::Retry(why),
+        };
         // The access is recorded before the plaintext leaves the node.
         if !self
             .propose(Command::Fetch {
@@ -317,20 +322,20 @@ impl Pusher {
             Ok(Err(e)) => return Pushed::Retry(format!("the envelope does not open: {e}")),
             Err(e) => return Pushed::Retry(format!("the opening task failed: {e}")),
         };
-        self.exchange(&payload).await
+        self.exchange(framed, &payload).await
     }
 
-    async fn exchange(&self, payload: &[u8]) -> Pushed {
+    async fn connect(&self) -> Result<Framed<TcpStream, MllpCodec>, String> {
         let timeout = Duration::from_millis(self.dest.answer_timeout_ms);
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(&self.dest.addr)).await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                return Pushed::Retry(format!("cannot connect to {}: {e}", self.dest.addr));
-            }
-            Err(_) => return Pushed::Retry(format!("connecting to {} timed out", self.dest.addr)),
-        };
-        let mut framed = Framed::new(stream, MllpCodec::new(self.dest.frame_bytes_max));
+        match tokio::time::timeout(timeout, TcpStream::connect(&self.dest.addr)).await {
+            Ok(Ok(s)) => Ok(Framed::new(s, MllpCodec::new(self.dest.frame_bytes_max))),
+            Ok(Err(e)) => Err(format!("cannot connect to {}: {e}", self.dest.addr)),
+            Err(_) => Err(format!("connecting to {} timed out", self.dest.addr)),
+        }
+    }
+
+    async fn exchange(&self, mut framed: Framed<TcpStream, MllpCodec>, payload: &[u8]) -> Pushed {
+        let timeout = Duration::from_millis(self.dest.answer_timeout_ms);
         if let Err(e) = framed.send(payload).await {
             return Pushed::Retry(format!("sending failed: {e}"));
         }
