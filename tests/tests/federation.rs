@@ -299,14 +299,7 @@ async fn a_provider_that_was_down_gets_everything_once_in_order() {
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
     for id in &ids {
-        let r = gp
-            .messaging()
-            .track(pb::TrackRequest {
-                message_id: id.clone(),
-            })
-            .await
-            .expect("track")
-            .into_inner();
+        let r = track(&gp, id).await;
         assert_eq!(
             count(&r, "relayed"),
             0,
@@ -586,14 +579,7 @@ async fn deadlines_give_exactly_one_final_outcome() {
         f.b.stop_node(id).await.expect("stop B");
     }
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let r = gp
-        .messaging()
-        .track(pb::TrackRequest {
-            message_id: lost.message_id.clone(),
-        })
-        .await
-        .expect("track")
-        .into_inner();
+    let r = track(&gp, &lost.message_id).await;
     assert_eq!(
         finals(&r, &to),
         0,

@@ -529,15 +529,7 @@ async fn an_hl7_round_trip_across_providers() {
         "SUN20250314093000002"
     );
     let gp = org_client(&a, 2, SENDER).await;
-    let id = gp
-        .messaging()
-        .outbox(pb::OutboxRequest::default())
-        .await
-        .expect("outbox")
-        .into_inner()
-        .messages[0]
-        .message_id
-        .clone();
+    let id = newest_sent(&gp).await;
     let at_a = track_until(&gp, &id, "acked at A", |r| {
         recipient_state(r, &practitioner).0 == "acked"
     })
@@ -595,23 +587,8 @@ async fn a_receiving_system_is_retried_and_its_answer_recorded() {
     assert_eq!(code, AckCode::AA);
     tokio::time::sleep(Duration::from_millis(600)).await;
     let gp = org_client(&c, 1, SENDER).await;
-    let id = gp
-        .messaging()
-        .outbox(pb::OutboxRequest::default())
-        .await
-        .expect("outbox")
-        .into_inner()
-        .messages[0]
-        .message_id
-        .clone();
-    let r = gp
-        .messaging()
-        .track(pb::TrackRequest {
-            message_id: id.clone(),
-        })
-        .await
-        .expect("track")
-        .into_inner();
+    let id = newest_sent(&gp).await;
+    let r = track(&gp, &id).await;
     assert_eq!(
         recipient_state(&r, &practitioner).0,
         "routed",

@@ -314,3 +314,27 @@ pub fn recipient_state(r: &pb::TrackReply, endpoint: &str) -> (String, String) {
 pub fn timeline(r: &pb::TrackReply) -> Vec<String> {
     r.timeline.iter().map(|e| e.event.clone()).collect()
 }
+
+/// The id of the newest message the client's organisation sent.
+pub async fn newest_sent(c: &Client) -> String {
+    c.messaging()
+        .outbox(pb::OutboxRequest::default())
+        .await
+        .expect("outbox")
+        .into_inner()
+        .messages
+        .first()
+        .map(|m| m.message_id.clone())
+        .expect("a sent message")
+}
+
+/// One track answer.
+pub async fn track(c: &Client, id: &str) -> pb::TrackReply {
+    c.messaging()
+        .track(pb::TrackRequest {
+            message_id: id.to_string(),
+        })
+        .await
+        .expect("track")
+        .into_inner()
+}
