@@ -24,6 +24,7 @@ use sealpost_raft::RaftOptions;
 use sealpost_server::config::{ApiLimits, MessagingOptions};
 use sealpost_server::federation::RelayOptions;
 use sealpost_server::local::LocalCluster;
+use sealpost_server::mllp::MllpListenerConfig;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::Mutex;
@@ -453,6 +454,25 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         let n = shape.providers.len();
         for i in 0..n {
             seed(&admin_of(i)?, demo_at(i, n)).await?;
+            // An HL7 v2 / MLLP listener on node 1 for each organisation the provider hosts
+            // (loopback, bound to it); the port is kept in node 1's node.toml.
+            let mut listeners = Vec::new();
+            for org in demo_at(i, n) {
+                let port = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+                    .await?
+                    .local_addr()?
+                    .port();
+                listeners.push(MllpListenerConfig::loopback(
+                    &format!("127.0.0.1:{port}"),
+                    &HpiO::from_serial(org.serial),
+                ));
+            }
+            if let Some(c) = clusters.get_mut(&shape.providers[i]) {
+                c.set_mllp(1, listeners).await?;
+                c.wait_leader(Duration::from_millis(LEADER_WAIT_MS))
+                    .await
+                    .with_context(|| format!("provider {} lost its leader", shape.providers[i]))?;
+            }
         }
         shape.seeded = true;
         write_shape(&data, &shape)?;
@@ -530,6 +550,18 @@ fn print_summary(data: &Path, client_toml: &Path, clusters: &BTreeMap<String, Lo
             println!(
                 "    node {id}  https://{addr}{relay}  data {}",
                 c.dir.join(format!("node-{id}")).display()
+            );
+        }
+    }
+    for c in clusters.values() {
+        for m in c.config(1).map(|cfg| cfg.mllp.clone()).unwrap_or_default() {
+            let profile = DEMO
+                .iter()
+                .find(|o| HpiO::from_serial(o.serial).as_str() == m.organisation)
+                .map_or("?", |o| o.profile);
+            println!(
+                "  HL7 v2 over MLLP for {profile} ({}): {}",
+                m.organisation, m.listen
             );
         }
     }

@@ -20,6 +20,16 @@ impl Drop for Running {
     }
 }
 
+/// The MLLP port `dev` printed for a demo profile.
+fn mllp_port(lines: &[String], profile: &str) -> String {
+    lines
+        .iter()
+        .find(|l| l.contains("HL7 v2 over MLLP for") && l.contains(profile))
+        .and_then(|l| l.rsplit(':').next())
+        .map(|p| p.trim().to_string())
+        .unwrap_or_else(|| panic!("no MLLP listener printed for {profile}: {lines:?}"))
+}
+
 fn start_dev(data: &Path) -> (Running, Vec<String>) {
     let mut child = Command::new(BIN)
         .args(["dev", "--data"])
@@ -264,7 +274,7 @@ fn ok_json(data: &Path, args: &[&str]) -> serde_json::Value {
 fn dev_walkthrough_sends_receives_acknowledges_and_tracks() {
     let tmp = tempfile::tempdir().expect("tmp");
     let data = tmp.path().join("data");
-    let (_dev, _) = start_dev(&data);
+    let (_dev, lines) = start_dev(&data);
     wait_for(&data, "a leader", |s| {
         s["nodes"]
             .as_array()
@@ -404,4 +414,42 @@ fn dev_walkthrough_sends_receives_acknowledges_and_tracks() {
         text.contains("acked") && text.contains("[accepted]"),
         "{text}"
     );
+
+    // The GP's practice system speaks HL7 v2 over MLLP: python-hl7's mllp_send submits a
+    // referral (the sample, addressed to the hospital's cardiology service) to the GP's
+    // listener and gets AA; the hospital's inbox has it.
+    let hl7: String = sealpost_hl7::samples::REF_I12
+        .split('\r')
+        .filter(|seg| !seg.starts_with("PRD|RT"))
+        .map(|seg| format!("{seg}\r"))
+        .collect::<String>()
+        .replace("|||AL|NE|AUS", "|||||AUS");
+    let hl7_file = tmp.path().join("referral-mllp.hl7");
+    std::fs::write(&hl7_file, hl7).expect("write");
+    let python = std::env::var("SEALPOST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let port = mllp_port(&lines, "northside-gp");
+    let out = Command::new(python)
+        .args(["-m", "hl7.client", "--file"])
+        .arg(&hl7_file)
+        .args(["--loose", "--port", &port, "127.0.0.1"])
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("MSA|AA|"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let inbox = ok_json(&data, &["inbox", "--as", "fitzroy-hospital", "--json"]);
+        if inbox["items"].as_array().is_some_and(|a| !a.is_empty()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the MLLP referral never arrived: {inbox}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
