@@ -622,3 +622,114 @@ async fn a_receiving_system_is_retried_and_its_answer_recorded() {
         timeline(&r)
     );
 }
+
+/// A TLS client for an MLLP-over-TLS listener, presenting `tls`'s certificate.
+async fn tls_connect(
+    addr: &str,
+    tls: &sealpost_crypto::tls::TlsPaths,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let m = tls.load().expect("tls material");
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(m.ca_pem.as_bytes()) {
+        roots.add(c.expect("ca")).expect("root");
+    }
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(m.identity.cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .expect("cert");
+    let key = PrivateKeyDer::from_pem_slice(m.identity.key_pem.as_bytes()).expect("key");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .expect("client auth");
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from("127.0.0.1").expect("name").to_owned();
+    connector.connect(name, tcp).await
+}
+
+/// MLLP over TLS: a client certificate naming the sending organisation submits and gets
+/// AA; a certificate from another CA is refused in the handshake, and one that names no
+/// organisation is closed without an answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mllp_over_tls_takes_the_organisation_from_the_certificate() {
+    let (_dir, mut c) = messaging_cluster(3, messaging_opts()).await;
+    let admin = client(&c, 1).await;
+    admin
+        .directory()
+        .publish_endpoint(pb::PublishEndpointRequest {
+            id: format!("{}/{}", HpiO::from_serial(HOSPITAL), referred_to()),
+            display_name: "Dr Referred".into(),
+            specialty: "Cardiology".into(),
+            payload_types: vec!["REF^I12".into()],
+        })
+        .await
+        .expect("practitioner published");
+    c.set_mllp(1, vec![MllpListenerConfig::tls("127.0.0.1:0")])
+        .await
+        .expect("TLS listener");
+    c.wait_leader(WAIT).await.expect("leader");
+    let addr = c.node(1).expect("node 1").mllp_addrs[0].to_string();
+    let msg = original_mode(&addressed(samples::REF_I12));
+
+    let gp = c
+        .client_identity_for_org("gp-system", Some(&HpiO::from_serial(SENDER)))
+        .expect("cert");
+    let mut s = tls_connect(&addr, &gp).await.expect("handshake");
+    s.write_all(&frame(msg.as_bytes())).await.expect("write");
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    while !got.windows(2).any(|w| w == [0x1c, 0x0d]) {
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .expect("in time")
+            .expect("read");
+        assert!(n > 0, "closed without an answer");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let start = got.iter().position(|b| *b == 0x0b).expect("start") + 1;
+    let end = got.len() - 2;
+    let ack = parse_ack(&er7::parse(&got[start..end]).expect("HL7")).expect("an ACK");
+    assert_eq!(ack.0, AckCode::AA, "{ack:?}");
+
+    // No organisation in the certificate: closed, nothing sent.
+    let anonymous = c.client_identity("no-org-system").expect("cert");
+    let mut s = tls_connect(&addr, &anonymous).await.expect("handshake");
+    let _ = s.write_all(&frame(msg.as_bytes())).await;
+    let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+        .await
+        .expect("in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "a certificate without an organisation gets no answer");
+
+    // A certificate from another provider's CA: the handshake fails.
+    let other_dir = tempfile::tempdir().expect("tmp");
+    let other = LocalCluster::create(
+        &other_dir.path().join("prov-x"),
+        "prov-x",
+        1,
+        fast_opts(),
+        sealpost_server::config::ApiLimits::default(),
+    )
+    .await
+    .expect("another provider");
+    let stranger = other
+        .client_identity_for_org("stranger", Some(&HpiO::from_serial(SENDER)))
+        .expect("cert");
+    let refused = match tls_connect(&addr, &stranger).await {
+        Err(_) => true,
+        // TLS 1.3: the client may finish before the server refuses; the next read fails.
+        Ok(mut s) => {
+            let _ = s.write_all(&frame(msg.as_bytes())).await;
+            matches!(
+                tokio::time::timeout(WAIT, s.read(&mut buf)).await,
+                Ok(Ok(0)) | Ok(Err(_))
+            )
+        }
+    };
+    assert!(refused, "a stranger's certificate was served");
+}

@@ -555,14 +555,12 @@ fn print_summary(data: &Path, client_toml: &Path, clusters: &BTreeMap<String, Lo
     }
     for c in clusters.values() {
         for m in c.config(1).map(|cfg| cfg.mllp.clone()).unwrap_or_default() {
+            let org = m.organisation.clone().unwrap_or_default();
             let profile = DEMO
                 .iter()
-                .find(|o| HpiO::from_serial(o.serial).as_str() == m.organisation)
+                .find(|o| HpiO::from_serial(o.serial).as_str() == org)
                 .map_or("?", |o| o.profile);
-            println!(
-                "  HL7 v2 over MLLP for {profile} ({}): {}",
-                m.organisation, m.listen
-            );
+            println!("  HL7 v2 over MLLP for {profile} ({org}): {}", m.listen);
         }
     }
     println!("  client profiles: {}", client_toml.display());

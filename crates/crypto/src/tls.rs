@@ -86,6 +86,46 @@ impl TlsPaths {
     }
 }
 
+/// A rustls server configuration (ring provider) that presents `material`'s identity and
+/// requires every client to present a certificate issued by `material`'s CA: for listeners
+/// outside tonic (MLLP over TLS).
+pub fn mutual_tls_server_config(
+    material: &TlsMaterial,
+) -> Result<std::sync::Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |problem: String| Error::BadFile {
+        path: std::path::PathBuf::from("<tls material>"),
+        problem,
+    };
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(material.ca_pem.as_bytes()) {
+        let c = c.map_err(|e| bad(format!("CA certificate: {e}")))?;
+        roots
+            .add(c)
+            .map_err(|e| bad(format!("CA certificate: {e}")))?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| bad(format!("client verifier: {e}")))?;
+    let certs = CertificateDer::pem_slice_iter(material.identity.cert_pem.as_bytes())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("certificate: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(material.identity.key_pem.as_bytes())
+        .map_err(|e| bad(format!("private key: {e}")))?;
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(format!("protocol versions: {e}")))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| bad(format!("certificate and key: {e}")))?;
+    Ok(std::sync::Arc::new(config))
+}
+
 /// Writes a file, creating its folder; private keys get mode 0600. A private file is
 /// created with that mode (and an existing one narrowed to it) before any byte is written,
 /// so the secret is never readable by others, not even briefly.

@@ -2,7 +2,9 @@
 //! sent through the messaging pipeline, answered with HL7 acknowledgements.
 //!
 //! A plain MLLP listener serves loopback only and is bound to one organisation (MSH-4 may
-//! not claim another). Each frame is parsed (ER7), its recipient is found from the HL7
+//! not claim another); an MLLP-over-TLS listener may serve any address and requires a
+//! client certificate from the provider's CA that names the organisation (the same
+//! certificates as the gRPC clients'). Each frame is parsed (ER7), its recipient is found from the HL7
 //! addressing (MSH-6 carries the receiving organisation's HPI-O; a referred-to `PRD` the
 //! practitioner's HPI-I, or else MSH-5 the service), and it is sent with sending
 //! application, facility and control id (MSH-3/4/10) as the idempotency key. The answer is
@@ -22,9 +24,11 @@ use sealpost_hl7::er7::{self, Message, Msh};
 use sealpost_hl7::mllp::MllpCodec;
 use sealpost_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::Framed;
 use tonic::Code;
 
@@ -40,8 +44,13 @@ const MLLP_CLIENT_ID_BYTES_MAX: usize = 128;
 pub struct MllpListenerConfig {
     /// host:port; a plain listener must be on a loopback address.
     pub listen: String,
-    /// The organisation (HPI-O) every message on this listener is sent as.
-    pub organisation: String,
+    /// Plain listeners: the organisation (HPI-O) every message is sent as. TLS listeners
+    /// leave it out: each client certificate names its organisation.
+    #[serde(default)]
+    pub organisation: Option<String>,
+    /// MLLP over TLS, with client certificates from the provider's CA.
+    #[serde(default)]
+    pub tls: bool,
     /// Largest MLLP frame, in bytes.
     #[serde(default = "default_frame_bytes_max")]
     pub frame_bytes_max: usize,
@@ -87,12 +96,22 @@ impl MllpListenerConfig {
     pub fn loopback(listen: &str, organisation: &HpiO) -> Self {
         Self {
             listen: listen.to_string(),
-            organisation: organisation.to_string(),
+            organisation: Some(organisation.to_string()),
+            tls: false,
             frame_bytes_max: default_frame_bytes_max(),
             connections_max: default_connections_max(),
             idle_timeout_ms: default_idle_timeout_ms(),
             empty_frames_max: default_empty_frames_max(),
             frames_per_connection_max: default_frames_per_connection_max(),
+        }
+    }
+
+    /// A TLS listener: each client certificate names the organisation it sends as.
+    pub fn tls(listen: &str) -> Self {
+        Self {
+            organisation: None,
+            tls: true,
+            ..Self::loopback(listen, &HpiO::from_serial(1))
         }
     }
 
@@ -103,16 +122,34 @@ impl MllpListenerConfig {
                 format!("{:?} is not host:port with an IP host", self.listen),
             )
         })?;
-        if !addr.ip().is_loopback() {
-            return Err(invalid(
-                "mllp.listen",
-                format!(
-                    "{addr} is not a loopback address: plain MLLP carries no authentication, \
-                     so it is served on loopback only"
-                ),
-            ));
+        match (&self.organisation, self.tls) {
+            (Some(org), false) => {
+                if !addr.ip().is_loopback() {
+                    return Err(invalid(
+                        "mllp.listen",
+                        format!(
+                            "{addr} is not a loopback address: plain MLLP carries no \
+                             authentication, so it is served on loopback only (use tls = true)"
+                        ),
+                    ));
+                }
+                HpiO::parse(org).map_err(|e| invalid("mllp.organisation", e.to_string()))?;
+            }
+            (None, false) => {
+                return Err(invalid(
+                    "mllp.organisation",
+                    "a plain listener is bound to one organisation: name it",
+                ));
+            }
+            (Some(_), true) => {
+                return Err(invalid(
+                    "mllp.organisation",
+                    "a TLS listener takes the organisation from each client certificate; \
+                     leave it out",
+                ));
+            }
+            (None, true) => {}
         }
-        HpiO::parse(&self.organisation).map_err(|e| invalid("mllp.organisation", e.to_string()))?;
         for (field, v) in [
             ("mllp.frame_bytes_max", self.frame_bytes_max as u64),
             ("mllp.connections_max", self.connections_max as u64),
@@ -137,24 +174,37 @@ pub struct MllpListener {
     pub task: JoinHandle<()>,
 }
 
-/// Starts a listener on an already bound socket (or binds `cfg.listen`).
+/// Starts a listener on an already bound socket (or binds `cfg.listen`). `tls` is the
+/// node's TLS material, needed by a TLS listener.
 pub async fn start(
     cfg: MllpListenerConfig,
     listener: Option<TcpListener>,
     messaging: MessagingService,
     node: u64,
+    tls: Option<&sealpost_crypto::tls::TlsMaterial>,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<MllpListener> {
+    let io_err = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+    let acceptor = match (cfg.tls, tls) {
+        (true, Some(m)) => Some(TlsAcceptor::from(
+            sealpost_crypto::tls::mutual_tls_server_config(m).map_err(|e| io_err(e.to_string()))?,
+        )),
+        (true, None) => return Err(io_err("an MLLP TLS listener needs TLS material".into())),
+        (false, _) => None,
+    };
+    let org = match &cfg.organisation {
+        Some(o) => Some(HpiO::parse(o).map_err(|e| io_err(e.to_string()))?),
+        None => None,
+    };
     let listener = match listener {
         Some(l) => l,
         None => TcpListener::bind(&cfg.listen).await?,
     };
     let addr = listener.local_addr()?;
-    let org = HpiO::parse(&cfg.organisation)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
     let ctx = Arc::new(Ctx {
         messaging,
         org,
+        acceptor,
         node,
         cfg,
     });
@@ -165,10 +215,16 @@ pub async fn start(
 
 struct Ctx {
     messaging: MessagingService,
-    org: HpiO,
+    /// The organisation of a plain listener.
+    org: Option<HpiO>,
+    /// A TLS listener's acceptor.
+    acceptor: Option<TlsAcceptor>,
     node: u64,
     cfg: MllpListenerConfig,
 }
+
+/// How long a TLS client may take to complete its handshake.
+const TLS_HANDSHAKE_MS_MAX: u64 = 10_000;
 
 async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
     let slots = Arc::new(Semaphore::new(ctx.cfg.connections_max));
@@ -191,16 +247,51 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, mut shutdown: watch::
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            serve(stream, peer, &ctx, shutdown).await;
+            match (&ctx.acceptor, &ctx.org) {
+                (Some(acceptor), _) => {
+                    let handshake = tokio::time::timeout(
+                        Duration::from_millis(TLS_HANDSHAKE_MS_MAX),
+                        acceptor.accept(stream),
+                    )
+                    .await;
+                    let tls = match handshake {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::warn!(%peer, error = %e, "MLLP TLS handshake refused");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::warn!(%peer, "MLLP TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let org = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|c| sealpost_crypto::tls::client_org(c.as_ref()));
+                    match org {
+                        Some(org) => serve(tls, peer, &ctx, &org, shutdown).await,
+                        None => tracing::warn!(
+                            %peer,
+                            "MLLP TLS client certificate names no organisation; closing"
+                        ),
+                    }
+                }
+                (None, Some(org)) => serve(stream, peer, &ctx, &org.clone(), shutdown).await,
+                (None, None) => {}
+            }
             drop(permit);
         });
     }
 }
 
-async fn serve(
-    stream: tokio::net::TcpStream,
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
     peer: SocketAddr,
     ctx: &Ctx,
+    org: &HpiO,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut framed = Framed::new(stream, MllpCodec::new(ctx.cfg.frame_bytes_max));
@@ -232,7 +323,7 @@ async fn serve(
             continue;
         }
         empties = 0;
-        let answer = handle(ctx, &frame).await;
+        let answer = handle(ctx, org, &frame).await;
         if let Err(e) = framed.send(answer.as_bytes()).await {
             tracing::warn!(%peer, error = %e, "cannot answer on MLLP connection; closing it");
             return;
@@ -242,7 +333,7 @@ async fn serve(
 }
 
 /// The acknowledgement for one frame.
-async fn handle(ctx: &Ctx, frame: &[u8]) -> String {
+async fn handle(ctx: &Ctx, org: &HpiO, frame: &[u8]) -> String {
     let msg = match er7::parse(frame) {
         Ok(m) => m,
         Err(e) => {
@@ -266,7 +357,7 @@ async fn handle(ctx: &Ctx, frame: &[u8]) -> String {
             );
         }
     };
-    match submit(ctx, frame, &msg, &msh).await {
+    match submit(ctx, org, frame, &msg, &msh).await {
         Ok(reply) => {
             tracing::info!(
                 control_id = %msh.control_id,
@@ -293,6 +384,7 @@ fn answer(msh: &Msh, outcome: Outcome, err: Option<&AckError>) -> String {
 /// Validates, addresses and sends one message; the acknowledgement outcome otherwise.
 async fn submit(
     ctx: &Ctx,
+    org: &HpiO,
     frame: &[u8],
     msg: &Message,
     msh: &Msh,
@@ -302,14 +394,11 @@ async fn submit(
     let claimed = first_nonempty(&msh.sending_facility_universal_id, &msh.sending_facility);
     if let Some(c) = claimed
         && HpiO::parse(c).is_ok()
-        && c != ctx.org.as_str()
+        && c != org.as_str()
     {
         return Err(reject(
             207,
-            format!(
-                "MSH-4 names organisation {c}, but this listener sends only as {}",
-                ctx.org
-            ),
+            format!("MSH-4 names organisation {c}, but this connection sends only as {org}"),
         ));
     }
     let payload_type = match msh.message_code().as_str() {
@@ -336,11 +425,11 @@ async fn submit(
         );
     }
     let caller = Caller {
-        actor: format!("mllp:{}@node-{}", ctx.org, ctx.node),
-        org: Some(ctx.org.clone()),
+        actor: format!("mllp:{org}@node-{}", ctx.node),
+        org: Some(org.clone()),
     };
     let request = pb::SendRequest {
-        from_org: ctx.org.to_string(),
+        from_org: org.to_string(),
         to: vec![to.to_string()],
         payload_type: payload_type.into(),
         client_message_id: cid,
@@ -493,8 +582,19 @@ mod tests {
                 .to_string()
                 .contains("loopback")
         );
+        MllpListenerConfig::tls("0.0.0.0:2575")
+            .validate()
+            .expect("TLS may serve any address");
+        let mut t = MllpListenerConfig::tls("0.0.0.0:2575");
+        t.organisation = Some(org.to_string());
+        assert!(
+            t.validate()
+                .expect_err("org")
+                .to_string()
+                .contains("certificate")
+        );
         c.listen = "127.0.0.1:2575".into();
-        c.organisation = "123".into();
+        c.organisation = Some("123".into());
         assert!(
             c.validate()
                 .expect_err("org")

@@ -338,6 +338,7 @@ pub async fn start_with_relay(
             None,
             messaging_service.clone(),
             cfg.id,
+            Some(&tls),
             workers_rx_mllp.clone(),
         )
         .await
