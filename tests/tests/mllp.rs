@@ -733,3 +733,60 @@ async fn mllp_over_tls_takes_the_organisation_from_the_certificate() {
     };
     assert!(refused, "a stranger's certificate was served");
 }
+
+/// The sending system is told the outcome: after the hospital acknowledges, the GP's
+/// system gets an HL7 application acknowledgement on its own MLLP endpoint naming the
+/// control id it used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_sending_system_is_told_the_outcome_over_mllp() {
+    use sealpost_server::mllp_notify::MllpNotifyTarget;
+
+    let (_dir, mut c, _) = provider().await;
+    let (gp_system, mut told) = receiving_system(AckCode::AA).await;
+    let mut target = MllpNotifyTarget::new(&HpiO::from_serial(SENDER), &gp_system);
+    target.retry_min_ms = 50;
+    c.set_mllp_notify(vec![target])
+        .await
+        .expect("notify target");
+    c.wait_leader(WAIT).await.expect("leader");
+    let addr = c.node(1).expect("node 1").mllp_addrs[0].to_string();
+    let msg = original_mode(&addressed(samples::REF_I12));
+    let mut s = connect(&addr).await;
+    let (code, control, _) = exchange(&mut s, msg.as_bytes()).await.expect("an ACK");
+    assert_eq!(code, AckCode::AA);
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let item = loop {
+        if let Some(i) = hospital_inbox(&c).await.into_iter().next() {
+            break i;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never routed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    org_client(&c, 1, HOSPITAL)
+        .await
+        .messaging()
+        .ack(pb::AckRequest {
+            message_id: item.message_id.clone(),
+            recipient: item.recipient.clone(),
+            status: "rejected".into(),
+            note: "wrong clinic".into(),
+        })
+        .await
+        .expect("ack");
+    let frame = tokio::time::timeout(WAIT, told.recv())
+        .await
+        .expect("the sending system is told in time")
+        .expect("a frame");
+    let (code, acked_control, _) =
+        parse_ack(&er7::parse(&frame).expect("HL7")).expect("an acknowledgement");
+    assert_eq!(code, AckCode::AR, "the hospital rejected it");
+    assert_eq!(acked_control, control);
+    // Told once: nothing more arrives.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(800), told.recv())
+            .await
+            .is_err(),
+        "the outcome was told twice"
+    );
+}

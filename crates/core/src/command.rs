@@ -106,6 +106,12 @@ pub enum Command {
         provider: String,
         through_seq: u64,
     },
+    /// A sending organisation's system was told its messages' outcomes through
+    /// `through_seq`.
+    OutcomesNotified {
+        org: HpiO,
+        through_seq: u64,
+    },
 }
 
 /// What the delivery worker found when it opened a recipient's copy.
@@ -219,6 +225,7 @@ impl Command {
                 notification.outcome.validate()?;
             }
             Command::NotificationsRelayed { provider, .. } => check_provider("provider", provider)?,
+            Command::OutcomesNotified { .. } => {}
         }
         Ok(())
     }
@@ -294,6 +301,10 @@ impl Command {
                 cursors: vec![(cursor::NOTIFIED, provider.clone())],
                 ..Reads::default()
             },
+            Command::OutcomesNotified { org, .. } => Reads {
+                cursors: vec![(cursor::OUTCOMES, org.to_string())],
+                ..Reads::default()
+            },
         }
     }
 
@@ -315,6 +326,7 @@ impl Command {
             Command::Receive { .. } => "receive",
             Command::Notify { .. } => "notify",
             Command::NotificationsRelayed { .. } => "notifications_relayed",
+            Command::OutcomesNotified { .. } => "outcomes_notified",
         }
     }
 }
@@ -444,6 +456,9 @@ pub fn decide(
             provider,
             through_seq,
         } => crate::federation::decide_notified(provider, through_seq, facts)?,
+        Command::OutcomesNotified { org, through_seq } => {
+            crate::federation::decide_outcomes_notified(org, through_seq, facts)?
+        }
         Command::PublishEndpoint(e) => {
             let Some(org) = facts.organisation(&e.id.org) else {
                 return Err(Rejection::NotFound(format!(

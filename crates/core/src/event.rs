@@ -120,6 +120,10 @@ pub enum Event {
         outcome: RemoteOutcome,
         peer_seq: u64,
     },
+    /// The sending organisation's clinical system was told (as HL7 acknowledgements over
+    /// MLLP) the outcomes of its messages through this log's sequence `through_seq`.
+    /// Since v3.
+    OutcomesNotified { org: HpiO, through_seq: u64 },
 }
 
 impl Event {
@@ -141,7 +145,8 @@ impl Event {
             | Event::Relayed { .. }
             | Event::Received { .. }
             | Event::NotificationsRelayed { .. }
-            | Event::LateOutcome { .. } => 3,
+            | Event::LateOutcome { .. }
+            | Event::OutcomesNotified { .. } => 3,
         }
     }
 
@@ -164,6 +169,7 @@ impl Event {
             Event::Received { .. } => "received",
             Event::NotificationsRelayed { .. } => "notifications_relayed",
             Event::LateOutcome { .. } => "late_outcome",
+            Event::OutcomesNotified { .. } => "outcomes_notified",
         }
     }
 
@@ -174,7 +180,7 @@ impl Event {
             Event::EndpointPublished(e) => Some(&e.id.org),
             Event::EndpointRetired { id, .. } => Some(&id.org),
             Event::KeysRotated { org, .. } => Some(org),
-            Event::KeysProvisioned { org, .. } => Some(org),
+            Event::KeysProvisioned { org, .. } | Event::OutcomesNotified { org, .. } => Some(org),
             Event::Sent { envelope, .. } | Event::Received { envelope, .. } => {
                 Some(&envelope.header.sender.org)
             }
@@ -323,6 +329,9 @@ impl Event {
             | Event::Received { .. }
             | Event::NotificationsRelayed { .. }
             | Event::LateOutcome { .. } => crate::federation::write_event_canonical(self, c),
+            Event::OutcomesNotified { org, through_seq } => {
+                c.u16(17).str(org.as_str()).u64(*through_seq);
+            }
         }
     }
 }

@@ -222,6 +222,9 @@ pub mod cursor {
     pub const DIRECTORY: u8 = b'd';
     /// Notifications for messages from this peer were relayed through this local sequence.
     pub const NOTIFIED: u8 = b'n';
+    /// A sending organisation's system was told its messages' outcomes through this local
+    /// sequence (the key names the organisation's HPI-O instead of a provider).
+    pub const OUTCOMES: u8 = b'o';
 }
 
 /// View key layouts of federation.
@@ -258,6 +261,15 @@ pub mod keys {
     /// `dir_log`: sequence of a local directory event (what peers pull).
     pub fn dir_log(seq: u64) -> Vec<u8> {
         seq.to_be_bytes().to_vec()
+    }
+
+    /// `outcomes`: sending organisation, 0, sequence of the final event → (message id,
+    /// recipient). Never deleted; the `OUTCOMES` cursor says how far the organisation's
+    /// system has been told.
+    pub fn outcome(org: &crate::ids::HpiO, seq: u64) -> Vec<u8> {
+        let mut k = relay_prefix(org.as_str());
+        k.extend_from_slice(&seq.to_be_bytes());
+        k
     }
 
     /// `dead_letters`: sequence of the `Failed` event → (message id, recipient).
@@ -554,6 +566,29 @@ pub(crate) fn fold_import(
         encode_cursor(through_seq),
     ));
     out
+}
+
+/// Advances the cursor of outcomes told to a sending organisation's system.
+pub(crate) fn decide_outcomes_notified(
+    org: HpiO,
+    through_seq: u64,
+    facts: &Facts,
+) -> Result<Vec<Event>, Rejection> {
+    let cursor = facts.cursor(cursor::OUTCOMES, org.as_str()).unwrap_or(0);
+    if through_seq <= cursor {
+        return Err(Rejection::AlreadyExists(format!(
+            "outcomes of {org} are notified through {cursor}"
+        )));
+    }
+    Ok(vec![Event::OutcomesNotified { org, through_seq }])
+}
+
+pub(crate) fn fold_outcomes_notified(org: &HpiO, through_seq: u64) -> Vec<ViewChange> {
+    vec![ViewChange::Put(
+        ViewCf::Peers,
+        keys::cursor(cursor::OUTCOMES, org.as_str()),
+        encode_cursor(through_seq),
+    )]
 }
 
 pub(crate) fn fold_notified(provider: &str, through_seq: u64) -> Vec<ViewChange> {
@@ -890,6 +925,25 @@ mod tests {
         ));
         assert_eq!(a.finals(&ep(2)), 1);
         assert_eq!(b.finals(&ep(2)), 1);
+
+        // The sender's own system can be told: the outcome is listed for organisation 1,
+        // and telling it advances a cursor exactly once.
+        let final_seq = a.seq;
+        let sender = HpiO::from_serial(1);
+        assert!(
+            a.put(ViewCf::Outcomes, &keys::outcome(&sender, final_seq))
+                .is_some()
+        );
+        let told = Command::OutcomesNotified {
+            org: sender.clone(),
+            through_seq: final_seq,
+        };
+        a.run(told.clone(), 170).expect("told");
+        assert_eq!(
+            a.facts.cursor(cursor::OUTCOMES, sender.as_str()),
+            Some(final_seq)
+        );
+        assert!(matches!(a.run(told, 171), Err(Rejection::AlreadyExists(_))));
     }
 
     /// A relayed recipient whose provider never answers fails as unacknowledged once; an

@@ -599,7 +599,8 @@ fn enqueue(status: &MessageStatus, deliver_by_ms: u64, out: &mut Vec<ViewChange>
     }
 }
 
-/// A message relayed here from a peer owes that peer each recipient's final outcome.
+/// A message relayed here from a peer owes that peer each recipient's final outcome; one
+/// sent here lists it among its sender's outcomes (which its clinical system may be told).
 fn owe_notification(
     msg: &MessageStatus,
     recipient: &EndpointId,
@@ -607,6 +608,13 @@ fn owe_notification(
     seq: u64,
     out: &mut Vec<ViewChange>,
 ) {
+    if msg.origin.is_none() {
+        out.push(ViewChange::Put(
+            ViewCf::Outcomes,
+            fed_keys::outcome(&msg.sender.org, seq),
+            crate::codec::encode(&(msg.message_id.clone(), recipient.clone())),
+        ));
+    }
     if let Some(origin) = &msg.origin {
         let n = Notification {
             message_id: msg.message_id.clone(),

@@ -158,10 +158,12 @@ pub enum ViewCf {
     DirLog,
     /// Failed recipients, for operators.
     DeadLetters,
+    /// Final outcomes per sending organisation (what its system is told).
+    Outcomes,
 }
 
 impl ViewCf {
-    pub const ALL: [ViewCf; 12] = [
+    pub const ALL: [ViewCf; 13] = [
         ViewCf::Outbox,
         ViewCf::Inbox,
         ViewCf::Feed,
@@ -174,6 +176,7 @@ impl ViewCf {
         ViewCf::Notify,
         ViewCf::DirLog,
         ViewCf::DeadLetters,
+        ViewCf::Outcomes,
     ];
 
     /// The column family's name in the store.
@@ -191,6 +194,7 @@ impl ViewCf {
             ViewCf::Notify => "notify",
             ViewCf::DirLog => "dir_log",
             ViewCf::DeadLetters => "dead_letters",
+            ViewCf::Outcomes => "outcomes",
         }
     }
 }
@@ -229,7 +233,9 @@ pub fn event_reads(event: &Event) -> Reads {
             organisations: vec![org.clone()],
             ..Reads::default()
         },
-        Event::KeysProvisioned { .. } | Event::NotificationsRelayed { .. } => Reads::default(),
+        Event::KeysProvisioned { .. }
+        | Event::NotificationsRelayed { .. }
+        | Event::OutcomesNotified { .. } => Reads::default(),
         // Which recipients are hosted here and which by a peer.
         Event::Sent { envelope, .. } | Event::Received { envelope, .. } => Reads {
             organisations: envelope.header.recipient_orgs(),
@@ -344,6 +350,9 @@ pub fn fold(event: &Event, seq: u64, ts_ms: u64, facts: &Facts) -> Vec<ViewChang
             provider,
             through_seq,
         } => crate::federation::fold_notified(provider, *through_seq),
+        Event::OutcomesNotified { org, through_seq } => {
+            crate::federation::fold_outcomes_notified(org, *through_seq)
+        }
     }
 }
 

@@ -375,6 +375,12 @@ impl RaftNode {
         self.core.id
     }
 
+    /// Whether this node currently leads (as its own Raft metrics say): the workers that
+    /// act only on the leader check this before every pass.
+    pub fn is_leader(&self) -> bool {
+        self.raft().metrics().borrow().current_leader == Some(self.id())
+    }
+
     pub fn raft(&self) -> &Raft<TypeConfig> {
         &self.core.raft
     }

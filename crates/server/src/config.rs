@@ -182,6 +182,9 @@ pub struct NodeConfig {
     /// Endpoints whose messages are pushed to a clinical system over MLLP.
     #[serde(default)]
     pub mllp_destinations: Vec<crate::mllp_out::MllpDestination>,
+    /// Sending systems told their messages' outcomes over MLLP.
+    #[serde(default)]
+    pub mllp_notify: Vec<crate::mllp_notify::MllpNotifyTarget>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -311,6 +314,9 @@ impl NodeConfig {
         for d in &self.mllp_destinations {
             d.validate()?;
         }
+        for t in &self.mllp_notify {
+            t.validate()?;
+        }
         // A payload travels whole in a send request and a fetch reply, and sealed in a
         // Raft entry: each limit must leave room for it.
         let payload = self.messaging.payload_bytes_max as usize;
@@ -384,6 +390,7 @@ mod tests {
             federation: None,
             mllp: Vec::new(),
             mllp_destinations: Vec::new(),
+            mllp_notify: Vec::new(),
         }
     }
 

@@ -91,7 +91,7 @@ pub fn spawn(
             if *shutdown.borrow() {
                 return;
             }
-            if w.is_leader() {
+            if w.node.is_leader() {
                 if !leading {
                     // A new leader (or a restart) reads the whole queue once.
                     w.scanned_to.store(0, Ordering::SeqCst);
@@ -118,10 +118,6 @@ pub fn spawn(
 }
 
 impl Worker {
-    fn is_leader(&self) -> bool {
-        self.node.raft().metrics().borrow().current_leader == Some(self.node.id())
-    }
-
     /// One pass over the delivery queue (from where the last one stopped) and, on a tick,
     /// the retries and the due deadlines; work is handed to tasks bounded by the in-flight
     /// permits, so a pass never blocks on crypto or commits.

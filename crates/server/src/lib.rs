@@ -13,7 +13,8 @@
 //! - [`relay`]: the `Relay` service peers call; [`relay_worker`]: the leader's relay,
 //!   notification, peer-directory and remote-deadline worker (one task per peer).
 //! - [`mllp`]: the HL7 v2 / MLLP front door for clinical systems; [`mllp_out`]: the back
-//!   door, pushing routed messages to a receiving system and recording its answer.
+//!   door, pushing routed messages to a receiving system and recording its answer;
+//!   [`mllp_notify`]: outcome acknowledgements to the sending system.
 //! - [`keystore`]: organisations' private keys, unwrapped with the provider's KEK.
 //! - [`listener`]: the TCP listener with its connection cap.
 //! - [`convert`]: protobuf ↔ domain conversions and status codes (the gRPC edge).
@@ -32,6 +33,7 @@ pub mod listener;
 pub mod local;
 pub mod messaging;
 pub mod mllp;
+pub mod mllp_notify;
 pub mod mllp_out;
 pub mod node;
 pub mod relay;

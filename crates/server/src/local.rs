@@ -358,6 +358,7 @@ impl LocalCluster {
             }),
             mllp: Vec::new(),
             mllp_destinations: Vec::new(),
+            mllp_notify: Vec::new(),
         };
         cfg.validate()?;
         write_file(&nd.join("node.toml"), &cfg.to_toml(), false)?;
@@ -414,12 +415,32 @@ impl LocalCluster {
         &mut self,
         destinations: Vec<crate::mllp_out::MllpDestination>,
     ) -> Result<(), LocalError> {
+        self.reconfigure_all(|cfg| cfg.mllp_destinations = destinations.clone())
+            .await
+    }
+
+    /// Gives every node these MLLP outcome-notification targets and restarts the running
+    /// ones.
+    pub async fn set_mllp_notify(
+        &mut self,
+        targets: Vec<crate::mllp_notify::MllpNotifyTarget>,
+    ) -> Result<(), LocalError> {
+        self.reconfigure_all(|cfg| cfg.mllp_notify = targets.clone())
+            .await
+    }
+
+    /// Changes every node's configuration (saved in its `node.toml`), restarting the
+    /// running ones one by one.
+    async fn reconfigure_all(
+        &mut self,
+        change: impl Fn(&mut NodeConfig),
+    ) -> Result<(), LocalError> {
         for id in self.node_ids() {
             let cfg = self
                 .configs
                 .get_mut(&id)
                 .ok_or(LocalError::UnknownNode(id))?;
-            cfg.mllp_destinations = destinations.clone();
+            change(cfg);
             cfg.validate()?;
             write_file(&cfg.data_dir.join("node.toml"), &cfg.to_toml(), false)?;
             if self.running.contains_key(&id) {

@@ -527,7 +527,7 @@ fn partial_msh(msg: &Message) -> Msh {
 }
 
 /// Now as an HL7 timestamp (UTC), YYYYMMDDHHMMSS.
-fn hl7_now() -> String {
+pub(crate) fn hl7_now() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

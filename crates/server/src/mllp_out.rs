@@ -65,11 +65,44 @@ pub struct MllpDestination {
 fn default_answer_timeout_ms() -> u64 {
     10_000
 }
-fn default_retry_min_ms() -> u64 {
+pub(crate) fn default_retry_min_ms() -> u64 {
     500
 }
-fn default_retry_max_ms() -> u64 {
+pub(crate) fn default_retry_max_ms() -> u64 {
     60_000
+}
+
+/// The names of an MLLP peer's settings in one configuration table, for errors.
+pub(crate) struct PeerFields {
+    pub addr: &'static str,
+    pub timeout: &'static str,
+    pub retry_max: &'static str,
+}
+
+/// Checks an MLLP peer's address, answer timeout and retry delays.
+pub(crate) fn check_peer(
+    f: &PeerFields,
+    addr: &str,
+    answer_timeout_ms: u64,
+    (retry_min_ms, retry_max_ms): (u64, u64),
+) -> Result<(), ConfigError> {
+    let invalid = |field: &'static str, problem: String| ConfigError::Invalid { field, problem };
+    if addr.trim().is_empty() || !addr.contains(':') {
+        return Err(invalid(f.addr, format!("{addr:?} is not host:port")));
+    }
+    if answer_timeout_ms == 0 || retry_min_ms == 0 {
+        return Err(invalid(
+            f.timeout,
+            "the answer timeout and retry delays must be positive".into(),
+        ));
+    }
+    if retry_max_ms < retry_min_ms {
+        return Err(invalid(
+            f.retry_max,
+            "must not be less than retry_min_ms".into(),
+        ));
+    }
+    Ok(())
 }
 fn default_frame_bytes_max() -> usize {
     1024 * 1024
@@ -92,31 +125,20 @@ impl MllpDestination {
             |field: &'static str, problem: String| ConfigError::Invalid { field, problem };
         EndpointId::parse(&self.endpoint)
             .map_err(|e| invalid("mllp_destinations.endpoint", e.to_string()))?;
-        if self.addr.trim().is_empty() || !self.addr.contains(':') {
+        check_peer(
+            &PeerFields {
+                addr: "mllp_destinations.addr",
+                timeout: "mllp_destinations.answer_timeout_ms",
+                retry_max: "mllp_destinations.retry_max_ms",
+            },
+            &self.addr,
+            self.answer_timeout_ms,
+            (self.retry_min_ms, self.retry_max_ms),
+        )?;
+        if self.frame_bytes_max == 0 {
             return Err(invalid(
-                "mllp_destinations.addr",
-                format!("{:?} is not host:port", self.addr),
-            ));
-        }
-        for (field, v) in [
-            (
-                "mllp_destinations.answer_timeout_ms",
-                self.answer_timeout_ms,
-            ),
-            ("mllp_destinations.retry_min_ms", self.retry_min_ms),
-            (
                 "mllp_destinations.frame_bytes_max",
-                self.frame_bytes_max as u64,
-            ),
-        ] {
-            if v == 0 {
-                return Err(invalid(field, "must be positive".into()));
-            }
-        }
-        if self.retry_max_ms < self.retry_min_ms {
-            return Err(invalid(
-                "mllp_destinations.retry_max_ms",
-                "must not be less than retry_min_ms".into(),
+                "must be positive".into(),
             ));
         }
         Ok(())
@@ -169,17 +191,13 @@ struct Pusher {
 }
 
 impl Pusher {
-    fn is_leader(&self) -> bool {
-        self.node.raft().metrics().borrow().current_leader == Some(self.node.id())
-    }
-
     async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut applied = self.node.view().subscribe();
         loop {
             if *shutdown.borrow() {
                 return;
             }
-            if self.is_leader() {
+            if self.node.is_leader() {
                 self.pass().await;
             }
             tokio::select! {

@@ -261,6 +261,12 @@ pub async fn start_with_relay(
         cfg.mllp_destinations.clone(),
         workers_rx.clone(),
     );
+    workers.extend(crate::mllp_notify::spawn(
+        raft.clone(),
+        &cfg.messaging,
+        cfg.mllp_notify.clone(),
+        workers_rx.clone(),
+    ));
     workers.push(crate::delivery::spawn(
         raft.clone(),
         keystore,

@@ -254,11 +254,6 @@ impl PeerWorker {
         self.last_error = e;
     }
 
-    fn is_leader(&self) -> bool {
-        let node = &self.ctx.node;
-        node.raft().metrics().borrow().current_leader == Some(node.id())
-    }
-
     async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut applied = self.ctx.node.view().subscribe();
         let tick = Duration::from_millis(self.ctx.messaging.worker_tick_ms);
@@ -268,7 +263,7 @@ impl PeerWorker {
                 return;
             }
             let mut wait = tick;
-            if self.is_leader() {
+            if self.ctx.node.is_leader() {
                 if Instant::now() >= self.next_pull && self.directory_backoff.ready() {
                     self.pull_directory().await;
                     self.next_pull =

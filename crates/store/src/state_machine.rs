@@ -65,6 +65,7 @@ pub(crate) const SM_CFS: &[&str] = &[
     "notify",
     "dir_log",
     "dead_letters",
+    "outcomes",
 ];
 
 pub(crate) const KEY_LAST_APPLIED: &[u8] = b"last_applied";
@@ -1061,6 +1062,32 @@ impl StateView {
             out.push(rec);
         }
         Ok(out)
+    }
+
+    /// Final outcomes of `org`'s messages after `after_seq`, oldest first: (sequence of
+    /// the final event, message id, recipient).
+    pub fn outcomes(
+        &self,
+        org: &HpiO,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, MessageId, EndpointId)>> {
+        let live = self.shared.live();
+        let prefix = fed_keys::relay_prefix(org.as_str());
+        let start = fed_keys::outcome(org, after_seq.saturating_add(1));
+        let rows =
+            live.prefix_scan(ViewCf::Outcomes.name(), &prefix, Some(&start), false, limit)?;
+        rows.iter()
+            .map(|(k, v)| {
+                let seq = seq_suffix(&live.path, k)?;
+                let (id, ep): (MessageId, EndpointId) =
+                    codec::decode(v).map_err(|e| Error::Codec {
+                        what: format!("outcome {}", hex::encode(k)),
+                        source: e,
+                    })?;
+                Ok((seq, id, ep))
+            })
+            .collect()
     }
 
     /// Failed recipients, newest first, failed before `before_seq` (0: from the newest):
