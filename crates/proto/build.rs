@@ -20,6 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "proto/sealpost/v1/raft.proto",
                 "proto/sealpost/v1/messaging.proto",
                 "proto/sealpost/v1/relay.proto",
+                "proto/sealpost/v1/audit.proto",
             ],
             &["proto"],
         )?;

@@ -4,6 +4,7 @@
 //! `--client-config` or `SEALPOST_CLIENT_CONFIG`), act as the profile chosen with `--as`,
 //! and print JSON with `--json`.
 
+mod audit_cmd;
 mod client_cmd;
 mod dev;
 mod message_cmd;
@@ -65,6 +66,13 @@ enum Command {
         opts: ClientOpts,
         #[command(subcommand)]
         cmd: client_cmd::ClusterCmd,
+    },
+    /// Evidence for auditors: export the event store and verify exports offline.
+    Audit {
+        #[command(flatten)]
+        opts: ClientOpts,
+        #[command(subcommand)]
+        cmd: audit_cmd::AuditCmd,
     },
     /// The provider directory.
     Directory {
@@ -181,6 +189,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Certs(args) => dev::certs(args),
         Command::Cluster { opts, cmd } => client_cmd::cluster(&opts, cmd).await,
         Command::Directory { opts, cmd } => client_cmd::directory(&opts, cmd).await,
+        Command::Audit { opts, cmd } => audit_cmd::audit(&opts, cmd).await,
         Command::Send { opts, args } => message_cmd::send(&opts, args).await,
         Command::Inbox { opts, args } => message_cmd::inbox(&opts, args).await,
         Command::Fetch { opts, args } => message_cmd::fetch(&opts, args).await,

@@ -453,3 +453,110 @@ fn dev_walkthrough_sends_receives_acknowledges_and_tracks() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// An auditor exports the event store and verifies it offline; any change to the export is
+/// caught with the line it is on; an organisation's profile may not read the audit trail.
+#[test]
+fn audit_export_verifies_offline_and_catches_tampering() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = tmp.path().join("data");
+    let (_dev, _) = start_dev(&data);
+    wait_for(&data, "a leader", |s| {
+        s["nodes"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|x| x["role"] == "leader"))
+    });
+    let out = tmp.path().join("export");
+    let exported = ok_json(
+        &data,
+        &[
+            "audit",
+            "export",
+            "--out",
+            out.to_str().expect("utf-8"),
+            "--json",
+        ],
+    );
+    let count = exported["manifest"]["count"].as_u64().expect("count");
+    assert!(count >= 10, "the demo directory alone is more: {exported}");
+    let verified = ok_json(
+        &data,
+        &[
+            "audit",
+            "verify-export",
+            out.to_str().expect("utf-8"),
+            "--json",
+        ],
+    );
+    assert_eq!(verified["count"], count);
+    assert_eq!(verified["from_genesis"], true);
+
+    let events = out.join("events.jsonl");
+    let good = std::fs::read_to_string(&events).expect("events");
+    let lines: Vec<&str> = good.lines().collect();
+    let check = |text: String, expect: &str| {
+        std::fs::write(&events, text).expect("write");
+        let r = sealpost(
+            &data,
+            &["audit", "verify-export", out.to_str().expect("utf-8")],
+        );
+        let err = String::from_utf8_lossy(&r.stderr).to_string();
+        assert!(!r.status.success(), "{expect}: tampering passed");
+        assert!(err.contains(expect), "{expect}: {err}");
+    };
+    // A changed hex digit deep inside the third event's canonical bytes.
+    let third: serde_json::Value = serde_json::from_str(lines[2]).expect("json");
+    let canonical = third["canonical"].as_str().expect("canonical");
+    let pos = canonical.len() / 2;
+    let flipped_digit = if &canonical[pos..=pos] == "0" {
+        "1"
+    } else {
+        "0"
+    };
+    let tampered = lines[2].replacen(
+        canonical,
+        &format!(
+            "{}{}{}",
+            &canonical[..pos],
+            flipped_digit,
+            &canonical[pos + 1..]
+        ),
+        1,
+    );
+    let mut v: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    v[2] = tampered;
+    check(v.join("\n") + "\n", "line 3");
+    // A readable field that disagrees with the hashed bytes.
+    let mut v: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    let actor = third["actor"].as_str().expect("actor");
+    v[2] = lines[2].replacen(
+        &format!("\"actor\":\"{actor}\""),
+        "\"actor\":\"someone else\"",
+        1,
+    );
+    check(v.join("\n") + "\n", "actor");
+    // A deleted line, and the last line dropped (caught by the manifest).
+    let mut v: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    v.remove(1);
+    check(v.join("\n") + "\n", "missing");
+    let v: Vec<String> = lines[..lines.len() - 1]
+        .iter()
+        .map(|l| l.to_string())
+        .collect();
+    check(v.join("\n") + "\n", "manifest");
+
+    // The audit trail is not for an organisation's profile.
+    let denied = sealpost(
+        &data,
+        &[
+            "audit",
+            "export",
+            "--as",
+            "northside-gp",
+            "--out",
+            tmp.path().join("other").to_str().expect("utf-8"),
+        ],
+    );
+    assert!(!denied.status.success());
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("operators and auditors"));
+}

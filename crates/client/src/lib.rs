@@ -11,6 +11,7 @@ pub mod config;
 use std::time::Duration;
 
 use sealpost_proto::v1::admin_client::AdminClient;
+use sealpost_proto::v1::audit_client::AuditClient;
 use sealpost_proto::v1::directory_client::DirectoryClient;
 use sealpost_proto::v1::messaging_client::MessagingClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -95,6 +96,12 @@ impl Client {
 
     pub fn admin(&self) -> AdminClient<Channel> {
         AdminClient::new(self.channel.clone())
+            .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+    }
+
+    pub fn audit(&self) -> AuditClient<Channel> {
+        AuditClient::new(self.channel.clone())
             .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
     }

@@ -15,9 +15,12 @@
 //!   and the messaging view key layouts.
 //! - [`federation`]: provider ids, transport receipts, delivery notifications, peer
 //!   directory changes, and the decisions and folds of the federation events.
+//! - [`audit`]: exported event lines (readable fields beside the hashed canonical bytes)
+//!   and their offline verification.
 //! - [`batch`]: the Raft entry payload and per-proposal outcomes.
 //! - [`codec`]: the versioned storage codec.
 
+pub mod audit;
 pub mod batch;
 pub mod canonical;
 pub mod codec;

@@ -7,7 +7,8 @@
 //! # Layout
 //! - [`node`]: start and stop one node.
 //! - [`config`]: [`config::NodeConfig`], file → environment → validation.
-//! - [`directory`], [`messaging`], [`admin`]: the client-facing services.
+//! - [`directory`], [`messaging`], [`admin`]: the client-facing services; [`audit`]: the
+//!   event store replayed for auditors.
 //! - [`delivery`]: the leader's delivery and deadline worker.
 //! - [`federation`]: relay port, provider key and trust bundle settings.
 //! - [`relay`]: the `Relay` service peers call; [`relay_worker`]: the leader's relay,
@@ -22,6 +23,7 @@
 //! - [`local`]: a provider's cluster of nodes in one process, laid out on disk.
 
 pub mod admin;
+pub mod audit;
 pub mod config;
 pub mod convert;
 pub mod crypto_pool;

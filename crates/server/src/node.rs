@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sealpost_proto::v1::admin_server::AdminServer;
+use sealpost_proto::v1::audit_server::AuditServer;
 use sealpost_proto::v1::directory_server::DirectoryServer;
 use sealpost_proto::v1::messaging_server::MessagingServer;
 use sealpost_proto::v1::relay_server::RelayServer;
@@ -380,6 +381,11 @@ pub async fn start_with_relay(
         .add_service(directory)
         .add_service(messaging)
         .add_service(admin)
+        .add_service(
+            AuditServer::new(crate::audit::AuditService::new(raft.clone()))
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+        )
         .add_service(reflection);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let incoming = crate::listener::incoming(listener, cfg.api.connections_max);
