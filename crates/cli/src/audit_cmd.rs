@@ -1,4 +1,6 @@
-//! `sealpost audit ...`: evidence for auditors. `export` writes the event store (or a
+//! `sealpost audit ...`: evidence for auditors. `replay` streams events in order as
+//! ATNA-shaped audit records (table, JSON Lines or CSV), filtered by time, message,
+//! organisation, practitioner, patient or kind. `export` writes the event store (or a
 //! range of it) as JSON Lines, each line carrying the exact canonical bytes that were
 //! hashed, plus a manifest (first and last event, count, chain head); `verify-export`
 //! checks such a folder offline, with no cluster: every hash, every link, every readable
@@ -26,8 +28,41 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 /// small: ciphertexts are covered by digest).
 pub const EXPORT_LINE_BYTES_MAX: usize = 1024 * 1024;
 
+/// Replay filters and output.
+#[derive(clap::Args, Debug)]
+pub struct ReplayArgs {
+    /// First event sequence.
+    #[arg(long, default_value_t = 1)]
+    from: u64,
+    /// Events at or after this time (ms since the Unix epoch).
+    #[arg(long)]
+    since_ms: Option<u64>,
+    /// Events at or before this time (ms since the Unix epoch).
+    #[arg(long)]
+    until_ms: Option<u64>,
+    #[arg(long)]
+    message: Option<String>,
+    /// Events of messages this organisation (HPI-O) sent or receives, and its directory.
+    #[arg(long)]
+    org: Option<String>,
+    /// Events of messages this practitioner (HPI-I) wrote or receives.
+    #[arg(long)]
+    practitioner: Option<String>,
+    /// Events of messages about this patient (IHI).
+    #[arg(long)]
+    patient: Option<String>,
+    /// One event kind: sent, received, relayed, decrypted, routed, fetched, acked, failed, ...
+    #[arg(long)]
+    kind: Option<String>,
+    /// table, jsonl (ATNA-shaped records) or csv.
+    #[arg(long, default_value = "table")]
+    format: String,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum AuditCmd {
+    /// Stream events in order as audit records, optionally filtered.
+    Replay(ReplayArgs),
     /// Write the event store as JSON Lines with the hashed bytes, and a manifest.
     Export {
         /// A new (or empty) folder.
@@ -47,7 +82,141 @@ pub async fn audit(opts: &ClientOpts, cmd: AuditCmd) -> anyhow::Result<()> {
     match cmd {
         AuditCmd::Export { out, from, to } => export(opts, &out, from, to.unwrap_or(0)).await,
         AuditCmd::VerifyExport { dir } => verify(opts, &dir),
+        AuditCmd::Replay(a) => replay(opts, a).await,
     }
+}
+
+/// ATNA's event action code for an event kind: Create, Read, Update or Execute.
+fn action(kind: &str) -> &'static str {
+    match kind {
+        "sent"
+        | "received"
+        | "organisation_registered"
+        | "endpoint_published"
+        | "keys_rotated"
+        | "keys_provisioned" => "C",
+        "fetched" => "R",
+        "notifications_relayed" | "outcomes_notified" | "peer_directory_imported" => "E",
+        _ => "U",
+    }
+}
+
+/// ATNA's outcome indicator: 0 success, 4 minor failure (rejected or error
+/// acknowledgement), 8 serious failure (the message failed).
+fn outcome_code(e: &pb::AuditEvent) -> u8 {
+    match (e.kind.as_str(), e.outcome.as_str()) {
+        ("failed", _) => 8,
+        ("acked", "rejected" | "error") => 4,
+        _ => 0,
+    }
+}
+
+/// One event as an ATNA-shaped audit record (IHE ATNA / DICOM audit message fields).
+fn atna(e: &pb::AuditEvent, provider: &str) -> serde_json::Value {
+    let node = e.actor.rsplit_once("@node-").map(|(_, n)| n).unwrap_or("");
+    let mut objects = Vec::new();
+    if !e.message_id.is_empty() {
+        objects.push(json!({ "type": "message", "id": e.message_id }));
+    }
+    if !e.patient_ihi.is_empty() {
+        objects.push(json!({ "type": "patient", "id": e.patient_ihi, "id_type": "IHI" }));
+    }
+    if !e.payload_type.is_empty() {
+        objects.push(json!({ "type": "document", "id": e.payload_type }));
+    }
+    let mut participants = vec![json!({ "user_id": e.actor, "role": "actor" })];
+    if !e.sender_org.is_empty() {
+        participants.push(json!({ "user_id": e.sender_org, "role": "source",
+            "practitioner": e.sender_practitioner }));
+    }
+    if !e.recipient.is_empty() {
+        participants.push(json!({ "user_id": e.recipient, "role": "destination" }));
+    }
+    json!({
+        "seq": e.seq,
+        "event_id": { "code": e.kind, "system": "sealpost" },
+        "action": action(&e.kind),
+        "time": crate::output::utc_ms(e.ts_ms),
+        "outcome": outcome_code(e),
+        "outcome_detail": e.outcome,
+        "active_participants": participants,
+        "audit_source": { "provider": provider, "node": node },
+        "participant_objects": objects,
+        "hash": hex::encode(&e.hash),
+    })
+}
+
+async fn replay(opts: &ClientOpts, a: ReplayArgs) -> anyhow::Result<()> {
+    let format = a.format.to_ascii_lowercase();
+    if !matches!(format.as_str(), "table" | "jsonl" | "csv") {
+        bail!("--format must be table, jsonl or csv, not {:?}", a.format);
+    }
+    let (client, profile) = connect_profile(opts).await?;
+    let provider = profile.provider.clone().unwrap_or_default();
+    let mut stream = client
+        .audit()
+        .replay(pb::ReplayRequest {
+            from_seq: a.from,
+            since_ms: a.since_ms.unwrap_or(0),
+            until_ms: a.until_ms.unwrap_or(0),
+            message_id: a.message.unwrap_or_default(),
+            org: a.org.unwrap_or_default(),
+            practitioner: a.practitioner.unwrap_or_default(),
+            patient: a.patient.unwrap_or_default(),
+            kind: a.kind.unwrap_or_default(),
+            ..Default::default()
+        })
+        .await
+        .map_err(status_err("audit replay"))?
+        .into_inner();
+    let out = std::io::stdout();
+    let mut out = BufWriter::new(out.lock());
+    if format == "csv" {
+        writeln!(
+            out,
+            "seq,time,kind,action,outcome,message_id,recipient,sender_org,patient_ihi,payload_type,actor"
+        )?;
+    }
+    let csv = |s: &str| {
+        if s.contains([',', '"', '\n']) {
+            format!("\"{}\"", s.replace('"', "\"\""))
+        } else {
+            s.to_string()
+        }
+    };
+    while let Some(e) = stream.message().await.map_err(status_err("audit replay"))? {
+        match format.as_str() {
+            "jsonl" => writeln!(out, "{}", atna(&e, &provider))?,
+            "csv" => writeln!(
+                out,
+                "{},{},{},{},{},{},{},{},{},{},{}",
+                e.seq,
+                crate::output::utc_ms(e.ts_ms),
+                e.kind,
+                action(&e.kind),
+                csv(&e.outcome),
+                csv(&e.message_id),
+                csv(&e.recipient),
+                csv(&e.sender_org),
+                csv(&e.patient_ihi),
+                csv(&e.payload_type),
+                csv(&e.actor)
+            )?,
+            _ => writeln!(
+                out,
+                "#{:<8} {} {:<24} {:<46} {:<36} {:<14} {}",
+                e.seq,
+                crate::output::utc_ms(e.ts_ms),
+                e.kind,
+                e.message_id,
+                e.recipient,
+                e.outcome,
+                e.actor
+            )?,
+        }
+    }
+    out.flush()?;
+    Ok(())
 }
 
 async fn export(opts: &ClientOpts, out: &Path, from: u64, to: u64) -> anyhow::Result<()> {
@@ -61,6 +230,7 @@ async fn export(opts: &ClientOpts, out: &Path, from: u64, to: u64) -> anyhow::Re
         .replay(pb::ReplayRequest {
             from_seq: from,
             to_seq: to,
+            ..Default::default()
         })
         .await
         .map_err(status_err("audit replay"))?

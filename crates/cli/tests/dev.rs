@@ -545,6 +545,33 @@ fn audit_export_verifies_offline_and_catches_tampering() {
         .collect();
     check(v.join("\n") + "\n", "manifest");
 
+    // Replay as ATNA-shaped records: prov-a registered its two demo organisations.
+    let replayed = sealpost(
+        &data,
+        &[
+            "audit",
+            "replay",
+            "--kind",
+            "organisation_registered",
+            "--format",
+            "jsonl",
+        ],
+    );
+    assert!(
+        replayed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replayed.stderr)
+    );
+    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&replayed.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON record"))
+        .collect();
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert!(records.iter().all(|r| r["action"] == "C"
+        && r["event_id"]["code"] == "organisation_registered"
+        && r["outcome"] == 0
+        && r["audit_source"]["provider"] == "prov-a"));
+
     // The audit trail is not for an organisation's profile.
     let denied = sealpost(
         &data,

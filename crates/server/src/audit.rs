@@ -1,14 +1,22 @@
 //! The `Audit` gRPC service: the event store replayed in sequence order, each event with
-//! its readable fields and the exact canonical bytes its hash covers, for exports that
-//! auditors verify offline. Served to operators and auditors only (a client certificate
-//! that names no organisation): an organisation's client would otherwise see every
-//! organisation's message metadata. Never payloads or keys: the canonical bytes carry
-//! digests of ciphertexts and of wrapped keys only.
+//! its readable fields, the exact canonical bytes its hash covers (for exports that
+//! auditors verify offline) and the context of its message (sender, patient, payload
+//! type, outcome) for audit records; optionally filtered by time, message, organisation,
+//! practitioner, patient and kind. Served to operators and auditors only (a client
+//! certificate that names no organisation): an organisation's client would otherwise see
+//! every organisation's message metadata. Never payloads or keys: the canonical bytes
+//! carry digests of ciphertexts and of wrapped keys only.
+
+use std::collections::HashMap;
 
 use sealpost_core::EventRecord;
+use sealpost_core::event::Event;
+use sealpost_core::ids::{EndpointLocal, HpiI, HpiO, Ihi};
+use sealpost_core::message::{EnvelopeHeader, MessageId};
 use sealpost_proto::v1 as pb;
 use sealpost_proto::v1::audit_server::Audit;
 use sealpost_raft::RaftNode;
+use sealpost_store::StateView;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -20,6 +28,8 @@ use crate::messaging::caller_of;
 pub const REPLAY_PAGE_EVENTS: usize = 1024;
 /// Events buffered towards one replay's client.
 pub const REPLAY_BUFFER_EVENTS: usize = 4096;
+/// Message headers a replay keeps for joining events to their message.
+pub const REPLAY_HEADERS_CACHED_MAX: usize = 65_536;
 
 /// The `sealpost.v1.Audit` service of one node.
 #[derive(Clone)]
@@ -33,7 +43,125 @@ impl AuditService {
     }
 }
 
-pub fn event_to_pb(rec: &EventRecord) -> pb::AuditEvent {
+/// The filters of a replay, parsed.
+#[derive(Default, Debug, Clone)]
+pub struct Filter {
+    pub since_ms: u64,
+    pub until_ms: u64,
+    pub message_id: Option<MessageId>,
+    pub org: Option<HpiO>,
+    pub practitioner: Option<HpiI>,
+    pub patient: Option<Ihi>,
+    pub kind: Option<String>,
+}
+
+impl Filter {
+    pub fn parse(r: &pb::ReplayRequest) -> Result<Self, Status> {
+        let opt = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_string());
+        Ok(Self {
+            since_ms: r.since_ms,
+            until_ms: r.until_ms,
+            message_id: opt(&r.message_id)
+                .map(|s| MessageId::parse(&s))
+                .transpose()
+                .map_err(convert::field_error)?,
+            org: opt(&r.org)
+                .map(|s| HpiO::parse(&s))
+                .transpose()
+                .map_err(|e| convert::id_error("org", e))?,
+            practitioner: opt(&r.practitioner)
+                .map(|s| HpiI::parse(&s))
+                .transpose()
+                .map_err(|e| convert::id_error("practitioner", e))?,
+            patient: opt(&r.patient)
+                .map(|s| Ihi::parse(&s))
+                .transpose()
+                .map_err(|e| convert::id_error("patient", e))?,
+            kind: opt(&r.kind).map(|k| k.to_ascii_lowercase()),
+        })
+    }
+
+    /// Whether an event passes every filter; `header` is its message's signed header.
+    pub fn matches(&self, rec: &EventRecord, header: Option<&EnvelopeHeader>) -> bool {
+        if rec.ts_ms < self.since_ms || (self.until_ms > 0 && rec.ts_ms > self.until_ms) {
+            return false;
+        }
+        if let Some(k) = &self.kind
+            && rec.event.kind() != k
+        {
+            return false;
+        }
+        if let Some(id) = &self.message_id
+            && rec.event.message_id() != Some(id)
+        {
+            return false;
+        }
+        if let Some(p) = &self.patient
+            && header.and_then(|h| h.patient.as_ref()) != Some(p)
+        {
+            return false;
+        }
+        if let Some(org) = &self.org {
+            let involved = rec.event.organisation() == Some(org)
+                || header.is_some_and(|h| {
+                    &h.sender.org == org || h.recipients.iter().any(|r| &r.org == org)
+                });
+            if !involved {
+                return false;
+            }
+        }
+        if let Some(p) = &self.practitioner {
+            let addressed =
+                |local: &EndpointLocal| matches!(local, EndpointLocal::Practitioner(x) if x == p);
+            let involved = header.is_some_and(|h| {
+                h.sender.practitioner.as_ref() == Some(p)
+                    || h.recipients.iter().any(|r| addressed(&r.local))
+            }) || matches!(&rec.event, Event::EndpointPublished(e) if addressed(&e.id.local))
+                || matches!(&rec.event, Event::EndpointRetired { id, .. } if addressed(&id.local));
+            if !involved {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// The signed headers of the messages a replay has met, by message id (bounded).
+#[derive(Default)]
+struct Headers {
+    map: HashMap<MessageId, Option<EnvelopeHeader>>,
+}
+
+impl Headers {
+    fn of(&mut self, view: &StateView, rec: &EventRecord) -> Option<EnvelopeHeader> {
+        if let Event::Sent { envelope, .. } | Event::Received { envelope, .. } = &rec.event {
+            return Some(envelope.header.clone());
+        }
+        let id = rec.event.message_id()?;
+        if let Some(h) = self.map.get(id) {
+            return h.clone();
+        }
+        let h = view
+            .message(id)
+            .ok()
+            .flatten()
+            .and_then(|m| crate::messaging::load_envelope(view, m.sent_seq).ok())
+            .map(|e| e.header);
+        if self.map.len() >= REPLAY_HEADERS_CACHED_MAX {
+            self.map.clear();
+        }
+        self.map.insert(id.clone(), h.clone());
+        h
+    }
+}
+
+pub fn event_to_pb(rec: &EventRecord, header: Option<&EnvelopeHeader>) -> pb::AuditEvent {
+    let outcome = match &rec.event {
+        Event::Acked { status, .. } => status.as_str().to_string(),
+        Event::Failed { reason, .. } => reason.as_str().to_string(),
+        Event::LateOutcome { outcome, .. } => outcome.name(),
+        _ => String::new(),
+    };
     pb::AuditEvent {
         seq: rec.seq,
         ts_ms: rec.ts_ms,
@@ -53,6 +181,19 @@ pub fn event_to_pb(rec: &EventRecord) -> pb::AuditEvent {
         prev_hash: rec.prev_hash.to_vec(),
         hash: rec.hash.to_vec(),
         canonical: rec.canonical_bytes(),
+        sender_org: header.map(|h| h.sender.org.to_string()).unwrap_or_default(),
+        sender_practitioner: header
+            .and_then(|h| h.sender.practitioner.as_ref())
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        patient_ihi: header
+            .and_then(|h| h.patient.as_ref())
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        payload_type: header
+            .map(|h| h.payload_type.as_str().to_string())
+            .unwrap_or_default(),
+        outcome,
     }
 }
 
@@ -72,6 +213,7 @@ impl Audit for AuditService {
             )));
         }
         let r = req.into_inner();
+        let filter = Filter::parse(&r)?;
         self.node
             .linearizable_barrier()
             .await
@@ -84,6 +226,7 @@ impl Audit for AuditService {
         };
         let (tx, rx) = mpsc::channel(REPLAY_BUFFER_EVENTS);
         tokio::spawn(async move {
+            let mut headers = Headers::default();
             let mut next = r.from_seq.max(1);
             while next <= to {
                 let page = match view.events(next, REPLAY_PAGE_EVENTS) {
@@ -101,7 +244,15 @@ impl Audit for AuditService {
                         return;
                     }
                     next = rec.seq + 1;
-                    if tx.send(Ok(event_to_pb(&rec))).await.is_err() {
+                    let header = headers.of(&view, &rec);
+                    if !filter.matches(&rec, header.as_ref()) {
+                        continue;
+                    }
+                    if tx
+                        .send(Ok(event_to_pb(&rec, header.as_ref())))
+                        .await
+                        .is_err()
+                    {
                         return; // the client went away
                     }
                 }
