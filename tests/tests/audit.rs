@@ -145,6 +145,20 @@ async fn replay_returns_every_event_in_order_and_filters_exactly() {
         .await,
         BTreeSet::from([acked.seq])
     );
+    // Every read so far is on record, with its query.
+    let reads = replay(
+        &admin,
+        pb::ReplayRequest {
+            kind: "audit_read".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        reads.len(),
+        6,
+        "the first replay, four filtered ones, this one"
+    );
     // The hospital's organisation: its directory entries and the message it receives.
     let hospital_events = filtered(pb::ReplayRequest {
         org: HpiO::from_serial(HOSPITAL).to_string(),

@@ -34,6 +34,7 @@ pub fn kind_for_tag(tag: u16) -> Option<&'static str> {
         15 => "notifications_relayed",
         16 => "late_outcome",
         17 => "outcomes_notified",
+        18 => "audit_read",
         _ => return None,
     })
 }

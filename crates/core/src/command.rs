@@ -112,7 +112,16 @@ pub enum Command {
         org: HpiO,
         through_seq: u64,
     },
+    /// Records a read of the audit trail before it is served.
+    RecordAuditRead {
+        query: String,
+        from_seq: u64,
+        to_seq: u64,
+    },
 }
+
+/// Longest audit query recorded with an `AuditRead`, in bytes.
+pub const AUDIT_QUERY_BYTES_MAX: usize = 1024;
 
 /// What the delivery worker found when it opened a recipient's copy.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -226,6 +235,9 @@ impl Command {
             }
             Command::NotificationsRelayed { provider, .. } => check_provider("provider", provider)?,
             Command::OutcomesNotified { .. } => {}
+            Command::RecordAuditRead { query, .. } => {
+                check_text("query", query, AUDIT_QUERY_BYTES_MAX)?;
+            }
         }
         Ok(())
     }
@@ -305,6 +317,7 @@ impl Command {
                 cursors: vec![(cursor::OUTCOMES, org.to_string())],
                 ..Reads::default()
             },
+            Command::RecordAuditRead { .. } => Reads::default(),
         }
     }
 
@@ -327,6 +340,7 @@ impl Command {
             Command::Notify { .. } => "notify",
             Command::NotificationsRelayed { .. } => "notifications_relayed",
             Command::OutcomesNotified { .. } => "outcomes_notified",
+            Command::RecordAuditRead { .. } => "record_audit_read",
         }
     }
 }
@@ -459,6 +473,15 @@ pub fn decide(
         Command::OutcomesNotified { org, through_seq } => {
             crate::federation::decide_outcomes_notified(org, through_seq, facts)?
         }
+        Command::RecordAuditRead {
+            query,
+            from_seq,
+            to_seq,
+        } => vec![Event::AuditRead {
+            query,
+            from_seq,
+            to_seq,
+        }],
         Command::PublishEndpoint(e) => {
             let Some(org) = facts.organisation(&e.id.org) else {
                 return Err(Rejection::NotFound(format!(

@@ -124,6 +124,13 @@ pub enum Event {
     /// MLLP) the outcomes of its messages through this log's sequence `through_seq`.
     /// Since v3.
     OutcomesNotified { org: HpiO, through_seq: u64 },
+    /// Someone read the audit trail (an access event): the query, as text, over the events
+    /// `from_seq..=to_seq`. Since v3.
+    AuditRead {
+        query: String,
+        from_seq: u64,
+        to_seq: u64,
+    },
 }
 
 impl Event {
@@ -146,7 +153,8 @@ impl Event {
             | Event::Received { .. }
             | Event::NotificationsRelayed { .. }
             | Event::LateOutcome { .. }
-            | Event::OutcomesNotified { .. } => 3,
+            | Event::OutcomesNotified { .. }
+            | Event::AuditRead { .. } => 3,
         }
     }
 
@@ -170,6 +178,7 @@ impl Event {
             Event::NotificationsRelayed { .. } => "notifications_relayed",
             Event::LateOutcome { .. } => "late_outcome",
             Event::OutcomesNotified { .. } => "outcomes_notified",
+            Event::AuditRead { .. } => "audit_read",
         }
     }
 
@@ -192,7 +201,8 @@ impl Event {
             | Event::LateOutcome { recipient, .. } => Some(&recipient.org),
             Event::PeerDirectoryImported { .. }
             | Event::Relayed { .. }
-            | Event::NotificationsRelayed { .. } => None,
+            | Event::NotificationsRelayed { .. }
+            | Event::AuditRead { .. } => None,
         }
     }
 
@@ -331,6 +341,13 @@ impl Event {
             | Event::LateOutcome { .. } => crate::federation::write_event_canonical(self, c),
             Event::OutcomesNotified { org, through_seq } => {
                 c.u16(17).str(org.as_str()).u64(*through_seq);
+            }
+            Event::AuditRead {
+                query,
+                from_seq,
+                to_seq,
+            } => {
+                c.u16(18).str(query).u64(*from_seq).u64(*to_seq);
             }
         }
     }

@@ -235,7 +235,8 @@ pub fn event_reads(event: &Event) -> Reads {
         },
         Event::KeysProvisioned { .. }
         | Event::NotificationsRelayed { .. }
-        | Event::OutcomesNotified { .. } => Reads::default(),
+        | Event::OutcomesNotified { .. }
+        | Event::AuditRead { .. } => Reads::default(),
         // Which recipients are hosted here and which by a peer.
         Event::Sent { envelope, .. } | Event::Received { envelope, .. } => Reads {
             organisations: envelope.header.recipient_orgs(),
@@ -353,6 +354,8 @@ pub fn fold(event: &Event, seq: u64, ts_ms: u64, facts: &Facts) -> Vec<ViewChang
         Event::OutcomesNotified { org, through_seq } => {
             crate::federation::fold_outcomes_notified(org, *through_seq)
         }
+        // The event store itself is the record of an audit read.
+        Event::AuditRead { .. } => Vec::new(),
     }
 }
 

@@ -4,15 +4,18 @@
 //! type, outcome) for audit records; optionally filtered by time, message, organisation,
 //! practitioner, patient and kind. Served to operators and auditors only (a client
 //! certificate that names no organisation): an organisation's client would otherwise see
-//! every organisation's message metadata. Never payloads or keys: the canonical bytes
-//! carry digests of ciphertexts and of wrapped keys only.
+//! every organisation's message metadata. Every replay is first recorded as an
+//! `AuditRead` event (who asked for what), so reading the audit trail is itself audited.
+//! Never payloads or keys: the canonical bytes carry digests of ciphertexts and of wrapped
+//! keys only.
 
 use std::collections::HashMap;
 
-use sealpost_core::EventRecord;
+use sealpost_core::command::{Command, Proposal};
 use sealpost_core::event::Event;
 use sealpost_core::ids::{EndpointLocal, HpiI, HpiO, Ihi};
 use sealpost_core::message::{EnvelopeHeader, MessageId};
+use sealpost_core::{EventRecord, Outcome};
 use sealpost_proto::v1 as pb;
 use sealpost_proto::v1::audit_server::Audit;
 use sealpost_raft::RaftNode;
@@ -155,6 +158,32 @@ impl Headers {
     }
 }
 
+/// A replay request as the text an `AuditRead` event records (bounded).
+fn describe(r: &pb::ReplayRequest) -> String {
+    let mut q = format!("replay from={} to={}", r.from_seq.max(1), r.to_seq);
+    for (name, v) in [
+        ("message", &r.message_id),
+        ("org", &r.org),
+        ("practitioner", &r.practitioner),
+        ("patient", &r.patient),
+        ("kind", &r.kind),
+    ] {
+        if !v.trim().is_empty() {
+            q.push_str(&format!(" {name}={}", v.trim()));
+        }
+    }
+    if r.since_ms > 0 {
+        q.push_str(&format!(" since_ms={}", r.since_ms));
+    }
+    if r.until_ms > 0 {
+        q.push_str(&format!(" until_ms={}", r.until_ms));
+    }
+    q.chars()
+        .filter(|c| !c.is_control())
+        .take(sealpost_core::command::AUDIT_QUERY_BYTES_MAX / 4)
+        .collect()
+}
+
 pub fn event_to_pb(rec: &EventRecord, header: Option<&EnvelopeHeader>) -> pb::AuditEvent {
     let outcome = match &rec.event {
         Event::Acked { status, .. } => status.as_str().to_string(),
@@ -214,6 +243,24 @@ impl Audit for AuditService {
         }
         let r = req.into_inner();
         let filter = Filter::parse(&r)?;
+        // Reading the audit trail is itself audited, before anything is served.
+        let read = Proposal {
+            actor: caller.actor.clone(),
+            command: Command::RecordAuditRead {
+                query: describe(&r),
+                from_seq: r.from_seq.max(1),
+                to_seq: r.to_seq,
+            },
+        };
+        read.validate().map_err(convert::rejection)?;
+        let committed = self
+            .node
+            .propose(read)
+            .await
+            .map_err(convert::propose_error)?;
+        if let Outcome::Rejected(rej) = committed.outcome {
+            return Err(convert::rejection(rej));
+        }
         self.node
             .linearizable_barrier()
             .await
