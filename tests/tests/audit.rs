@@ -209,6 +209,20 @@ async fn replay_returns_every_event_in_order_and_filters_exactly() {
         .len(),
         1
     );
+    // Views equal their rebuild from the event store, here through the Admin service.
+    let rebuilt = admin
+        .admin()
+        .rebuild_views(pb::RebuildViewsRequest {})
+        .await
+        .expect("rebuild views")
+        .into_inner();
+    assert!(rebuilt.all_equal, "{rebuilt:?}");
+    assert!(
+        rebuilt.events > all.len() as u64,
+        "the replays since were recorded too"
+    );
+    assert_views_rebuild(&c);
+
     // Bad input names the filter.
     let err = admin
         .audit()

@@ -270,6 +270,9 @@ async fn a_message_crosses_providers_and_its_acknowledgement_returns() {
         let own_key = key_id(own).expect("own organisation");
         assert!(view.wrapped_keys(own, &own_key).expect("read").is_some());
     }
+    // Every federation view is the fold of each provider's events.
+    assert_views_rebuild(&f.a);
+    assert_views_rebuild(&f.b);
 }
 
 /// Provider B is entirely down while A's senders go on: the messages wait in A's relay
@@ -639,4 +642,6 @@ async fn deadlines_give_exactly_one_final_outcome() {
         ]
     );
     assert!(dead[0].last_error.contains("deliver-by"), "{:?}", dead[0]);
+    assert_views_rebuild(&f.a);
+    assert_views_rebuild(&f.b);
 }

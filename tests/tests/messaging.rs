@@ -134,6 +134,7 @@ async fn send_route_fetch_ack_track() {
     assert_eq!(out.messages.len(), 1);
     assert_eq!(out.messages[0].recipients[0].outcome, "accepted");
     converged(&c).await;
+    assert_views_rebuild(&c);
 }
 
 /// Every file byte and every RocksDB key and value of every node, as one list of

@@ -544,6 +544,10 @@ async fn an_hl7_round_trip_across_providers() {
         timeline(&at_b),
         ["received", "decrypted", "routed", "fetched", "acked"]
     );
+    converged(&a).await;
+    converged(&b).await;
+    assert_views_rebuild(&a);
+    assert_views_rebuild(&b);
     a.stop_all().await;
     b.stop_all().await;
 }

@@ -67,6 +67,13 @@ enum Command {
         #[command(subcommand)]
         cmd: client_cmd::ClusterCmd,
     },
+    /// Operator checks of a node: rebuild-views.
+    Admin {
+        #[command(flatten)]
+        opts: ClientOpts,
+        #[command(subcommand)]
+        cmd: audit_cmd::AdminCmd,
+    },
     /// Evidence for auditors: export the event store and verify exports offline.
     Audit {
         #[command(flatten)]
@@ -190,6 +197,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster { opts, cmd } => client_cmd::cluster(&opts, cmd).await,
         Command::Directory { opts, cmd } => client_cmd::directory(&opts, cmd).await,
         Command::Audit { opts, cmd } => audit_cmd::audit(&opts, cmd).await,
+        Command::Admin { opts, cmd } => audit_cmd::admin(&opts, cmd).await,
         Command::Send { opts, args } => message_cmd::send(&opts, args).await,
         Command::Inbox { opts, args } => message_cmd::inbox(&opts, args).await,
         Command::Fetch { opts, args } => message_cmd::fetch(&opts, args).await,

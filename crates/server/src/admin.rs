@@ -1,6 +1,7 @@
 //! The `Admin` gRPC service: cluster status (this node's, or every member's own answer),
-//! membership changes, snapshots, a full hash-chain check, and the dead letters (failed
-//! recipients, with the reason and the last error known) for operators.
+//! membership changes, snapshots, a full hash-chain check, the dead letters (failed
+//! recipients, with the reason and the last error known) for operators, and a check that
+//! every view equals its rebuild from the event store.
 
 use std::time::Duration;
 
@@ -227,6 +228,34 @@ impl Admin for AdminService {
                 chain_head: head,
                 problem: e.to_string(),
             },
+        }))
+    }
+
+    async fn rebuild_views(
+        &self,
+        _req: Request<pb::RebuildViewsRequest>,
+    ) -> Result<Response<pb::RebuildViewsResponse>, Status> {
+        let view = self.node.view().clone();
+        let report = tokio::task::spawn_blocking(move || view.rebuild_views_check())
+            .await
+            .map_err(|e| Status::internal(format!("the rebuild task failed: {e}")))?
+            .map_err(convert::store_error)?;
+        let all_equal = report.all_equal();
+        Ok(Response::new(pb::RebuildViewsResponse {
+            events: report.events,
+            all_equal,
+            views: report
+                .views
+                .iter()
+                .map(|v| pb::ViewCheck {
+                    name: v.name.into(),
+                    live_keys: v.live_keys,
+                    rebuilt_keys: v.rebuilt_keys,
+                    live_digest: hex::encode(v.live_digest),
+                    rebuilt_digest: hex::encode(v.rebuilt_digest),
+                    equal: v.equal(),
+                })
+                .collect(),
         }))
     }
 

@@ -15,6 +15,7 @@
 
 pub mod error;
 pub mod log_store;
+pub mod rebuild;
 mod rocks;
 pub mod search;
 pub mod snapshot;

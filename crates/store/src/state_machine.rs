@@ -369,67 +369,114 @@ fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<BatchOutcom
     Ok(results)
 }
 
+/// Where view records are read from while deciding and folding: the live database, or
+/// the views being rebuilt in memory.
+pub(crate) trait ViewSource {
+    /// The raw value of `key` in column family `cf`.
+    fn raw(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    fn get<T: serde::de::DeserializeOwned>(&self, cf: &str, key: &[u8]) -> Result<Option<T>> {
+        match self.raw(cf, key)? {
+            None => Ok(None),
+            Some(v) => codec::decode(&v).map(Some).map_err(|e| Error::Codec {
+                what: format!("{cf}/{}", String::from_utf8_lossy(key)),
+                source: e,
+            }),
+        }
+    }
+}
+
+impl ViewSource for SmDb {
+    fn raw(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db
+            .get_cf(rocks::cf(&self.db, cf), key)
+            .map_err(rocks_err(&self.path))
+    }
+}
+
+/// Where view changes are written: a write batch for the live database, or the views
+/// being rebuilt in memory.
+pub(crate) trait ViewSink {
+    fn put(&mut self, cf: &str, key: &[u8], value: &[u8]);
+    fn delete(&mut self, cf: &str, key: &[u8]);
+}
+
+/// The live database's write batch for one apply.
+pub(crate) struct BatchSink<'a> {
+    pub db: &'a DB,
+    pub wb: &'a mut WriteBatch,
+}
+
+impl ViewSink for BatchSink<'_> {
+    fn put(&mut self, cf: &str, key: &[u8], value: &[u8]) {
+        self.wb.put_cf(rocks::cf(self.db, cf), key, value);
+    }
+
+    fn delete(&mut self, cf: &str, key: &[u8]) {
+        self.wb.delete_cf(rocks::cf(self.db, cf), key);
+    }
+}
+
 /// Loads into `facts` whatever `reads` names that it does not hold yet.
-fn load_facts(live: &SmDb, facts: &mut Facts, reads: &Reads) -> Result<()> {
+pub(crate) fn load_facts(src: &impl ViewSource, facts: &mut Facts, reads: &Reads) -> Result<()> {
     for o in &reads.organisations {
         if !facts.knows_organisation(o) {
-            let v: Option<Organisation> = live.get(CF_ORGS, o.as_str().as_bytes())?;
+            let v: Option<Organisation> = src.get(CF_ORGS, o.as_str().as_bytes())?;
             facts.load_organisation(o.clone(), v);
         }
     }
     for e in &reads.endpoints {
         if !facts.knows_endpoint(e) {
-            let v: Option<Endpoint> = live.get(CF_ENDPOINTS, e.to_string().as_bytes())?;
+            let v: Option<Endpoint> = src.get(CF_ENDPOINTS, e.to_string().as_bytes())?;
             facts.load_endpoint(e.clone(), v);
         }
     }
     for m in &reads.messages {
         if !facts.knows_message(m) {
-            let v: Option<MessageStatus> = live.get(CF_MESSAGES, &keys::message(m))?;
+            let v: Option<MessageStatus> = src.get(CF_MESSAGES, &keys::message(m))?;
             facts.load_message(m.clone(), v);
         }
     }
     for (org, cid) in &reads.client_ids {
         if !facts.knows_client_id(org, cid) {
-            let v: Option<MessageId> = live.get(CF_IDEMPOTENCY, &keys::idempotency(org, cid))?;
+            let v: Option<MessageId> = src.get(CF_IDEMPOTENCY, &keys::idempotency(org, cid))?;
             facts.load_client_id(org.clone(), cid.clone(), v);
         }
     }
     for (kind, provider) in &reads.cursors {
         if !facts.knows_cursor(*kind, provider) {
-            let v = live.cursor(*kind, provider)?;
+            let raw = src.raw(ViewCf::Peers.name(), &fed_keys::cursor(*kind, provider))?;
+            let v = raw.as_deref().and_then(federation::decode_cursor);
             facts.load_cursor(*kind, provider.clone(), v);
         }
     }
     Ok(())
 }
 
-pub(crate) fn write_view_changes(db: &DB, wb: &mut WriteBatch, changes: &[ViewChange]) {
+pub(crate) fn write_view_changes(sink: &mut impl ViewSink, changes: &[ViewChange]) {
     for c in changes {
         match c {
-            ViewChange::PutOrganisation(o) => wb.put_cf(
-                rocks::cf(db, CF_ORGS),
-                o.spec.hpio.as_str().as_bytes(),
-                codec::encode(o),
-            ),
-            ViewChange::PutEndpoint(e) => wb.put_cf(
-                rocks::cf(db, CF_ENDPOINTS),
+            ViewChange::PutOrganisation(o) => {
+                sink.put(CF_ORGS, o.spec.hpio.as_str().as_bytes(), &codec::encode(o))
+            }
+            ViewChange::PutEndpoint(e) => sink.put(
+                CF_ENDPOINTS,
                 e.spec.id.to_string().as_bytes(),
-                codec::encode(e),
+                &codec::encode(e),
             ),
-            ViewChange::PutIndex(k) => wb.put_cf(rocks::cf(db, CF_INDEX), k, []),
-            ViewChange::PutMessage(m) => wb.put_cf(
-                rocks::cf(db, CF_MESSAGES),
-                keys::message(&m.message_id),
-                codec::encode(m),
+            ViewChange::PutIndex(k) => sink.put(CF_INDEX, k, &[]),
+            ViewChange::PutMessage(m) => sink.put(
+                CF_MESSAGES,
+                &keys::message(&m.message_id),
+                &codec::encode(m),
             ),
-            ViewChange::PutIdempotency(org, cid, id) => wb.put_cf(
-                rocks::cf(db, CF_IDEMPOTENCY),
-                keys::idempotency(org, cid),
-                codec::encode(id),
+            ViewChange::PutIdempotency(org, cid, id) => sink.put(
+                CF_IDEMPOTENCY,
+                &keys::idempotency(org, cid),
+                &codec::encode(id),
             ),
-            ViewChange::Put(cf, k, v) => wb.put_cf(rocks::cf(db, cf.name()), k, v),
-            ViewChange::Delete(cf, k) => wb.delete_cf(rocks::cf(db, cf.name()), k),
+            ViewChange::Put(cf, k, v) => sink.put(cf.name(), k, v),
+            ViewChange::Delete(cf, k) => sink.delete(cf.name(), k),
         }
     }
 }
@@ -473,7 +520,7 @@ fn apply_batch(
                         rec.seq.to_be_bytes(),
                         codec::encode(&rec),
                     );
-                    write_view_changes(&live.db, wb, &changes);
+                    write_view_changes(&mut BatchSink { db: &live.db, wb }, &changes);
                     facts.absorb(&changes);
                     chain.head = rec.hash;
                     chain.next_seq += 1;
@@ -1132,6 +1179,11 @@ impl StateView {
 }
 
 impl StateView {
+    /// The live database (for modules of this crate that read it directly).
+    pub(crate) fn shared_live(&self) -> Arc<SmDb> {
+        self.shared.live()
+    }
+
     /// A fresh folder for a snapshot being received from the leader.
     pub fn incoming_snapshot_dir(&self) -> Result<PathBuf> {
         snapshot::incoming_dir(self.shared.root())

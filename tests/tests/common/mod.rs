@@ -338,3 +338,27 @@ pub async fn track(c: &Client, id: &str) -> pb::TrackReply {
         .expect("track")
         .into_inner()
 }
+
+/// Every running node's views equal their rebuild from its event store (invariant 5).
+pub fn assert_views_rebuild(c: &LocalCluster) {
+    for id in c.running_ids() {
+        let report = c
+            .node(id)
+            .expect("running")
+            .raft
+            .view()
+            .rebuild_views_check()
+            .expect("rebuild check");
+        assert!(
+            report.all_equal(),
+            "node {id} of {}: views differ from the fold of the event store: {:?}",
+            c.provider,
+            report
+                .views
+                .iter()
+                .filter(|v| !v.equal())
+                .map(|v| (v.name, v.live_keys, v.rebuilt_keys))
+                .collect::<Vec<_>>()
+        );
+    }
+}
