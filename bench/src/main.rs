@@ -8,6 +8,8 @@
 //!   the same run, their ratio, and send → routed latency at half the maximum rate.
 //! - `federation`: two providers; sealed messages per second from A's senders to B's
 //!   recipients, receipt latency and send → routed at B.
+//! - `audit`: replay rate and view rebuild time on a store generated straight into one
+//!   node's state machine.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +30,7 @@ use sealpost_server::local::LocalCluster;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod audit;
 mod federation;
 mod messaging;
 
@@ -63,6 +66,8 @@ enum Scenario {
     Messaging(messaging::MessagingArgs),
     /// Sealed messages per second from one provider to another, and receipt latency.
     Federation(federation::FederationArgs),
+    /// Replay rate and view rebuild time on a store generated straight into one node.
+    Audit(audit::AuditArgs),
 }
 
 /// Highest latency the histogram records, in microseconds.
@@ -253,6 +258,7 @@ fn main() -> anyhow::Result<()> {
             }
             Scenario::Messaging(a) => messaging::run(a).await,
             Scenario::Federation(a) => federation::run(a).await,
+            Scenario::Audit(a) => audit::run(a).await,
         }
     })
 }

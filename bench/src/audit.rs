@@ -1,0 +1,136 @@
+//! The `audit` scenario: a store of N events generated straight into one node's state
+//! machine (not through Raft: organisations registered and their endpoints published, in
+//! entries of `--batch` commands), then the replay rate (events read, decoded and turned
+//! into audit records with their canonical bytes, per second, and the stored megabytes per
+//! second behind them) and the time to rebuild every view from the event store and compare
+//! it with the live one.
+
+use std::time::{Duration, Instant};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{CommittedLeaderId, EntryPayload};
+use sealpost_core::Batch;
+use sealpost_core::codec;
+use sealpost_core::command::{Command, Proposal};
+use sealpost_core::directory::{AuState, EndpointSpec, OrganisationSpec, PayloadType, PublicKeys};
+use sealpost_core::ids::{EndpointId, HpiO};
+use sealpost_store::StateMachine;
+use sealpost_store::types::{Entry, LogId};
+
+/// Events read per page while replaying (as the Audit service does).
+const REPLAY_PAGE_EVENTS: usize = 1024;
+
+#[derive(clap::Args, Debug)]
+pub struct AuditArgs {
+    /// Events to generate (half organisations, half endpoints).
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    /// Commands per log entry while generating.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Skip the view rebuild (it holds every view in memory).
+    #[arg(long)]
+    no_rebuild: bool,
+}
+
+fn org(serial: u64) -> OrganisationSpec {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&serial.to_be_bytes());
+    key[31] = 1;
+    OrganisationSpec {
+        hpio: HpiO::from_serial(serial),
+        name: format!("Bench clinic {serial}"),
+        suburb: "Parkville".into(),
+        state: AuState::Vic,
+        postcode: "3052".into(),
+        keys: PublicKeys {
+            key_id: "k1".into(),
+            encryption: key,
+            signing: key,
+        },
+    }
+}
+
+pub async fn run(a: AuditArgs) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut sm = StateMachine::open(tmp.path(), true, false)?;
+    let orgs = a.events / 2;
+    println!(
+        "scenario: audit, {} events generated into one state machine ({} per entry)",
+        orgs * 2,
+        a.batch
+    );
+    let started = Instant::now();
+    let mut index = 1u64;
+    let mut commands: Vec<Command> = Vec::with_capacity(a.batch);
+    for serial in 1..=orgs {
+        commands.push(Command::RegisterOrganisation(org(serial)));
+        commands.push(Command::PublishEndpoint(EndpointSpec {
+            id: EndpointId::service(HpiO::from_serial(serial), "reception")?,
+            display_name: format!("Reception {serial}"),
+            specialty: "General practice".into(),
+            payload_types: vec![PayloadType::Hl7Result, PayloadType::Text],
+        }));
+        if commands.len() >= a.batch || serial == orgs {
+            let entry = Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+                payload: EntryPayload::Normal(Batch {
+                    ts_ms: 1_800_000_000_000 + index,
+                    proposals: commands
+                        .drain(..)
+                        .map(|command| Proposal {
+                            actor: "bench".into(),
+                            command,
+                        })
+                        .collect(),
+                }),
+            };
+            sm.apply(vec![entry])
+                .await
+                .map_err(|e| anyhow::anyhow!("apply: {e}"))?;
+            index += 1;
+        }
+    }
+    let generated = started.elapsed();
+    let view = sm.view();
+    let total = view.status()?.event_count;
+    println!(
+        "generated {total} events in {:.1} s ({:.0} events/s through decide, fold and one write batch per entry)",
+        generated.as_secs_f64(),
+        total as f64 / generated.as_secs_f64()
+    );
+
+    let started = Instant::now();
+    let (mut n, mut bytes, mut canonical) = (0u64, 0u64, 0u64);
+    let mut next = 1u64;
+    loop {
+        let page = view.events(next, REPLAY_PAGE_EVENTS)?;
+        let Some(last) = page.last() else { break };
+        next = last.seq + 1;
+        for rec in &page {
+            bytes += codec::encoded_len(rec) as u64;
+            canonical += rec.canonical_bytes().len() as u64;
+            n += 1;
+        }
+    }
+    let replay = started.elapsed().max(Duration::from_micros(1));
+    println!(
+        "replay: {n} events in {:.2} s: {:.0} audit records/s, {:.1} MB/s stored bytes read and decoded, {:.1} MB/s canonical bytes produced",
+        replay.as_secs_f64(),
+        n as f64 / replay.as_secs_f64(),
+        bytes as f64 / 1e6 / replay.as_secs_f64(),
+        canonical as f64 / 1e6 / replay.as_secs_f64()
+    );
+    if !a.no_rebuild {
+        let started = Instant::now();
+        let report = view.rebuild_views_check()?;
+        println!(
+            "rebuild views: {} events folded and {} views compared in {:.1} s; all equal: {}",
+            report.events,
+            report.views.len(),
+            started.elapsed().as_secs_f64(),
+            report.all_equal()
+        );
+    }
+    Ok(())
+}
