@@ -239,7 +239,10 @@ impl Admin for AdminService {
         let report = tokio::task::spawn_blocking(move || view.rebuild_views_check())
             .await
             .map_err(|e| Status::internal(format!("the rebuild task failed: {e}")))?
-            .map_err(convert::store_error)?;
+            .map_err(|e| match e {
+                sealpost_store::Error::Invalid(m) => Status::failed_precondition(m),
+                other => convert::store_error(other),
+            })?;
         let all_equal = report.all_equal();
         Ok(Response::new(pb::RebuildViewsResponse {
             events: report.events,

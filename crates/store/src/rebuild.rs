@@ -18,6 +18,11 @@ use crate::state_machine::{
     CF_EVENTS, CF_META, SM_CFS, StateView, ViewSink, ViewSource, load_facts, write_view_changes,
 };
 
+/// Most events an in-memory rebuild folds: beyond this the rebuilt views would not fit a
+/// node's memory comfortably (about 1.5 GB per million events), so the check refuses
+/// rather than endanger the node.
+pub const REBUILD_IN_MEMORY_EVENTS_MAX: u64 = 2_000_000;
+
 /// One view, live and rebuilt.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ViewDigest {
@@ -109,6 +114,13 @@ impl StateView {
     /// one, both as of one snapshot of the database.
     pub fn rebuild_views_check(&self) -> Result<RebuildReport> {
         let live = self.shared_live();
+        let count = live.chain()?.next_seq.saturating_sub(1);
+        if count > REBUILD_IN_MEMORY_EVENTS_MAX {
+            return Err(Error::Invalid(format!(
+                "the event store holds {count} events; an in-memory view rebuild folds at \
+                 most {REBUILD_IN_MEMORY_EVENTS_MAX}"
+            )));
+        }
         let snap = live.db.snapshot();
         let mut mem = MemViews::default();
         let mut events = 0u64;
