@@ -39,12 +39,10 @@ fn referred_to() -> String {
         .expect("a referred-to practitioner")
 }
 
-/// A 3-node provider whose node 1 serves MLLP on loopback for the sender organisation, and
-/// whose hospital publishes the sample's referred-to practitioner.
-async fn provider() -> (TempDir, LocalCluster, String) {
-    let (dir, mut c) = messaging_cluster(3, messaging_opts()).await;
-    let admin = client(&c, 1).await;
-    admin
+/// Publishes the sample referral's referred-to practitioner at the hospital.
+async fn publish_referred_to(c: &LocalCluster) {
+    client(c, 1)
+        .await
         .directory()
         .publish_endpoint(pb::PublishEndpointRequest {
             id: format!("{}/{}", HpiO::from_serial(HOSPITAL), referred_to()),
@@ -54,6 +52,13 @@ async fn provider() -> (TempDir, LocalCluster, String) {
         })
         .await
         .expect("practitioner published");
+}
+
+/// A 3-node provider whose node 1 serves MLLP on loopback for the sender organisation, and
+/// whose hospital publishes the sample's referred-to practitioner.
+async fn provider() -> (TempDir, LocalCluster, String) {
+    let (dir, mut c) = messaging_cluster(3, messaging_opts()).await;
+    publish_referred_to(&c).await;
     c.set_mllp(
         1,
         vec![MllpListenerConfig::loopback(
@@ -662,17 +667,7 @@ async fn tls_connect(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mllp_over_tls_takes_the_organisation_from_the_certificate() {
     let (_dir, mut c) = messaging_cluster(3, messaging_opts()).await;
-    let admin = client(&c, 1).await;
-    admin
-        .directory()
-        .publish_endpoint(pb::PublishEndpointRequest {
-            id: format!("{}/{}", HpiO::from_serial(HOSPITAL), referred_to()),
-            display_name: "Dr Referred".into(),
-            specialty: "Cardiology".into(),
-            payload_types: vec!["REF^I12".into()],
-        })
-        .await
-        .expect("practitioner published");
+    publish_referred_to(&c).await;
     c.set_mllp(1, vec![MllpListenerConfig::tls("127.0.0.1:0")])
         .await
         .expect("TLS listener");

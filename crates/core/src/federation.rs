@@ -349,10 +349,7 @@ pub(crate) fn decide_relayed(
     let msg = facts
         .message(&receipt.message_id)
         .ok_or_else(|| Rejection::NotFound(format!("message {} is unknown", receipt.message_id)))?;
-    let waiting = msg.recipients.iter().any(|r| {
-        r.provider.as_deref() == Some(receipt.provider.as_str()) && r.state == RecipientState::Sent
-    });
-    if !waiting {
+    if !msg.awaits_relay(&receipt.provider) {
         return Err(Rejection::FailedPrecondition(format!(
             "message {} has no recipient at {} waiting to be relayed",
             receipt.message_id, receipt.provider
@@ -659,22 +656,14 @@ pub(crate) fn write_event_canonical(event: &Event, c: &mut Canon) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::{Command, DeliveryVerdict, decide};
+    use crate::command::{Command, DeliveryVerdict};
     use crate::directory::{Endpoint, Organisation, PayloadType};
-    use crate::event::EVENT_VERSION_CURRENT;
     use crate::message::{ENVELOPE_VERSION, EnvelopeHeader, Priority, SealedCopy, Sender};
+    use crate::sim::Sim;
 
     const DELIVER_BY: u64 = 10_000;
     const A: &str = "prov-a";
     const B: &str = "prov-b";
-
-    /// One provider's state machine, deciding and folding like the store does.
-    struct Provider {
-        facts: Facts,
-        seq: u64,
-        events: Vec<Event>,
-        changes: Vec<ViewChange>,
-    }
 
     fn org(serial: u64, provider: Option<&str>) -> Organisation {
         Organisation {
@@ -691,7 +680,7 @@ mod tests {
 
     /// Organisation 1 is hosted by A, organisation 2 (with endpoint 2/desk) by B; each
     /// provider knows the other's organisation from its directory.
-    fn provider(me: &str) -> Provider {
+    fn provider(me: &str) -> Sim {
         let mut facts = Facts::default();
         fn host<'a>(me: &str, p: &'a str) -> Option<&'a str> {
             (p != me).then_some(p)
@@ -711,54 +700,7 @@ mod tests {
                 retired_seq: None,
             }),
         );
-        Provider {
-            facts,
-            seq: 10,
-            events: Vec::new(),
-            changes: Vec::new(),
-        }
-    }
-
-    impl Provider {
-        fn run(&mut self, cmd: Command, ts_ms: u64) -> Result<Vec<Event>, Rejection> {
-            cmd.validate()?;
-            let events = decide(cmd, &self.facts, EVENT_VERSION_CURRENT, ts_ms)?;
-            for e in &events {
-                self.seq += 1;
-                let changes = crate::view::fold(e, self.seq, ts_ms, &self.facts);
-                self.facts.absorb(&changes);
-                self.changes.extend(changes);
-                self.events.push(e.clone());
-            }
-            Ok(events)
-        }
-
-        fn state(&self, id: &MessageId, r: &EndpointId) -> RecipientState {
-            *crate::messaging::recipient_state(&self.facts, id, r).expect("state")
-        }
-
-        fn finals(&self, r: &EndpointId) -> usize {
-            self.events
-                .iter()
-                .filter(|e| {
-                    matches!(e, Event::Acked { .. } | Event::Failed { .. })
-                        && e.recipient() == Some(r)
-                })
-                .count()
-        }
-
-        fn put(&self, cf: ViewCf, key: &[u8]) -> Option<&Vec<u8>> {
-            self.changes.iter().rev().find_map(|c| match c {
-                ViewChange::Put(c2, k, v) if *c2 == cf && k == key => Some(v),
-                _ => None,
-            })
-        }
-
-        fn deleted(&self, cf: ViewCf, key: &[u8]) -> bool {
-            self.changes
-                .iter()
-                .any(|c| matches!(c, ViewChange::Delete(c2, k) if *c2 == cf && k == key))
-        }
+        Sim::new(facts, 10)
     }
 
     fn envelope() -> Envelope {
@@ -825,7 +767,7 @@ mod tests {
         a.run(
             Command::Send {
                 envelope: Box::new(env.clone()),
-                client_message_id: "c1".into(),
+                client_message_id: "mllp:PMS|Clinic|C1".into(),
             },
             100,
         )
@@ -926,8 +868,8 @@ mod tests {
         assert_eq!(a.finals(&ep(2)), 1);
         assert_eq!(b.finals(&ep(2)), 1);
 
-        // The sender's own system can be told: the outcome is listed for organisation 1,
-        // and telling it advances a cursor exactly once.
+        // Submitted over MLLP, so the sender's own system can be told: the outcome is listed
+        // for organisation 1, and telling it advances a cursor exactly once.
         let final_seq = a.seq;
         let sender = HpiO::from_serial(1);
         assert!(
@@ -1004,6 +946,12 @@ mod tests {
             a.changes
                 .iter()
                 .any(|c| matches!(c, ViewChange::Put(ViewCf::DeadLetters, ..)))
+        );
+        // Not submitted over MLLP: no sending system to tell, so no outcome is listed.
+        assert!(
+            !a.changes
+                .iter()
+                .any(|c| matches!(c, ViewChange::Put(ViewCf::Outcomes, ..)))
         );
     }
 

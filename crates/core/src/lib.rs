@@ -17,11 +17,13 @@
 //!   directory changes, and the decisions and folds of the federation events.
 //! - [`audit`]: exported event lines (readable fields beside the hashed canonical bytes)
 //!   and their offline verification.
+//! - [`calendar`]: UTC dates and times from epoch milliseconds.
 //! - [`batch`]: the Raft entry payload and per-proposal outcomes.
 //! - [`codec`]: the versioned storage codec.
 
 pub mod audit;
 pub mod batch;
+pub mod calendar;
 pub mod canonical;
 pub mod codec;
 pub mod command;
@@ -32,6 +34,9 @@ pub mod ids;
 pub mod message;
 pub mod messaging;
 pub mod view;
+
+#[cfg(test)]
+mod sim;
 
 pub use batch::{Batch, BatchOutcome, Outcome};
 pub use command::{Command, Proposal, Rejection, decide};

@@ -39,6 +39,9 @@ pub const ENCAPSULATED_KEY_BYTES: usize = 32;
 pub const AEAD_TAG_BYTES: u64 = 16;
 /// Label mixed into HPKE's info so keys of other protocols can never open an envelope.
 pub const HPKE_INFO_LABEL: &[u8] = b"sealpost envelope v1";
+/// The client message id prefix of messages submitted over MLLP (followed by MSH-3|MSH-4|
+/// MSH-10): their senders' systems can be told the outcomes.
+pub const MLLP_CLIENT_ID_PREFIX: &str = "mllp:";
 /// Label at the start of the signed header bytes.
 pub const HEADER_LABEL: &[u8] = b"SPENV";
 

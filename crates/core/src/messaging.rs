@@ -600,7 +600,9 @@ fn enqueue(status: &MessageStatus, deliver_by_ms: u64, out: &mut Vec<ViewChange>
 }
 
 /// A message relayed here from a peer owes that peer each recipient's final outcome; one
-/// sent here lists it among its sender's outcomes (which its clinical system may be told).
+/// submitted here over MLLP lists it among its sender's outcomes, which the sending
+/// clinical system may be told (messages sent any other way have no one to tell, so they
+/// cost no write here).
 fn owe_notification(
     msg: &MessageStatus,
     recipient: &EndpointId,
@@ -608,7 +610,11 @@ fn owe_notification(
     seq: u64,
     out: &mut Vec<ViewChange>,
 ) {
-    if msg.origin.is_none() {
+    if msg.origin.is_none()
+        && msg
+            .client_message_id
+            .starts_with(crate::message::MLLP_CLIENT_ID_PREFIX)
+    {
         out.push(ViewChange::Put(
             ViewCf::Outcomes,
             fed_keys::outcome(&msg.sender.org, seq),
@@ -682,12 +688,12 @@ fn dequeue_if_delivered(msg: &MessageStatus, out: &mut Vec<ViewChange>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::{Command, decide};
+    use crate::command::Command;
     use crate::directory::{Endpoint, EndpointSpec, Organisation, OrganisationSpec, PayloadType};
-    use crate::event::EVENT_VERSION_CURRENT;
     use crate::message::{
         AckStatus, ENVELOPE_VERSION, EnvelopeHeader, Priority, SealedCopy, Sender, payload_digest,
     };
+    use crate::sim::Sim;
 
     const DELIVER_BY: u64 = 10_000;
 
@@ -768,47 +774,8 @@ mod tests {
         }
     }
 
-    /// Decides and folds like the state machine does, keeping the facts up to date.
-    struct Sim {
-        facts: Facts,
-        seq: u64,
-        events: Vec<Event>,
-    }
-
-    impl Sim {
-        fn run(&mut self, cmd: Command, ts_ms: u64) -> Result<Vec<Event>, Rejection> {
-            cmd.validate()?;
-            let events = decide(cmd, &self.facts, EVENT_VERSION_CURRENT, ts_ms)?;
-            for e in &events {
-                self.seq += 1;
-                let changes = crate::view::fold(e, self.seq, ts_ms, &self.facts);
-                self.facts.absorb(&changes);
-                self.events.push(e.clone());
-            }
-            Ok(events)
-        }
-
-        fn state(&self, id: &MessageId, r: &EndpointId) -> RecipientState {
-            *recipient_state(&self.facts, id, r).expect("state")
-        }
-
-        fn finals(&self, r: &EndpointId) -> usize {
-            self.events
-                .iter()
-                .filter(|e| {
-                    matches!(e, Event::Acked { .. } | Event::Failed { .. })
-                        && e.recipient() == Some(r)
-                })
-                .count()
-        }
-    }
-
     fn sim() -> Sim {
-        Sim {
-            facts: world(),
-            seq: 10,
-            events: Vec::new(),
-        }
+        Sim::new(world(), 10)
     }
 
     fn send(s: &mut Sim, tail: u32, to: Vec<EndpointId>) -> MessageId {

@@ -79,49 +79,16 @@ impl Kek {
     /// Writes the KEK as `sealpost-kek-v1\n<64 hex characters>\n`, readable by the owner
     /// only (mode 0600).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut text = Zeroizing::new(String::with_capacity(KEK_FILE_HEADER.len() + 66));
-        text.push_str(KEK_FILE_HEADER);
-        text.push('\n');
-        text.push_str(&Zeroizing::new(hex::encode(self.key.as_ref())));
-        text.push('\n');
-        crate::tls::write_file(path, &text, true)
+        crate::secret_file::save(path, KEK_FILE_HEADER, &self.key)
     }
 
     /// Reads a KEK written by [`Kek::save`].
     pub fn load(path: &Path) -> Result<Kek> {
-        let bad = |problem: &str| Error::BadFile {
-            path: path.to_path_buf(),
-            problem: problem.to_string(),
-        };
-        let raw = Zeroizing::new(std::fs::read(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?);
-        let text =
-            std::str::from_utf8(&raw).map_err(|_| bad("a KEK file is text, this is not UTF-8"))?;
-        let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
-        if lines.next() != Some(KEK_FILE_HEADER) {
-            return Err(bad(&format!(
-                "the first line is not {KEK_FILE_HEADER:?}: not a sealpost KEK file"
-            )));
-        }
-        let key_line = lines.next().unwrap_or("").trim();
-        if key_line.len() != 64 {
-            return Err(bad(&format!(
-                "the key line holds {} characters, expected 64 hex characters (32 bytes)",
-                key_line.len()
-            )));
-        }
-        let mut key = Zeroizing::new([0u8; 32]);
-        hex::decode_to_slice(key_line, key.as_mut())
-            .map_err(|_| bad("the key line is not hexadecimal"))?;
-        if lines.any(|l| !l.trim().is_empty()) {
-            return Err(bad("unexpected text after the key line"));
-        }
-        if *key == [0u8; 32] {
-            return Err(bad("the key is all zeroes"));
-        }
-        Ok(Self::from_key(key))
+        Ok(Self::from_key(crate::secret_file::load(
+            path,
+            KEK_FILE_HEADER,
+            "KEK",
+        )?))
     }
 
     fn aead_key(&self) -> LessSafeKey {

@@ -22,6 +22,7 @@ pub mod envelope;
 pub mod kek;
 pub mod keys;
 pub mod provider_key;
+mod secret_file;
 pub mod tls;
 
 pub use envelope::OpenError;

@@ -64,41 +64,14 @@ impl ProviderKey {
 
     /// Writes `sealpost-provider-key-v1\n<64 hex characters of the seed>\n`, mode 0600.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut text = Zeroizing::new(String::with_capacity(96));
-        text.push_str(PROVIDER_KEY_FILE_HEADER);
-        text.push('\n');
-        text.push_str(&Zeroizing::new(hex::encode(self.key.to_bytes())));
-        text.push('\n');
-        crate::tls::write_file(path, &text, true)
+        crate::secret_file::save(path, PROVIDER_KEY_FILE_HEADER, &self.key.to_bytes())
     }
 
     /// Reads a key written by [`ProviderKey::save`].
     pub fn load(path: &Path) -> Result<Self> {
-        let bad = |problem: &str| Error::BadFile {
-            path: path.to_path_buf(),
-            problem: problem.to_string(),
-        };
-        let raw = Zeroizing::new(std::fs::read(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?);
-        let text = std::str::from_utf8(&raw).map_err(|_| bad("a provider key file is text"))?;
-        let mut lines = text.lines();
-        if lines.next() != Some(PROVIDER_KEY_FILE_HEADER) {
-            return Err(bad(&format!(
-                "the first line must be {PROVIDER_KEY_FILE_HEADER}"
-            )));
-        }
-        let seed = Zeroizing::new(
-            hex::decode(lines.next().unwrap_or("").trim())
-                .map_err(|_| bad("the second line must be 64 hex characters"))?,
-        );
-        let seed: &[u8; 32] = seed
-            .as_slice()
-            .try_into()
-            .map_err(|_| bad("the second line must be 64 hex characters"))?;
+        let seed = crate::secret_file::load(path, PROVIDER_KEY_FILE_HEADER, "provider key")?;
         Ok(Self {
-            key: SigningKey::from_bytes(seed),
+            key: SigningKey::from_bytes(&seed),
         })
     }
 

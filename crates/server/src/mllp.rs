@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use sealpost_core::ids::{EndpointId, HpiI, HpiO};
+use sealpost_core::message::MLLP_CLIENT_ID_PREFIX;
 use sealpost_hl7::ack::{self, AckError, Outcome};
 use sealpost_hl7::er7::{self, Message, Msh};
 use sealpost_hl7::mllp::MllpCodec;
@@ -415,12 +416,12 @@ async fn submit(
     let to = recipient(msg, msh).map_err(|text| reject(103, text))?;
     let patient = msg.pid().and_then(|p| p.ihi()).unwrap_or_default();
     let mut cid = format!(
-        "mllp:{}|{}|{}",
+        "{MLLP_CLIENT_ID_PREFIX}{}|{}|{}",
         msh.sending_application, msh.sending_facility, msh.control_id
     );
     if cid.len() > MLLP_CLIENT_ID_BYTES_MAX || cid.chars().any(char::is_control) {
         cid = format!(
-            "mllp:{}",
+            "{MLLP_CLIENT_ID_PREFIX}{}",
             hex::encode(sealpost_core::message::payload_digest(cid.as_bytes()))
         );
     }
@@ -528,33 +529,11 @@ fn partial_msh(msg: &Message) -> Msh {
 
 /// Now as an HL7 timestamp (UTC), YYYYMMDDHHMMSS.
 pub(crate) fn hl7_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days as i64);
+    let p = sealpost_core::calendar::utc_parts(crate::messaging::now_ms());
     format!(
-        "{y:04}{m:02}{d:02}{:02}{:02}{:02}",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
+        "{:04}{:02}{:02}{:02}{:02}{:02}",
+        p.year, p.month, p.day, p.hour, p.minute, p.second
     )
-}
-
-/// Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 #[cfg(test)]
@@ -562,11 +541,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hl7_dates_are_civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_418), (2025, 11, 26));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(hl7_now().len(), 14);
+    fn hl7_timestamps_are_fourteen_digits() {
+        let now = hl7_now();
+        assert_eq!(now.len(), 14);
+        assert!(
+            now.starts_with("20") && now.bytes().all(|b| b.is_ascii_digit()),
+            "{now}"
+        );
     }
 
     #[test]

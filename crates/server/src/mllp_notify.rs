@@ -126,7 +126,9 @@ struct Notifier {
 /// front door gave it (`mllp:<app>|<facility>|<control id>`); `None` for messages sent
 /// any other way (or whose id was too long and was hashed).
 fn submitted_over_mllp(msg: &MessageStatus) -> Option<(String, String, String)> {
-    let rest = msg.client_message_id.strip_prefix("mllp:")?;
+    let rest = msg
+        .client_message_id
+        .strip_prefix(sealpost_core::message::MLLP_CLIENT_ID_PREFIX)?;
     let mut parts = rest.splitn(3, '|');
     let (app, facility, control) = (parts.next()?, parts.next()?, parts.next()?);
     (!control.is_empty()).then(|| (app.to_string(), facility.to_string(), control.to_string()))
@@ -199,9 +201,18 @@ impl Notifier {
         let mut told_through = None;
         let mut reachable = true;
         for (seq, id, recipient) in items {
-            let Ok(Some(msg)) = view.message(&id) else {
-                told_through = Some(seq);
-                continue;
+            let msg = match view.message(&id) {
+                Ok(Some(m)) => m,
+                // A message whose status is gone has nothing to tell.
+                Ok(None) => {
+                    told_through = Some(seq);
+                    continue;
+                }
+                // A read error must not skip the outcome: stop here, and try again.
+                Err(e) => {
+                    tracing::error!(error = %e, message_id = %id, "cannot read a message to notify");
+                    break;
+                }
             };
             let (Some((app, facility, control)), Some((code, err))) = (
                 submitted_over_mllp(&msg),
