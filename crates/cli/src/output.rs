@@ -136,11 +136,7 @@ pub fn endpoints(out: &Out, eps: &[pb::Endpoint]) {
 
 /// Milliseconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC), for people.
 pub fn utc_ms(ms: u64) -> String {
-    let p = sealpost_core::calendar::utc_parts(ms);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        p.year, p.month, p.day, p.hour, p.minute, p.second, p.millis
-    )
+    sealpost_core::calendar::utc_iso(ms)
 }
 
 #[cfg(test)]

@@ -7,12 +7,20 @@
 //! and parses the frozen canonical layout back to compare every readable field with what
 //! was hashed. A changed byte, a dropped, reordered or inserted line, or a readable field
 //! that disagrees with its bytes is reported with the line it was found on.
+//!
+//! A [`Checkpoint`] is the provider's signed statement of the log at one size: sequence,
+//! chain head and the RFC 9162 Merkle root over events `1..=size` (see [`crate::merkle`]).
+//! Auditors keep checkpoints; inclusion and consistency proofs ([`InclusionProofFile`],
+//! [`ConsistencyProofFile`]) are checked against them. Signing and signature checks are the
+//! crypto crate's; this module builds and compares the signed bytes.
 
 use serde::{Deserialize, Serialize};
 
+use crate::canonical::Canon;
 use crate::event::{
     CANONICAL_RECORD_VERSION, EventRecord, GENESIS_HASH, HASH_BYTES, Hash, hash_canonical,
 };
+use crate::merkle::{self, Frontier, ProofError};
 
 /// The event kind each frozen canonical tag stands for.
 pub fn kind_for_tag(tag: u16) -> Option<&'static str> {
@@ -85,6 +93,8 @@ pub enum AuditError {
     Empty,
     #[error("the lines hold {found}, but the manifest says {expected}")]
     Manifest { expected: String, found: String },
+    #[error("the lines hold {found}, but the checkpoint says {expected}")]
+    Checkpoint { expected: String, found: String },
 }
 
 /// What a verified export covers.
@@ -99,6 +109,8 @@ pub struct ExportSummary {
     /// otherwise it links from `prev_hash` of its first line, which the auditor compares
     /// with a checkpoint.
     pub from_genesis: bool,
+    /// The Merkle root over events `1..=last_seq`, when the export starts at event 1.
+    pub root: Option<Hash>,
 }
 
 /// The fields of a canonical record that its readable line repeats.
@@ -301,6 +313,7 @@ pub fn verify_export(
     lines: impl IntoIterator<Item = (usize, Result<ExportLine, String>)>,
 ) -> Result<ExportSummary, AuditError> {
     let mut summary: Option<ExportSummary> = None;
+    let mut tree = Frontier::default();
     for (n, line) in lines {
         let bad = |problem: String| AuditError::Line { line: n, problem };
         let line = line.map_err(bad)?;
@@ -342,6 +355,7 @@ pub fn verify_export(
                     count: 1,
                     head: hash,
                     from_genesis: f.seq == 1,
+                    root: None,
                 });
             }
             Some(s) => {
@@ -363,8 +377,215 @@ pub fn verify_export(
                 s.head = hash;
             }
         }
+        tree.push(&hash, |_, _, _| {});
     }
-    summary.ok_or(AuditError::Empty)
+    let mut summary = summary.ok_or(AuditError::Empty)?;
+    if summary.from_genesis {
+        summary.root = Some(tree.root());
+    }
+    Ok(summary)
+}
+
+/// Holds verified lines to a checkpoint of the same size: same last event, same chain head
+/// and, for an export that starts at event 1, the same Merkle root. (The checkpoint's
+/// signature is checked by the caller, with the crypto crate.)
+pub fn check_export_against(summary: &ExportSummary, cp: &Checkpoint) -> Result<(), AuditError> {
+    let mismatch = |expected: String, found: String| AuditError::Checkpoint { expected, found };
+    if cp.size != summary.last_seq {
+        return Err(mismatch(
+            format!("{} events", cp.size),
+            format!("events up to {}", summary.last_seq),
+        ));
+    }
+    if cp.chain_head != summary.head {
+        return Err(mismatch(
+            format!("chain head {}", hex::encode(cp.chain_head)),
+            format!("chain head {}", hex::encode(summary.head)),
+        ));
+    }
+    if let Some(root) = summary.root
+        && root != cp.root
+    {
+        return Err(mismatch(
+            format!("Merkle root {}", hex::encode(cp.root)),
+            format!("Merkle root {}", hex::encode(root)),
+        ));
+    }
+    Ok(())
+}
+
+/// Format version of a signed checkpoint.
+pub const CHECKPOINT_VERSION: u8 = 1;
+
+/// The provider's signed statement of its event log at one size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub provider: String,
+    /// Events `1..=size` are covered.
+    pub size: u64,
+    /// The hash of event `size` (the genesis hash for size 0).
+    pub chain_head: Hash,
+    /// The RFC 9162 Merkle root over events `1..=size`.
+    pub root: Hash,
+    /// When the checkpoint was made (ms since the Unix epoch).
+    pub ts_ms: u64,
+    /// The provider's Ed25519 key that signs it (its receipt key).
+    pub public_key: [u8; 32],
+    pub signature: Vec<u8>,
+}
+
+impl Checkpoint {
+    /// The bytes the signature covers: a frozen layout, as the chain's.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let mut c = Canon::new();
+        c.fixed(b"SPCK")
+            .u8(CHECKPOINT_VERSION)
+            .str(&self.provider)
+            .u64(self.size)
+            .fixed(&self.chain_head)
+            .fixed(&self.root)
+            .u64(self.ts_ms)
+            .fixed(&self.public_key);
+        c.finish()
+    }
+
+    pub fn to_file(&self) -> CheckpointFile {
+        CheckpointFile {
+            version: CHECKPOINT_VERSION,
+            provider: self.provider.clone(),
+            size: self.size,
+            chain_head: hex::encode(self.chain_head),
+            root: hex::encode(self.root),
+            ts_ms: self.ts_ms,
+            time: crate::calendar::utc_iso(self.ts_ms),
+            public_key: hex::encode(self.public_key),
+            signature: hex::encode(&self.signature),
+        }
+    }
+}
+
+/// A checkpoint as auditors keep it (JSON).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointFile {
+    pub version: u8,
+    pub provider: String,
+    pub size: u64,
+    pub chain_head: String,
+    pub root: String,
+    pub ts_ms: u64,
+    /// Readable form of `ts_ms` (not signed; ignored when read back).
+    #[serde(default)]
+    pub time: String,
+    pub public_key: String,
+    pub signature: String,
+}
+
+fn hex_field<const N: usize>(field: &str, s: &str) -> Result<[u8; N], String> {
+    let v = hex::decode(s).map_err(|_| format!("{field} is not hex"))?;
+    v.try_into()
+        .map_err(|_| format!("{field} is not {N} bytes"))
+}
+
+impl CheckpointFile {
+    pub fn parse(&self) -> Result<Checkpoint, String> {
+        if self.version != CHECKPOINT_VERSION {
+            return Err(format!(
+                "checkpoint version {} is not supported (expected {CHECKPOINT_VERSION})",
+                self.version
+            ));
+        }
+        Ok(Checkpoint {
+            provider: self.provider.clone(),
+            size: self.size,
+            chain_head: hex_field("chain_head", &self.chain_head)?,
+            root: hex_field("root", &self.root)?,
+            ts_ms: self.ts_ms,
+            public_key: hex_field("public_key", &self.public_key)?,
+            signature: hex::decode(&self.signature).map_err(|_| "signature is not hex")?,
+        })
+    }
+}
+
+fn hashes_from_hex(field: &str, v: &[String]) -> Result<Vec<Hash>, String> {
+    if v.len() > merkle::PROOF_HASHES_MAX {
+        return Err(format!(
+            "{field} has {} hashes, more than {}",
+            v.len(),
+            merkle::PROOF_HASHES_MAX
+        ));
+    }
+    v.iter().map(|h| hex_field(field, h)).collect()
+}
+
+/// An inclusion proof of one event in a checkpoint's tree, as `audit prove` writes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InclusionProofFile {
+    pub seq: u64,
+    /// The tree size (the checkpoint's size).
+    pub size: u64,
+    /// Hex of the event's canonical bytes: what was hashed.
+    pub canonical: String,
+    /// Hex hashes from the leaf's sibling up to the root.
+    pub path: Vec<String>,
+}
+
+impl InclusionProofFile {
+    /// Checks the event's bytes, and that they are event `seq` of the checkpoint's tree.
+    /// Returns the event's record hash.
+    pub fn verify(&self, cp: &Checkpoint) -> Result<Hash, String> {
+        if self.size != cp.size {
+            return Err(format!(
+                "the proof is for a tree of {} events, the checkpoint covers {}",
+                self.size, cp.size
+            ));
+        }
+        if self.seq == 0 {
+            return Err("event sequence numbers start at 1".into());
+        }
+        let canonical = hex::decode(&self.canonical).map_err(|_| "canonical is not hex")?;
+        let fields = parse_canonical(&canonical)?;
+        if fields.seq != self.seq {
+            return Err(format!(
+                "the canonical bytes are event {}, not event {}",
+                fields.seq, self.seq
+            ));
+        }
+        let record = hash_canonical(&canonical);
+        let path = hashes_from_hex("path", &self.path)?;
+        merkle::verify_inclusion(
+            &merkle::leaf_hash(&record),
+            self.seq - 1,
+            cp.size,
+            &path,
+            &cp.root,
+        )
+        .map_err(|e: ProofError| e.to_string())?;
+        Ok(record)
+    }
+}
+
+/// A consistency proof between two checkpoints' trees, as `audit prove --to` writes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsistencyProofFile {
+    pub first: u64,
+    pub second: u64,
+    /// Hex hashes of RFC 9162's `PROOF(first, D[second])`.
+    pub path: Vec<String>,
+}
+
+impl ConsistencyProofFile {
+    /// Checks that the older checkpoint's tree is a prefix of the newer one's.
+    pub fn verify(&self, older: &Checkpoint, newer: &Checkpoint) -> Result<(), String> {
+        if (self.first, self.second) != (older.size, newer.size) {
+            return Err(format!(
+                "the proof is from {} to {} events, the checkpoints cover {} and {}",
+                self.first, self.second, older.size, newer.size
+            ));
+        }
+        let path = hashes_from_hex("path", &self.path)?;
+        merkle::verify_consistency(older.size, newer.size, &older.root, &newer.root, &path)
+            .map_err(|e| e.to_string())
+    }
 }
 
 #[cfg(test)]
@@ -539,5 +760,95 @@ mod tests {
             );
         }
         assert_eq!(verify(&[]), Err(AuditError::Empty));
+    }
+
+    fn checkpoint_of(recs: &[EventRecord]) -> (Checkpoint, merkle::MemTree) {
+        let mut t = merkle::MemTree::new();
+        for r in recs {
+            t.push(&r.hash);
+        }
+        let cp = Checkpoint {
+            provider: "prov-a".into(),
+            size: recs.len() as u64,
+            chain_head: recs.last().map_or(GENESIS_HASH, |r| r.hash),
+            root: t.root(),
+            ts_ms: 5,
+            public_key: [7; 32],
+            signature: vec![1; 64],
+        };
+        (cp, t)
+    }
+
+    /// An export from event 1 carries the Merkle root a checkpoint of the same size
+    /// signs; a checkpoint of another size, head or root is refused.
+    #[test]
+    fn an_export_is_held_to_its_checkpoint() {
+        let recs = chain();
+        let s = verify(&lines(&recs)).expect("verifies");
+        let (cp, _) = checkpoint_of(&recs);
+        assert_eq!(s.root, Some(cp.root));
+        check_export_against(&s, &cp).expect("matches");
+        let (shorter, _) = checkpoint_of(&recs[..3]);
+        assert!(check_export_against(&s, &shorter).is_err());
+        let mut bad = cp.clone();
+        bad.root[0] ^= 1;
+        assert!(check_export_against(&s, &bad).is_err());
+        let mut bad = cp.clone();
+        bad.chain_head[0] ^= 1;
+        assert!(check_export_against(&s, &bad).is_err());
+        // The readable file form round-trips, and the signed bytes cover every field.
+        assert_eq!(cp.to_file().parse().expect("parses"), cp);
+        let base = cp.signed_bytes();
+        let mut other = cp.clone();
+        other.ts_ms += 1;
+        assert_ne!(other.signed_bytes(), base);
+        other = cp.clone();
+        other.provider.push('x');
+        assert_ne!(other.signed_bytes(), base);
+    }
+
+    /// A proof file verifies for every event; a changed canonical byte, a claim of another
+    /// event, or a proof for another size is refused.
+    #[test]
+    fn proof_files_verify_and_forgeries_fail() {
+        let recs = chain();
+        let (cp, t) = checkpoint_of(&recs);
+        for r in &recs {
+            let path = merkle::inclusion_proof(&t, r.seq - 1, cp.size).expect("stored");
+            let file = InclusionProofFile {
+                seq: r.seq,
+                size: cp.size,
+                canonical: hex::encode(r.canonical_bytes()),
+                path: path.iter().map(hex::encode).collect(),
+            };
+            assert_eq!(file.verify(&cp), Ok(r.hash));
+            let mut bad = file.clone();
+            let mut bytes = r.canonical_bytes();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 1;
+            bad.canonical = hex::encode(bytes);
+            assert!(bad.verify(&cp).is_err());
+            let mut bad = file.clone();
+            bad.seq = r.seq % cp.size + 1;
+            assert!(bad.verify(&cp).is_err());
+            let mut bad = file.clone();
+            bad.size -= 1;
+            assert!(bad.verify(&cp).is_err());
+        }
+        let (old, _) = checkpoint_of(&recs[..2]);
+        let file = ConsistencyProofFile {
+            first: 2,
+            second: 4,
+            path: merkle::consistency_proof(&t, 2, 4)
+                .expect("stored")
+                .iter()
+                .map(hex::encode)
+                .collect(),
+        };
+        file.verify(&old, &cp).expect("consistent");
+        let mut forged = old.clone();
+        forged.root[3] ^= 4;
+        assert!(file.verify(&forged, &cp).is_err());
+        assert!(file.verify(&cp, &old).is_err());
     }
 }

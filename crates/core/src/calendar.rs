@@ -44,6 +44,15 @@ pub fn utc_parts(ms: u64) -> UtcParts {
     }
 }
 
+/// Milliseconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC), for people.
+pub fn utc_iso(ms: u64) -> String {
+    let p = utc_parts(ms);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        p.year, p.month, p.day, p.hour, p.minute, p.second, p.millis
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

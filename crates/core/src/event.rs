@@ -463,6 +463,10 @@ pub enum ChainError {
     HeadMismatch { expected: String, found: String },
     #[error("event {seq} cannot be decoded: {reason}")]
     Undecodable { seq: u64, reason: String },
+    #[error("event {seq} is missing from the end of the range")]
+    Missing { seq: u64 },
+    #[error("the Merkle tree's root {recorded} does not match the root {computed} of the events")]
+    TreeMismatch { recorded: String, computed: String },
 }
 
 /// Incremental chain verifier: feed records in sequence order, then check the head.
@@ -482,6 +486,20 @@ impl Default for ChainVerifier {
 }
 
 impl ChainVerifier {
+    /// A verifier that starts at event `seq`, whose predecessor has hash `prev` (the
+    /// genesis hash for event 1).
+    pub fn resume(seq: u64, prev: Hash) -> Self {
+        Self {
+            next_seq: seq,
+            head: prev,
+        }
+    }
+
+    /// The next sequence number expected.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
     pub fn push(&mut self, rec: &EventRecord) -> Result<(), ChainError> {
         if rec.seq != self.next_seq {
             return Err(ChainError::Gap {
@@ -500,7 +518,7 @@ impl ChainVerifier {
         Ok(())
     }
 
-    /// Number of records verified so far.
+    /// Number of records verified so far (counting from event 1).
     pub fn count(&self) -> u64 {
         self.next_seq - 1
     }

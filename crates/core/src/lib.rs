@@ -17,6 +17,8 @@
 //!   directory changes, and the decisions and folds of the federation events.
 //! - [`audit`]: exported event lines (readable fields beside the hashed canonical bytes)
 //!   and their offline verification.
+//! - [`merkle`]: the RFC 9162 Merkle tree over the event store: roots, inclusion and
+//!   consistency proofs and their verification.
 //! - [`calendar`]: UTC dates and times from epoch milliseconds.
 //! - [`batch`]: the Raft entry payload and per-proposal outcomes.
 //! - [`codec`]: the versioned storage codec.
@@ -31,6 +33,7 @@ pub mod directory;
 pub mod event;
 pub mod federation;
 pub mod ids;
+pub mod merkle;
 pub mod message;
 pub mod messaging;
 pub mod view;

@@ -8,6 +8,8 @@
 //!   reported durable.
 //! - [`state_machine`]: openraft's `RaftStateMachine`; apply, views, snapshot install, and
 //!   [`StateView`] for reads.
+//! - `merkle`: the event store's RFC 9162 Merkle tree (subtree hashes and frontier),
+//!   written with the events; roots and proofs for checkpoints.
 //! - [`snapshot`]: checkpoint folders, building, keeping and copying them.
 //! - [`search`]: directory search over the index column family.
 //! - [`types`]: the openraft type configuration.
@@ -15,6 +17,7 @@
 
 pub mod error;
 pub mod log_store;
+mod merkle;
 pub mod rebuild;
 mod rocks;
 pub mod search;
@@ -28,7 +31,7 @@ pub use error::{Error, Result};
 pub use log_store::LogStore;
 pub use rocks::scan_all;
 pub use search::{SearchHit, SearchQuery};
-pub use state_machine::{SmStatus, StateMachine, StateView};
+pub use state_machine::{ChainCheck, SmStatus, StateMachine, StateView, TreeHead};
 pub use types::{NodeId, SnapshotFiles, TypeConfig};
 
 /// Options for a node's storage.

@@ -101,12 +101,13 @@ impl ViewHasher {
     }
 }
 
-/// The view column families: everything but the event store and the Raft metadata.
+/// The view column families: everything but the event store (events and their Merkle
+/// tree) and the Raft metadata.
 pub fn view_cfs() -> impl Iterator<Item = &'static str> {
     SM_CFS
         .iter()
         .copied()
-        .filter(|c| *c != CF_EVENTS && *c != CF_META)
+        .filter(|c| *c != CF_EVENTS && *c != CF_META && *c != crate::merkle::CF_MERKLE)
 }
 
 impl StateView {

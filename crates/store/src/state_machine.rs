@@ -24,6 +24,7 @@ use sealpost_core::event::{
 };
 use sealpost_core::federation::{self, Notification, keys as fed_keys};
 use sealpost_core::ids::{EndpointId, HpiO};
+use sealpost_core::merkle::Frontier;
 use sealpost_core::message::{MessageId, MessageStatus};
 use sealpost_core::messaging::keys;
 use sealpost_core::view::{Facts, ViewCf, ViewChange, event_reads, fold};
@@ -66,6 +67,7 @@ pub(crate) const SM_CFS: &[&str] = &[
     "dir_log",
     "dead_letters",
     "outcomes",
+    crate::merkle::CF_MERKLE,
 ];
 
 pub(crate) const KEY_LAST_APPLIED: &[u8] = b"last_applied";
@@ -93,6 +95,26 @@ impl Default for ChainState {
             last_ts_ms: 0,
         }
     }
+}
+
+/// What a chain walk checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChainCheck {
+    pub from: u64,
+    pub to: u64,
+    pub count: u64,
+    /// The hash of event `to`.
+    pub head: Hash,
+    /// The Merkle root recomputed from the events, when the walk covered the whole store.
+    pub root: Option<Hash>,
+}
+
+/// The chain head and Merkle root of a prefix of the event store: what a checkpoint signs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TreeHead {
+    pub size: u64,
+    pub chain_head: Hash,
+    pub root: Hash,
 }
 
 /// A snapshot of the state machine's progress, for cluster status.
@@ -191,7 +213,19 @@ impl SmDb {
         Ok(())
     }
 
-    fn corrupt(&self, detail: String) -> Error {
+    /// Checks that the Merkle frontier covers exactly the stored events.
+    fn check_merkle(&self) -> Result<()> {
+        let events = self.chain()?.next_seq - 1;
+        let size = self.frontier()?.map_or(0, |f| f.size);
+        if size != events {
+            return Err(self.corrupt(format!(
+                "the Merkle tree covers {size} events but the store holds {events}"
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn corrupt(&self, detail: String) -> Error {
         Error::Corrupt {
             path: self.path.clone(),
             detail,
@@ -213,6 +247,8 @@ impl SmDb {
             path: path.to_path_buf(),
         };
         sm.check_tail()?;
+        sm.backfill_merkle()?;
+        sm.check_merkle()?;
         Ok(sm)
     }
 }
@@ -325,6 +361,7 @@ fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<BatchOutcom
     let live = shared.live();
     let db = &live.db;
     let mut chain = live.chain()?;
+    let mut tree = live.frontier()?.unwrap_or_default();
     let cluster_version = live.cluster_version()?;
     let (mut last_applied, mut membership) = live.applied()?;
     let mut facts = Facts::default();
@@ -344,6 +381,7 @@ fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<BatchOutcom
                     &mut wb,
                     &mut facts,
                     &mut chain,
+                    &mut tree,
                     cluster_version,
                     entry.log_id.index,
                     batch,
@@ -356,6 +394,7 @@ fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<BatchOutcom
     wb.put_cf(meta, KEY_LAST_APPLIED, codec::encode(&last_applied));
     wb.put_cf(meta, KEY_MEMBERSHIP, codec::encode(&membership));
     wb.put_cf(meta, KEY_CHAIN, codec::encode(&chain));
+    wb.put_cf(meta, crate::merkle::KEY_MERKLE, codec::encode(&tree));
     // Unless asked to sync, the state machine skips the WAL: it is derived from the Raft log,
     // which openraft re-applies from the last applied id that reached disk (memtables are
     // flushed atomically, so that id always matches the data beside it).
@@ -486,6 +525,7 @@ fn apply_batch(
     wb: &mut WriteBatch,
     facts: &mut Facts,
     chain: &mut ChainState,
+    tree: &mut Frontier,
     cluster_version: u16,
     log_index: u64,
     batch: Batch,
@@ -522,6 +562,7 @@ fn apply_batch(
                     );
                     write_view_changes(&mut BatchSink { db: &live.db, wb }, &changes);
                     facts.absorb(&changes);
+                    crate::merkle::append(live, wb, tree, &rec.hash);
                     chain.head = rec.hash;
                     chain.next_seq += 1;
                 }
@@ -732,20 +773,69 @@ impl StateView {
         Ok(out)
     }
 
-    /// Walks the whole event store and checks every link of the hash chain and the
-    /// recorded head. Returns the number of events verified.
+    /// Walks the whole event store and checks every link of the hash chain, the recorded
+    /// head and the Merkle tree's root. Returns the number of events verified.
     pub fn verify_chain(&self) -> Result<Result<u64, ChainError>> {
+        Ok(self.verify_chain_range(1, 0)?.map(|c| c.count))
+    }
+
+    /// Walks events `from..=to` (`to` 0: the newest) of one consistent snapshot of the
+    /// store and checks every link of the hash chain. A walk of the whole store also checks
+    /// the recorded head and recomputes the Merkle root from the events.
+    pub fn verify_chain_range(&self, from: u64, to: u64) -> Result<Result<ChainCheck, ChainError>> {
         let live = self.shared.live();
-        let chain = live.chain()?;
+        let snap = live.db.snapshot();
+        let read = |cf: &str, key: &[u8]| -> Result<Option<Vec<u8>>> {
+            snap.get_cf(rocks::cf(&live.db, cf), key)
+                .map_err(rocks_err(&live.path))
+        };
+        let decode_err = |what: &str| {
+            let what = what.to_string();
+            move |source| Error::Codec { what, source }
+        };
+        let chain: ChainState = match read(CF_META, KEY_CHAIN)? {
+            Some(v) => codec::decode(&v).map_err(decode_err("meta/chain"))?,
+            None => ChainState::default(),
+        };
+        let newest = chain.next_seq - 1;
+        let from = from.max(1);
+        let to = if to == 0 { newest } else { to };
+        if to > newest || from > to {
+            return Err(Error::Invalid(format!(
+                "cannot verify events {from}..={to}: the store holds events 1..={newest}"
+            )));
+        }
+        let prev = if from == 1 {
+            GENESIS_HASH
+        } else {
+            let raw = read(CF_EVENTS, &(from - 1).to_be_bytes())?;
+            match raw.map(|v| codec::decode::<EventRecord>(&v)) {
+                Some(Ok(rec)) => rec.hash,
+                Some(Err(e)) => {
+                    return Ok(Err(ChainError::Undecodable {
+                        seq: from - 1,
+                        reason: e.to_string(),
+                    }));
+                }
+                None => return Ok(Err(ChainError::Missing { seq: from - 1 })),
+            }
+        };
+        let whole = from == 1 && to == newest;
+        let mut v = ChainVerifier::resume(from, prev);
+        let mut tree = Frontier::default();
         let cf = rocks::cf(&live.db, CF_EVENTS);
-        let mut v = ChainVerifier::default();
-        for item in live.db.iterator_cf(cf, IteratorMode::Start) {
+        let start = from.to_be_bytes();
+        let mode = IteratorMode::From(&start, Direction::Forward);
+        for item in snap.iterator_cf(cf, mode) {
             let (k, bytes) = item.map_err(rocks_err(&live.path))?;
             let seq = k
                 .as_ref()
                 .try_into()
                 .map(u64::from_be_bytes)
                 .unwrap_or(u64::MAX);
+            if seq > to {
+                break;
+            }
             let rec: EventRecord = match codec::decode(&bytes) {
                 Ok(r) => r,
                 Err(e) => {
@@ -761,8 +851,101 @@ impl StateView {
             if let Err(e) = v.push(&rec) {
                 return Ok(Err(e));
             }
+            if whole {
+                tree.push(&rec.hash, |_, _, _| {});
+            }
         }
-        Ok(v.finish(&chain.head))
+        if v.next_seq() != to + 1 {
+            return Ok(Err(ChainError::Missing { seq: v.next_seq() }));
+        }
+        let head = v.head();
+        let mut root = None;
+        if whole {
+            if let Err(e) = v.finish(&chain.head) {
+                return Ok(Err(e));
+            }
+            let recorded: Frontier = match read(CF_META, crate::merkle::KEY_MERKLE)? {
+                Some(v) => codec::decode(&v).map_err(decode_err("meta/merkle"))?,
+                None => Frontier::default(),
+            };
+            if recorded != tree {
+                return Ok(Err(ChainError::TreeMismatch {
+                    recorded: hex::encode(recorded.root()),
+                    computed: hex::encode(tree.root()),
+                }));
+            }
+            root = Some(tree.root());
+        }
+        Ok(Ok(ChainCheck {
+            from,
+            to,
+            count: to + 1 - from,
+            head,
+            root,
+        }))
+    }
+
+    /// The chain head and Merkle root of the first `size` events (`None`: all of them), for
+    /// a checkpoint.
+    pub fn tree_head(&self, size: Option<u64>) -> Result<TreeHead> {
+        let live = self.shared.live();
+        let chain = live.chain()?;
+        let newest = chain.next_seq - 1;
+        let size = size.unwrap_or(newest);
+        if size > newest {
+            return Err(Error::Invalid(format!(
+                "a checkpoint of {size} events was asked for; the store holds {newest}"
+            )));
+        }
+        let chain_head = match size {
+            0 => GENESIS_HASH,
+            s if s == newest => chain.head,
+            s => {
+                live.event(s)?
+                    .ok_or_else(|| live.corrupt(format!("event {s} is missing")))?
+                    .hash
+            }
+        };
+        let root = sealpost_core::merkle::root(&crate::merkle::StoredNodes(&live), size)?;
+        Ok(TreeHead {
+            size,
+            chain_head,
+            root,
+        })
+    }
+
+    /// Event `seq` and the RFC 9162 inclusion proof of it in the tree of `size` events.
+    pub fn inclusion_proof(&self, seq: u64, size: u64) -> Result<(EventRecord, Vec<Hash>)> {
+        let live = self.shared.live();
+        let newest = live.chain()?.next_seq - 1;
+        if seq == 0 || seq > size || size > newest {
+            return Err(Error::Invalid(format!(
+                "no proof of event {seq} in a tree of {size} events: the store holds events \
+                 1..={newest}, and the event must be within the tree"
+            )));
+        }
+        let rec = live
+            .event(seq)?
+            .ok_or_else(|| live.corrupt(format!("event {seq} is missing")))?;
+        let path = sealpost_core::merkle::inclusion_proof(
+            &crate::merkle::StoredNodes(&live),
+            seq - 1,
+            size,
+        )?;
+        Ok((rec, path))
+    }
+
+    /// The RFC 9162 consistency proof from the tree of `first` events to that of `second`.
+    pub fn consistency_proof(&self, first: u64, second: u64) -> Result<Vec<Hash>> {
+        let live = self.shared.live();
+        let newest = live.chain()?.next_seq - 1;
+        if first > second || second > newest {
+            return Err(Error::Invalid(format!(
+                "no consistency proof from {first} to {second} events: the store holds \
+                 {newest}, and the older size must not exceed the newer"
+            )));
+        }
+        sealpost_core::merkle::consistency_proof(&crate::merkle::StoredNodes(&live), first, second)
     }
 
     /// Path of the live database folder (for tests and operators).
@@ -1393,6 +1576,107 @@ pub(crate) mod tests {
         let after_close = reopened.view().status().expect("status");
         assert_eq!(after_close.event_count, 9);
         assert_eq!(after_close.chain_head, full.chain_head);
+    }
+
+    /// The stored tree gives the same roots and proofs as a tree built in memory from the
+    /// events, at every size; a store written before the tree existed gets it built at
+    /// start-up; a damaged node is caught by the whole-store walk.
+    #[test]
+    fn the_stored_merkle_tree_matches_the_events() {
+        use sealpost_core::merkle::{self, MemTree};
+        let dir = tempfile::tempdir().expect("tmp");
+        let root = dir.path().join("sm");
+        let sm = with_events(&root, 45);
+        let view = sm.view();
+        let recs = view.events(1, 100).expect("events");
+        let mut mem = MemTree::new();
+        for r in &recs {
+            mem.push(&r.hash);
+        }
+        let newest = view.tree_head(None).expect("head");
+        assert_eq!((newest.size, newest.root), (45, mem.root()));
+        assert_eq!(newest.chain_head, recs[44].hash);
+        for size in [1u64, 2, 7, 16, 33, 45] {
+            let head = view.tree_head(Some(size)).expect("head");
+            assert_eq!(
+                head.root,
+                merkle::root(&mem, size).expect("mem"),
+                "size {size}"
+            );
+            assert_eq!(head.chain_head, recs[size as usize - 1].hash);
+            for seq in [1, size / 2 + 1, size] {
+                let (rec, path) = view.inclusion_proof(seq, size).expect("proof");
+                assert_eq!(rec.seq, seq);
+                merkle::verify_inclusion(
+                    &merkle::leaf_hash(&rec.hash),
+                    seq - 1,
+                    size,
+                    &path,
+                    &head.root,
+                )
+                .expect("verifies");
+            }
+            let path = view.consistency_proof(size, 45).expect("proof");
+            merkle::verify_consistency(size, 45, &head.root, &newest.root, &path)
+                .expect("consistent");
+        }
+        assert!(view.tree_head(Some(46)).is_err());
+        assert!(view.inclusion_proof(0, 45).is_err());
+        assert!(view.inclusion_proof(46, 45).is_err());
+        assert!(view.consistency_proof(30, 20).is_err());
+        let check = view
+            .verify_chain_range(1, 0)
+            .expect("walk")
+            .expect("verifies");
+        assert_eq!((check.count, check.root), (45, Some(mem.root())));
+        let part = view
+            .verify_chain_range(10, 20)
+            .expect("walk")
+            .expect("verifies");
+        assert_eq!(
+            (part.from, part.to, part.count, part.head),
+            (10, 20, 11, recs[19].hash)
+        );
+        assert!(view.verify_chain_range(40, 50).is_err());
+
+        // Damage one stored node: the walk of the whole store reports the mismatch.
+        {
+            let live = sm.shared.live();
+            let meta = rocks::cf(&live.db, CF_META);
+            let mut f: Frontier = live.frontier().expect("read").expect("present");
+            f.peaks[0][0] ^= 1;
+            live.db
+                .put_cf(meta, crate::merkle::KEY_MERKLE, codec::encode(&f))
+                .expect("put");
+        }
+        assert!(matches!(
+            view.verify_chain().expect("walk"),
+            Err(ChainError::TreeMismatch { .. })
+        ));
+
+        // A store without a tree (as written before it existed) gets it at start-up.
+        {
+            let live = sm.shared.live();
+            live.db
+                .delete_cf(rocks::cf(&live.db, CF_META), crate::merkle::KEY_MERKLE)
+                .expect("del");
+            let cf = rocks::cf(&live.db, crate::merkle::CF_MERKLE);
+            let keys: Vec<_> = live
+                .db
+                .iterator_cf(cf, IteratorMode::Start)
+                .map(|i| i.expect("key").0)
+                .collect();
+            assert!(!keys.is_empty());
+            for k in keys {
+                live.db.delete_cf(cf, k).expect("del");
+            }
+        }
+        drop(view);
+        drop(sm);
+        let reopened = StateMachine::open(&root, false, true).expect("reopen builds the tree");
+        let head = reopened.view().tree_head(None).expect("head");
+        assert_eq!(head.root, mem.root());
+        assert_eq!(reopened.view().verify_chain().expect("walk"), Ok(45));
     }
 
     /// A crash image whose WAL has a damaged record refuses to open, with an error that
