@@ -75,7 +75,7 @@ fn split(n: u64) -> u64 {
 pub fn range_hash<N: Nodes>(nodes: &N, start: u64, end: u64) -> Result<Hash, N::Error> {
     debug_assert!(start < end);
     let len = end - start;
-    if len.is_power_of_two() && start % len == 0 {
+    if len.is_power_of_two() && start.is_multiple_of(len) {
         let level = len.trailing_zeros();
         return nodes.perfect(level, start >> level);
     }

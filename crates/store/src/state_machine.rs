@@ -356,12 +356,20 @@ impl StateMachine {
     }
 }
 
+/// The end of the event store as an apply advances it: the chain and the Merkle frontier.
+struct Tip {
+    chain: ChainState,
+    tree: Frontier,
+}
+
 /// Applies entries to the live database in one write batch and wakes the view watchers.
 fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<BatchOutcome>> {
     let live = shared.live();
     let db = &live.db;
-    let mut chain = live.chain()?;
-    let mut tree = live.frontier()?.unwrap_or_default();
+    let mut tip = Tip {
+        chain: live.chain()?,
+        tree: live.frontier()?.unwrap_or_default(),
+    };
     let cluster_version = live.cluster_version()?;
     let (mut last_applied, mut membership) = live.applied()?;
     let mut facts = Facts::default();
@@ -380,8 +388,7 @@ fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<BatchOutcom
                     &live,
                     &mut wb,
                     &mut facts,
-                    &mut chain,
-                    &mut tree,
+                    &mut tip,
                     cluster_version,
                     entry.log_id.index,
                     batch,
@@ -393,8 +400,8 @@ fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<BatchOutcom
     let meta = rocks::cf(db, CF_META);
     wb.put_cf(meta, KEY_LAST_APPLIED, codec::encode(&last_applied));
     wb.put_cf(meta, KEY_MEMBERSHIP, codec::encode(&membership));
-    wb.put_cf(meta, KEY_CHAIN, codec::encode(&chain));
-    wb.put_cf(meta, crate::merkle::KEY_MERKLE, codec::encode(&tree));
+    wb.put_cf(meta, KEY_CHAIN, codec::encode(&tip.chain));
+    wb.put_cf(meta, crate::merkle::KEY_MERKLE, codec::encode(&tip.tree));
     // Unless asked to sync, the state machine skips the WAL: it is derived from the Raft log,
     // which openraft re-applies from the last applied id that reached disk (memtables are
     // flushed atomically, so that id always matches the data beside it).
@@ -404,7 +411,7 @@ fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<BatchOutcom
         rocks::Durability::Unlogged
     };
     rocks::write(db, &live.path, wb, durability)?;
-    shared.applied_tx.send_replace(chain.next_seq);
+    shared.applied_tx.send_replace(tip.chain.next_seq);
     Ok(results)
 }
 
@@ -524,12 +531,12 @@ fn apply_batch(
     live: &SmDb,
     wb: &mut WriteBatch,
     facts: &mut Facts,
-    chain: &mut ChainState,
-    tree: &mut Frontier,
+    tip: &mut Tip,
     cluster_version: u16,
     log_index: u64,
     batch: Batch,
 ) -> Result<BatchOutcome> {
+    let Tip { chain, tree } = tip;
     // Event time never goes backwards, whatever the clocks of successive leaders say.
     let ts_ms = batch.ts_ms.max(chain.last_ts_ms);
     let mut outcomes = Vec::with_capacity(batch.proposals.len());
