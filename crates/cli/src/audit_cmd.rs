@@ -4,7 +4,9 @@
 //! range of it) as JSON Lines, each line carrying the exact canonical bytes that were
 //! hashed, plus a manifest (first and last event, count, chain head); `verify-export`
 //! checks such a folder offline, with no cluster: every hash, every link, every readable
-//! field against its bytes, and the lines against the manifest.
+//! field against its bytes, the lines against the manifest, and the provider's signed
+//! checkpoint (`checkpoint.json`) against the lines' chain head and Merkle root. The
+//! other evidence commands are in `evidence.rs`.
 
 use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -12,18 +14,25 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use sealpost_core::audit::{
-    ExportLine, ExportManifest, ExportSummary, verify_export, verify_export_with,
+    ExportLine, ExportManifest, ExportSummary, check_export_against, verify_export,
+    verify_export_with,
 };
+use sealpost_core::event::Hash;
+use sealpost_core::merkle::Frontier;
 use sealpost_proto::v1 as pb;
 use serde_json::json;
 
 use crate::ClientOpts;
 use crate::client_cmd::{connect_profile, status_err};
+use crate::evidence;
 
 /// The events file of an export folder.
 pub const EVENTS_FILE: &str = "events.jsonl";
 /// The manifest file of an export folder.
 pub const MANIFEST_FILE: &str = "manifest.json";
+/// The checkpoint file of an export folder: the provider's signed checkpoint at the
+/// export's last event.
+pub const CHECKPOINT_FILE: &str = "checkpoint.json";
 /// Longest line `verify-export` reads, in bytes (a `Sent` event's canonical bytes are
 /// small: ciphertexts are covered by digest).
 pub const EXPORT_LINE_BYTES_MAX: usize = 1024 * 1024;
@@ -74,15 +83,92 @@ pub enum AuditCmd {
         #[arg(long)]
         to: Option<u64>,
     },
-    /// Check an export folder offline.
-    VerifyExport { dir: PathBuf },
+    /// Check an export folder offline (and its checkpoint, when it has one).
+    VerifyExport {
+        dir: PathBuf,
+        /// The provider's public key (hex) the checkpoint must be signed with.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Recompute the hash chain over a range of the connected node's event store (the
+    /// whole store also recomputes the Merkle root).
+    Verify {
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Last event (default: the newest).
+        #[arg(long)]
+        to: Option<u64>,
+    },
+    /// Fetch a checkpoint signed by the provider's key (JSON; keep it).
+    Checkpoint {
+        /// Events covered (default: all, at a linearizable read).
+        #[arg(long)]
+        size: Option<u64>,
+        /// Save it to this file instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The provider's public key (hex) the checkpoint must be signed with.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Prove that event SEQ is in a checkpoint's log (inclusion), or with --older that an
+    /// older checkpoint's log is a prefix of this one's (consistency). Checked before shown.
+    Prove {
+        seq: Option<u64>,
+        /// The checkpoint to prove against (a file from `audit checkpoint`).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// An older checkpoint: prove consistency from it to --checkpoint.
+        #[arg(long)]
+        older: Option<PathBuf>,
+        /// Save the proof to this file (for `verify-proof`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Check a saved proof offline against its checkpoint(s).
+    VerifyProof {
+        proof: PathBuf,
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The older checkpoint, for a consistency proof.
+        #[arg(long)]
+        older: Option<PathBuf>,
+        #[arg(long)]
+        key: Option<String>,
+    },
 }
 
 pub async fn audit(opts: &ClientOpts, cmd: AuditCmd) -> anyhow::Result<()> {
     match cmd {
         AuditCmd::Export { out, from, to } => export(opts, &out, from, to.unwrap_or(0)).await,
-        AuditCmd::VerifyExport { dir } => verify(opts, &dir),
+        AuditCmd::VerifyExport { dir, key } => verify(opts, &dir, key.as_deref()),
         AuditCmd::Replay(a) => replay(opts, a).await,
+        AuditCmd::Verify { from, to } => evidence::verify_chain(opts, from, to).await,
+        AuditCmd::Checkpoint { size, out, key } => evidence::checkpoint(opts, size, out, key).await,
+        AuditCmd::Prove {
+            seq,
+            checkpoint,
+            older,
+            out,
+            key,
+        } => {
+            let args = evidence::ProveArgs {
+                seq,
+                checkpoint,
+                older,
+                out,
+                key,
+            };
+            evidence::prove(opts, args).await
+        }
+        AuditCmd::VerifyProof {
+            proof,
+            checkpoint,
+            older,
+            key,
+        } => evidence::verify_proof(opts, &proof, &checkpoint, older.as_deref(), key.as_deref()),
     }
 }
 
@@ -240,6 +326,7 @@ async fn export(opts: &ClientOpts, out: &Path, from: u64, to: u64) -> anyhow::Re
     let mut lines = Vec::new();
     let mut n = 0usize;
     let mut first_seq: Option<u64> = None;
+    let mut tree = Frontier::default();
     while let Some(e) = stream.message().await.map_err(status_err("audit replay"))? {
         let line = ExportLine {
             seq: e.seq,
@@ -257,6 +344,9 @@ async fn export(opts: &ClientOpts, out: &Path, from: u64, to: u64) -> anyhow::Re
         w.write_all(b"\n")?;
         n += 1;
         first_seq.get_or_insert(line.seq);
+        if let Ok(h) = <Hash>::try_from(e.hash.as_slice()) {
+            tree.push(&h, |_, _, _| {});
+        }
         // Verified as it is written: an export that does not verify is never handed out.
         lines.push((n, Ok(line)));
         if lines.len() >= VERIFY_WINDOW_LINES {
@@ -267,25 +357,53 @@ async fn export(opts: &ClientOpts, out: &Path, from: u64, to: u64) -> anyhow::Re
     let last = verify_so_far(&mut lines)?;
     // The windows overlap by one line; the whole export spans from the first event
     // written to the last window's end.
-    let manifest = ExportManifest::of(&ExportSummary {
+    let from_genesis = first_seq == Some(1);
+    let summary = ExportSummary {
         first_seq: first_seq.unwrap_or(last.first_seq),
         count: n as u64,
+        from_genesis,
+        root: from_genesis.then(|| tree.root()),
         ..last
-    });
+    };
+    let manifest = ExportManifest::of(&summary);
     std::fs::write(
         out.join(MANIFEST_FILE),
         serde_json::to_string_pretty(&manifest)?,
     )?;
+    // The provider's signed checkpoint at the last exported event, held to the lines.
+    let signed = match evidence::fetch_checkpoint(opts, summary.last_seq, None).await {
+        Ok(cp) => {
+            check_export_against(&summary, &cp)
+                .context("the node's checkpoint does not match the exported events")?;
+            std::fs::write(
+                out.join(CHECKPOINT_FILE),
+                serde_json::to_string_pretty(&cp.to_file())?,
+            )?;
+            true
+        }
+        Err(e) => {
+            eprintln!("no checkpoint written: {e:#}");
+            false
+        }
+    };
     if opts.json {
-        println!("{}", json!({ "dir": out, "manifest": manifest }));
+        println!(
+            "{}",
+            json!({ "dir": out, "manifest": manifest, "checkpoint": signed })
+        );
     } else {
         println!(
-            "exported events {}..={} ({}) to {}; chain head {}",
+            "exported events {}..={} ({}) to {}; chain head {}{}",
             manifest.first_seq,
             manifest.last_seq,
             manifest.count,
             out.display(),
-            manifest.head
+            manifest.head,
+            if signed {
+                "; with the provider's signed checkpoint"
+            } else {
+                ""
+            }
         );
     }
     Ok(())
@@ -307,7 +425,7 @@ fn verify_so_far(
     Ok(s)
 }
 
-fn verify(opts: &ClientOpts, dir: &Path) -> anyhow::Result<()> {
+fn verify(opts: &ClientOpts, dir: &Path, key: Option<&str>) -> anyhow::Result<()> {
     let manifest: ExportManifest = serde_json::from_slice(
         &std::fs::read(dir.join(MANIFEST_FILE))
             .with_context(|| format!("reading {}", dir.join(MANIFEST_FILE).display()))?,
@@ -329,11 +447,23 @@ fn verify(opts: &ClientOpts, dir: &Path) -> anyhow::Result<()> {
         (i + 1, parsed)
     });
     let s = verify_export_with(lines, &manifest)?;
+    let cp_path = dir.join(CHECKPOINT_FILE);
+    let checkpoint = if cp_path.exists() {
+        let cp = evidence::load_checkpoint(&cp_path, key)?;
+        check_export_against(&s, &cp)?;
+        Some(cp)
+    } else if key.is_some() {
+        bail!("--key was given but the export has no {CHECKPOINT_FILE}: nothing is signed");
+    } else {
+        None
+    };
     if opts.json {
         println!(
             "{}",
             json!({ "ok": true, "first_seq": s.first_seq, "last_seq": s.last_seq,
-                    "count": s.count, "head": hex::encode(s.head), "from_genesis": s.from_genesis })
+                    "count": s.count, "head": hex::encode(s.head), "from_genesis": s.from_genesis,
+                    "root": s.root.map(hex::encode),
+                    "checkpoint_key": checkpoint.as_ref().map(|c| hex::encode(c.public_key)) })
         );
     } else {
         println!(
@@ -348,6 +478,21 @@ fn verify(opts: &ClientOpts, dir: &Path) -> anyhow::Result<()> {
                 ""
             }
         );
+        match (&checkpoint, s.root) {
+            (Some(cp), Some(root)) => println!(
+                "checkpoint: signed by {} with key {}; its Merkle root {} is the root of these events",
+                cp.provider,
+                hex::encode(cp.public_key),
+                hex::encode(root)
+            ),
+            (Some(cp), None) => println!(
+                "checkpoint: signed by {} with key {}; its chain head matches (the Merkle root \
+                 needs an export from event 1)",
+                cp.provider,
+                hex::encode(cp.public_key)
+            ),
+            (None, _) => println!("no checkpoint in the export: nothing signed was checked"),
+        }
     }
     Ok(())
 }

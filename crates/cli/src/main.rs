@@ -7,6 +7,7 @@
 mod audit_cmd;
 mod client_cmd;
 mod dev;
+mod evidence;
 mod message_cmd;
 mod output;
 
@@ -74,7 +75,7 @@ enum Command {
         #[command(subcommand)]
         cmd: audit_cmd::AdminCmd,
     },
-    /// Evidence for auditors: export the event store and verify exports offline.
+    /// Evidence for auditors: replay, verify, checkpoint, prove, export, verify-export.
     Audit {
         #[command(flatten)]
         opts: ClientOpts,

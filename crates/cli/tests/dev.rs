@@ -587,3 +587,222 @@ fn audit_export_verifies_offline_and_catches_tampering() {
     assert!(!denied.status.success());
     assert!(String::from_utf8_lossy(&denied.stderr).contains("operators and auditors"));
 }
+
+/// Fails with a message that contains `expect`.
+fn fails_with(data: &Path, args: &[&str], expect: &str) {
+    let r = sealpost(data, args);
+    let err = String::from_utf8_lossy(&r.stderr).to_string();
+    assert!(!r.status.success(), "{args:?} passed; expected {expect:?}");
+    assert!(
+        err.contains(expect),
+        "{args:?}: expected {expect:?} in {err}"
+    );
+}
+
+/// An auditor keeps signed checkpoints; inclusion and consistency proofs from the node
+/// verify against them (and again offline); a forged proof, a forged or wrongly signed
+/// checkpoint, or swapped checkpoints fail; the node's chain walk recomputes the Merkle
+/// root; an export carries a checkpoint that holds its lines.
+#[test]
+fn audit_checkpoints_and_proofs_verify_and_forgeries_fail() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = tmp.path().join("data");
+    let (_dev, _) = start_dev(&data);
+    wait_for(&data, "a leader", |s| {
+        s["nodes"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|x| x["role"] == "leader"))
+    });
+    let p = |name: &str| tmp.path().join(name).to_str().expect("utf-8").to_string();
+    let (c1, c2) = (p("c1.json"), p("c2.json"));
+    let first = ok_json(&data, &["audit", "checkpoint", "--out", &c1, "--json"]);
+    let size1 = first["checkpoint"]["size"].as_u64().expect("size");
+    let key = first["checkpoint"]["public_key"]
+        .as_str()
+        .expect("key")
+        .to_string();
+    // Reading the trail is recorded, so the log grows between the two checkpoints.
+    ok_json(&data, &["audit", "verify", "--json"]);
+    let replay = sealpost(&data, &["audit", "replay", "--format", "csv"]);
+    assert!(replay.status.success());
+    let second = ok_json(
+        &data,
+        &["audit", "checkpoint", "--out", &c2, "--key", &key, "--json"],
+    );
+    let size2 = second["checkpoint"]["size"].as_u64().expect("size");
+    assert!(size2 > size1, "{first} {second}");
+
+    // Inclusion: every event of the older checkpoint is in the newer one.
+    let proof = p("inclusion.json");
+    for seq in [1, size1 / 2 + 1, size1, size2] {
+        let r = ok_json(
+            &data,
+            &[
+                "audit",
+                "prove",
+                &seq.to_string(),
+                "--checkpoint",
+                &c2,
+                "--out",
+                &proof,
+                "--json",
+            ],
+        );
+        assert_eq!(
+            (r["ok"].as_bool(), r["seq"].as_u64()),
+            (Some(true), Some(seq)),
+            "{r}"
+        );
+        ok_json(
+            &data,
+            &[
+                "audit",
+                "verify-proof",
+                &proof,
+                "--checkpoint",
+                &c2,
+                "--json",
+            ],
+        );
+    }
+    // The last proof was of event size2; against the older checkpoint it cannot hold.
+    fails_with(
+        &data,
+        &["audit", "verify-proof", &proof, "--checkpoint", &c1],
+        "events",
+    );
+    fails_with(
+        &data,
+        &[
+            "audit",
+            "prove",
+            &(size2 + 50).to_string(),
+            "--checkpoint",
+            &c2,
+        ],
+        "seq",
+    );
+    // A forged path hash.
+    let good = std::fs::read_to_string(&proof).expect("proof");
+    let mut v: serde_json::Value = serde_json::from_str(&good).expect("json");
+    let h = v["path"][0].as_str().expect("hash").to_string();
+    let forged = format!("{}{}", if h.starts_with('0') { "1" } else { "0" }, &h[1..]);
+    v["path"][0] = serde_json::Value::String(forged);
+    std::fs::write(&proof, v.to_string()).expect("write");
+    fails_with(
+        &data,
+        &["audit", "verify-proof", &proof, "--checkpoint", &c2],
+        "root",
+    );
+
+    // Consistency: the older log is a prefix of the newer; swapped, it is refused.
+    let cons = p("consistency.json");
+    let r = ok_json(
+        &data,
+        &[
+            "audit",
+            "prove",
+            "--checkpoint",
+            &c2,
+            "--older",
+            &c1,
+            "--out",
+            &cons,
+            "--json",
+        ],
+    );
+    assert_eq!(
+        (r["first"].as_u64(), r["second"].as_u64()),
+        (Some(size1), Some(size2))
+    );
+    ok_json(
+        &data,
+        &[
+            "audit",
+            "verify-proof",
+            &cons,
+            "--checkpoint",
+            &c2,
+            "--older",
+            &c1,
+            "--json",
+        ],
+    );
+    fails_with(
+        &data,
+        &[
+            "audit",
+            "verify-proof",
+            &cons,
+            "--checkpoint",
+            &c1,
+            "--older",
+            &c2,
+        ],
+        "consistency",
+    );
+    // A checkpoint whose root was changed no longer carries a valid signature.
+    let mut cp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&c1).expect("c1")).expect("json");
+    let root = cp["root"].as_str().expect("root").to_string();
+    cp["root"] = serde_json::Value::String(format!(
+        "{}{}",
+        if root.starts_with('a') { "b" } else { "a" },
+        &root[1..]
+    ));
+    let forged_cp = p("forged.json");
+    std::fs::write(&forged_cp, cp.to_string()).expect("write");
+    fails_with(
+        &data,
+        &[
+            "audit",
+            "verify-proof",
+            &cons,
+            "--checkpoint",
+            &c2,
+            "--older",
+            &forged_cp,
+        ],
+        "signature",
+    );
+    // A key the auditor did not pin is refused.
+    let other_key = "11".repeat(32);
+    fails_with(
+        &data,
+        &[
+            "audit",
+            "prove",
+            "1",
+            "--checkpoint",
+            &c2,
+            "--key",
+            &other_key,
+        ],
+        "key",
+    );
+
+    // The node's whole-store walk recomputes the root of the stored tree.
+    let walked = ok_json(&data, &["audit", "verify", "--json"]);
+    assert_eq!(walked["ok"], true);
+    assert_eq!(walked["root"].as_str().map(str::len), Some(64), "{walked}");
+    let part = ok_json(
+        &data,
+        &["audit", "verify", "--from", "2", "--to", "4", "--json"],
+    );
+    assert_eq!(part["count"], 3);
+
+    // An export carries the checkpoint of its last event, checked offline.
+    let out = p("export");
+    ok_json(&data, &["audit", "export", "--out", &out, "--json"]);
+    let verified = ok_json(
+        &data,
+        &["audit", "verify-export", &out, "--key", &key, "--json"],
+    );
+    assert_eq!(verified["checkpoint_key"].as_str(), Some(key.as_str()));
+    assert!(verified["root"].is_string(), "{verified}");
+    fails_with(
+        &data,
+        &["audit", "verify-export", &out, "--key", &other_key],
+        "key",
+    );
+}

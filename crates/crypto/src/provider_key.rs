@@ -1,7 +1,8 @@
-//! The provider's receipt-signing key: an Ed25519 key pair, one per provider, given to
-//! every node of the provider as a file (like the key-encryption key). Transport receipts
-//! are signed with it; peers verify them with the public half, which the provider
-//! publishes in its peers' trust bundles next to its CA certificate.
+//! The provider's signing key: an Ed25519 key pair, one per provider, given to every node
+//! of the provider as a file (like the key-encryption key). Transport receipts and audit
+//! checkpoints are signed with it; peers verify receipts with the public half, which the
+//! provider publishes in its peers' trust bundles next to its CA certificate, and auditors
+//! pin it to check checkpoints.
 //!
 //! Also the identification of a peer provider from the certificate it presented: the
 //! TLS layer has already checked that the certificate chains to one of the trusted peer
@@ -11,6 +12,7 @@
 use std::path::Path;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use sealpost_core::audit::Checkpoint;
 use sealpost_core::federation::TransportReceipt;
 use x509_parser::prelude::{FromDer, X509Certificate};
 use zeroize::Zeroizing;
@@ -80,6 +82,54 @@ impl ProviderKey {
     pub fn sign(&self, receipt: &mut TransportReceipt) {
         receipt.signature = self.key.sign(&receipt.signed_bytes()).to_bytes().to_vec();
     }
+
+    /// Signs an audit checkpoint in place, naming this key as its signer.
+    pub fn sign_checkpoint(&self, checkpoint: &mut Checkpoint) {
+        checkpoint.public_key = self.public();
+        checkpoint.signature = self
+            .key
+            .sign(&checkpoint.signed_bytes())
+            .to_bytes()
+            .to_vec();
+    }
+}
+
+/// Why a checkpoint's signature does not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckpointSignatureError {
+    #[error("the checkpoint's public key is not a valid Ed25519 key")]
+    BadKey,
+    #[error("the checkpoint signature is not 64 bytes")]
+    BadSignatureLength,
+    #[error("the checkpoint signature does not verify against the key it names")]
+    BadSignature,
+    #[error("the checkpoint is signed by key {found}, not the expected {expected}")]
+    UnexpectedKey { expected: String, found: String },
+}
+
+/// Verifies a checkpoint's signature against the key it names and, when given, checks that
+/// this key is the one the auditor expects for the provider.
+pub fn verify_checkpoint(
+    checkpoint: &Checkpoint,
+    expected_key: Option<&[u8; 32]>,
+) -> std::result::Result<(), CheckpointSignatureError> {
+    if let Some(want) = expected_key
+        && want != &checkpoint.public_key
+    {
+        return Err(CheckpointSignatureError::UnexpectedKey {
+            expected: hex::encode(want),
+            found: hex::encode(checkpoint.public_key),
+        });
+    }
+    let key = VerifyingKey::from_bytes(&checkpoint.public_key)
+        .map_err(|_| CheckpointSignatureError::BadKey)?;
+    let sig: [u8; 64] = checkpoint
+        .signature
+        .as_slice()
+        .try_into()
+        .map_err(|_| CheckpointSignatureError::BadSignatureLength)?;
+    key.verify_strict(&checkpoint.signed_bytes(), &Signature::from_bytes(&sig))
+        .map_err(|_| CheckpointSignatureError::BadSignature)
 }
 
 /// Parses a public key given as 64 hex characters.
@@ -177,5 +227,53 @@ mod tests {
         let issuer = issuer_of(&p.contents).expect("issuer");
         assert_eq!(Some(issuer.clone()), ca_subject(a.cert_pem()));
         assert_ne!(Some(issuer), ca_subject(b.cert_pem()));
+    }
+
+    /// A signed checkpoint verifies; a change to any signed field, another signer or a
+    /// key other than the pinned one is refused.
+    #[test]
+    fn checkpoints_verify_only_unchanged_and_with_the_pinned_key() {
+        let key = ProviderKey::generate().expect("key");
+        let mut cp = Checkpoint {
+            provider: "prov-a".into(),
+            size: 10,
+            chain_head: [1; 32],
+            root: [2; 32],
+            ts_ms: 1_700_000_000_000,
+            public_key: [0; 32],
+            signature: Vec::new(),
+        };
+        key.sign_checkpoint(&mut cp);
+        verify_checkpoint(&cp, None).expect("verifies");
+        verify_checkpoint(&cp, Some(&key.public())).expect("pinned");
+        let other = ProviderKey::generate().expect("key");
+        assert!(matches!(
+            verify_checkpoint(&cp, Some(&other.public())),
+            Err(CheckpointSignatureError::UnexpectedKey { .. })
+        ));
+        let mut bad = cp.clone();
+        bad.size += 1;
+        assert_eq!(
+            verify_checkpoint(&bad, None),
+            Err(CheckpointSignatureError::BadSignature)
+        );
+        let mut bad = cp.clone();
+        bad.root[5] ^= 1;
+        assert_eq!(
+            verify_checkpoint(&bad, None),
+            Err(CheckpointSignatureError::BadSignature)
+        );
+        let mut bad = cp.clone();
+        bad.public_key = other.public();
+        assert_eq!(
+            verify_checkpoint(&bad, None),
+            Err(CheckpointSignatureError::BadSignature)
+        );
+        let mut bad = cp.clone();
+        bad.signature.pop();
+        assert_eq!(
+            verify_checkpoint(&bad, None),
+            Err(CheckpointSignatureError::BadSignatureLength)
+        );
     }
 }

@@ -8,14 +8,21 @@
 //! `AuditRead` event (who asked for what), so reading the audit trail is itself audited.
 //! Never payloads or keys: the canonical bytes carry digests of ciphertexts and of wrapped
 //! keys only.
+//!
+//! Also the evidence calls: a ranged chain walk (`Verify`), checkpoints signed with the
+//! provider's key, and RFC 9162 inclusion and consistency proofs over the event store's
+//! Merkle tree, which auditors check against the checkpoints they keep.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use sealpost_core::audit::Checkpoint;
 use sealpost_core::command::{Command, Proposal};
 use sealpost_core::event::Event;
 use sealpost_core::ids::{EndpointLocal, HpiI, HpiO, Ihi};
 use sealpost_core::message::{EnvelopeHeader, MessageId};
 use sealpost_core::{EventRecord, Outcome};
+use sealpost_crypto::provider_key::ProviderKey;
 use sealpost_proto::v1 as pb;
 use sealpost_proto::v1::audit_server::Audit;
 use sealpost_raft::RaftNode;
@@ -26,6 +33,19 @@ use tonic::{Request, Response, Status};
 
 use crate::convert;
 use crate::messaging::caller_of;
+
+/// A checkpoint as it travels.
+pub fn checkpoint_to_pb(cp: &Checkpoint) -> pb::SignedCheckpoint {
+    pb::SignedCheckpoint {
+        provider: cp.provider.clone(),
+        size: cp.size,
+        chain_head: cp.chain_head.to_vec(),
+        root: cp.root.to_vec(),
+        ts_ms: cp.ts_ms,
+        public_key: cp.public_key.to_vec(),
+        signature: cp.signature.clone(),
+    }
+}
 
 /// Events read from the store per page of a replay.
 pub const REPLAY_PAGE_EVENTS: usize = 1024;
@@ -38,11 +58,68 @@ pub const REPLAY_HEADERS_CACHED_MAX: usize = 65_536;
 #[derive(Clone)]
 pub struct AuditService {
     node: RaftNode,
+    provider: String,
+    /// Signs checkpoints; none: this node serves no checkpoints.
+    key: Option<Arc<ProviderKey>>,
 }
 
 impl AuditService {
-    pub fn new(node: RaftNode) -> Self {
-        Self { node }
+    pub fn new(node: RaftNode, provider: String, key: Option<Arc<ProviderKey>>) -> Self {
+        Self {
+            node,
+            provider,
+            key,
+        }
+    }
+
+    /// Refuses callers that act for an organisation; returns the caller's actor name.
+    fn operator_only<T>(&self, req: &Request<T>) -> Result<String, Status> {
+        let caller = caller_of(req, self.node.id());
+        if let Some(org) = caller.org {
+            return Err(Status::permission_denied(format!(
+                "the audit trail is for operators and auditors; this certificate acts for \
+                 organisation {org}"
+            )));
+        }
+        Ok(caller.actor)
+    }
+
+    /// Records that `actor` read events `from..=to` (`to` 0: up to the newest) before
+    /// anything is served, so reading the audit trail is itself audited.
+    async fn record_read(
+        &self,
+        actor: String,
+        query: String,
+        from_seq: u64,
+        to_seq: u64,
+    ) -> Result<(), Status> {
+        let read = Proposal {
+            actor,
+            command: Command::RecordAuditRead {
+                query,
+                from_seq,
+                to_seq,
+            },
+        };
+        read.validate().map_err(convert::rejection)?;
+        let committed = self
+            .node
+            .propose(read)
+            .await
+            .map_err(convert::propose_error)?;
+        if let Outcome::Rejected(rej) = committed.outcome {
+            return Err(convert::rejection(rej));
+        }
+        Ok(())
+    }
+
+    /// Waits until this node has applied everything committed before the call.
+    async fn barrier(&self) -> Result<StateView, Status> {
+        self.node
+            .linearizable_barrier()
+            .await
+            .map_err(convert::node_error)?;
+        Ok(self.node.view().clone())
     }
 }
 
@@ -234,38 +311,12 @@ impl Audit for AuditService {
         &self,
         req: Request<pb::ReplayRequest>,
     ) -> Result<Response<Self::ReplayStream>, Status> {
-        let caller = caller_of(&req, self.node.id());
-        if let Some(org) = caller.org {
-            return Err(Status::permission_denied(format!(
-                "the audit trail is for operators and auditors; this certificate acts for \
-                 organisation {org}"
-            )));
-        }
+        let actor = self.operator_only(&req)?;
         let r = req.into_inner();
         let filter = Filter::parse(&r)?;
-        // Reading the audit trail is itself audited, before anything is served.
-        let read = Proposal {
-            actor: caller.actor.clone(),
-            command: Command::RecordAuditRead {
-                query: describe(&r),
-                from_seq: r.from_seq.max(1),
-                to_seq: r.to_seq,
-            },
-        };
-        read.validate().map_err(convert::rejection)?;
-        let committed = self
-            .node
-            .propose(read)
-            .await
-            .map_err(convert::propose_error)?;
-        if let Outcome::Rejected(rej) = committed.outcome {
-            return Err(convert::rejection(rej));
-        }
-        self.node
-            .linearizable_barrier()
-            .await
-            .map_err(convert::node_error)?;
-        let view = self.node.view().clone();
+        self.record_read(actor, describe(&r), r.from_seq.max(1), r.to_seq)
+            .await?;
+        let view = self.barrier().await?;
         let newest = view.status().map_err(convert::store_error)?.event_count;
         let to = match r.to_seq {
             0 => newest,
@@ -306,5 +357,120 @@ impl Audit for AuditService {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn verify(
+        &self,
+        req: Request<pb::AuditVerifyRequest>,
+    ) -> Result<Response<pb::AuditVerifyReply>, Status> {
+        self.operator_only(&req)?;
+        let r = req.into_inner();
+        let view = self.barrier().await?;
+        let (from, to) = (r.from_seq, r.to_seq);
+        let verdict = tokio::task::spawn_blocking(move || view.verify_chain_range(from, to))
+            .await
+            .map_err(|e| Status::internal(format!("the chain walk stopped: {e}")))?
+            .map_err(convert::store_error)?;
+        Ok(Response::new(match verdict {
+            Ok(c) => pb::AuditVerifyReply {
+                ok: true,
+                problem: String::new(),
+                from_seq: c.from,
+                to_seq: c.to,
+                count: c.count,
+                head: c.head.to_vec(),
+                root: c.root.map(|r| r.to_vec()).unwrap_or_default(),
+            },
+            Err(e) => pb::AuditVerifyReply {
+                ok: false,
+                problem: e.to_string(),
+                from_seq: r.from_seq.max(1),
+                to_seq: r.to_seq,
+                ..Default::default()
+            },
+        }))
+    }
+
+    async fn checkpoint(
+        &self,
+        req: Request<pb::CheckpointRequest>,
+    ) -> Result<Response<pb::SignedCheckpoint>, Status> {
+        self.operator_only(&req)?;
+        let key = self.key.clone().ok_or_else(|| {
+            Status::failed_precondition(
+                "this node has no provider signing key (node setting provider_key), so it \
+                 cannot sign checkpoints",
+            )
+        })?;
+        let size = req.into_inner().size;
+        let view = self.barrier().await?;
+        let head = view
+            .tree_head((size > 0).then_some(size))
+            .map_err(convert::store_error)?;
+        let mut cp = Checkpoint {
+            provider: self.provider.clone(),
+            size: head.size,
+            chain_head: head.chain_head,
+            root: head.root,
+            ts_ms: crate::messaging::now_ms(),
+            public_key: [0; 32],
+            signature: Vec::new(),
+        };
+        key.sign_checkpoint(&mut cp);
+        Ok(Response::new(checkpoint_to_pb(&cp)))
+    }
+
+    async fn prove_inclusion(
+        &self,
+        req: Request<pb::InclusionRequest>,
+    ) -> Result<Response<pb::InclusionReply>, Status> {
+        let actor = self.operator_only(&req)?;
+        let r = req.into_inner();
+        if r.seq == 0 || r.size < r.seq {
+            return Err(Status::invalid_argument(format!(
+                "an inclusion proof needs 1 <= seq <= size; got seq {} and size {}",
+                r.seq, r.size
+            )));
+        }
+        self.record_read(
+            actor,
+            format!("inclusion proof of event {} in {}", r.seq, r.size),
+            r.seq,
+            r.seq,
+        )
+        .await?;
+        let view = self.barrier().await?;
+        let (rec, path) = view
+            .inclusion_proof(r.seq, r.size)
+            .map_err(convert::store_error)?;
+        Ok(Response::new(pb::InclusionReply {
+            seq: r.seq,
+            size: r.size,
+            canonical: rec.canonical_bytes(),
+            path: path.iter().map(|h| h.to_vec()).collect(),
+        }))
+    }
+
+    async fn prove_consistency(
+        &self,
+        req: Request<pb::ConsistencyRequest>,
+    ) -> Result<Response<pb::ConsistencyReply>, Status> {
+        self.operator_only(&req)?;
+        let r = req.into_inner();
+        if r.first > r.second {
+            return Err(Status::invalid_argument(format!(
+                "the older size {} is larger than the newer size {}",
+                r.first, r.second
+            )));
+        }
+        let view = self.barrier().await?;
+        let path = view
+            .consistency_proof(r.first, r.second)
+            .map_err(convert::store_error)?;
+        Ok(Response::new(pb::ConsistencyReply {
+            first: r.first,
+            second: r.second,
+            path: path.iter().map(|h| h.to_vec()).collect(),
+        }))
     }
 }

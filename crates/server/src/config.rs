@@ -167,6 +167,11 @@ pub struct NodeConfig {
     pub tls: TlsPaths,
     /// The provider's key-encryption key (the same file on every node of the provider).
     pub kek: PathBuf,
+    /// The provider's Ed25519 signing key (the same file on every node): it signs audit
+    /// checkpoints and, with federation, transport receipts. Without it (and without
+    /// `federation.provider_key`) the node serves no checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_key: Option<PathBuf>,
     #[serde(default)]
     pub raft: RaftOptions,
     #[serde(default)]
@@ -234,6 +239,9 @@ impl NodeConfig {
             &mut cfg.tls.key,
             &mut cfg.kek,
         ];
+        if let Some(k) = cfg.provider_key.as_mut() {
+            paths.push(k);
+        }
         if let Some(f) = cfg.federation.as_mut() {
             paths.push(&mut f.provider_key);
             paths.push(&mut f.trust_bundle);
@@ -271,6 +279,18 @@ impl NodeConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.id == 0 {
             return Err(invalid("id", "must be a positive integer"));
+        }
+        if let (Some(top), Some(f)) = (&self.provider_key, &self.federation)
+            && top != &f.provider_key
+        {
+            return Err(invalid(
+                "provider_key",
+                format!(
+                    "{} differs from federation.provider_key {}; a provider has one signing key",
+                    top.display(),
+                    f.provider_key.display()
+                ),
+            ));
         }
         sealpost_core::directory::check_text("provider", &self.provider, 64)
             .map_err(|e| invalid("provider", e.problem))?;
@@ -357,6 +377,13 @@ impl NodeConfig {
             .collect()
     }
 
+    /// The provider signing key's file: `provider_key`, else `federation.provider_key`.
+    pub fn provider_key_path(&self) -> Option<&Path> {
+        self.provider_key
+            .as_deref()
+            .or(self.federation.as_ref().map(|f| f.provider_key.as_path()))
+    }
+
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("a node configuration always serializes")
     }
@@ -384,6 +411,7 @@ mod tests {
                 key: "node-key.pem".into(),
             },
             kek: "kek".into(),
+            provider_key: None,
             raft: RaftOptions::default(),
             api: ApiLimits::default(),
             messaging: MessagingOptions::default(),

@@ -217,9 +217,8 @@ impl LocalCluster {
         let ca = DevCa::generate(provider)?;
         ca.save(&dir.join("ca.pem"), &dir.join("ca-key.pem"))?;
         sealpost_crypto::kek::Kek::generate()?.save(&dir.join("kek"))?;
-        if federated {
-            ProviderKey::generate()?.save(&dir.join(PROVIDER_KEY_FILE))?;
-        }
+        // Signs audit checkpoints, and transport receipts when federated.
+        ProviderKey::generate()?.save(&dir.join(PROVIDER_KEY_FILE))?;
         let bind = || async {
             TcpListener::bind((LOCAL_HOST, 0))
                 .await
@@ -347,6 +346,8 @@ impl LocalCluster {
                 key: tls_dir.join("node-key.pem"),
             },
             kek: self.dir.join("kek"),
+            // (A folder made before every provider had a signing key has none.)
+            provider_key: Some(self.dir.join(PROVIDER_KEY_FILE)).filter(|p| p.exists()),
             raft: raft.clone(),
             api: api.clone(),
             messaging: messaging.clone(),

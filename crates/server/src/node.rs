@@ -187,15 +187,19 @@ pub async fn start_with_relay(
 ) -> Result<NodeHandle, ServerError> {
     let tls = cfg.tls.load()?;
     let kek = sealpost_crypto::kek::Kek::load(&cfg.kek)?;
-    let federation = match &cfg.federation {
-        Some(f) => Some((
+    let provider_key = match cfg.provider_key_path() {
+        Some(p) => Some(Arc::new(sealpost_crypto::provider_key::ProviderKey::load(
+            p,
+        )?)),
+        None => None,
+    };
+    let federation = match (&cfg.federation, &provider_key) {
+        (Some(f), Some(key)) => Some((
             f.clone(),
-            Arc::new(sealpost_crypto::provider_key::ProviderKey::load(
-                &f.provider_key,
-            )?),
+            key.clone(),
             Arc::new(TrustBundle::load(&f.trust_bundle, &cfg.provider)?),
         )),
-        None => None,
+        _ => None,
     };
     let listener = match listener {
         Some(l) => l,
@@ -382,9 +386,13 @@ pub async fn start_with_relay(
         .add_service(messaging)
         .add_service(admin)
         .add_service(
-            AuditServer::new(crate::audit::AuditService::new(raft.clone()))
-                .max_decoding_message_size(limit)
-                .max_encoding_message_size(limit),
+            AuditServer::new(crate::audit::AuditService::new(
+                raft.clone(),
+                cfg.provider.clone(),
+                provider_key.clone(),
+            ))
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit),
         )
         .add_service(reflection);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
