@@ -234,3 +234,149 @@ async fn replay_returns_every_event_in_order_and_filters_exactly() {
         .expect_err("a bad IHI");
     assert!(err.message().contains("patient"), "{}", err.message());
 }
+
+/// A message its receiver never acknowledged fails (a dead letter); an operator re-drives
+/// it: it is routed exactly once more and acknowledged, the dead letters no longer list
+/// it, a second re-drive and an organisation's attempt are refused, and the audit trail
+/// shows both attempts, the new one linked to the failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reprocess_redrives_a_dead_letter_once_and_the_audit_shows_both_attempts() {
+    let (_dir, c) = messaging_cluster(
+        3,
+        sealpost_server::config::MessagingOptions {
+            ack_window_ms: 1_500,
+            ..messaging_opts()
+        },
+    )
+    .await;
+    let gp = org_client(&c, 1, SENDER).await;
+    let lab = endpoint(LAB, "results");
+    let id = send_ok(
+        &gp,
+        send_request(std::slice::from_ref(&lab), b"result", "r-1"),
+    )
+    .await
+    .message_id;
+    track_until(&gp, &id, "failed unacknowledged", |r| {
+        recipient_state(r, &lab).0 == "failed"
+    })
+    .await;
+    let admin = client(&c, 2).await;
+    let dead = admin
+        .admin()
+        .dead_letters(pb::DeadLettersRequest::default())
+        .await
+        .expect("dead letters")
+        .into_inner();
+    let letter = dead
+        .items
+        .iter()
+        .find(|d| d.message_id == id)
+        .expect("listed as a dead letter");
+    assert_eq!(letter.reason, "unacknowledged");
+
+    // Organisations may not re-drive; operators may, once per failure.
+    let denied = gp
+        .admin()
+        .reprocess(pb::ReprocessRequest {
+            message_id: id.clone(),
+            recipient: String::new(),
+        })
+        .await
+        .expect_err("an organisation's certificate");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    let r = admin
+        .admin()
+        .reprocess(pb::ReprocessRequest {
+            message_id: id.clone(),
+            recipient: String::new(),
+        })
+        .await
+        .expect("re-driven")
+        .into_inner();
+    assert_eq!(r.attempts.len(), 1);
+    assert_eq!(
+        (r.attempts[0].recipient.as_str(), r.attempts[0].failed_seq),
+        (lab.as_str(), letter.seq)
+    );
+    let again = admin
+        .admin()
+        .reprocess(pb::ReprocessRequest {
+            message_id: id.clone(),
+            recipient: lab.clone(),
+        })
+        .await
+        .expect_err("already re-driven");
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        admin
+            .admin()
+            .dead_letters(pb::DeadLettersRequest::default())
+            .await
+            .expect("dead letters")
+            .into_inner()
+            .items
+            .iter()
+            .all(|d| d.message_id != id),
+        "no longer a dead letter"
+    );
+
+    // Routed again, once, and this time acknowledged.
+    let lab_client = org_client(&c, 3, LAB).await;
+    track_until(&lab_client, &id, "routed again", |r| {
+        recipient_state(r, &lab).0 == "routed"
+    })
+    .await;
+    lab_client
+        .messaging()
+        .ack(pb::AckRequest {
+            message_id: id.clone(),
+            recipient: lab.clone(),
+            status: "accepted".into(),
+            note: String::new(),
+        })
+        .await
+        .expect("acknowledged within the new window");
+    track_until(&gp, &id, "acked", |r| recipient_state(r, &lab).0 == "acked").await;
+
+    let trail: Vec<String> = replay(
+        &admin,
+        pb::ReplayRequest {
+            message_id: id.clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .into_iter()
+    .map(|e| e.kind)
+    .collect();
+    assert_eq!(
+        trail,
+        [
+            "sent",
+            "decrypted",
+            "routed",
+            "failed",
+            "reprocessed",
+            "decrypted",
+            "routed",
+            "acked"
+        ],
+        "both attempts, each routed once"
+    );
+    let reprocessed = replay(
+        &admin,
+        pb::ReplayRequest {
+            kind: "reprocessed".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(reprocessed.len(), 1);
+    assert_eq!(reprocessed[0].seq, r.attempts[0].seq);
+    assert!(
+        reprocessed[0].actor.starts_with("cert:"),
+        "the operator is named"
+    );
+    assert_views_rebuild(&c);
+}

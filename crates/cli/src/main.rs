@@ -138,6 +138,17 @@ enum Command {
         #[command(flatten)]
         args: message_cmd::DeadLettersArgs,
     },
+    /// Re-drive a failed (dead-lettered) message to its recipients hosted here: a new,
+    /// audited attempt linked to the failure, with a fresh deliver-by.
+    Reprocess {
+        #[command(flatten)]
+        opts: ClientOpts,
+        /// The message id.
+        id: String,
+        /// Only this recipient endpoint (default: every failed recipient hosted here).
+        #[arg(long)]
+        recipient: Option<String>,
+    },
 }
 
 fn init_tracing() {
@@ -206,5 +217,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Track { opts, args } => message_cmd::track(&opts, args).await,
         Command::Outbox { opts, args } => message_cmd::outbox(&opts, args).await,
         Command::DeadLetters { opts, args } => message_cmd::dead_letters(&opts, args).await,
+        Command::Reprocess {
+            opts,
+            id,
+            recipient,
+        } => message_cmd::reprocess(&opts, &id, recipient).await,
     }
 }

@@ -439,6 +439,49 @@ pub async fn dead_letters(opts: &ClientOpts, a: DeadLettersArgs) -> anyhow::Resu
     Ok(())
 }
 
+pub async fn reprocess(
+    opts: &ClientOpts,
+    id: &str,
+    recipient: Option<String>,
+) -> anyhow::Result<()> {
+    let (client, _) = connect_profile(opts).await?;
+    let r = client
+        .admin()
+        .reprocess(pb::ReprocessRequest {
+            message_id: id.to_string(),
+            recipient: recipient.unwrap_or_default(),
+        })
+        .await
+        .map_err(status_err("reprocess"))?
+        .into_inner();
+    if opts.json {
+        let attempts: Vec<Value> = r
+            .attempts
+            .iter()
+            .map(|a| {
+                json!({ "recipient": a.recipient, "failed_seq": a.failed_seq, "seq": a.seq,
+                        "deliver_by_ms": a.deliver_by_ms })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({ "message_id": r.message_id, "attempts": attempts })
+        );
+        return Ok(());
+    }
+    for a in &r.attempts {
+        println!(
+            "{} to {}: re-driven as event #{} (the failure was #{}); to be routed by {}",
+            r.message_id,
+            a.recipient,
+            a.seq,
+            a.failed_seq,
+            crate::output::utc_ms(a.deliver_by_ms)
+        );
+    }
+    Ok(())
+}
+
 pub async fn outbox(opts: &ClientOpts, a: OutboxArgs) -> anyhow::Result<()> {
     let (client, _) = connect_profile(opts).await?;
     let r = client

@@ -43,6 +43,7 @@ pub fn kind_for_tag(tag: u16) -> Option<&'static str> {
         16 => "late_outcome",
         17 => "outcomes_notified",
         18 => "audit_read",
+        19 => "reprocessed",
         _ => return None,
     })
 }
@@ -237,7 +238,7 @@ pub fn parse_canonical(bytes: &[u8]) -> Result<CanonicalFields, String> {
             (Some(rr.str()?), None)
         }
         // Message id then recipient.
-        7..=11 | 16 => {
+        7..=11 | 16 | 19 => {
             let id = r.str()?;
             (Some(id), Some(r.endpoint()?))
         }

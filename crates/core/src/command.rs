@@ -118,6 +118,14 @@ pub enum Command {
         from_seq: u64,
         to_seq: u64,
     },
+    /// An operator re-drives a failed recipient hosted here: the failure at `failed_seq`
+    /// gets a new delivery attempt, to be routed by `deliver_by_ms`.
+    Reprocess {
+        message_id: MessageId,
+        recipient: EndpointId,
+        failed_seq: u64,
+        deliver_by_ms: u64,
+    },
 }
 
 /// Longest audit query recorded with an `AuditRead`, in bytes.
@@ -195,7 +203,10 @@ impl Command {
                 envelope.validate(PAYLOAD_BYTES_HARD_MAX)?;
             }
             Command::Ack { note, .. } => check_note(note)?,
-            Command::Deliver { .. } | Command::Fetch { .. } | Command::Expire { .. } => {}
+            Command::Deliver { .. }
+            | Command::Fetch { .. }
+            | Command::Expire { .. }
+            | Command::Reprocess { .. } => {}
             Command::ImportPeerDirectory {
                 provider, changes, ..
             } => {
@@ -281,6 +292,7 @@ impl Command {
             | Command::Fetch { message_id, .. }
             | Command::Ack { message_id, .. }
             | Command::Expire { message_id, .. }
+            | Command::Reprocess { message_id, .. }
             | Command::RecordRelayed {
                 receipt: TransportReceipt { message_id, .. },
                 ..
@@ -334,6 +346,7 @@ impl Command {
             Command::Fetch { .. } => "fetch",
             Command::Ack { .. } => "ack",
             Command::Expire { .. } => "expire",
+            Command::Reprocess { .. } => "reprocess",
             Command::ImportPeerDirectory { .. } => "import_peer_directory",
             Command::RecordRelayed { .. } => "record_relayed",
             Command::Receive { .. } => "receive",
@@ -448,6 +461,19 @@ pub fn decide(
             message_id,
             recipient,
         } => crate::messaging::decide_expire(&message_id, &recipient, facts, ts_ms)?,
+        Command::Reprocess {
+            message_id,
+            recipient,
+            failed_seq,
+            deliver_by_ms,
+        } => crate::messaging::decide_reprocess(
+            message_id,
+            recipient,
+            failed_seq,
+            deliver_by_ms,
+            facts,
+            ts_ms,
+        )?,
         Command::ImportPeerDirectory {
             provider,
             after_seq,

@@ -17,7 +17,7 @@ use crate::message::{AckStatus, Envelope, FailReason, MessageId};
 
 /// Version of the event model this build writes and understands. A node refuses to apply
 /// an event whose variant was introduced after this.
-pub const EVENT_VERSION_CURRENT: u16 = 3;
+pub const EVENT_VERSION_CURRENT: u16 = 4;
 
 /// Version tag of the canonical record encoding (the hashed bytes).
 pub const CANONICAL_RECORD_VERSION: u8 = 1;
@@ -131,6 +131,15 @@ pub enum Event {
         from_seq: u64,
         to_seq: u64,
     },
+    /// An operator re-drove a failed recipient hosted here: a new delivery attempt of the
+    /// same sealed envelope, linked to the `Failed` event at `failed_seq` (which stays in
+    /// the history), to be routed by `deliver_by_ms`. Since v4.
+    Reprocessed {
+        message_id: MessageId,
+        recipient: EndpointId,
+        failed_seq: u64,
+        deliver_by_ms: u64,
+    },
 }
 
 impl Event {
@@ -155,6 +164,7 @@ impl Event {
             | Event::LateOutcome { .. }
             | Event::OutcomesNotified { .. }
             | Event::AuditRead { .. } => 3,
+            Event::Reprocessed { .. } => 4,
         }
     }
 
@@ -179,6 +189,7 @@ impl Event {
             Event::LateOutcome { .. } => "late_outcome",
             Event::OutcomesNotified { .. } => "outcomes_notified",
             Event::AuditRead { .. } => "audit_read",
+            Event::Reprocessed { .. } => "reprocessed",
         }
     }
 
@@ -198,6 +209,7 @@ impl Event {
             | Event::Fetched { recipient, .. }
             | Event::Acked { recipient, .. }
             | Event::Failed { recipient, .. }
+            | Event::Reprocessed { recipient, .. }
             | Event::LateOutcome { recipient, .. } => Some(&recipient.org),
             Event::PeerDirectoryImported { .. }
             | Event::Relayed { .. }
@@ -218,6 +230,7 @@ impl Event {
             | Event::Fetched { message_id, .. }
             | Event::Acked { message_id, .. }
             | Event::Failed { message_id, .. }
+            | Event::Reprocessed { message_id, .. }
             | Event::LateOutcome { message_id, .. } => Some(message_id),
             _ => None,
         }
@@ -231,6 +244,7 @@ impl Event {
             | Event::Fetched { recipient, .. }
             | Event::Acked { recipient, .. }
             | Event::Failed { recipient, .. }
+            | Event::Reprocessed { recipient, .. }
             | Event::LateOutcome { recipient, .. } => Some(recipient),
             _ => None,
         }
@@ -348,6 +362,16 @@ impl Event {
                 to_seq,
             } => {
                 c.u16(18).str(query).u64(*from_seq).u64(*to_seq);
+            }
+            Event::Reprocessed {
+                message_id,
+                recipient,
+                failed_seq,
+                deliver_by_ms,
+            } => {
+                c.u16(19).str(message_id.as_str());
+                write_endpoint_id(c, recipient);
+                c.u64(*failed_seq).u64(*deliver_by_ms);
             }
         }
     }

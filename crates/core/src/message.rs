@@ -545,6 +545,14 @@ pub enum RecipientState {
         relayed_seq: u64,
         outcome_by_ms: u64,
     },
+    /// Failed, then re-driven by an operator (`Reprocessed` at `seq`, linked to the
+    /// `Failed` event at `failed_seq`): waiting for the delivery worker again, to be routed
+    /// by `deliver_by_ms`. Only recipients hosted here.
+    Reprocessing {
+        seq: u64,
+        failed_seq: u64,
+        deliver_by_ms: u64,
+    },
 }
 
 impl RecipientState {
@@ -569,7 +577,16 @@ impl RecipientState {
             RecipientState::Acked { .. } => "acked",
             RecipientState::Failed { .. } => "failed",
             RecipientState::Relayed { .. } => "relayed",
+            RecipientState::Reprocessing { .. } => "reprocessing",
         }
+    }
+
+    /// Waiting for the delivery worker: committed, or re-driven after a failure.
+    pub fn awaits_delivery(&self) -> bool {
+        matches!(
+            self,
+            RecipientState::Sent | RecipientState::Reprocessing { .. }
+        )
     }
 }
 
@@ -629,7 +646,7 @@ impl MessageStatus {
     pub fn awaits_delivery(&self) -> bool {
         self.recipients
             .iter()
-            .any(|r| r.is_local() && r.state == RecipientState::Sent)
+            .any(|r| r.is_local() && r.state.awaits_delivery())
     }
 
     /// Some recipient hosted by `provider` still waits to be relayed there.

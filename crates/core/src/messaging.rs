@@ -226,7 +226,7 @@ pub(crate) fn decide_deliver(
     ts_ms: u64,
 ) -> Result<Vec<Event>, Rejection> {
     let state = recipient_state(facts, id, recipient)?;
-    if *state != RecipientState::Sent {
+    if !state.awaits_delivery() {
         return Err(Rejection::FailedPrecondition(format!(
             "message {id} for {recipient} is already {}",
             state.name()
@@ -241,7 +241,10 @@ pub(crate) fn decide_deliver(
             "recipient {recipient} is hosted by {p}, which delivers it"
         )));
     }
-    let deliver_by = facts.message(id).map(|m| m.deliver_by_ms).unwrap_or(0);
+    let deliver_by = facts
+        .message(id)
+        .and_then(|m| undeliverable_by(m, state))
+        .unwrap_or(0);
     let failed = |reason| Event::Failed {
         message_id: id.clone(),
         recipient: recipient.clone(),
@@ -276,15 +279,20 @@ pub(crate) fn decide_expire(
     let state = *recipient_state(facts, id, recipient)?;
     let deliver_by = facts
         .message(id)
-        .map(|m| m.deliver_by_ms)
+        .and_then(|m| undeliverable_by(m, &state))
         .unwrap_or(u64::MAX);
     let reason = match state {
-        RecipientState::Sent if ts_ms > deliver_by => FailReason::Undeliverable,
+        RecipientState::Sent | RecipientState::Reprocessing { .. } if ts_ms > deliver_by => {
+            FailReason::Undeliverable
+        }
         RecipientState::Routed { ack_by_ms, .. } if ts_ms > ack_by_ms => FailReason::Unacknowledged,
         RecipientState::Relayed { outcome_by_ms, .. } if ts_ms > outcome_by_ms => {
             FailReason::Unacknowledged
         }
-        RecipientState::Sent | RecipientState::Routed { .. } | RecipientState::Relayed { .. } => {
+        RecipientState::Sent
+        | RecipientState::Reprocessing { .. }
+        | RecipientState::Routed { .. }
+        | RecipientState::Relayed { .. } => {
             return Err(Rejection::FailedPrecondition(format!(
                 "no deadline of message {id} for {recipient} has passed"
             )));
@@ -300,6 +308,66 @@ pub(crate) fn decide_expire(
         message_id: id.clone(),
         recipient: recipient.clone(),
         reason,
+    }])
+}
+
+/// When a recipient waiting for delivery must be routed by: the envelope's deliver-by for
+/// a first attempt, the operator's for a re-driven one; `None` when it is not waiting.
+pub fn undeliverable_by(msg: &MessageStatus, state: &RecipientState) -> Option<u64> {
+    match state {
+        RecipientState::Sent => Some(msg.deliver_by_ms),
+        RecipientState::Reprocessing { deliver_by_ms, .. } => Some(*deliver_by_ms),
+        _ => None,
+    }
+}
+
+/// An operator's re-drive of a failed recipient. Only a recipient hosted here, only the
+/// failure named (so a retried request cannot re-drive a later failure), and a new
+/// deliver-by in the future.
+pub(crate) fn decide_reprocess(
+    id: MessageId,
+    recipient: EndpointId,
+    failed_seq: u64,
+    deliver_by_ms: u64,
+    facts: &Facts,
+    ts_ms: u64,
+) -> Result<Vec<Event>, Rejection> {
+    let msg = facts
+        .message(&id)
+        .ok_or_else(|| Rejection::NotFound(format!("message {id} is unknown")))?;
+    let r = msg.recipient(&recipient).ok_or_else(|| {
+        Rejection::NotFound(format!("message {id} is not addressed to {recipient}"))
+    })?;
+    if let Some(p) = &r.provider {
+        return Err(Rejection::FailedPrecondition(format!(
+            "recipient {recipient} is hosted by provider {p}: its delivery is re-driven \
+             there, or the message is sent again"
+        )));
+    }
+    match r.state {
+        RecipientState::Failed { seq, .. } if seq == failed_seq => {}
+        RecipientState::Failed { seq, .. } => {
+            return Err(Rejection::FailedPrecondition(format!(
+                "message {id} for {recipient} last failed at event {seq}, not {failed_seq}"
+            )));
+        }
+        other => {
+            return Err(Rejection::FailedPrecondition(format!(
+                "message {id} for {recipient} is {}; only a failed recipient can be reprocessed",
+                other.name()
+            )));
+        }
+    }
+    if deliver_by_ms <= ts_ms {
+        return Err(Rejection::InvalidArgument(format!(
+            "the new deliver-by ({deliver_by_ms} ms) is not in the future"
+        )));
+    }
+    Ok(vec![Event::Reprocessed {
+        message_id: id,
+        recipient,
+        failed_seq,
+        deliver_by_ms,
     }])
 }
 
@@ -390,6 +458,13 @@ pub(crate) fn fold_message(event: &Event, seq: u64, ts_ms: u64, facts: &Facts) -
         } => {
             if let Some(mut msg) = facts.message(message_id).cloned() {
                 let rank = msg.priority.code();
+                let prev = msg.recipient(recipient).map(|r| r.state);
+                let deliver_by = prev
+                    .and_then(|p| undeliverable_by(&msg, &p))
+                    .unwrap_or(msg.deliver_by_ms);
+                if let Some(p) = prev {
+                    leave_redrive_queue(&p, &mut out);
+                }
                 let entry = crate::codec::encode(&(message_id.clone(), recipient.clone()));
                 out.push(ViewChange::Put(
                     ViewCf::Inbox,
@@ -408,12 +483,7 @@ pub(crate) fn fold_message(event: &Event, seq: u64, ts_ms: u64, facts: &Facts) -
                 ));
                 out.push(ViewChange::Delete(
                     ViewCf::Deadlines,
-                    keys::deadline(
-                        msg.deliver_by_ms,
-                        deadline::UNDELIVERABLE,
-                        message_id,
-                        recipient,
-                    ),
+                    keys::deadline(deliver_by, deadline::UNDELIVERABLE, message_id, recipient),
                 ));
                 out.push(ViewChange::Put(
                     ViewCf::Deadlines,
@@ -479,17 +549,13 @@ pub(crate) fn fold_message(event: &Event, seq: u64, ts_ms: u64, facts: &Facts) -
         } => {
             if let Some(mut msg) = facts.message(message_id).cloned() {
                 if let Some(prev) = msg.recipient(recipient).map(|r| r.state) {
-                    if prev == RecipientState::Sent {
+                    if let Some(by) = undeliverable_by(&msg, &prev) {
                         out.push(ViewChange::Delete(
                             ViewCf::Deadlines,
-                            keys::deadline(
-                                msg.deliver_by_ms,
-                                deadline::UNDELIVERABLE,
-                                message_id,
-                                recipient,
-                            ),
+                            keys::deadline(by, deadline::UNDELIVERABLE, message_id, recipient),
                         ));
                     }
+                    leave_redrive_queue(&prev, &mut out);
                     leave_inbox(&msg, message_id, recipient, &prev, &mut out);
                     owe_notification(
                         &msg,
@@ -521,6 +587,47 @@ pub(crate) fn fold_message(event: &Event, seq: u64, ts_ms: u64, facts: &Facts) -
                         fed_keys::relay(&p, msg.sent_seq),
                     ));
                 }
+                out.push(ViewChange::PutMessage(msg));
+            }
+        }
+        Event::Reprocessed {
+            message_id,
+            recipient,
+            failed_seq,
+            deliver_by_ms,
+        } => {
+            if let Some(mut msg) = facts.message(message_id).cloned() {
+                // No longer a dead letter (the failure stays in the history); back in the
+                // delivery queue, with the new deadline.
+                out.push(ViewChange::Delete(
+                    ViewCf::DeadLetters,
+                    fed_keys::dead_letter(*failed_seq),
+                ));
+                set_state(
+                    &mut msg,
+                    recipient,
+                    RecipientState::Reprocessing {
+                        seq,
+                        failed_seq: *failed_seq,
+                        deliver_by_ms: *deliver_by_ms,
+                    },
+                );
+                // Queued under this event's sequence, ahead of the delivery worker's scan.
+                out.push(ViewChange::Put(
+                    ViewCf::Queue,
+                    keys::queue(seq),
+                    msg.message_id.as_str().as_bytes().to_vec(),
+                ));
+                out.push(ViewChange::Put(
+                    ViewCf::Deadlines,
+                    keys::deadline(
+                        *deliver_by_ms,
+                        deadline::UNDELIVERABLE,
+                        message_id,
+                        recipient,
+                    ),
+                    Vec::new(),
+                ));
                 out.push(ViewChange::PutMessage(msg));
             }
         }
@@ -679,6 +786,13 @@ fn leave_inbox(
 
 /// Drops the message from the delivery queue once no recipient hosted here waits for
 /// delivery.
+/// A re-driven recipient leaves the queue entry its `Reprocessed` event made.
+fn leave_redrive_queue(prev: &RecipientState, out: &mut Vec<ViewChange>) {
+    if let RecipientState::Reprocessing { seq, .. } = prev {
+        out.push(ViewChange::Delete(ViewCf::Queue, keys::queue(*seq)));
+    }
+}
+
 fn dequeue_if_delivered(msg: &MessageStatus, out: &mut Vec<ViewChange>) {
     if !msg.awaits_delivery() {
         out.push(ViewChange::Delete(ViewCf::Queue, keys::queue(msg.sent_seq)));
@@ -875,6 +989,141 @@ mod tests {
         assert_eq!(s.finals(&a), 1);
         assert_eq!(s.finals(&b), 1);
         assert!(s.facts.message(&id).expect("status").is_complete());
+    }
+
+    /// A failed recipient re-driven by an operator: only the failure named, only once, with
+    /// a deliver-by in the future; it leaves the dead letters, goes back on the queue with
+    /// its own deadline, and is routed once and acknowledged: one final outcome per
+    /// attempt, both attempts in the history. A late re-drive fails undeliverable again.
+    #[test]
+    fn a_failed_recipient_is_reprocessed_once() {
+        let mut s = sim();
+        let r = ep(2, "a");
+        let id = send(&mut s, 4, vec![r.clone()]);
+        let fail = Command::Deliver {
+            message_id: id.clone(),
+            recipient: r.clone(),
+            verdict: DeliveryVerdict::Fail(FailReason::PayloadTypeNotAccepted),
+        };
+        s.run(fail, 200).expect("fails");
+        let RecipientState::Failed {
+            seq: failed_seq, ..
+        } = s.state(&id, &r)
+        else {
+            panic!("failed");
+        };
+        assert!(
+            s.put(ViewCf::DeadLetters, &fed_keys::dead_letter(failed_seq))
+                .is_some()
+        );
+        let reprocess = |failed_seq, deliver_by_ms| Command::Reprocess {
+            message_id: id.clone(),
+            recipient: r.clone(),
+            failed_seq,
+            deliver_by_ms,
+        };
+        s.run(reprocess(failed_seq + 1, 90_000), 300)
+            .expect_err("another failure is not re-driven");
+        s.run(reprocess(failed_seq, 300), 300)
+            .expect_err("the new deliver-by must be in the future");
+        s.run(reprocess(failed_seq, 90_000), 300)
+            .expect("re-driven");
+        assert!(matches!(
+            s.state(&id, &r),
+            RecipientState::Reprocessing { failed_seq: f, deliver_by_ms: 90_000, .. } if f == failed_seq
+        ));
+        assert!(s.deleted(ViewCf::DeadLetters, &fed_keys::dead_letter(failed_seq)));
+        let RecipientState::Reprocessing {
+            seq: redrive_seq, ..
+        } = s.state(&id, &r)
+        else {
+            panic!("reprocessing");
+        };
+        assert!(s.put(ViewCf::Queue, &keys::queue(redrive_seq)).is_some());
+        assert!(
+            s.put(
+                ViewCf::Deadlines,
+                &keys::deadline(90_000, deadline::UNDELIVERABLE, &id, &r)
+            )
+            .is_some()
+        );
+        s.run(reprocess(failed_seq, 90_000), 301)
+            .expect_err("a second re-drive of the same failure is refused");
+        // Routed past the envelope's own deliver-by but within the operator's.
+        s.run(route(&id, &r, 95_000), DELIVER_BY + 10)
+            .expect("routed");
+        assert!(s.deleted(
+            ViewCf::Deadlines,
+            &keys::deadline(90_000, deadline::UNDELIVERABLE, &id, &r)
+        ));
+        assert!(s.deleted(ViewCf::Queue, &keys::queue(redrive_seq)));
+        s.run(route(&id, &r, 95_000), DELIVER_BY + 11)
+            .expect_err("routed once");
+        s.run(
+            Command::Ack {
+                message_id: id.clone(),
+                recipient: r.clone(),
+                status: AckStatus::Accepted,
+                note: String::new(),
+            },
+            DELIVER_BY + 20,
+        )
+        .expect("acked");
+        assert_eq!(s.finals(&r), 2, "one final outcome per attempt");
+        let kinds: Vec<&str> = s.events.iter().map(|e| e.kind()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "sent",
+                "failed",
+                "reprocessed",
+                "decrypted",
+                "routed",
+                "acked"
+            ]
+        );
+
+        // A re-drive whose own deadline passes fails undeliverable, and is a dead letter again.
+        let id2 = send(&mut s, 5, vec![r.clone()]);
+        let fail = Command::Deliver {
+            message_id: id2.clone(),
+            recipient: r.clone(),
+            verdict: DeliveryVerdict::Fail(FailReason::UnknownKey),
+        };
+        s.run(fail, 200).expect("fails");
+        let RecipientState::Failed { seq: f2, .. } = s.state(&id2, &r) else {
+            panic!("failed");
+        };
+        s.run(
+            Command::Reprocess {
+                message_id: id2.clone(),
+                recipient: r.clone(),
+                failed_seq: f2,
+                deliver_by_ms: 1_000,
+            },
+            500,
+        )
+        .expect("re-driven");
+        let expire = Command::Expire {
+            message_id: id2.clone(),
+            recipient: r.clone(),
+        };
+        s.run(expire.clone(), 1_000).expect_err("not due yet");
+        let ev = s.run(expire, 1_001).expect("undeliverable");
+        assert!(matches!(
+            ev[0],
+            Event::Failed {
+                reason: FailReason::Undeliverable,
+                ..
+            }
+        ));
+        let RecipientState::Failed { seq: f3, .. } = s.state(&id2, &r) else {
+            panic!("failed again");
+        };
+        assert!(
+            s.put(ViewCf::DeadLetters, &fed_keys::dead_letter(f3))
+                .is_some()
+        );
     }
 
     /// A delivery verdict that arrives after deliver-by fails the recipient instead.

@@ -251,6 +251,7 @@ pub fn event_reads(event: &Event) -> Reads {
         | Event::Fetched { message_id, .. }
         | Event::Acked { message_id, .. }
         | Event::Failed { message_id, .. }
+        | Event::Reprocessed { message_id, .. }
         | Event::LateOutcome { message_id, .. } => Reads {
             messages: vec![message_id.clone()],
             ..Reads::default()
@@ -338,6 +339,7 @@ pub fn fold(event: &Event, seq: u64, ts_ms: u64, facts: &Facts) -> Vec<ViewChang
         | Event::Fetched { .. }
         | Event::Acked { .. }
         | Event::Failed { .. }
+        | Event::Reprocessed { .. }
         | Event::Received { .. }
         | Event::Relayed { .. }
         | Event::LateOutcome { .. } => crate::messaging::fold_message(event, seq, ts_ms, facts),

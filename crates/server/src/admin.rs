@@ -1,7 +1,9 @@
 //! The `Admin` gRPC service: cluster status (this node's, or every member's own answer),
 //! membership changes, snapshots, a full hash-chain check, the dead letters (failed
 //! recipients, with the reason and the last error known) for operators, and a check that
-//! every view equals its rebuild from the event store.
+//! every view equals its rebuild from the event store, and the re-drive (`Reprocess`) of a
+//! failed recipient hosted here. Everything but status is for operators only (a client
+//! certificate that names no organisation).
 
 use std::time::Duration;
 
@@ -13,8 +15,13 @@ use sealpost_raft::{LocalStatus, MembershipOp, RaftNode};
 use tonic::{Request, Response, Status};
 
 use crate::convert;
+use crate::messaging::{Caller, require_operator};
 use crate::relay_worker::LastErrors;
+use sealpost_core::Outcome;
+use sealpost_core::command::{Command, Proposal};
+use sealpost_core::ids::EndpointId;
 use sealpost_core::message::FailReason;
+use sealpost_core::message::MessageId;
 use sealpost_core::message::RecipientState;
 
 /// The `sealpost.v1.Admin` service of one node.
@@ -24,6 +31,8 @@ pub struct AdminService {
     member_status_timeout: Duration,
     relay_errors: LastErrors,
     listing_items_max: u32,
+    /// How long a reprocessed recipient has to be routed.
+    reprocess_deliver_within_ms: u64,
 }
 
 pub fn role_name(s: ServerState, voter: bool) -> &'static str {
@@ -63,13 +72,19 @@ impl AdminService {
         member_status_timeout: Duration,
         relay_errors: LastErrors,
         listing_items_max: u32,
+        reprocess_deliver_within_ms: u64,
     ) -> Self {
         Self {
             node,
             member_status_timeout,
             relay_errors,
             listing_items_max,
+            reprocess_deliver_within_ms,
         }
+    }
+
+    fn operator_only<T>(&self, req: &Request<T>, what: &str) -> Result<Caller, Status> {
+        require_operator(req, self.node.id(), what)
     }
 
     /// What is known about why a recipient failed: the reason spelled out, and for a
@@ -149,6 +164,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::AddNodeRequest>,
     ) -> Result<Response<pb::AddNodeResponse>, Status> {
+        self.operator_only(&req, "cluster membership")?;
         let r = req.into_inner();
         if r.id == 0 {
             return Err(Status::invalid_argument("id: must be a positive integer"));
@@ -181,6 +197,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        self.operator_only(&req, "cluster membership")?;
         let id = req.into_inner().id;
         let index = self
             .node
@@ -192,8 +209,9 @@ impl Admin for AdminService {
 
     async fn snapshot(
         &self,
-        _req: Request<pb::SnapshotRequest>,
+        req: Request<pb::SnapshotRequest>,
     ) -> Result<Response<pb::SnapshotResponse>, Status> {
+        self.operator_only(&req, "a snapshot")?;
         let index = self.node.snapshot().await.map_err(convert::node_error)?;
         Ok(Response::new(pb::SnapshotResponse {
             snapshot_index: index,
@@ -203,8 +221,9 @@ impl Admin for AdminService {
 
     async fn verify_chain(
         &self,
-        _req: Request<pb::VerifyChainRequest>,
+        req: Request<pb::VerifyChainRequest>,
     ) -> Result<Response<pb::VerifyChainResponse>, Status> {
+        self.operator_only(&req, "the chain check")?;
         let view = self.node.view().clone();
         let res =
             tokio::task::spawn_blocking(move || view.verify_chain().map(|r| (r, view.status())))
@@ -233,8 +252,9 @@ impl Admin for AdminService {
 
     async fn rebuild_views(
         &self,
-        _req: Request<pb::RebuildViewsRequest>,
+        req: Request<pb::RebuildViewsRequest>,
     ) -> Result<Response<pb::RebuildViewsResponse>, Status> {
+        self.operator_only(&req, "rebuilding views")?;
         let view = self.node.view().clone();
         let report = tokio::task::spawn_blocking(move || view.rebuild_views_check())
             .await
@@ -266,6 +286,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DeadLettersRequest>,
     ) -> Result<Response<pb::DeadLettersReply>, Status> {
+        self.operator_only(&req, "the dead letters")?;
         let r = req.into_inner();
         let limit = match r.limit {
             0 => self.listing_items_max,
@@ -309,5 +330,90 @@ impl Admin for AdminService {
             });
         }
         Ok(Response::new(pb::DeadLettersReply { items }))
+    }
+
+    async fn reprocess(
+        &self,
+        req: Request<pb::ReprocessRequest>,
+    ) -> Result<Response<pb::ReprocessReply>, Status> {
+        let caller = self.operator_only(&req, "reprocessing")?;
+        let r = req.into_inner();
+        let id = MessageId::parse(&r.message_id)
+            .map_err(|e| Status::invalid_argument(format!("message_id: {e}")))?;
+        let only = match r.recipient.as_str() {
+            "" => None,
+            s => Some(
+                s.parse::<EndpointId>()
+                    .map_err(|e| Status::invalid_argument(format!("recipient: {e}")))?,
+            ),
+        };
+        self.node
+            .linearizable_barrier()
+            .await
+            .map_err(convert::node_error)?;
+        let msg = self
+            .node
+            .view()
+            .message(&id)
+            .map_err(convert::store_error)?
+            .ok_or_else(|| Status::not_found(format!("message {id} is unknown")))?;
+        let mut failed: Vec<(EndpointId, u64)> = msg
+            .recipients
+            .iter()
+            .filter(|rs| only.as_ref().is_none_or(|o| o == &rs.endpoint))
+            .filter_map(|rs| match rs.state {
+                RecipientState::Failed { seq, .. } if rs.is_local() => {
+                    Some((rs.endpoint.clone(), seq))
+                }
+                _ => None,
+            })
+            .collect();
+        if failed.is_empty() {
+            // Nothing to re-drive: the decision names why (not addressed, not failed, or
+            // hosted by a peer), for the recipient asked about or the first one.
+            let Some(recipient) =
+                only.or_else(|| msg.recipients.first().map(|rs| rs.endpoint.clone()))
+            else {
+                return Err(Status::failed_precondition(format!(
+                    "message {id} has no recipients here"
+                )));
+            };
+            let seq = match msg.recipient(&recipient).map(|rs| rs.state) {
+                Some(RecipientState::Failed { seq, .. }) => seq,
+                _ => 0,
+            };
+            failed.push((recipient, seq));
+        }
+        let deliver_by_ms =
+            crate::messaging::now_ms().saturating_add(self.reprocess_deliver_within_ms);
+        let mut attempts = Vec::with_capacity(failed.len());
+        for (recipient, failed_seq) in failed {
+            let committed = self
+                .node
+                .propose(Proposal {
+                    actor: caller.actor.clone(),
+                    command: Command::Reprocess {
+                        message_id: id.clone(),
+                        recipient: recipient.clone(),
+                        failed_seq,
+                        deliver_by_ms,
+                    },
+                })
+                .await
+                .map_err(convert::propose_error)?;
+            match committed.outcome {
+                Outcome::Rejected(rej) => return Err(convert::rejection(rej)),
+                Outcome::Applied { first_seq, .. } => attempts.push(pb::ReprocessAttempt {
+                    recipient: recipient.to_string(),
+                    failed_seq,
+                    seq: first_seq,
+                    deliver_by_ms,
+                }),
+            }
+        }
+        Ok(Response::new(pb::ReprocessReply {
+            message_id: id.to_string(),
+            attempts,
+        }))
     }
 }

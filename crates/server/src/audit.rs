@@ -32,7 +32,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
-use crate::messaging::caller_of;
+use crate::messaging::require_operator;
 
 /// A checkpoint as it travels.
 pub fn checkpoint_to_pb(cp: &Checkpoint) -> pb::SignedCheckpoint {
@@ -74,14 +74,7 @@ impl AuditService {
 
     /// Refuses callers that act for an organisation; returns the caller's actor name.
     fn operator_only<T>(&self, req: &Request<T>) -> Result<String, Status> {
-        let caller = caller_of(req, self.node.id());
-        if let Some(org) = caller.org {
-            return Err(Status::permission_denied(format!(
-                "the audit trail is for operators and auditors; this certificate acts for \
-                 organisation {org}"
-            )));
-        }
-        Ok(caller.actor)
+        Ok(require_operator(req, self.node.id(), "the audit trail")?.actor)
     }
 
     /// Records that `actor` read events `from..=to` (`to` 0: up to the newest) before

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use sealpost_core::command::{Command, DeliveryVerdict, Proposal};
 use sealpost_core::ids::EndpointId;
-use sealpost_core::message::{FailReason, MessageId, RecipientState};
+use sealpost_core::message::{FailReason, MessageId};
 use sealpost_raft::RaftNode;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
@@ -213,7 +213,7 @@ impl Worker {
             for r in msg
                 .recipients
                 .iter()
-                .filter(|r| r.is_local() && r.state == RecipientState::Sent)
+                .filter(|r| r.is_local() && r.state.awaits_delivery())
             {
                 let sent_seq = msg.sent_seq;
                 let claimed = self

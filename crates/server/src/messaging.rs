@@ -113,6 +113,19 @@ pub struct Caller {
     pub org: Option<HpiO>,
 }
 
+/// Refuses a caller whose certificate acts for an organisation: operator and auditor
+/// calls only. Returns the caller.
+pub fn require_operator<T>(req: &Request<T>, node: u64, what: &str) -> Result<Caller, Status> {
+    let caller = caller_of(req, node);
+    if let Some(org) = &caller.org {
+        return Err(Status::permission_denied(format!(
+            "{what} is for operators and auditors; this certificate acts for organisation \
+             {org}"
+        )));
+    }
+    Ok(caller)
+}
+
 /// Identifies the caller from its TLS client certificate.
 pub fn caller_of<T>(req: &Request<T>, node: u64) -> Caller {
     let cert = req

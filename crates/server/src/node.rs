@@ -365,6 +365,7 @@ pub async fn start_with_relay(
         Duration::from_millis(cfg.api.member_status_timeout_ms),
         last_errors,
         cfg.messaging.listing_items_max,
+        cfg.messaging.deliver_within_ms_default,
     ))
     .max_decoding_message_size(limit)
     .max_encoding_message_size(limit);
