@@ -43,11 +43,13 @@ TOML
   # unseat the first leader, so one node saying "leader" is not enough.
   for _ in $(seq 1 100); do
     status=$("$bin" cluster status --json 2>/dev/null || true)
-    leaders=$(printf '%s' "$status" | grep -o '"leader_id":[0-9]*' | sort -u)
+    # (No match yet is not an error: under `set -e -o pipefail` a failing grep here used
+    # to end the script before the nodes were listening.)
+    leaders=$(printf '%s' "$status" | grep -o '"leader_id":[0-9]*' | sort -u || true)
     if printf '%s' "$status" | grep -q '"role":"leader"' \
-      && [ "$(printf '%s\n' "$leaders" | grep -c .)" = 1 ] \
+      && [ "$(printf '%s\n' "$leaders" | grep -c . || true)" = 1 ] \
       && [ "$leaders" != '"leader_id":0' ] \
-      && [ "$(printf '%s' "$status" | grep -o '"reachable":true' | grep -c .)" = 3 ]; then
+      && [ "$(printf '%s' "$status" | grep -o '"reachable":true' | grep -c . || true)" = 3 ]; then
       echo "cluster is up; SEALPOST_CLIENT_CONFIG=$run/client.toml"
       return 0
     fi

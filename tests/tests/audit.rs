@@ -380,3 +380,163 @@ async fn reprocess_redrives_a_dead_letter_once_and_the_audit_shows_both_attempts
     );
     assert_views_rebuild(&c);
 }
+
+/// After the retention period the payload is dropped on every replica, as an event: the
+/// receiver can no longer fetch it, but every hash, the chain, the Merkle tree, the views
+/// and the audit records still verify, and the message's history is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn payloads_are_dropped_after_retention_and_the_chain_still_verifies() {
+    let (_dir, c) = messaging_cluster(
+        3,
+        sealpost_server::config::MessagingOptions {
+            deliver_within_ms_default: 1_000,
+            deliver_within_ms_max: 1_000,
+            ack_window_ms: 1_000,
+            payload_retention_ms: 2_500,
+            ..messaging_opts()
+        },
+    )
+    .await;
+    let gp = org_client(&c, 1, SENDER).await;
+    let lab = endpoint(LAB, "results");
+    let id = send_ok(
+        &gp,
+        send_request(std::slice::from_ref(&lab), b"old result", "t-1"),
+    )
+    .await
+    .message_id;
+    let lab_client = org_client(&c, 2, LAB).await;
+    track_until(&lab_client, &id, "routed", |r| {
+        recipient_state(r, &lab).0 == "routed"
+    })
+    .await;
+    let fetch = pb::FetchRequest {
+        message_id: id.clone(),
+        recipient: String::new(),
+    };
+    let first = lab_client
+        .messaging()
+        .fetch(fetch.clone())
+        .await
+        .expect("fetched while retained")
+        .into_inner();
+    assert_eq!(first.payload, b"old result");
+    lab_client
+        .messaging()
+        .ack(pb::AckRequest {
+            message_id: id.clone(),
+            recipient: lab.clone(),
+            status: "accepted".into(),
+            note: String::new(),
+        })
+        .await
+        .expect("acked");
+    let admin = client(&c, 1).await;
+    let history_before: Vec<(u64, Vec<u8>)> = replay(
+        &admin,
+        pb::ReplayRequest {
+            message_id: id.clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .into_iter()
+    .map(|e| (e.seq, e.hash))
+    .collect();
+    let sent_seq = history_before[0].0;
+
+    // Wait (bounded) for the retention worker's drop to cover the message.
+    let deadline = std::time::Instant::now() + WAIT;
+    let drop = loop {
+        let drops = replay(
+            &admin,
+            pb::ReplayRequest {
+                kind: "payloads_dropped".into(),
+                ..Default::default()
+            },
+        )
+        .await;
+        if let Some(d) = drops.into_iter().find(|d| {
+            let f = sealpost_core::audit::parse_canonical(&d.canonical).expect("parses");
+            f.kind == "payloads_dropped" && d.seq > sent_seq
+        }) {
+            let rec = c
+                .node(1)
+                .expect("node")
+                .raft
+                .view()
+                .event(d.seq)
+                .expect("read");
+            if let Some(sealpost_core::event::Event::PayloadsDropped { through_seq, .. }) =
+                rec.map(|r| r.event)
+                && through_seq >= sent_seq
+            {
+                break d;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no drop covered the message"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert!(drop.actor.starts_with("retention@"), "{}", drop.actor);
+    converged(&c).await;
+    for id_node in c.running_ids() {
+        let view = c.node(id_node).expect("node").raft.view().clone();
+        let rec = view
+            .event(sent_seq)
+            .expect("read")
+            .expect("the event stays");
+        let sealpost_core::event::Event::Sent { envelope, .. } = &rec.event else {
+            panic!("event {sent_seq} is the send");
+        };
+        assert!(
+            envelope.payload_dropped(),
+            "node {id_node} dropped the payload"
+        );
+        assert_eq!(
+            rec.computed_hash(),
+            rec.hash,
+            "node {id_node}: the hash still holds"
+        );
+        let walked = view
+            .verify_chain_range(1, 0)
+            .expect("walk")
+            .expect("verifies");
+        assert!(walked.root.is_some());
+    }
+    let refused = lab_client
+        .messaging()
+        .fetch(fetch)
+        .await
+        .expect_err("the payload is gone");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("retention"),
+        "{}",
+        refused.message()
+    );
+    // The history (every event and its hash) is what it was; the status stays.
+    let history_after: Vec<(u64, Vec<u8>)> = replay(
+        &admin,
+        pb::ReplayRequest {
+            message_id: id.clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .into_iter()
+    .map(|e| (e.seq, e.hash))
+    .collect();
+    assert_eq!(history_after, history_before);
+    assert_eq!(recipient_state(&track(&gp, &id).await, &lab).0, "acked");
+    let verdict = admin
+        .audit()
+        .verify(pb::AuditVerifyRequest::default())
+        .await
+        .expect("verify")
+        .into_inner();
+    assert!(verdict.ok, "{}", verdict.problem);
+    assert_views_rebuild(&c);
+}

@@ -44,6 +44,7 @@ pub fn kind_for_tag(tag: u16) -> Option<&'static str> {
         17 => "outcomes_notified",
         18 => "audit_read",
         19 => "reprocessed",
+        20 => "payloads_dropped",
         _ => return None,
     })
 }

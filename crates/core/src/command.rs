@@ -126,6 +126,12 @@ pub enum Command {
         failed_seq: u64,
         deliver_by_ms: u64,
     },
+    /// The retention worker drops the payloads of events up to `through_seq` stamped
+    /// before `before_ts_ms`.
+    DropPayloads {
+        before_ts_ms: u64,
+        through_seq: u64,
+    },
 }
 
 /// Longest audit query recorded with an `AuditRead`, in bytes.
@@ -249,6 +255,7 @@ impl Command {
             Command::RecordAuditRead { query, .. } => {
                 check_text("query", query, AUDIT_QUERY_BYTES_MAX)?;
             }
+            Command::DropPayloads { .. } => {}
         }
         Ok(())
     }
@@ -330,6 +337,10 @@ impl Command {
                 ..Reads::default()
             },
             Command::RecordAuditRead { .. } => Reads::default(),
+            Command::DropPayloads { .. } => Reads {
+                cursors: vec![(crate::retention::CURSOR, String::new())],
+                ..Reads::default()
+            },
         }
     }
 
@@ -354,6 +365,7 @@ impl Command {
             Command::NotificationsRelayed { .. } => "notifications_relayed",
             Command::OutcomesNotified { .. } => "outcomes_notified",
             Command::RecordAuditRead { .. } => "record_audit_read",
+            Command::DropPayloads { .. } => "drop_payloads",
         }
     }
 }
@@ -499,6 +511,10 @@ pub fn decide(
         Command::OutcomesNotified { org, through_seq } => {
             crate::federation::decide_outcomes_notified(org, through_seq, facts)?
         }
+        Command::DropPayloads {
+            before_ts_ms,
+            through_seq,
+        } => crate::retention::decide_drop(before_ts_ms, through_seq, facts, ts_ms)?,
         Command::RecordAuditRead {
             query,
             from_seq,

@@ -278,7 +278,7 @@ pub mod keys {
     }
 }
 
-fn encode_cursor(v: u64) -> Vec<u8> {
+pub(crate) fn encode_cursor(v: u64) -> Vec<u8> {
     v.to_be_bytes().to_vec()
 }
 

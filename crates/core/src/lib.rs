@@ -13,6 +13,7 @@
 //! - [`message`]: envelope v1 (signed header, sealed copies), message ids, lifecycle states.
 //! - [`messaging`]: the message lifecycle: send, delivery and deadline decisions, its fold
 //!   and the messaging view key layouts.
+//! - [`retention`]: dropping old payloads (as an event) while the chain still verifies.
 //! - [`federation`]: provider ids, transport receipts, delivery notifications, peer
 //!   directory changes, and the decisions and folds of the federation events.
 //! - [`audit`]: exported event lines (readable fields beside the hashed canonical bytes)
@@ -36,6 +37,7 @@ pub mod ids;
 pub mod merkle;
 pub mod message;
 pub mod messaging;
+pub mod retention;
 pub mod view;
 
 #[cfg(test)]

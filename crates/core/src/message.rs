@@ -321,6 +321,52 @@ pub struct SealedCopy {
     pub ciphertext: Vec<u8>,
 }
 
+/// Starts the stand-in for a ciphertext dropped after the retention period:
+/// `label (8 bytes) || ciphertext length (u64, big-endian) || SHA-256 of the ciphertext`,
+/// exactly what the hash chain covers of a copy, so the chain still verifies.
+pub const DROPPED_LABEL: &[u8; 8] = b"SPDROP01";
+/// Length of a dropped copy's stand-in.
+pub const DROPPED_BYTES: usize = 8 + 8 + 32;
+
+impl SealedCopy {
+    /// The length and digest of the ciphertext that was dropped, when it was.
+    pub fn dropped(&self) -> Option<(u64, [u8; 32])> {
+        let c = &self.ciphertext;
+        if c.len() != DROPPED_BYTES || !c.starts_with(DROPPED_LABEL) {
+            return None;
+        }
+        let mut len = [0u8; 8];
+        len.copy_from_slice(&c[8..16]);
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(&c[16..]);
+        Some((u64::from_be_bytes(len), digest))
+    }
+
+    /// The ciphertext's length and SHA-256 digest, as the hash chain covers them, whether
+    /// the ciphertext is still here or was dropped.
+    pub fn ciphertext_digest(&self) -> (u64, [u8; 32]) {
+        self.dropped().unwrap_or_else(|| {
+            (
+                self.ciphertext.len() as u64,
+                Sha256::digest(&self.ciphertext).into(),
+            )
+        })
+    }
+
+    /// Replaces the ciphertext with its stand-in (once; a dropped copy stays as it is).
+    pub fn drop_ciphertext(&mut self) {
+        if self.dropped().is_some() {
+            return;
+        }
+        let (len, digest) = self.ciphertext_digest();
+        let mut c = Vec::with_capacity(DROPPED_BYTES);
+        c.extend_from_slice(DROPPED_LABEL);
+        c.extend_from_slice(&len.to_be_bytes());
+        c.extend_from_slice(&digest);
+        self.ciphertext = c;
+    }
+}
+
 /// Envelope v1: header, the sender's Ed25519 signature over it, and the sealed copies.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Envelope {
@@ -503,8 +549,19 @@ impl Envelope {
                     "does not match the payload size in the header",
                 ));
             }
+            if copy.dropped().is_some() {
+                return Err(FieldError::new(
+                    "envelope.sealed.ciphertext",
+                    "has the shape reserved for a payload dropped after retention",
+                ));
+            }
         }
         Ok(())
+    }
+
+    /// True once the payload was dropped after the retention period.
+    pub fn payload_dropped(&self) -> bool {
+        self.sealed.iter().any(|c| c.dropped().is_some())
     }
 
     /// The copy sealed for an organisation.
@@ -669,10 +726,10 @@ impl MessageStatus {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn header() -> EnvelopeHeader {
+    pub(crate) fn header() -> EnvelopeHeader {
         let org = HpiO::from_serial(1);
         EnvelopeHeader {
             version: ENVELOPE_VERSION,

@@ -357,6 +357,15 @@ impl Admin for AdminService {
             .message(&id)
             .map_err(convert::store_error)?
             .ok_or_else(|| Status::not_found(format!("message {id} is unknown")))?;
+        let dropped = crate::messaging::load_envelope(self.node.view(), msg.sent_seq)
+            .map(|e| e.payload_dropped())
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if dropped {
+            return Err(Status::failed_precondition(format!(
+                "the payload of message {id} was dropped after the retention period; it \
+                 cannot be re-driven, only sent again"
+            )));
+        }
         let mut failed: Vec<(EndpointId, u64)> = msg
             .recipients
             .iter()

@@ -77,6 +77,11 @@ pub struct MessagingOptions {
     pub listing_items_max: u32,
     /// Longest a follow stream stays open before the client resumes from its cursor.
     pub follow_stream_ms_max: u64,
+    /// Payloads (ciphertexts) are dropped from the event store this long after their
+    /// message was sent or received; the chain, the audit records and every status remain.
+    /// 0 keeps payloads for ever. Must exceed `deliver_within_ms_max + ack_window_ms`, so
+    /// no payload still owed to a recipient is dropped.
+    pub payload_retention_ms: u64,
 }
 
 impl Default for MessagingOptions {
@@ -91,6 +96,7 @@ impl Default for MessagingOptions {
             seals_in_flight_max: 4,
             listing_items_max: 1000,
             follow_stream_ms_max: 3600 * 1000,
+            payload_retention_ms: 0,
         }
     }
 }
@@ -129,6 +135,19 @@ impl MessagingOptions {
             return Err(invalid(
                 "messaging.deliver_within_ms_default",
                 "must not exceed messaging.deliver_within_ms_max",
+            ));
+        }
+        let owed_ms = self
+            .deliver_within_ms_max
+            .saturating_add(self.ack_window_ms);
+        if self.payload_retention_ms != 0 && self.payload_retention_ms <= owed_ms {
+            return Err(invalid(
+                "messaging.payload_retention_ms",
+                format!(
+                    "must be 0 (keep for ever) or more than deliver_within_ms_max + \
+                     ack_window_ms ({owed_ms} ms), so no payload still owed to a recipient is \
+                     dropped"
+                ),
             ));
         }
         if self.deliveries_in_flight_max == 0

@@ -260,6 +260,10 @@ impl Worker {
             Ok(e) => e,
             Err(e) => return local("cannot load the envelope", &e),
         };
+        if envelope.payload_dropped() {
+            // Dropped after the retention period (only a re-drive can get here).
+            return fail(FailReason::Undeliverable);
+        }
         let endpoint = match view.endpoint(recipient) {
             Ok(ep) => ep,
             Err(e) => return local("cannot read the recipient endpoint", &e),

@@ -9,7 +9,8 @@
 //! - [`config`]: [`config::NodeConfig`], file → environment → validation.
 //! - [`directory`], [`messaging`], [`admin`]: the client-facing services; [`audit`]: the
 //!   event store replayed for auditors.
-//! - [`delivery`]: the leader's delivery and deadline worker.
+//! - [`delivery`]: the leader's delivery and deadline worker; [`retention`]: the leader's
+//!   payload-retention worker.
 //! - [`federation`]: relay port, provider key and trust bundle settings.
 //! - [`relay`]: the `Relay` service peers call; [`relay_worker`]: the leader's relay,
 //!   notification, peer-directory and remote-deadline worker (one task per peer).
@@ -40,6 +41,7 @@ pub mod mllp_out;
 pub mod node;
 pub mod relay;
 pub mod relay_worker;
+pub mod retention;
 
 pub use config::NodeConfig;
 pub use node::{NodeHandle, ServerError, start};

@@ -699,6 +699,12 @@ impl Messaging for MessagingService {
             )));
         }
         let envelope = self.envelope(msg.sent_seq)?;
+        if envelope.payload_dropped() {
+            return Err(Status::failed_precondition(format!(
+                "the payload of message {id} was dropped after the retention period; its \
+                 status and audit trail remain"
+            )));
+        }
         let copy = envelope.copy_for(&recipient.org).ok_or_else(|| {
             Status::internal(format!("message {id} holds no copy for {}", recipient.org))
         })?;

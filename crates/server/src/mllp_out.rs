@@ -303,6 +303,14 @@ impl Pusher {
             Ok(e) => e,
             Err(e) => return Pushed::Retry(format!("cannot load the envelope: {e}")),
         };
+        if envelope.payload_dropped() {
+            // Past the retention period nothing is left to push; the receiving system is
+            // told the message errored, which ends the retries.
+            return Pushed::Answered(
+                AckStatus::Error,
+                "the payload was dropped after the retention period".into(),
+            );
+        }
         let Some(copy) = envelope.copy_for(&self.endpoint.org) else {
             return Pushed::Retry("the envelope holds no copy for this organisation".into());
         };

@@ -272,6 +272,12 @@ pub async fn start_with_relay(
         cfg.mllp_notify.clone(),
         workers_rx.clone(),
     ));
+    workers.extend(crate::retention::spawn(
+        raft.clone(),
+        cfg.messaging.payload_retention_ms,
+        cfg.messaging.worker_tick_ms,
+        workers_rx.clone(),
+    ));
     workers.push(crate::delivery::spawn(
         raft.clone(),
         keystore,

@@ -17,10 +17,10 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 use sealpost_core::batch::{Batch, BatchOutcome, Outcome};
 use sealpost_core::codec;
-use sealpost_core::command::{Reads, decide};
+use sealpost_core::command::{Command, Reads, decide};
 use sealpost_core::directory::{Endpoint, Organisation};
 use sealpost_core::event::{
-    ChainError, ChainVerifier, EVENT_VERSION_CURRENT, EventRecord, GENESIS_HASH, Hash,
+    ChainError, ChainVerifier, EVENT_VERSION_CURRENT, Event, EventRecord, GENESIS_HASH, Hash,
 };
 use sealpost_core::federation::{self, Notification, keys as fed_keys};
 use sealpost_core::ids::{EndpointId, HpiO};
@@ -365,7 +365,6 @@ struct Tip {
 /// Applies entries to the live database in one write batch and wakes the view watchers.
 fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<BatchOutcome>> {
     let live = shared.live();
-    let db = &live.db;
     let mut tip = Tip {
         chain: live.chain()?,
         tree: live.frontier()?.unwrap_or_default(),
@@ -376,6 +375,17 @@ fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<BatchOutcom
     let mut wb = WriteBatch::default();
     let mut results = Vec::with_capacity(entries.len());
     for entry in entries {
+        if let EntryPayload::Normal(b) = &entry.payload
+            && b.proposals
+                .iter()
+                .any(|p| matches!(p.command, Command::DropPayloads { .. }))
+            && !wb.is_empty()
+        {
+            // A payload drop rewrites events already in the store, so everything applied
+            // before it is written first: every replica then reads the same events.
+            let done = std::mem::take(&mut wb);
+            write_applied(shared, &live, done, &tip, &last_applied, &membership)?;
+        }
         last_applied = Some(entry.log_id);
         match entry.payload {
             EntryPayload::Blank => results.push(BatchOutcome::default()),
@@ -397,9 +407,22 @@ fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<BatchOutcom
             }
         }
     }
-    let meta = rocks::cf(db, CF_META);
-    wb.put_cf(meta, KEY_LAST_APPLIED, codec::encode(&last_applied));
-    wb.put_cf(meta, KEY_MEMBERSHIP, codec::encode(&membership));
+    write_applied(shared, &live, wb, &tip, &last_applied, &membership)?;
+    Ok(results)
+}
+
+/// Writes applied entries with the progress that goes with them, and wakes the watchers.
+fn write_applied(
+    shared: &Shared,
+    live: &SmDb,
+    mut wb: WriteBatch,
+    tip: &Tip,
+    last_applied: &Option<LogId>,
+    membership: &StoredMembership,
+) -> Result<()> {
+    let meta = rocks::cf(&live.db, CF_META);
+    wb.put_cf(meta, KEY_LAST_APPLIED, codec::encode(last_applied));
+    wb.put_cf(meta, KEY_MEMBERSHIP, codec::encode(membership));
     wb.put_cf(meta, KEY_CHAIN, codec::encode(&tip.chain));
     wb.put_cf(meta, crate::merkle::KEY_MERKLE, codec::encode(&tip.tree));
     // Unless asked to sync, the state machine skips the WAL: it is derived from the Raft log,
@@ -410,9 +433,59 @@ fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<BatchOutcom
     } else {
         rocks::Durability::Unlogged
     };
-    rocks::write(db, &live.path, wb, durability)?;
+    rocks::write(&live.db, &live.path, wb, durability)?;
     shared.applied_tx.send_replace(tip.chain.next_seq);
-    Ok(results)
+    Ok(())
+}
+
+/// Drops the ciphertexts of the `Sent` and `Received` events `from..=through` stamped
+/// before `before_ts_ms`, rewriting each record in place: its hash, and the chain, are
+/// unchanged (see `SealedCopy::drop_ciphertext`). Returns how many were rewritten.
+fn drop_payloads(
+    live: &SmDb,
+    wb: &mut WriteBatch,
+    from: u64,
+    through: u64,
+    before_ts_ms: u64,
+) -> Result<u64> {
+    let cf = rocks::cf(&live.db, CF_EVENTS);
+    let start = from.to_be_bytes();
+    let mut dropped = 0;
+    for item in live
+        .db
+        .iterator_cf(cf, IteratorMode::From(&start, Direction::Forward))
+    {
+        let (k, bytes) = item.map_err(rocks_err(&live.path))?;
+        let seq = k
+            .as_ref()
+            .try_into()
+            .map(u64::from_be_bytes)
+            .unwrap_or(u64::MAX);
+        if seq > through {
+            break;
+        }
+        let mut rec: EventRecord = codec::decode(&bytes).map_err(|e| Error::Codec {
+            what: format!("event {seq}"),
+            source: e,
+        })?;
+        if rec.ts_ms >= before_ts_ms {
+            break; // time never goes backwards along the log
+        }
+        let (Event::Sent { envelope, .. } | Event::Received { envelope, .. }) = &mut rec.event
+        else {
+            continue;
+        };
+        if envelope.payload_dropped() {
+            continue;
+        }
+        for copy in &mut envelope.sealed {
+            copy.drop_ciphertext();
+        }
+        debug_assert_eq!(rec.computed_hash(), rec.hash);
+        wb.put_cf(cf, k, codec::encode(&rec));
+        dropped += 1;
+    }
+    Ok(dropped)
 }
 
 /// Where view records are read from while deciding and folding: the live database, or
@@ -537,6 +610,8 @@ fn apply_batch(
     batch: Batch,
 ) -> Result<BatchOutcome> {
     let Tip { chain, tree } = tip;
+    // Events of this entry are in the write batch, not yet in the store.
+    let entry_first_seq = chain.next_seq;
     // Event time never goes backwards, whatever the clocks of successive leaders say.
     let ts_ms = batch.ts_ms.max(chain.last_ts_ms);
     let mut outcomes = Vec::with_capacity(batch.proposals.len());
@@ -570,6 +645,21 @@ fn apply_batch(
                     write_view_changes(&mut BatchSink { db: &live.db, wb }, &changes);
                     facts.absorb(&changes);
                     crate::merkle::append(live, wb, tree, &rec.hash);
+                    if let Event::PayloadsDropped {
+                        before_ts_ms,
+                        from_seq,
+                        through_seq,
+                    } = &rec.event
+                    {
+                        let through = (*through_seq).min(entry_first_seq - 1);
+                        let n = drop_payloads(live, wb, *from_seq, through, *before_ts_ms)?;
+                        tracing::info!(
+                            from_seq,
+                            through,
+                            dropped = n,
+                            "payloads dropped after retention"
+                        );
+                    }
                     chain.head = rec.hash;
                     chain.next_seq += 1;
                 }
@@ -1684,6 +1774,111 @@ pub(crate) mod tests {
         let head = reopened.view().tree_head(None).expect("head");
         assert_eq!(head.root, mem.root());
         assert_eq!(reopened.view().verify_chain().expect("walk"), Ok(45));
+    }
+
+    /// A send to organisation 2's desk with a 200-byte payload (shapes only: decide does
+    /// not open envelopes).
+    fn send(n: u32, created_ms: u64) -> Command {
+        use sealpost_core::message::{
+            ENVELOPE_VERSION, Envelope, EnvelopeHeader, Priority, SealedCopy, Sender,
+            payload_digest,
+        };
+        let to = EndpointId::service(HpiO::from_serial(2), "desk").expect("ep");
+        Command::Send {
+            envelope: Box::new(Envelope {
+                header: EnvelopeHeader {
+                    version: ENVELOPE_VERSION,
+                    message_id: MessageId::new(
+                        "prov-a",
+                        &format!("01890a5d-ac96-774b-bcce-{:012x}", n),
+                    )
+                    .expect("id"),
+                    sender: Sender {
+                        org: HpiO::from_serial(1),
+                        practitioner: None,
+                    },
+                    sender_key_id: "k1".into(),
+                    recipients: vec![to.clone()],
+                    payload_type: sealpost_core::directory::PayloadType::Text,
+                    priority: Priority::Routine,
+                    patient: None,
+                    payload_digest: payload_digest(b"x"),
+                    payload_bytes: 200,
+                    created_ms,
+                    deliver_by_ms: created_ms + 1_000_000,
+                },
+                signature: vec![3; 64],
+                sealed: vec![SealedCopy {
+                    org: to.org.clone(),
+                    key_id: "k1".into(),
+                    enc: vec![4; 32],
+                    ciphertext: vec![n as u8; 216],
+                }],
+            }),
+            client_message_id: format!("c{n}"),
+        }
+    }
+
+    /// A payload drop rewrites exactly the old sends' ciphertexts, keeps every hash, and
+    /// gives the same event store whether a replica applied the entries before it in the
+    /// same call or one by one.
+    #[test]
+    fn payload_drops_are_deterministic_and_keep_the_chain() {
+        use sealpost_core::directory::{EndpointSpec, PayloadType};
+        let desk = EndpointSpec {
+            id: EndpointId::service(HpiO::from_serial(2), "desk").expect("ep"),
+            display_name: "Desk".into(),
+            specialty: "General".into(),
+            payload_types: vec![PayloadType::Text],
+        };
+        // Entry timestamps are 1_700_000_000_000 + index.
+        let mut entries = vec![
+            entry(2, vec![org(1), org(2)]),
+            entry(3, vec![Command::PublishEndpoint(desk)]),
+        ];
+        entries.extend((0..6).map(|i| entry(4 + i, vec![send(i as u32, 1_700_000_000_000)])));
+        // Sends in entries 4..=7 are before the cut-off; 8 and 9 are not.
+        let drop = entry(
+            10,
+            vec![Command::DropPayloads {
+                before_ts_ms: 1_700_000_000_008,
+                through_seq: 100,
+            }],
+        );
+        entries.push(drop);
+        let dir = tempfile::tempdir().expect("tmp");
+        let together = StateMachine::open(&dir.path().join("a"), true, true).expect("open");
+        let out = together.apply_entries(entries.clone()).expect("apply");
+        assert!(matches!(
+            out.last().expect("drop").outcomes[0],
+            Outcome::Applied { .. }
+        ));
+        let one_by_one = StateMachine::open(&dir.path().join("b"), true, true).expect("open");
+        for e in entries {
+            one_by_one.apply_entries(vec![e]).expect("apply");
+        }
+        let events = |sm: &StateMachine| sm.view().events(1, 100).expect("events");
+        let (a, b) = (events(&together), events(&one_by_one));
+        assert_eq!(a, b, "the same event store, byte for byte");
+        let dropped: Vec<u64> = a
+            .iter()
+            .filter_map(|r| match &r.event {
+                Event::Sent { envelope, .. } => Some((r.seq, envelope.payload_dropped())),
+                _ => None,
+            })
+            .filter(|(_, d)| *d)
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(
+            dropped,
+            vec![4, 5, 6, 7],
+            "the sends stamped before the cut-off"
+        );
+        for sm in [&together, &one_by_one] {
+            assert_eq!(sm.view().verify_chain().expect("walk"), Ok(10));
+            let report = sm.view().rebuild_views_check().expect("rebuild");
+            assert!(report.all_equal());
+        }
     }
 
     /// A crash image whose WAL has a damaged record refuses to open, with an error that
