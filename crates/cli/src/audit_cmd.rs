@@ -43,12 +43,13 @@ pub struct ReplayArgs {
     /// First event sequence.
     #[arg(long, default_value_t = 1)]
     from: u64,
-    /// Events at or after this time (ms since the Unix epoch).
-    #[arg(long)]
-    since_ms: Option<u64>,
-    /// Events at or before this time (ms since the Unix epoch).
-    #[arg(long)]
-    until_ms: Option<u64>,
+    /// Events at or after this time: YYYY-MM-DD, YYYY-MM-DDTHH:MM[:SS]Z (UTC) or ms since
+    /// the Unix epoch.
+    #[arg(long, alias = "since-ms", value_parser = parse_time)]
+    since: Option<u64>,
+    /// Events at or before this time (same forms).
+    #[arg(long, alias = "until-ms", value_parser = parse_time)]
+    until: Option<u64>,
     #[arg(long)]
     message: Option<String>,
     /// Events of messages this organisation (HPI-O) sent or receives, and its directory.
@@ -68,10 +69,50 @@ pub struct ReplayArgs {
     format: String,
 }
 
+/// A time as people type it (see `calendar::parse_utc`).
+pub fn parse_time(s: &str) -> Result<u64, String> {
+    sealpost_core::calendar::parse_utc(s)
+}
+
+/// Message search criteria and output.
+#[derive(clap::Args, Debug)]
+pub struct SearchArgs {
+    /// Messages sent (or received from a peer) at or after this time: YYYY-MM-DD,
+    /// YYYY-MM-DDTHH:MM[:SS]Z (UTC) or ms since the Unix epoch.
+    #[arg(long, value_parser = parse_time)]
+    since: Option<u64>,
+    /// ... at or before this time (same forms).
+    #[arg(long, value_parser = parse_time)]
+    until: Option<u64>,
+    /// Sender organisation (HPI-O).
+    #[arg(long)]
+    sender: Option<String>,
+    /// Recipient organisation (HPI-O) or one endpoint (<HPI-O>/<service or HPI-I>).
+    #[arg(long)]
+    recipient: Option<String>,
+    /// Patient (IHI).
+    #[arg(long)]
+    patient: Option<String>,
+    /// Payload type: REF^I12, ORU^R01, MDM^T02, CDA, FHIR, PDF or TEXT.
+    #[arg(long = "type")]
+    payload_type: Option<String>,
+    /// sent, routed, acked, failed, relayed, reprocessing, open or complete.
+    #[arg(long)]
+    status: Option<String>,
+    #[arg(long, default_value_t = 100)]
+    limit: u32,
+    /// Go on from a previous search (its `next` cursor).
+    #[arg(long)]
+    cursor: Option<String>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum AuditCmd {
     /// Stream events in order as audit records, optionally filtered.
     Replay(ReplayArgs),
+    /// Find messages by date range, sender, recipient, patient, payload type and status
+    /// (newest first).
+    Search(SearchArgs),
     /// Write the event store as JSON Lines with the hashed bytes, and a manifest.
     Export {
         /// A new (or empty) folder.
@@ -145,6 +186,7 @@ pub async fn audit(opts: &ClientOpts, cmd: AuditCmd) -> anyhow::Result<()> {
         AuditCmd::Export { out, from, to } => export(opts, &out, from, to.unwrap_or(0)).await,
         AuditCmd::VerifyExport { dir, key } => verify(opts, &dir, key.as_deref()),
         AuditCmd::Replay(a) => replay(opts, a).await,
+        AuditCmd::Search(a) => search(opts, a).await,
         AuditCmd::Verify { from, to } => evidence::verify_chain(opts, from, to).await,
         AuditCmd::Checkpoint { size, out, key } => evidence::checkpoint(opts, size, out, key).await,
         AuditCmd::Prove {
@@ -172,6 +214,68 @@ pub async fn audit(opts: &ClientOpts, cmd: AuditCmd) -> anyhow::Result<()> {
     }
 }
 
+async fn search(opts: &ClientOpts, a: SearchArgs) -> anyhow::Result<()> {
+    let (client, _) = connect_profile(opts).await?;
+    let r = client
+        .audit()
+        .search(pb::MessageSearchRequest {
+            since_ms: a.since.unwrap_or(0),
+            until_ms: a.until.unwrap_or(0),
+            sender_org: a.sender.unwrap_or_default(),
+            recipient: a.recipient.unwrap_or_default(),
+            patient: a.patient.unwrap_or_default(),
+            payload_type: a.payload_type.unwrap_or_default(),
+            status: a.status.unwrap_or_default(),
+            limit: a.limit,
+            cursor: a.cursor.unwrap_or_default(),
+        })
+        .await
+        .map_err(status_err("audit search"))?
+        .into_inner();
+    if opts.json {
+        let messages: Vec<serde_json::Value> = r
+            .messages
+            .iter()
+            .map(|m| {
+                json!({ "message_id": m.message_id, "sent_seq": m.sent_seq,
+                    "sent_ts_ms": m.sent_ts_ms, "sender_org": m.sender_org,
+                    "payload_type": m.payload_type, "priority": m.priority,
+                    "recipients": m.recipients.iter().map(|x| json!({
+                        "endpoint": x.endpoint, "state": x.state, "outcome": x.outcome })).collect::<Vec<_>>() })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({ "messages": messages, "next": (!r.next_cursor.is_empty()).then_some(&r.next_cursor) })
+        );
+        return Ok(());
+    }
+    if r.messages.is_empty() {
+        println!("no messages match");
+    }
+    for m in &r.messages {
+        println!(
+            "{} {} {} from {}",
+            crate::output::utc_ms(m.sent_ts_ms),
+            m.message_id,
+            m.payload_type,
+            m.sender_org
+        );
+        for x in &m.recipients {
+            let outcome = if x.outcome.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", x.outcome)
+            };
+            println!("    {} {}{outcome}", x.endpoint, x.state);
+        }
+    }
+    if !r.next_cursor.is_empty() {
+        println!("more: --cursor {}", r.next_cursor);
+    }
+    Ok(())
+}
+
 /// ATNA's event action code for an event kind: Create, Read, Update or Execute.
 fn action(kind: &str) -> &'static str {
     match kind {
@@ -182,7 +286,11 @@ fn action(kind: &str) -> &'static str {
         | "keys_rotated"
         | "keys_provisioned" => "C",
         "fetched" => "R",
-        "notifications_relayed" | "outcomes_notified" | "peer_directory_imported" => "E",
+        "notifications_relayed"
+        | "outcomes_notified"
+        | "peer_directory_imported"
+        | "reprocessed" => "E",
+        "payloads_dropped" => "D",
         _ => "U",
     }
 }
@@ -243,8 +351,8 @@ async fn replay(opts: &ClientOpts, a: ReplayArgs) -> anyhow::Result<()> {
         .audit()
         .replay(pb::ReplayRequest {
             from_seq: a.from,
-            since_ms: a.since_ms.unwrap_or(0),
-            until_ms: a.until_ms.unwrap_or(0),
+            since_ms: a.since.unwrap_or(0),
+            until_ms: a.until.unwrap_or(0),
             message_id: a.message.unwrap_or_default(),
             org: a.org.unwrap_or_default(),
             practitioner: a.practitioner.unwrap_or_default(),

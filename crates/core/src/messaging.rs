@@ -11,7 +11,7 @@ use crate::command::{DeliveryVerdict, Rejection};
 use crate::directory::{Endpoint, PayloadType};
 use crate::event::Event;
 use crate::federation::{Notification, RemoteOutcome, keys as fed_keys};
-use crate::ids::{EndpointId, HpiO};
+use crate::ids::{EndpointId, HpiO, Ihi};
 use crate::message::{
     Envelope, FailReason, MessageId, MessageStatus, RecipientState, RecipientStatus,
 };
@@ -28,6 +28,48 @@ pub mod deadline {
 /// View key layouts. Numbers are big-endian so that byte order is numeric order.
 pub mod keys {
     use super::*;
+
+    /// `msg_index` kinds: by time, sender organisation, recipient organisation, patient.
+    pub const INDEX_TIME: u8 = b't';
+    pub const INDEX_SENDER: u8 = b's';
+    pub const INDEX_RECIPIENT: u8 = b'r';
+    pub const INDEX_PATIENT: u8 = b'p';
+
+    /// The prefix of one index: its kind, then the organisation or IHI (none for time).
+    pub fn index_prefix(kind: u8, name: &str) -> Vec<u8> {
+        let mut k = vec![kind];
+        k.extend_from_slice(name.as_bytes());
+        k
+    }
+
+    /// `msg_index`: prefix, sent time, sent sequence → message id. Time-ordered within
+    /// each prefix, so a date range is one key range.
+    pub fn index(kind: u8, name: &str, ts_ms: u64, seq: u64) -> Vec<u8> {
+        let mut k = index_prefix(kind, name);
+        k.extend_from_slice(&ts_ms.to_be_bytes());
+        k.extend_from_slice(&seq.to_be_bytes());
+        k
+    }
+
+    /// Every index key of a message: by time, by sender, by each recipient organisation
+    /// this provider tracks, and by patient when the header names one.
+    pub fn index_keys(status: &MessageStatus, patient: Option<&Ihi>) -> Vec<Vec<u8>> {
+        let (ts, seq) = (status.sent_ts_ms, status.sent_seq);
+        let mut out = vec![
+            index(INDEX_TIME, "", ts, seq),
+            index(INDEX_SENDER, status.sender.org.as_str(), ts, seq),
+        ];
+        let mut orgs: Vec<&HpiO> = status.recipients.iter().map(|r| &r.endpoint.org).collect();
+        orgs.sort();
+        orgs.dedup();
+        for org in orgs {
+            out.push(index(INDEX_RECIPIENT, org.as_str(), ts, seq));
+        }
+        if let Some(p) = patient {
+            out.push(index(INDEX_PATIENT, p.as_str(), ts, seq));
+        }
+        out
+    }
 
     /// `messages`: message id → [`MessageStatus`].
     pub fn message(id: &MessageId) -> Vec<u8> {
@@ -399,6 +441,7 @@ pub(crate) fn fold_message(event: &Event, seq: u64, ts_ms: u64, facts: &Facts) -
                 h.message_id.as_str().as_bytes().to_vec(),
             ));
             enqueue(&status, h.deliver_by_ms, &mut out);
+            index(&status, h.patient.as_ref(), &mut out);
             out.push(ViewChange::PutMessage(status));
         }
         Event::Received {
@@ -407,6 +450,7 @@ pub(crate) fn fold_message(event: &Event, seq: u64, ts_ms: u64, facts: &Facts) -
         } => {
             let status = new_status(envelope, seq, ts_ms, "", Some(from_provider), facts);
             enqueue(&status, envelope.header.deliver_by_ms, &mut out);
+            index(&status, envelope.header.patient.as_ref(), &mut out);
             out.push(ViewChange::PutMessage(status));
         }
         Event::Relayed {
@@ -670,6 +714,14 @@ fn new_status(
             .filter(|r| origin.is_none() || r.is_local())
             .collect(),
         origin: origin.cloned(),
+    }
+}
+
+/// Lists a new message in the audit search index.
+fn index(status: &MessageStatus, patient: Option<&Ihi>, out: &mut Vec<ViewChange>) {
+    let id = status.message_id.as_str().as_bytes();
+    for k in keys::index_keys(status, patient) {
+        out.push(ViewChange::Put(ViewCf::MsgIndex, k, id.to_vec()));
     }
 }
 

@@ -160,10 +160,12 @@ pub enum ViewCf {
     DeadLetters,
     /// Final outcomes per sending organisation (what its system is told).
     Outcomes,
+    /// Messages by time, sender, recipient organisation and patient, for audit search.
+    MsgIndex,
 }
 
 impl ViewCf {
-    pub const ALL: [ViewCf; 13] = [
+    pub const ALL: [ViewCf; 14] = [
         ViewCf::Outbox,
         ViewCf::Inbox,
         ViewCf::Feed,
@@ -177,6 +179,7 @@ impl ViewCf {
         ViewCf::DirLog,
         ViewCf::DeadLetters,
         ViewCf::Outcomes,
+        ViewCf::MsgIndex,
     ];
 
     /// The column family's name in the store.
@@ -195,6 +198,7 @@ impl ViewCf {
             ViewCf::DirLog => "dir_log",
             ViewCf::DeadLetters => "dead_letters",
             ViewCf::Outcomes => "outcomes",
+            ViewCf::MsgIndex => "msg_index",
         }
     }
 }

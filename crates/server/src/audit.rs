@@ -18,7 +18,9 @@ use std::sync::Arc;
 
 use sealpost_core::audit::Checkpoint;
 use sealpost_core::command::{Command, Proposal};
+use sealpost_core::directory::PayloadType;
 use sealpost_core::event::Event;
+use sealpost_core::ids::EndpointId;
 use sealpost_core::ids::{EndpointLocal, HpiI, HpiO, Ihi};
 use sealpost_core::message::{EnvelopeHeader, MessageId};
 use sealpost_core::{EventRecord, Outcome};
@@ -26,7 +28,7 @@ use sealpost_crypto::provider_key::ProviderKey;
 use sealpost_proto::v1 as pb;
 use sealpost_proto::v1::audit_server::Audit;
 use sealpost_raft::RaftNode;
-use sealpost_store::StateView;
+use sealpost_store::{MessageQuery, StateView, StatusFilter};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -226,6 +228,84 @@ impl Headers {
         self.map.insert(id.clone(), h.clone());
         h
     }
+}
+
+/// A search request, parsed; every field is checked and named when it is wrong.
+fn search_query(r: &pb::MessageSearchRequest) -> Result<MessageQuery, Status> {
+    let bad = |field: &str, e: String| Status::invalid_argument(format!("{field}: {e}"));
+    let opt = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_string());
+    let mut q = MessageQuery {
+        since_ms: r.since_ms,
+        until_ms: r.until_ms,
+        limit: r.limit as usize,
+        ..MessageQuery::default()
+    };
+    if let Some(s) = opt(&r.sender_org) {
+        q.sender = Some(HpiO::parse(&s).map_err(|e| bad("sender_org", e.to_string()))?);
+    }
+    if let Some(s) = opt(&r.recipient) {
+        if s.contains('/') {
+            q.recipient = Some(
+                s.parse::<EndpointId>()
+                    .map_err(|e| bad("recipient", e.to_string()))?,
+            );
+        } else {
+            q.recipient_org = Some(HpiO::parse(&s).map_err(|e| bad("recipient", e.to_string()))?);
+        }
+    }
+    if let Some(s) = opt(&r.patient) {
+        q.patient = Some(Ihi::parse(&s).map_err(|e| bad("patient", e.to_string()))?);
+    }
+    if let Some(s) = opt(&r.payload_type) {
+        q.payload_type = Some(
+            s.parse::<PayloadType>()
+                .map_err(|e| bad("payload_type", e.to_string()))?,
+        );
+    }
+    if let Some(s) = opt(&r.status) {
+        q.status = Some(StatusFilter::parse(&s).ok_or_else(|| {
+            bad(
+                "status",
+                format!(
+                    "{s:?} is not sent, routed, acked, failed, relayed, reprocessing, open or \
+                     complete"
+                ),
+            )
+        })?);
+    }
+    if let Some(c) = opt(&r.cursor) {
+        let parsed = c
+            .split_once(':')
+            .and_then(|(t, s)| Some((t.parse().ok()?, s.parse().ok()?)));
+        q.before = Some(parsed.ok_or_else(|| {
+            bad(
+                "cursor",
+                format!("{c:?} is not a cursor from a previous search"),
+            )
+        })?);
+    }
+    if q.until_ms != 0 && q.since_ms > q.until_ms {
+        return Err(bad("since_ms", "is after until_ms".into()));
+    }
+    Ok(q)
+}
+
+/// A search request as the text an `AuditRead` event records (bounded).
+fn describe_search(r: &pb::MessageSearchRequest) -> String {
+    let mut q = format!("search since={} until={}", r.since_ms, r.until_ms);
+    for (k, v) in [
+        ("sender", &r.sender_org),
+        ("recipient", &r.recipient),
+        ("patient", &r.patient),
+        ("type", &r.payload_type),
+        ("status", &r.status),
+        ("cursor", &r.cursor),
+    ] {
+        if !v.is_empty() {
+            q.push_str(&format!(" {k}={}", v.chars().take(64).collect::<String>()));
+        }
+    }
+    q
 }
 
 /// A replay request as the text an `AuditRead` event records (bounded).
@@ -464,6 +544,32 @@ impl Audit for AuditService {
             first: r.first,
             second: r.second,
             path: path.iter().map(|h| h.to_vec()).collect(),
+        }))
+    }
+
+    async fn search(
+        &self,
+        req: Request<pb::MessageSearchRequest>,
+    ) -> Result<Response<pb::MessageSearchReply>, Status> {
+        let actor = self.operator_only(&req)?;
+        let r = req.into_inner();
+        let q = search_query(&r)?;
+        self.record_read(actor, describe_search(&r), 1, 0).await?;
+        let view = self.barrier().await?;
+        let found = tokio::task::spawn_blocking(move || view.search_messages(&q))
+            .await
+            .map_err(|e| Status::internal(format!("the search stopped: {e}")))?
+            .map_err(convert::store_error)?;
+        Ok(Response::new(pb::MessageSearchReply {
+            messages: found
+                .messages
+                .iter()
+                .map(crate::messaging::summary_to_pb)
+                .collect(),
+            next_cursor: found
+                .next
+                .map(|(ts, seq)| format!("{ts}:{seq}"))
+                .unwrap_or_default(),
         }))
     }
 }

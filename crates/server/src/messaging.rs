@@ -198,7 +198,7 @@ fn message_id(s: &str) -> Result<MessageId, Status> {
     MessageId::parse(s.trim()).map_err(field_error)
 }
 
-fn summary_to_pb(m: &MessageStatus) -> pb::MessageSummary {
+pub(crate) fn summary_to_pb(m: &MessageStatus) -> pb::MessageSummary {
     pb::MessageSummary {
         message_id: m.message_id.to_string(),
         sender_org: m.sender.org.to_string(),

@@ -11,13 +11,15 @@
 //! - `merkle`: the event store's RFC 9162 Merkle tree (subtree hashes and frontier),
 //!   written with the events; roots and proofs for checkpoints.
 //! - [`snapshot`]: checkpoint folders, building, keeping and copying them.
-//! - [`search`]: directory search over the index column family.
+//! - [`search`]: directory search over the index column family; [`message_search`]:
+//!   audit search over messages (the `msg_index` view).
 //! - [`types`]: the openraft type configuration.
 //! - [`rocks`]: how RocksDB is opened (paranoid checks, AbsoluteConsistency recovery).
 
 pub mod error;
 pub mod log_store;
 mod merkle;
+pub mod message_search;
 pub mod rebuild;
 mod rocks;
 pub mod search;
@@ -29,6 +31,7 @@ use std::path::Path;
 
 pub use error::{Error, Result};
 pub use log_store::LogStore;
+pub use message_search::{MessageQuery, MessageSearch, StatusFilter};
 pub use rocks::scan_all;
 pub use search::{SearchHit, SearchQuery};
 pub use state_machine::{ChainCheck, SmStatus, StateMachine, StateView, TreeHead};

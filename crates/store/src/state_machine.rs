@@ -67,6 +67,7 @@ pub(crate) const SM_CFS: &[&str] = &[
     "dir_log",
     "dead_letters",
     "outcomes",
+    "msg_index",
     crate::merkle::CF_MERKLE,
 ];
 
@@ -249,6 +250,7 @@ impl SmDb {
         sm.check_tail()?;
         sm.backfill_merkle()?;
         sm.check_merkle()?;
+        sm.backfill_msg_index()?;
         Ok(sm)
     }
 }
@@ -1879,6 +1881,82 @@ pub(crate) mod tests {
             let report = sm.view().rebuild_views_check().expect("rebuild");
             assert!(report.all_equal());
         }
+    }
+
+    /// A store written before the message index existed gets it built at start-up, equal
+    /// to what the fold writes; search then finds its messages.
+    #[test]
+    fn the_message_index_is_built_for_older_stores() {
+        use sealpost_core::directory::{EndpointSpec, PayloadType};
+        let dir = tempfile::tempdir().expect("tmp");
+        let root = dir.path().join("sm");
+        let sm = StateMachine::open(&root, true, true).expect("open");
+        let desk = EndpointSpec {
+            id: EndpointId::service(HpiO::from_serial(2), "desk").expect("ep"),
+            display_name: "Desk".into(),
+            specialty: "General".into(),
+            payload_types: vec![PayloadType::Text],
+        };
+        let mut entries = vec![
+            entry(2, vec![org(1), org(2)]),
+            entry(3, vec![Command::PublishEndpoint(desk)]),
+        ];
+        entries.extend((0..5).map(|i| entry(4 + i, vec![send(i as u32, 1_700_000_000_000)])));
+        sm.apply_entries(entries).expect("apply");
+        let all = crate::MessageQuery::default();
+        assert_eq!(
+            sm.view()
+                .search_messages(&all)
+                .expect("search")
+                .messages
+                .len(),
+            5
+        );
+        {
+            let live = sm.shared.live();
+            let cf = rocks::cf(&live.db, "msg_index");
+            let keys: Vec<_> = live
+                .db
+                .iterator_cf(cf, IteratorMode::Start)
+                .map(|i| i.expect("key").0)
+                .collect();
+            assert_eq!(
+                keys.len(),
+                5 * 3,
+                "by time, sender and recipient organisation"
+            );
+            for k in keys {
+                live.db.delete_cf(cf, k).expect("del");
+            }
+            live.db
+                .delete_cf(rocks::cf(&live.db, CF_META), b"msg_index_built")
+                .expect("del");
+        }
+        assert!(
+            sm.view()
+                .search_messages(&all)
+                .expect("search")
+                .messages
+                .is_empty()
+        );
+        drop(sm);
+        let reopened = StateMachine::open(&root, false, true).expect("reopen builds the index");
+        assert_eq!(
+            reopened
+                .view()
+                .search_messages(&all)
+                .expect("search")
+                .messages
+                .len(),
+            5
+        );
+        assert!(
+            reopened
+                .view()
+                .rebuild_views_check()
+                .expect("rebuild")
+                .all_equal()
+        );
     }
 
     /// A crash image whose WAL has a damaged record refuses to open, with an error that
