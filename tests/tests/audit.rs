@@ -210,13 +210,24 @@ async fn replay_returns_every_event_in_order_and_filters_exactly() {
         1
     );
     // Views equal their rebuild from the event store, here through the Admin service.
-    let rebuilt = admin
+    let mut stream = admin
         .admin()
-        .rebuild_views(pb::RebuildViewsRequest {})
+        .rebuild_views(pb::RebuildViewsRequest { repair: false })
         .await
         .expect("rebuild views")
         .into_inner();
+    let (mut folding, mut rebuilt) = (0, None);
+    while let Some(p) = stream.message().await.expect("progress") {
+        match p.phase.as_str() {
+            "folding" => folding += 1,
+            "done" => rebuilt = p.report,
+            _ => {}
+        }
+    }
+    assert!(folding >= 1, "progress is reported while folding");
+    let rebuilt = rebuilt.expect("the last message carries the report");
     assert!(rebuilt.all_equal, "{rebuilt:?}");
+    assert_eq!(rebuilt.repaired_keys, 0);
     assert!(
         rebuilt.events > all.len() as u64,
         "the replays since were recorded too"
@@ -630,15 +641,13 @@ async fn search_finds_exactly_the_matching_messages() {
                 .into_inner()
         }
     };
-    let found = |req: pb::MessageSearchRequest| {
-        async move {
-            search(req)
-                .await
-                .messages
-                .into_iter()
-                .map(|m| m.message_id)
-                .collect::<Vec<_>>()
-        }
+    let found = |req: pb::MessageSearchRequest| async move {
+        search(req)
+            .await
+            .messages
+            .into_iter()
+            .map(|m| m.message_id)
+            .collect::<Vec<_>>()
     };
     let q = pb::MessageSearchRequest::default;
     assert_eq!(found(q()).await, ids(&[&m4, &m3, &m2, &m1]), "newest first");

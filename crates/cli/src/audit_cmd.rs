@@ -608,54 +608,100 @@ fn verify(opts: &ClientOpts, dir: &Path, key: Option<&str>) -> anyhow::Result<()
 /// `sealpost admin ...`: operator checks of one node's state.
 #[derive(Subcommand, Debug)]
 pub enum AdminCmd {
-    /// Rebuild every view from the event store (in memory) and compare it with the live
-    /// one; fails when any differs.
-    RebuildViews,
+    /// Rebuild every view from the event store (into a scratch database on the node) and
+    /// compare each with the live one; fails when any differs, unless --repair replaced it.
+    RebuildViews {
+        /// Replace the live views that differ (applies wait while they are rewritten).
+        #[arg(long)]
+        repair: bool,
+    },
 }
 
 pub async fn admin(opts: &ClientOpts, cmd: AdminCmd) -> anyhow::Result<()> {
     match cmd {
-        AdminCmd::RebuildViews => {
-            let (client, _) = connect_profile(opts).await?;
-            let r = client
-                .admin()
-                .rebuild_views(pb::RebuildViewsRequest {})
-                .await
-                .map_err(status_err("rebuild views"))?
-                .into_inner();
-            if opts.json {
-                let views: Vec<serde_json::Value> = r
-                    .views
-                    .iter()
-                    .map(|v| {
-                        json!({ "name": v.name, "equal": v.equal, "live_keys": v.live_keys,
-                                "rebuilt_keys": v.rebuilt_keys, "live_digest": v.live_digest,
-                                "rebuilt_digest": v.rebuilt_digest })
-                    })
-                    .collect();
-                println!(
-                    "{}",
-                    json!({ "events": r.events, "all_equal": r.all_equal, "views": views })
-                );
-            } else {
-                println!("rebuilt every view from {} events:", r.events);
-                for v in &r.views {
-                    println!(
-                        "  {:<14} {:>9} keys  {}",
-                        v.name,
-                        v.live_keys,
-                        if v.equal {
-                            "equal".to_string()
-                        } else {
-                            format!("DIFFERS: rebuilt {} keys", v.rebuilt_keys)
-                        }
-                    );
-                }
+        AdminCmd::RebuildViews { repair } => rebuild_views(opts, repair).await,
+    }
+}
+
+async fn rebuild_views(opts: &ClientOpts, repair: bool) -> anyhow::Result<()> {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    let (client, _) = connect_profile(opts).await?;
+    let mut stream = client
+        .admin()
+        .rebuild_views(pb::RebuildViewsRequest { repair })
+        .await
+        .map_err(status_err("rebuild views"))?
+        .into_inner();
+    // A bar on the terminal (stderr), never in JSON output or a pipe.
+    let bar = if opts.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} ({per_sec}, {eta})")
+            .map_err(|e| anyhow::anyhow!("progress template: {e}"))?
+            .progress_chars("=> "),
+    );
+    let mut report = None;
+    while let Some(p) = stream
+        .message()
+        .await
+        .map_err(status_err("rebuild views"))?
+    {
+        match p.phase.as_str() {
+            "done" => report = p.report,
+            "repairing" => {
+                bar.set_message("repairing");
+                bar.tick();
             }
-            if !r.all_equal {
-                bail!("some views differ from the fold of the event store");
+            phase => {
+                bar.set_message(phase.to_string());
+                bar.set_length(p.total);
+                bar.set_position(p.done);
             }
-            Ok(())
         }
     }
+    bar.finish_and_clear();
+    let r = report.ok_or_else(|| anyhow::anyhow!("the node ended the rebuild without a report"))?;
+    if opts.json {
+        let views: Vec<serde_json::Value> = r
+            .views
+            .iter()
+            .map(|v| {
+                json!({ "name": v.name, "equal": v.equal, "live_keys": v.live_keys,
+                        "rebuilt_keys": v.rebuilt_keys, "live_digest": v.live_digest,
+                        "rebuilt_digest": v.rebuilt_digest })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({ "events": r.events, "all_equal": r.all_equal,
+                    "repaired_keys": r.repaired_keys, "views": views })
+        );
+    } else {
+        println!("rebuilt every view from {} events:", r.events);
+        for v in &r.views {
+            println!(
+                "  {:<14} {:>9} keys  {}",
+                v.name,
+                v.live_keys,
+                if v.equal {
+                    "equal".to_string()
+                } else {
+                    format!("DIFFERS: rebuilt {} keys", v.rebuilt_keys)
+                }
+            );
+        }
+        if r.repaired_keys > 0 {
+            println!(
+                "repaired: {} live keys rewritten or deleted",
+                r.repaired_keys
+            );
+        }
+    }
+    if !(r.all_equal || repair && r.repaired_keys > 0) {
+        bail!("some views differ from the fold of the event store");
+    }
+    Ok(())
 }

@@ -781,6 +781,11 @@ fn audit_checkpoints_and_proofs_verify_and_forgeries_fail() {
         "key",
     );
 
+    // Every view equals its rebuild from the event store.
+    let rebuilt = ok_json(&data, &["admin", "rebuild-views", "--json"]);
+    assert_eq!(rebuilt["all_equal"], true, "{rebuilt}");
+    assert_eq!(rebuilt["repaired_keys"], 0);
+
     // The node's whole-store walk recomputes the root of the stored tree.
     let walked = ok_json(&data, &["audit", "verify", "--json"]);
     assert_eq!(walked["ok"], true);

@@ -14,6 +14,9 @@ use sealpost_proto::v1::admin_server::Admin;
 use sealpost_raft::{LocalStatus, MembershipOp, RaftNode};
 use tonic::{Request, Response, Status};
 
+use sealpost_store::rebuild::{RebuildPhase, RebuildReport};
+use tokio_stream::wrappers::ReceiverStream;
+
 use crate::convert;
 use crate::messaging::{Caller, require_operator};
 use crate::relay_worker::LastErrors;
@@ -23,6 +26,29 @@ use sealpost_core::ids::EndpointId;
 use sealpost_core::message::FailReason;
 use sealpost_core::message::MessageId;
 use sealpost_core::message::RecipientState;
+
+/// Progress messages buffered towards a rebuild's client.
+pub const REBUILD_PROGRESS_BUFFER: usize = 64;
+
+fn report_to_pb(report: &RebuildReport) -> pb::RebuildViewsResponse {
+    pb::RebuildViewsResponse {
+        events: report.events,
+        all_equal: report.all_equal(),
+        repaired_keys: report.repaired_keys,
+        views: report
+            .views
+            .iter()
+            .map(|v| pb::ViewCheck {
+                name: v.name.into(),
+                live_keys: v.live_keys,
+                rebuilt_keys: v.rebuilt_keys,
+                live_digest: hex::encode(v.live_digest),
+                rebuilt_digest: hex::encode(v.rebuilt_digest),
+                equal: v.equal(),
+            })
+            .collect(),
+    }
+}
 
 /// The `sealpost.v1.Admin` service of one node.
 #[derive(Clone)]
@@ -250,36 +276,45 @@ impl Admin for AdminService {
         }))
     }
 
+    type RebuildViewsStream = ReceiverStream<Result<pb::RebuildViewsProgress, Status>>;
+
     async fn rebuild_views(
         &self,
         req: Request<pb::RebuildViewsRequest>,
-    ) -> Result<Response<pb::RebuildViewsResponse>, Status> {
+    ) -> Result<Response<Self::RebuildViewsStream>, Status> {
         self.operator_only(&req, "rebuilding views")?;
+        let repair = req.into_inner().repair;
         let view = self.node.view().clone();
-        let report = tokio::task::spawn_blocking(move || view.rebuild_views_check())
-            .await
-            .map_err(|e| Status::internal(format!("the rebuild task failed: {e}")))?
-            .map_err(|e| match e {
-                sealpost_store::Error::Invalid(m) => Status::failed_precondition(m),
-                other => convert::store_error(other),
-            })?;
-        let all_equal = report.all_equal();
-        Ok(Response::new(pb::RebuildViewsResponse {
-            events: report.events,
-            all_equal,
-            views: report
-                .views
-                .iter()
-                .map(|v| pb::ViewCheck {
-                    name: v.name.into(),
-                    live_keys: v.live_keys,
-                    rebuilt_keys: v.rebuilt_keys,
-                    live_digest: hex::encode(v.live_digest),
-                    rebuilt_digest: hex::encode(v.rebuilt_digest),
-                    equal: v.equal(),
-                })
-                .collect(),
-        }))
+        let (tx, rx) = tokio::sync::mpsc::channel(REBUILD_PROGRESS_BUFFER);
+        tokio::task::spawn_blocking(move || {
+            let progress_tx = tx.clone();
+            let result = view.rebuild_views(repair, |p| {
+                let (phase, done, total) = match p {
+                    RebuildPhase::Folding { done, total } => ("folding", done, total),
+                    RebuildPhase::Comparing { done, total } => ("comparing", done, total),
+                    RebuildPhase::Repairing => ("repairing", 0, 0),
+                };
+                // Progress is best effort: a full buffer drops a step, never the report.
+                let _ = progress_tx.try_send(Ok(pb::RebuildViewsProgress {
+                    phase: phase.into(),
+                    done,
+                    total,
+                    report: None,
+                }));
+            });
+            let last = match result {
+                Ok(report) => Ok(pb::RebuildViewsProgress {
+                    phase: "done".into(),
+                    done: report.events,
+                    total: report.events,
+                    report: Some(report_to_pb(&report)),
+                }),
+                Err(sealpost_store::Error::Invalid(m)) => Err(Status::failed_precondition(m)),
+                Err(e) => Err(convert::store_error(e)),
+            };
+            let _ = tx.blocking_send(last);
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn dead_letters(

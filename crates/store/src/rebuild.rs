@@ -1,12 +1,21 @@
-//! Views rebuilt from the event store, to check that they equal the fold of the events
-//! (invariant 5): every event is folded again, from sequence 1, into views held in memory,
-//! using the same `fold` and the same fact loading as the state machine; each view is then
-//! digested (SHA-256 over its keys and values, in order) beside the live one, both read at
-//! the same RocksDB snapshot. A difference names the view.
+//! Views rebuilt from the event store (invariant 5): every event is folded again, from
+//! sequence 1, with the same `fold` and the same fact loading as the state machine, into a
+//! scratch database beside the live one (`sm/rebuild-<n>/`, written without a WAL in large
+//! batches, so the rebuild's memory does not grow with the store). Events are read from one
+//! RocksDB snapshot and decoded on a second thread while the first folds. Each view is then
+//! digested (SHA-256 over its keys and values, in order) beside the live one at the same
+//! snapshot; a difference names the view.
+//!
+//! With `repair`, views that differ are replaced: under the state machine's apply gate (no
+//! entry is applied meanwhile), the events applied since the snapshot are folded into the
+//! scratch views too, and every live view key that differs from the rebuilt one is
+//! rewritten or deleted. The scratch database is removed at the end (and any left by a
+//! crash, at the next start).
 
-use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use rocksdb::IteratorMode;
+use rocksdb::{DB, DBIteratorWithThreadMode, Direction, IteratorMode, WriteBatch};
 use sealpost_core::codec;
 use sealpost_core::event::EventRecord;
 use sealpost_core::view::{Facts, event_reads, fold};
@@ -15,13 +24,19 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result};
 use crate::rocks::{self, rocks_err};
 use crate::state_machine::{
-    CF_EVENTS, CF_META, SM_CFS, StateView, ViewSink, ViewSource, load_facts, write_view_changes,
+    CF_EVENTS, CF_META, ChainState, KEY_CHAIN, SM_CFS, SmDb, StateView, ViewSink, ViewSource,
+    load_facts, write_view_changes,
 };
 
-/// Most events an in-memory rebuild folds: beyond this the rebuilt views would not fit a
-/// node's memory comfortably (about 1.5 GB per million events), so the check refuses
-/// rather than endanger the node.
-pub const REBUILD_IN_MEMORY_EVENTS_MAX: u64 = 2_000_000;
+/// Events folded between two writes of the scratch views (and facts cached meanwhile).
+pub const REBUILD_CHUNK_EVENTS: usize = 8192;
+/// Decoded chunks waiting between the reading thread and the folding one.
+const REBUILD_CHUNKS_QUEUED_MAX: usize = 4;
+/// Live keys rewritten per write batch while repairing.
+const REPAIR_BATCH_KEYS_MAX: usize = 10_000;
+
+/// Prefix of a scratch folder under `sm/`.
+pub(crate) const SCRATCH_PREFIX: &str = "rebuild-";
 
 /// One view, live and rebuilt.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,12 +54,14 @@ impl ViewDigest {
     }
 }
 
-/// The outcome of a rebuild check.
+/// The outcome of a rebuild.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RebuildReport {
-    /// Events folded.
+    /// Events folded (as of the snapshot compared).
     pub events: u64,
     pub views: Vec<ViewDigest>,
+    /// Live keys rewritten or deleted by a repair (0 without one, or when all were equal).
+    pub repaired_keys: u64,
 }
 
 impl RebuildReport {
@@ -53,34 +70,18 @@ impl RebuildReport {
     }
 }
 
-/// Views held in memory while they are rebuilt.
-#[derive(Default)]
-struct MemViews {
-    cfs: BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>>,
+/// Where a rebuild stands, for a progress bar.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RebuildPhase {
+    /// Events folded so far, of the total.
+    Folding { done: u64, total: u64 },
+    /// Views compared so far, of the total.
+    Comparing { done: u64, total: u64 },
+    /// Repairing the live views (applies wait meanwhile).
+    Repairing,
 }
 
-impl ViewSource for MemViews {
-    fn raw(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.cfs.get(cf).and_then(|m| m.get(key)).cloned())
-    }
-}
-
-impl ViewSink for MemViews {
-    fn put(&mut self, cf: &str, key: &[u8], value: &[u8]) {
-        self.cfs
-            .entry(cf.to_string())
-            .or_default()
-            .insert(key.to_vec(), value.to_vec());
-    }
-
-    fn delete(&mut self, cf: &str, key: &[u8]) {
-        if let Some(m) = self.cfs.get_mut(cf) {
-            m.remove(key);
-        }
-    }
-}
-
-/// Running digest of a view: count, then each key and value length-prefixed.
+/// Running digest of a view: each key and value length-prefixed, and the count.
 #[derive(Default)]
 struct ViewHasher {
     h: Sha256,
@@ -110,58 +111,351 @@ pub fn view_cfs() -> impl Iterator<Item = &'static str> {
         .filter(|c| *c != CF_EVENTS && *c != CF_META && *c != crate::merkle::CF_MERKLE)
 }
 
-impl StateView {
-    /// Rebuilds every view from the event store in memory and compares it with the live
-    /// one, both as of one snapshot of the database.
-    pub fn rebuild_views_check(&self) -> Result<RebuildReport> {
-        let live = self.shared_live();
-        let count = live.chain()?.next_seq.saturating_sub(1);
-        if count > REBUILD_IN_MEMORY_EVENTS_MAX {
-            return Err(Error::Invalid(format!(
-                "the event store holds {count} events; an in-memory view rebuild folds at \
-                 most {REBUILD_IN_MEMORY_EVENTS_MAX}"
-            )));
-        }
-        let snap = live.db.snapshot();
-        let mut mem = MemViews::default();
-        let mut events = 0u64;
-        let cf_events = rocks::cf(&live.db, CF_EVENTS);
-        for item in snap.iterator_cf(cf_events, IteratorMode::Start) {
-            let (k, v) = item.map_err(rocks_err(&live.path))?;
-            let rec: EventRecord = codec::decode(&v).map_err(|e| Error::Codec {
-                what: format!("event {}", hex::encode(&k)),
-                source: e,
-            })?;
-            let mut facts = Facts::default();
-            load_facts(&mem, &mut facts, &event_reads(&rec.event))?;
-            let changes = fold(&rec.event, rec.seq, rec.ts_ms, &facts);
-            write_view_changes(&mut mem, &changes);
-            events += 1;
-        }
-        let mut views = Vec::new();
-        for name in view_cfs() {
-            let mut live_h = ViewHasher::default();
-            for item in snap.iterator_cf(rocks::cf(&live.db, name), IteratorMode::Start) {
-                let (k, v) = item.map_err(rocks_err(&live.path))?;
-                live_h.add(&k, &v);
+/// The scratch database the views are rebuilt into; removed when dropped.
+struct Scratch {
+    db: Option<DB>,
+    path: PathBuf,
+}
+
+impl Scratch {
+    fn create(root: &Path) -> Result<Self> {
+        let path = root.join(format!(
+            "{SCRATCH_PREFIX}{}",
+            crate::state_machine::now_nanos()
+        ));
+        let cfs: Vec<&str> = view_cfs().collect();
+        let db = rocks::open(&path, &cfs, true, rocks::Tuning::default())?;
+        Ok(Self { db: Some(db), path })
+    }
+
+    fn db(&self) -> &DB {
+        self.db
+            .as_ref()
+            .expect("the scratch database is open until dropped")
+    }
+
+    fn write(&self, wb: WriteBatch) -> Result<()> {
+        rocks::write(self.db(), &self.path, wb, rocks::Durability::Unlogged)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        drop(self.db.take());
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Reads view records from the scratch database (facts of earlier chunks).
+struct ScratchSource<'a>(&'a Scratch);
+
+impl ViewSource for ScratchSource<'_> {
+    fn raw(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let db = self.0.db();
+        db.get_cf(rocks::cf(db, cf), key)
+            .map_err(rocks_err(&self.0.path))
+    }
+}
+
+struct ScratchSink<'a> {
+    db: &'a DB,
+    wb: &'a mut WriteBatch,
+}
+
+impl ViewSink for ScratchSink<'_> {
+    fn put(&mut self, cf: &str, key: &[u8], value: &[u8]) {
+        self.wb.put_cf(rocks::cf(self.db, cf), key, value);
+    }
+
+    fn delete(&mut self, cf: &str, key: &[u8]) {
+        self.wb.delete_cf(rocks::cf(self.db, cf), key);
+    }
+}
+
+/// Folds records into the scratch views, one write batch (and one fact cache) per chunk,
+/// as the state machine does per apply.
+fn fold_chunk(scratch: &Scratch, recs: &[EventRecord]) -> Result<()> {
+    let mut facts = Facts::default();
+    let mut wb = WriteBatch::default();
+    for rec in recs {
+        load_facts(
+            &ScratchSource(scratch),
+            &mut facts,
+            &event_reads(&rec.event),
+        )?;
+        let changes = fold(&rec.event, rec.seq, rec.ts_ms, &facts);
+        write_view_changes(
+            &mut ScratchSink {
+                db: scratch.db(),
+                wb: &mut wb,
+            },
+            &changes,
+        );
+        facts.absorb(&changes);
+    }
+    scratch.write(wb)
+}
+
+fn decode(k: &[u8], v: &[u8]) -> Result<EventRecord> {
+    codec::decode(v).map_err(|e| Error::Codec {
+        what: format!("event {}", hex::encode(k)),
+        source: e,
+    })
+}
+
+/// Called with a live key to rewrite (`Some(value)`) or delete (`None`).
+type OnDiff<'a> = dyn FnMut(Vec<u8>, Option<Vec<u8>>) -> Result<()> + 'a;
+
+/// Digests one view in both databases, walking them side by side; with `diff`, also the
+/// live keys to rewrite (`Some(value)`) or delete (`None`) to make the live view equal.
+fn compare(
+    name: &'static str,
+    live: DBIteratorWithThreadMode<'_, DB>,
+    rebuilt: DBIteratorWithThreadMode<'_, DB>,
+    mut diff: Option<&mut OnDiff<'_>>,
+    live_path: &Path,
+    scratch_path: &Path,
+) -> Result<ViewDigest> {
+    let (mut lh, mut rh) = (ViewHasher::default(), ViewHasher::default());
+    let mut live = live.peekable();
+    let mut rebuilt = rebuilt.peekable();
+    loop {
+        let l = match live.peek() {
+            Some(Ok((k, v))) => Some((k.clone(), v.clone())),
+            Some(Err(_)) => {
+                let e = live.next().and_then(|r| r.err()).expect("peeked an error");
+                return Err(Error::rocks(live_path)(e));
             }
-            let mut rebuilt_h = ViewHasher::default();
-            if let Some(m) = mem.cfs.get(name) {
-                for (k, v) in m {
-                    rebuilt_h.add(k, v);
+            None => None,
+        };
+        let r = match rebuilt.peek() {
+            Some(Ok((k, v))) => Some((k.clone(), v.clone())),
+            Some(Err(_)) => {
+                let e = rebuilt
+                    .next()
+                    .and_then(|r| r.err())
+                    .expect("peeked an error");
+                return Err(Error::rocks(scratch_path)(e));
+            }
+            None => None,
+        };
+        match (l, r) {
+            (None, None) => break,
+            (Some((lk, lv)), Some((rk, rv))) if lk == rk => {
+                lh.add(&lk, &lv);
+                rh.add(&rk, &rv);
+                if lv != rv
+                    && let Some(d) = diff.as_mut()
+                {
+                    d(lk.to_vec(), Some(rv.to_vec()))?;
                 }
+                live.next();
+                rebuilt.next();
             }
-            let (live_keys, live_digest) = live_h.finish();
-            let (rebuilt_keys, rebuilt_digest) = rebuilt_h.finish();
-            views.push(ViewDigest {
-                name,
-                live_keys,
-                live_digest,
-                rebuilt_keys,
-                rebuilt_digest,
+            (Some((lk, lv)), r) if r.as_ref().is_none_or(|(rk, _)| lk < *rk) => {
+                lh.add(&lk, &lv);
+                if let Some(d) = diff.as_mut() {
+                    d(lk.to_vec(), None)?;
+                }
+                live.next();
+            }
+            (_, Some((rk, rv))) => {
+                rh.add(&rk, &rv);
+                if let Some(d) = diff.as_mut() {
+                    d(rk.to_vec(), Some(rv.to_vec()))?;
+                }
+                rebuilt.next();
+            }
+            (Some(_), None) => unreachable!("handled by the arm above"),
+        }
+    }
+    let (live_keys, live_digest) = lh.finish();
+    let (rebuilt_keys, rebuilt_digest) = rh.finish();
+    Ok(ViewDigest {
+        name,
+        live_keys,
+        live_digest,
+        rebuilt_keys,
+        rebuilt_digest,
+    })
+}
+
+impl StateView {
+    /// Rebuilds every view and compares it with the live one; never changes the live views.
+    pub fn rebuild_views_check(&self) -> Result<RebuildReport> {
+        self.rebuild_views(false, |_| {})
+    }
+
+    /// Rebuilds every view from the event store into a scratch database, compares each with
+    /// the live one at the same snapshot, and with `repair` replaces what differs (see the
+    /// module notes). `progress` is called as the work advances.
+    pub fn rebuild_views(
+        &self,
+        repair: bool,
+        mut progress: impl FnMut(RebuildPhase),
+    ) -> Result<RebuildReport> {
+        let live = self.shared_live();
+        let snap = live.db.snapshot();
+        let chain: ChainState = match snap
+            .get_cf(rocks::cf(&live.db, CF_META), KEY_CHAIN)
+            .map_err(rocks_err(&live.path))?
+        {
+            Some(v) => codec::decode(&v).map_err(|e| Error::Codec {
+                what: "meta/chain".into(),
+                source: e,
+            })?,
+            None => ChainState::default(),
+        };
+        let total = chain.next_seq - 1;
+        let scratch = Scratch::create(&self.root())?;
+
+        // Fold: one thread reads and decodes chunks of events, this one folds them.
+        let mut events = 0u64;
+        std::thread::scope(|s| -> Result<()> {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<EventRecord>>>(
+                REBUILD_CHUNKS_QUEUED_MAX,
+            );
+            let cf_events = rocks::cf(&live.db, CF_EVENTS);
+            let snap = &snap;
+            let path = live.path.clone();
+            s.spawn(move || {
+                let mut chunk = Vec::with_capacity(REBUILD_CHUNK_EVENTS);
+                for item in snap.iterator_cf(cf_events, IteratorMode::Start) {
+                    let rec = item
+                        .map_err(rocks_err(&path))
+                        .and_then(|(k, v)| decode(&k, &v));
+                    match rec {
+                        Ok(r) => chunk.push(r),
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    }
+                    if chunk.len() == REBUILD_CHUNK_EVENTS {
+                        let full =
+                            std::mem::replace(&mut chunk, Vec::with_capacity(REBUILD_CHUNK_EVENTS));
+                        if tx.send(Ok(full)).is_err() {
+                            return; // the folder stopped
+                        }
+                    }
+                }
+                if !chunk.is_empty() {
+                    let _ = tx.send(Ok(chunk));
+                }
+            });
+            for chunk in rx {
+                let chunk = chunk?;
+                fold_chunk(&scratch, &chunk)?;
+                events += chunk.len() as u64;
+                progress(RebuildPhase::Folding {
+                    done: events,
+                    total,
+                });
+            }
+            Ok(())
+        })?;
+
+        // Compare at the snapshot.
+        let names: Vec<&'static str> = view_cfs().collect();
+        let mut views = Vec::with_capacity(names.len());
+        for (i, name) in names.iter().enumerate() {
+            let l = snap.iterator_cf(rocks::cf(&live.db, name), IteratorMode::Start);
+            let r = scratch
+                .db()
+                .iterator_cf(rocks::cf(scratch.db(), name), IteratorMode::Start);
+            views.push(compare(name, l, r, None, &live.path, &scratch.path)?);
+            progress(RebuildPhase::Comparing {
+                done: i as u64 + 1,
+                total: names.len() as u64,
             });
         }
-        Ok(RebuildReport { events, views })
+        drop(snap);
+        let mut report = RebuildReport {
+            events,
+            views,
+            repaired_keys: 0,
+        };
+        if repair && !report.all_equal() {
+            progress(RebuildPhase::Repairing);
+            report.repaired_keys = self.repair(&live, &scratch, total)?;
+        }
+        Ok(report)
+    }
+
+    /// Under the apply gate: folds the events applied since the compared snapshot into the
+    /// scratch views, then rewrites every differing live view key.
+    fn repair(&self, live: &Arc<SmDb>, scratch: &Scratch, folded: u64) -> Result<u64> {
+        let _gate = self.apply_gate();
+        if !Arc::ptr_eq(live, &self.shared_live()) {
+            return Err(Error::Invalid(
+                "a snapshot replaced this node's state machine during the rebuild; run it again"
+                    .into(),
+            ));
+        }
+        let newest = live.chain()?.next_seq - 1;
+        let mut seq = folded + 1;
+        while seq <= newest {
+            let start = seq.to_be_bytes();
+            let mut chunk = Vec::with_capacity(REBUILD_CHUNK_EVENTS);
+            for item in live.db.iterator_cf(
+                rocks::cf(&live.db, CF_EVENTS),
+                IteratorMode::From(&start, Direction::Forward),
+            ) {
+                let (k, v) = item.map_err(rocks_err(&live.path))?;
+                chunk.push(decode(&k, &v)?);
+                if chunk.len() == REBUILD_CHUNK_EVENTS {
+                    break;
+                }
+            }
+            let Some(last) = chunk.last().map(|r| r.seq) else {
+                break;
+            };
+            fold_chunk(scratch, &chunk)?;
+            seq = last + 1;
+        }
+        let mut repaired = 0u64;
+        for name in view_cfs() {
+            let live_cf = rocks::cf(&live.db, name);
+            let mut wb = WriteBatch::default();
+            let mut staged = 0usize;
+            let flush = |wb: &mut WriteBatch, staged: &mut usize| -> Result<()> {
+                let full = std::mem::take(wb);
+                rocks::write(&live.db, &live.path, full, rocks::Durability::Synced)?;
+                *staged = 0;
+                Ok(())
+            };
+            let mut on_diff = |k: Vec<u8>, v: Option<Vec<u8>>| -> Result<()> {
+                match v {
+                    Some(v) => wb.put_cf(live_cf, &k, &v),
+                    None => wb.delete_cf(live_cf, &k),
+                }
+                staged += 1;
+                repaired += 1;
+                if staged >= REPAIR_BATCH_KEYS_MAX {
+                    flush(&mut wb, &mut staged)?;
+                }
+                Ok(())
+            };
+            let l = live.db.iterator_cf(live_cf, IteratorMode::Start);
+            let r = scratch
+                .db()
+                .iterator_cf(rocks::cf(scratch.db(), name), IteratorMode::Start);
+            compare(name, l, r, Some(&mut on_diff), &live.path, &scratch.path)?;
+            flush(&mut wb, &mut staged)?;
+        }
+        Ok(repaired)
+    }
+}
+
+/// Removes scratch folders a crash left behind under `sm/`.
+pub(crate) fn remove_stale_scratch(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(SCRATCH_PREFIX) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
     }
 }
 
@@ -171,15 +465,23 @@ mod tests {
     use crate::state_machine::tests::with_events;
 
     /// Views written by apply equal the rebuilt ones; a view changed behind the state
-    /// machine's back is named.
+    /// machine's back is named, and a repair makes it equal again (and leaves no scratch
+    /// folder behind).
     #[test]
-    fn rebuilt_views_equal_live_ones_and_a_difference_is_named() {
+    fn rebuilt_views_equal_live_ones_a_difference_is_named_and_repaired() {
         let tmp = tempfile::tempdir().expect("tmp");
         let sm = with_events(tmp.path(), 20);
         let view = sm.view();
-        let report = view.rebuild_views_check().expect("check");
+        let mut phases = Vec::new();
+        let report = view
+            .rebuild_views(false, |p| phases.push(p))
+            .expect("check");
         assert_eq!(report.events, 20);
         assert!(report.all_equal(), "{report:?}");
+        assert!(phases.contains(&RebuildPhase::Folding {
+            done: 20,
+            total: 20
+        }));
         assert!(
             report
                 .views
@@ -190,6 +492,9 @@ mod tests {
         live.db
             .delete_cf(rocks::cf(&live.db, "orgs"), b"8003620000000013")
             .expect("delete");
+        live.db
+            .put_cf(rocks::cf(&live.db, "dir_index"), b"zz-stray", b"")
+            .expect("put");
         let report = view.rebuild_views_check().expect("check");
         let differing: Vec<&str> = report
             .views
@@ -197,6 +502,16 @@ mod tests {
             .filter(|v| !v.equal())
             .map(|v| v.name)
             .collect();
-        assert_eq!(differing, ["orgs"]);
+        assert_eq!(differing, ["orgs", "dir_index"]);
+        assert_eq!(report.repaired_keys, 0, "a check changes nothing");
+        let repaired = view.rebuild_views(true, |_| {}).expect("repair");
+        assert_eq!(repaired.repaired_keys, 2);
+        assert!(view.rebuild_views_check().expect("check").all_equal());
+        let leftovers: Vec<_> = std::fs::read_dir(view.root())
+            .expect("sm folder")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(SCRATCH_PREFIX))
+            .collect();
+        assert!(leftovers.is_empty());
     }
 }

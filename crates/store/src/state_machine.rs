@@ -265,6 +265,8 @@ pub(crate) struct Shared {
     /// The next event sequence after each apply, for workers and streams that wait for
     /// new events instead of polling.
     applied_tx: tokio::sync::watch::Sender<u64>,
+    /// Held by every apply; a view repair holds it to stop applies meanwhile.
+    apply_gate: std::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -334,6 +336,7 @@ impl StateMachine {
         let db = SmDb::open(&live_path, create && generation == 1)?;
         let next_seq = db.chain()?.next_seq;
         snapshot::collect_garbage(root, &active);
+        crate::rebuild::remove_stale_scratch(root);
         Ok(Self {
             shared: Arc::new(Shared {
                 root: root.to_path_buf(),
@@ -341,6 +344,7 @@ impl StateMachine {
                 generation: AtomicU64::new(generation),
                 sync_writes,
                 applied_tx: tokio::sync::watch::Sender::new(next_seq),
+                apply_gate: std::sync::Mutex::new(()),
             }),
         })
     }
@@ -366,6 +370,10 @@ struct Tip {
 
 /// Applies entries to the live database in one write batch and wakes the view watchers.
 fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<BatchOutcome>> {
+    let _gate = shared
+        .apply_gate
+        .lock()
+        .expect("the apply gate is never held across a panic");
     let live = shared.live();
     let mut tip = Tip {
         chain: live.chain()?,
@@ -1464,6 +1472,14 @@ impl StateView {
     /// The live database (for modules of this crate that read it directly).
     pub(crate) fn shared_live(&self) -> Arc<SmDb> {
         self.shared.live()
+    }
+
+    /// Stops applies while held (for a view repair).
+    pub(crate) fn apply_gate(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.shared
+            .apply_gate
+            .lock()
+            .expect("the apply gate is never held across a panic")
     }
 
     /// A fresh folder for a snapshot being received from the leader.
