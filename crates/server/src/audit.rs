@@ -49,8 +49,6 @@ pub fn checkpoint_to_pb(cp: &Checkpoint) -> pb::SignedCheckpoint {
     }
 }
 
-/// Events read from the store per page of a replay.
-pub const REPLAY_PAGE_EVENTS: usize = 1024;
 /// Events buffered towards one replay's client.
 pub const REPLAY_BUFFER_EVENTS: usize = 4096;
 /// Message headers a replay keeps for joining events to their message.
@@ -396,37 +394,23 @@ impl Audit for AuditService {
             n => n.min(newest),
         };
         let (tx, rx) = mpsc::channel(REPLAY_BUFFER_EVENTS);
-        tokio::spawn(async move {
-            let mut headers = Headers::default();
-            let mut next = r.from_seq.max(1);
-            while next <= to {
-                let page = match view.events(next, REPLAY_PAGE_EVENTS) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        let _ = tx.send(Err(convert::store_error(e))).await;
-                        return;
-                    }
-                };
-                if page.is_empty() {
-                    return;
-                }
-                for rec in page {
-                    if rec.seq > to {
-                        return;
-                    }
-                    next = rec.seq + 1;
+        let from = r.from_seq.max(1);
+        // Read and decoded on worker threads, handed on in order; a full channel (a slow
+        // client) holds the pipeline back, a closed one (the client went away) stops it.
+        tokio::task::spawn_blocking(move || {
+            let replayed = view.replay_ordered(
+                from,
+                to,
+                |headers: &mut Headers, rec| {
                     let header = headers.of(&view, &rec);
-                    if !filter.matches(&rec, header.as_ref()) {
-                        continue;
-                    }
-                    if tx
-                        .send(Ok(event_to_pb(&rec, header.as_ref())))
-                        .await
-                        .is_err()
-                    {
-                        return; // the client went away
-                    }
-                }
+                    filter
+                        .matches(&rec, header.as_ref())
+                        .then(|| event_to_pb(&rec, header.as_ref()))
+                },
+                |event| tx.blocking_send(Ok(event)).is_ok(),
+            );
+            if let Err(e) = replayed {
+                let _ = tx.blocking_send(Err(convert::store_error(e)));
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))

@@ -10,6 +10,7 @@
 //!   [`StateView`] for reads.
 //! - `merkle`: the event store's RFC 9162 Merkle tree (subtree hashes and frontier),
 //!   written with the events; roots and proofs for checkpoints.
+//! - [`replay`]: the event store replayed in order, decoded on worker threads.
 //! - [`snapshot`]: checkpoint folders, building, keeping and copying them.
 //! - [`search`]: directory search over the index column family; [`message_search`]:
 //!   audit search over messages (the `msg_index` view).
@@ -21,6 +22,7 @@ pub mod log_store;
 mod merkle;
 pub mod message_search;
 pub mod rebuild;
+pub mod replay;
 mod rocks;
 pub mod search;
 pub mod snapshot;

@@ -30,8 +30,12 @@ use crate::state_machine::{
 
 /// Events folded between two writes of the scratch views (and facts cached meanwhile).
 pub const REBUILD_CHUNK_EVENTS: usize = 8192;
+/// Chunks folded between two barriers (see the folding loop).
+const REBUILD_CHUNKS_PER_BARRIER: usize = 8;
 /// Decoded chunks waiting between the reading thread and the folding one.
 const REBUILD_CHUNKS_QUEUED_MAX: usize = 4;
+/// Threads comparing views (each view is walked by one of them).
+const REBUILD_COMPARE_WORKERS: usize = 2;
 /// Live keys rewritten per write batch while repairing.
 const REPAIR_BATCH_KEYS_MAX: usize = 10_000;
 
@@ -124,7 +128,15 @@ impl Scratch {
             crate::state_machine::now_nanos()
         ));
         let cfs: Vec<&str> = view_cfs().collect();
-        let db = rocks::open(&path, &cfs, true, rocks::Tuning::default())?;
+        let db = rocks::open(
+            &path,
+            &cfs,
+            true,
+            rocks::Tuning {
+                scratch: true,
+                ..rocks::Tuning::default()
+            },
+        )?;
         Ok(Self { db: Some(db), path })
     }
 
@@ -172,18 +184,14 @@ impl ViewSink for ScratchSink<'_> {
     }
 }
 
-/// Folds records into the scratch views, one write batch (and one fact cache) per chunk,
-/// as the state machine does per apply.
-fn fold_chunk(scratch: &Scratch, recs: &[EventRecord]) -> Result<()> {
-    let mut facts = Facts::default();
+/// Folds records into a write batch for the scratch views. `facts` caches every view
+/// record the fold reads or writes since the last barrier (see the folding loop), as the
+/// state machine's facts do across one apply.
+fn fold_into(scratch: &Scratch, facts: &mut Facts, recs: &[EventRecord]) -> Result<WriteBatch> {
     let mut wb = WriteBatch::default();
     for rec in recs {
-        load_facts(
-            &ScratchSource(scratch),
-            &mut facts,
-            &event_reads(&rec.event),
-        )?;
-        let changes = fold(&rec.event, rec.seq, rec.ts_ms, &facts);
+        load_facts(&ScratchSource(scratch), facts, &event_reads(&rec.event))?;
+        let changes = fold(&rec.event, rec.seq, rec.ts_ms, facts);
         write_view_changes(
             &mut ScratchSink {
                 db: scratch.db(),
@@ -193,7 +201,7 @@ fn fold_chunk(scratch: &Scratch, recs: &[EventRecord]) -> Result<()> {
         );
         facts.absorb(&changes);
     }
-    scratch.write(wb)
+    Ok(wb)
 }
 
 fn decode(k: &[u8], v: &[u8]) -> Result<EventRecord> {
@@ -343,31 +351,102 @@ impl StateView {
                     let _ = tx.send(Ok(chunk));
                 }
             });
+            // A third thread writes each chunk's batch while the next one is folded. A
+            // record the fold reads comes from `facts` when a batch not yet written could
+            // hold it (every record written since the last barrier is in `facts`), and
+            // from the scratch database otherwise; at each barrier every batch has been
+            // written and `facts` starts afresh, which bounds its memory.
+            let (wb_tx, wb_rx) = std::sync::mpsc::sync_channel::<WriteBatch>(1);
+            let (ack_tx, ack_rx) = std::sync::mpsc::channel::<Result<()>>();
+            let writer_scratch = &scratch;
+            s.spawn(move || {
+                for wb in wb_rx {
+                    let r = writer_scratch.write(wb);
+                    let failed = r.is_err();
+                    if ack_tx.send(r).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            let writer_gone = || Error::Invalid("the rebuild's writer stopped".into());
+            let mut facts = Facts::default();
+            let (mut outstanding, mut since_barrier) = (0usize, 0usize);
             for chunk in rx {
                 let chunk = chunk?;
-                fold_chunk(&scratch, &chunk)?;
+                if since_barrier == REBUILD_CHUNKS_PER_BARRIER {
+                    while outstanding > 0 {
+                        ack_rx.recv().map_err(|_| writer_gone())??;
+                        outstanding -= 1;
+                    }
+                    facts = Facts::default();
+                    since_barrier = 0;
+                }
+                let wb = fold_into(&scratch, &mut facts, &chunk)?;
+                wb_tx.send(wb).map_err(|_| writer_gone())?;
+                outstanding += 1;
+                since_barrier += 1;
+                while let Ok(r) = ack_rx.try_recv() {
+                    r?;
+                    outstanding -= 1;
+                }
                 events += chunk.len() as u64;
                 progress(RebuildPhase::Folding {
                     done: events,
                     total,
                 });
             }
+            drop(wb_tx);
+            while outstanding > 0 {
+                ack_rx.recv().map_err(|_| writer_gone())??;
+                outstanding -= 1;
+            }
             Ok(())
         })?;
 
-        // Compare at the snapshot.
+        // Compare at the snapshot, the views shared out among `REBUILD_COMPARE_WORKERS`
+        // threads (each view is walked by one), the scratch views flushed to files first.
+        let db = scratch.db();
+        let cfs: Vec<_> = view_cfs().map(|n| rocks::cf(db, n)).collect();
+        db.flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())
+            .map_err(rocks_err(&scratch.path))?;
         let names: Vec<&'static str> = view_cfs().collect();
-        let mut views = Vec::with_capacity(names.len());
-        for (i, name) in names.iter().enumerate() {
-            let l = snap.iterator_cf(rocks::cf(&live.db, name), IteratorMode::Start);
-            let r = scratch
-                .db()
-                .iterator_cf(rocks::cf(scratch.db(), name), IteratorMode::Start);
-            views.push(compare(name, l, r, None, &live.path, &scratch.path)?);
-            progress(RebuildPhase::Comparing {
-                done: i as u64 + 1,
-                total: names.len() as u64,
-            });
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<Result<(usize, ViewDigest)>>();
+        let mut views: Vec<Option<ViewDigest>> = vec![None; names.len()];
+        std::thread::scope(|s| -> Result<()> {
+            for _ in 0..REBUILD_COMPARE_WORKERS {
+                let (names, next, done_tx, snap, live, scratch) =
+                    (&names, &next, done_tx.clone(), &snap, &live, &scratch);
+                s.spawn(move || {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(name) = names.get(i) else { return };
+                        let l = snap.iterator_cf(rocks::cf(&live.db, name), IteratorMode::Start);
+                        let r = scratch
+                            .db()
+                            .iterator_cf(rocks::cf(scratch.db(), name), IteratorMode::Start);
+                        let digest = compare(name, l, r, None, &live.path, &scratch.path);
+                        let failed = digest.is_err();
+                        if done_tx.send(digest.map(|d| (i, d))).is_err() || failed {
+                            return;
+                        }
+                    }
+                });
+            }
+            drop(done_tx);
+            for (compared, r) in done_rx.into_iter().enumerate() {
+                let (i, d) = r?;
+                views[i] = Some(d);
+                progress(RebuildPhase::Comparing {
+                    done: compared as u64 + 1,
+                    total: names.len() as u64,
+                });
+            }
+            Ok(())
+        })?;
+        let views: Vec<ViewDigest> = views.into_iter().flatten().collect();
+        if views.len() != names.len() {
+            return Err(Error::Invalid("a view comparison stopped early".into()));
         }
         drop(snap);
         let mut report = RebuildReport {
@@ -410,7 +489,8 @@ impl StateView {
             let Some(last) = chunk.last().map(|r| r.seq) else {
                 break;
             };
-            fold_chunk(scratch, &chunk)?;
+            let wb = fold_into(scratch, &mut Facts::default(), &chunk)?;
+            scratch.write(wb)?;
             seq = last + 1;
         }
         let mut repaired = 0u64;

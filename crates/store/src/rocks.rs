@@ -61,6 +61,25 @@ pub(crate) struct Tuning<'a> {
     /// Flush every column family together, so the files on disk always hold one
     /// consistent point of the database: required when writes skip the WAL.
     pub atomic_flush: bool,
+    /// A scratch database written once and read once (a view rebuild): no compaction, no
+    /// compression, large memtables, Bloom filters for the point reads of the fold.
+    pub scratch: bool,
+}
+
+/// Memtable size of a scratch database, in bytes.
+pub const SCRATCH_WRITE_BUFFER_BYTES: usize = 128 * 1024 * 1024;
+
+fn scratch_options(o: &mut Options) {
+    o.set_disable_auto_compactions(true);
+    o.set_compression_type(rocksdb::DBCompressionType::None);
+    o.set_write_buffer_size(SCRATCH_WRITE_BUFFER_BYTES);
+    o.set_max_write_buffer_number(4);
+    // With compaction off, L0 only grows: never slow or stop writes for it.
+    o.set_level_zero_slowdown_writes_trigger(1 << 20);
+    o.set_level_zero_stop_writes_trigger(1 << 20);
+    let mut t = rocksdb::BlockBasedOptions::default();
+    t.set_bloom_filter(10.0, false);
+    o.set_block_based_table_factory(&t);
 }
 
 /// Opens (or creates) a database with the given column families.
@@ -76,10 +95,16 @@ pub(crate) fn open(path: &Path, cfs: &[&str], create: bool, tuning: Tuning<'_>) 
         if tuning.uncompressed.contains(n) {
             o.set_compression_type(rocksdb::DBCompressionType::None);
         }
+        if tuning.scratch {
+            scratch_options(&mut o);
+        }
         ColumnFamilyDescriptor::new(*n, o)
     });
     let mut o = db_options(create);
     o.set_atomic_flush(tuning.atomic_flush);
+    if tuning.scratch {
+        scratch_options(&mut o);
+    }
     DB::open_cf_descriptors(&o, path, descs).map_err(Error::rocks(path))
 }
 

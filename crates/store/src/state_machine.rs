@@ -241,6 +241,7 @@ impl SmDb {
             rocks::Tuning {
                 uncompressed: &[CF_EVENTS],
                 atomic_flush: true,
+                scratch: false,
             },
         )?;
         let sm = Self {
