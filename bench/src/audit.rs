@@ -29,6 +29,10 @@ pub struct AuditArgs {
     /// Skip the view rebuild.
     #[arg(long)]
     no_rebuild: bool,
+    /// Keep the generated store in this folder and reuse it when it is already there
+    /// (default: a temporary folder, removed at the end).
+    #[arg(long)]
+    store: Option<std::path::PathBuf>,
 }
 
 fn org(serial: u64) -> OrganisationSpec {
@@ -51,17 +55,20 @@ fn org(serial: u64) -> OrganisationSpec {
 
 pub async fn run(a: AuditArgs) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let mut sm = StateMachine::open(tmp.path(), true, false)?;
+    let dir = a.store.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    let reuse = dir.join("ACTIVE").exists();
+    let mut sm = StateMachine::open(&dir, !reuse, false)?;
     let orgs = a.events / 2;
     println!(
-        "scenario: audit, {} events generated into one state machine ({} per entry)",
+        "scenario: audit, {} events generated into one state machine ({} per entry){}",
         orgs * 2,
-        a.batch
+        a.batch,
+        if reuse { "; reusing the store" } else { "" }
     );
     let started = Instant::now();
     let mut index = 1u64;
     let mut commands: Vec<Command> = Vec::with_capacity(a.batch);
-    for serial in 1..=orgs {
+    for serial in (1..=orgs).filter(|_| !reuse) {
         commands.push(Command::RegisterOrganisation(org(serial)));
         commands.push(Command::PublishEndpoint(EndpointSpec {
             id: EndpointId::service(HpiO::from_serial(serial), "reception")?,

@@ -13,9 +13,15 @@ pub struct Canon {
     buf: Vec<u8>,
 }
 
+/// Bytes a canonical record usually fits in, reserved up front so building one does not
+/// grow its buffer field by field.
+pub const CANON_INITIAL_BYTES: usize = 512;
+
 impl Canon {
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            buf: Vec::with_capacity(CANON_INITIAL_BYTES),
+        }
     }
 
     pub fn u8(&mut self, v: u8) -> &mut Self {

@@ -204,6 +204,21 @@ fn fold_into(scratch: &Scratch, facts: &mut Facts, recs: &[EventRecord]) -> Resu
     Ok(wb)
 }
 
+/// Bytes read ahead of a rebuild's sequential scans.
+const REBUILD_READAHEAD_BYTES: usize = 4 * 1024 * 1024;
+
+/// Read options of a long sequential scan (at a snapshot, if given): read ahead, and leave
+/// the block cache to the node's other readers.
+fn scan_options(snap: Option<&rocksdb::SnapshotWithThreadMode<'_, DB>>) -> rocksdb::ReadOptions {
+    let mut ro = rocksdb::ReadOptions::default();
+    if let Some(s) = snap {
+        ro.set_snapshot(s);
+    }
+    ro.set_readahead_size(REBUILD_READAHEAD_BYTES);
+    ro.fill_cache(false);
+    ro
+}
+
 fn decode(k: &[u8], v: &[u8]) -> Result<EventRecord> {
     codec::decode(v).map_err(|e| Error::Codec {
         what: format!("event {}", hex::encode(k)),
@@ -325,10 +340,12 @@ impl StateView {
             );
             let cf_events = rocks::cf(&live.db, CF_EVENTS);
             let snap = &snap;
+            let live_db = &live.db;
             let path = live.path.clone();
             s.spawn(move || {
                 let mut chunk = Vec::with_capacity(REBUILD_CHUNK_EVENTS);
-                for item in snap.iterator_cf(cf_events, IteratorMode::Start) {
+                let ro = scan_options(Some(snap));
+                for item in live_db.iterator_cf_opt(cf_events, ro, IteratorMode::Start) {
                     let rec = item
                         .map_err(rocks_err(&path))
                         .and_then(|(k, v)| decode(&k, &v));
@@ -421,10 +438,16 @@ impl StateView {
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let Some(name) = names.get(i) else { return };
-                        let l = snap.iterator_cf(rocks::cf(&live.db, name), IteratorMode::Start);
-                        let r = scratch
-                            .db()
-                            .iterator_cf(rocks::cf(scratch.db(), name), IteratorMode::Start);
+                        let l = live.db.iterator_cf_opt(
+                            rocks::cf(&live.db, name),
+                            scan_options(Some(snap)),
+                            IteratorMode::Start,
+                        );
+                        let r = scratch.db().iterator_cf_opt(
+                            rocks::cf(scratch.db(), name),
+                            scan_options(None),
+                            IteratorMode::Start,
+                        );
                         let digest = compare(name, l, r, None, &live.path, &scratch.path);
                         let failed = digest.is_err();
                         if done_tx.send(digest.map(|d| (i, d))).is_err() || failed {

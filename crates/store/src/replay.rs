@@ -22,6 +22,8 @@ use crate::state_machine::{CF_EVENTS, StateView};
 pub const REPLAY_PAGE_RECORDS: usize = 1024;
 /// Threads decoding pages (about the cores a node has to spare for a replay).
 pub const REPLAY_DECODE_WORKERS: usize = 2;
+/// Bytes RocksDB reads ahead of the replay's iterator.
+pub const REPLAY_READAHEAD_BYTES: usize = 4 * 1024 * 1024;
 /// Pages read ahead of the decoders, and decoded pages waiting to be handed on.
 const REPLAY_PAGES_QUEUED_MAX: usize = 4;
 
@@ -50,12 +52,21 @@ impl StateView {
         let stop = AtomicBool::new(false);
         std::thread::scope(|s| -> Result<u64> {
             let (snap, stop, raw_rx, map) = (&snap, &stop, &raw_rx, &map);
+            let db = &live.db;
             // Reader: pages of raw records, numbered.
             let path = live.path.clone();
             s.spawn(move || {
                 let mut page = Vec::with_capacity(REPLAY_PAGE_RECORDS);
                 let mut n = 0u64;
-                for item in snap.iterator_cf(cf, IteratorMode::From(&start, Direction::Forward)) {
+                // A long sequential read: read ahead, and leave the block cache to the
+                // node's other readers.
+                let mut ro = rocksdb::ReadOptions::default();
+                ro.set_snapshot(snap);
+                ro.set_readahead_size(REPLAY_READAHEAD_BYTES);
+                ro.fill_cache(false);
+                let iter =
+                    db.iterator_cf_opt(cf, ro, IteratorMode::From(&start, Direction::Forward));
+                for item in iter {
                     if stop.load(Ordering::Relaxed) {
                         return;
                     }
