@@ -771,6 +771,34 @@ async fn search_finds_exactly_the_matching_messages() {
     assert!(bad.message().contains("status"), "{}", bad.message());
     let denied = gp.audit().search(q()).await.expect_err("an organisation");
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    // A checkpoint or proof beyond the store is the caller's mistake, named as such.
+    let beyond = admin
+        .audit()
+        .checkpoint(pb::CheckpointRequest {
+            size: 1_000_000_000,
+        })
+        .await
+        .expect_err("beyond the store");
+    assert_eq!(
+        beyond.code(),
+        tonic::Code::InvalidArgument,
+        "{}",
+        beyond.message()
+    );
+    assert!(
+        beyond.message().contains("1000000000"),
+        "{}",
+        beyond.message()
+    );
+    let beyond = admin
+        .audit()
+        .prove_consistency(pb::ConsistencyRequest {
+            first: 1,
+            second: 1_000_000_000,
+        })
+        .await
+        .expect_err("beyond the store");
+    assert_eq!(beyond.code(), tonic::Code::InvalidArgument);
     let reads = replay(
         &admin,
         pb::ReplayRequest {

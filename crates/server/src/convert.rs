@@ -47,6 +47,11 @@ pub fn node_error(e: NodeError) -> Status {
 }
 
 pub fn store_error(e: sealpost_store::Error) -> Status {
+    if let sealpost_store::Error::Invalid(m) = e {
+        // A request the store cannot answer as asked (a size or range beyond it): the
+        // caller's to fix, not a fault.
+        return Status::invalid_argument(m);
+    }
     tracing::error!(error = %e, "storage error while serving a request");
     Status::internal(format!("storage: {e}"))
 }

@@ -33,6 +33,10 @@ pub enum Error {
     },
     #[error("invalid request to the store: {0}")]
     Invalid(String),
+    /// A long operation stopped because one of its own threads did (not the caller's
+    /// doing).
+    #[error("the store operation stopped: {0}")]
+    Stopped(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

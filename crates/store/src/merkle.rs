@@ -99,9 +99,10 @@ impl Nodes for StoredNodes<'_> {
     fn perfect(&self, level: u32, index: u64) -> Result<Hash> {
         let db = self.0;
         if level == 0 {
-            let rec = db.event(index + 1)?.ok_or_else(|| {
-                Error::Invalid(format!("event {} is not in the store", index + 1))
-            })?;
+            // Callers check sizes against the store first: a hole here is damage.
+            let rec = db
+                .event(index + 1)?
+                .ok_or_else(|| db.corrupt(format!("event {} is missing", index + 1)))?;
             return Ok(merkle::leaf_hash(&rec.hash));
         }
         let raw = db
@@ -109,9 +110,8 @@ impl Nodes for StoredNodes<'_> {
             .get_cf(rocks::cf(&db.db, CF_MERKLE), node_key(level, index))
             .map_err(rocks_err(&db.path))?
             .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "the Merkle tree has no node at level {level}, index {index} (beyond the \
-                     store's size)"
+                db.corrupt(format!(
+                    "the Merkle tree has no node at level {level}, index {index}"
                 ))
             })?;
         raw.as_slice().try_into().map_err(|_| Error::Corrupt {

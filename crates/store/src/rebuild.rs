@@ -385,7 +385,7 @@ impl StateView {
                     }
                 }
             });
-            let writer_gone = || Error::Invalid("the rebuild's writer stopped".into());
+            let writer_gone = || Error::Stopped("the rebuild's writer".into());
             let mut facts = Facts::default();
             let (mut outstanding, mut since_barrier) = (0usize, 0usize);
             for chunk in rx {
@@ -469,7 +469,7 @@ impl StateView {
         })?;
         let views: Vec<ViewDigest> = views.into_iter().flatten().collect();
         if views.len() != names.len() {
-            return Err(Error::Invalid("a view comparison stopped early".into()));
+            return Err(Error::Stopped("a view comparison".into()));
         }
         drop(snap);
         let mut report = RebuildReport {
