@@ -67,7 +67,7 @@ pub(crate) struct Tuning<'a> {
 }
 
 /// Memtable size of a scratch database, in bytes.
-pub const SCRATCH_WRITE_BUFFER_BYTES: usize = 128 * 1024 * 1024;
+pub const SCRATCH_WRITE_BUFFER_BYTES: usize = 64 * 1024 * 1024;
 
 fn scratch_options(o: &mut Options) {
     o.set_disable_auto_compactions(true);
