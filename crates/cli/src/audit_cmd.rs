@@ -5,8 +5,10 @@
 //! hashed, plus a manifest (first and last event, count, chain head); `verify-export`
 //! checks such a folder offline, with no cluster: every hash, every link, every readable
 //! field against its bytes, the lines against the manifest, and the provider's signed
-//! checkpoint (`checkpoint.json`) against the lines' chain head and Merkle root. The
-//! other evidence commands are in `evidence.rs`.
+//! checkpoint (`checkpoint.json`) against the lines' chain head and Merkle root. `search`
+//! finds messages from the search index. The other evidence commands (verify, checkpoint,
+//! prove, verify-proof) are in `evidence.rs`; `admin rebuild-views [--repair]` is here too,
+//! with its progress bar.
 
 use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};

@@ -2,9 +2,10 @@
 //! sequence 1, with the same `fold` and the same fact loading as the state machine, into a
 //! scratch database beside the live one (`sm/rebuild-<n>/`, written without a WAL in large
 //! batches, so the rebuild's memory does not grow with the store). Events are read from one
-//! RocksDB snapshot and decoded on a second thread while the first folds. Each view is then
-//! digested (SHA-256 over its keys and values, in order) beside the live one at the same
-//! snapshot; a difference names the view.
+//! RocksDB snapshot and decoded on one thread, folded on another and written on a third.
+//! Each side of each view (live at the same snapshot, rebuilt) is then digested (SHA-256
+//! over its keys and values, in order) as its own task on two threads; a difference names
+//! the view.
 //!
 //! With `repair`, views that differ are replaced: under the state machine's apply gate (no
 //! entry is applied meanwhile), the events applied since the snapshot are folded into the
