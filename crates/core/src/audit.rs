@@ -258,10 +258,7 @@ pub fn parse_canonical(bytes: &[u8]) -> Result<CanonicalFields, String> {
 }
 
 fn hash_of_hex(line: usize, field: &str, s: &str) -> Result<Hash, AuditError> {
-    let bad = |problem: String| AuditError::Line { line, problem };
-    let v = hex::decode(s).map_err(|_| bad(format!("{field} is not hex")))?;
-    v.try_into()
-        .map_err(|_| bad(format!("{field} is not {HASH_BYTES} bytes")))
+    hex_field::<HASH_BYTES>(field, s).map_err(|problem| AuditError::Line { line, problem })
 }
 
 /// What an export says it holds, written beside its lines (and, with a checkpoint, signed):

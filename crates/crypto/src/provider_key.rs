@@ -121,15 +121,16 @@ pub fn verify_checkpoint(
             found: hex::encode(checkpoint.public_key),
         });
     }
-    let key = VerifyingKey::from_bytes(&checkpoint.public_key)
-        .map_err(|_| CheckpointSignatureError::BadKey)?;
-    let sig: [u8; 64] = checkpoint
-        .signature
-        .as_slice()
-        .try_into()
-        .map_err(|_| CheckpointSignatureError::BadSignatureLength)?;
-    key.verify_strict(&checkpoint.signed_bytes(), &Signature::from_bytes(&sig))
-        .map_err(|_| CheckpointSignatureError::BadSignature)
+    verify_ed25519(
+        &checkpoint.public_key,
+        &checkpoint.signed_bytes(),
+        &checkpoint.signature,
+    )
+    .map_err(|p| match p {
+        SignatureProblem::BadKey => CheckpointSignatureError::BadKey,
+        SignatureProblem::BadLength => CheckpointSignatureError::BadSignatureLength,
+        SignatureProblem::Mismatch => CheckpointSignatureError::BadSignature,
+    })
 }
 
 /// Parses a public key given as 64 hex characters.
@@ -145,16 +146,34 @@ pub fn verify_receipt(
     public: &[u8; 32],
     receipt: &TransportReceipt,
 ) -> std::result::Result<(), ReceiptError> {
-    let key = VerifyingKey::from_bytes(public).map_err(|_| ReceiptError::BadKey)?;
-    let sig: [u8; 64] = receipt
-        .signature
-        .as_slice()
-        .try_into()
-        .map_err(|_| ReceiptError::BadSignatureLength)?;
-    key.verify_strict(&receipt.signed_bytes(), &Signature::from_bytes(&sig))
-        .map_err(|_| ReceiptError::BadSignature {
+    verify_ed25519(public, &receipt.signed_bytes(), &receipt.signature).map_err(|p| match p {
+        SignatureProblem::BadKey => ReceiptError::BadKey,
+        SignatureProblem::BadLength => ReceiptError::BadSignatureLength,
+        SignatureProblem::Mismatch => ReceiptError::BadSignature {
             provider: receipt.provider.clone(),
-        })
+        },
+    })
+}
+
+/// Why an Ed25519 signature does not verify.
+enum SignatureProblem {
+    BadKey,
+    BadLength,
+    Mismatch,
+}
+
+/// Strict Ed25519 verification of `signature` over `message` by `public`.
+fn verify_ed25519(
+    public: &[u8; 32],
+    message: &[u8],
+    signature: &[u8],
+) -> std::result::Result<(), SignatureProblem> {
+    let key = VerifyingKey::from_bytes(public).map_err(|_| SignatureProblem::BadKey)?;
+    let sig: [u8; 64] = signature
+        .try_into()
+        .map_err(|_| SignatureProblem::BadLength)?;
+    key.verify_strict(message, &Signature::from_bytes(&sig))
+        .map_err(|_| SignatureProblem::Mismatch)
 }
 
 /// The raw subject of a CA certificate given as PEM (the first certificate in it).

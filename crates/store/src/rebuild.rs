@@ -240,81 +240,39 @@ fn digest_view(it: DBIteratorWithThreadMode<'_, DB>, path: &Path) -> Result<Keys
     Ok(h.finish())
 }
 
-/// Called with a live key to rewrite (`Some(value)`) or delete (`None`).
-type OnDiff<'a> = dyn FnMut(Vec<u8>, Option<Vec<u8>>) -> Result<()> + 'a;
-
-/// Digests one view in both databases, walking them side by side; with `diff`, also the
-/// live keys to rewrite (`Some(value)`) or delete (`None`) to make the live view equal.
-fn compare(
-    name: &'static str,
+/// Walks one view in both databases side by side and calls `on_diff` with each live key to
+/// rewrite (`Some(rebuilt value)`) or delete (`None`) to make the live view equal.
+fn diff_view(
     live: DBIteratorWithThreadMode<'_, DB>,
     rebuilt: DBIteratorWithThreadMode<'_, DB>,
-    mut diff: Option<&mut OnDiff<'_>>,
+    mut on_diff: impl FnMut(Box<[u8]>, Option<Box<[u8]>>) -> Result<()>,
     live_path: &Path,
     scratch_path: &Path,
-) -> Result<ViewDigest> {
-    let (mut lh, mut rh) = (ViewHasher::default(), ViewHasher::default());
-    let mut live = live.peekable();
-    let mut rebuilt = rebuilt.peekable();
+) -> Result<()> {
+    let (mut live, mut rebuilt) = (live, rebuilt);
+    let mut next_live = || live.next().transpose().map_err(rocks_err(live_path));
+    let mut next_rebuilt = || rebuilt.next().transpose().map_err(rocks_err(scratch_path));
+    let (mut l, mut r) = (next_live()?, next_rebuilt()?);
     loop {
-        let l = match live.peek() {
-            Some(Ok((k, v))) => Some((k.clone(), v.clone())),
-            Some(Err(_)) => {
-                let e = live.next().and_then(|r| r.err()).expect("peeked an error");
-                return Err(Error::rocks(live_path)(e));
-            }
-            None => None,
-        };
-        let r = match rebuilt.peek() {
-            Some(Ok((k, v))) => Some((k.clone(), v.clone())),
-            Some(Err(_)) => {
-                let e = rebuilt
-                    .next()
-                    .and_then(|r| r.err())
-                    .expect("peeked an error");
-                return Err(Error::rocks(scratch_path)(e));
-            }
-            None => None,
-        };
-        match (l, r) {
-            (None, None) => break,
+        match (l.take(), r.take()) {
+            (None, None) => return Ok(()),
             (Some((lk, lv)), Some((rk, rv))) if lk == rk => {
-                lh.add(&lk, &lv);
-                rh.add(&rk, &rv);
-                if lv != rv
-                    && let Some(d) = diff.as_mut()
-                {
-                    d(lk.to_vec(), Some(rv.to_vec()))?;
+                if lv != rv {
+                    on_diff(lk, Some(rv))?;
                 }
-                live.next();
-                rebuilt.next();
+                (l, r) = (next_live()?, next_rebuilt()?);
             }
-            (Some((lk, lv)), r) if r.as_ref().is_none_or(|(rk, _)| lk < *rk) => {
-                lh.add(&lk, &lv);
-                if let Some(d) = diff.as_mut() {
-                    d(lk.to_vec(), None)?;
-                }
-                live.next();
+            (Some((lk, _)), rest) if rest.as_ref().is_none_or(|(rk, _)| lk < *rk) => {
+                on_diff(lk, None)?;
+                (l, r) = (next_live()?, rest);
             }
-            (_, Some((rk, rv))) => {
-                rh.add(&rk, &rv);
-                if let Some(d) = diff.as_mut() {
-                    d(rk.to_vec(), Some(rv.to_vec()))?;
-                }
-                rebuilt.next();
+            (rest, Some((rk, rv))) => {
+                on_diff(rk, Some(rv))?;
+                (l, r) = (rest, next_rebuilt()?);
             }
             (Some(_), None) => unreachable!("handled by the arm above"),
         }
     }
-    let (live_keys, live_digest) = lh.finish();
-    let (rebuilt_keys, rebuilt_digest) = rh.finish();
-    Ok(ViewDigest {
-        name,
-        live_keys,
-        live_digest,
-        rebuilt_keys,
-        rebuilt_digest,
-    })
 }
 
 impl StateView {
@@ -564,7 +522,7 @@ impl StateView {
                 *staged = 0;
                 Ok(())
             };
-            let mut on_diff = |k: Vec<u8>, v: Option<Vec<u8>>| -> Result<()> {
+            let on_diff = |k: Box<[u8]>, v: Option<Box<[u8]>>| -> Result<()> {
                 match v {
                     Some(v) => wb.put_cf(live_cf, &k, &v),
                     None => wb.delete_cf(live_cf, &k),
@@ -580,7 +538,7 @@ impl StateView {
             let r = scratch
                 .db()
                 .iterator_cf(rocks::cf(scratch.db(), name), IteratorMode::Start);
-            compare(name, l, r, Some(&mut on_diff), &live.path, &scratch.path)?;
+            diff_view(l, r, on_diff, &live.path, &scratch.path)?;
             flush(&mut wb, &mut staged)?;
         }
         Ok(repaired)

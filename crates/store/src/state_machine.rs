@@ -1838,11 +1838,9 @@ pub(crate) mod tests {
         }
     }
 
-    /// A payload drop rewrites exactly the old sends' ciphertexts, keeps every hash, and
-    /// gives the same event store whether a replica applied the entries before it in the
-    /// same call or one by one.
-    #[test]
-    fn payload_drops_are_deterministic_and_keep_the_chain() {
+    /// Organisations 1 and 2, organisation 2's desk accepting text, then `n` sends to it
+    /// from organisation 1, one per entry (entries 2, 3, then 4...).
+    fn desk_and_sends(n: u32) -> Vec<Entry> {
         use sealpost_core::directory::{EndpointSpec, PayloadType};
         let desk = EndpointSpec {
             id: EndpointId::service(HpiO::from_serial(2), "desk").expect("ep"),
@@ -1850,12 +1848,21 @@ pub(crate) mod tests {
             specialty: "General".into(),
             payload_types: vec![PayloadType::Text],
         };
-        // Entry timestamps are 1_700_000_000_000 + index.
         let mut entries = vec![
             entry(2, vec![org(1), org(2)]),
             entry(3, vec![Command::PublishEndpoint(desk)]),
         ];
-        entries.extend((0..6).map(|i| entry(4 + i, vec![send(i as u32, 1_700_000_000_000)])));
+        entries.extend((0..n).map(|i| entry(4 + u64::from(i), vec![send(i, 1_700_000_000_000)])));
+        entries
+    }
+
+    /// A payload drop rewrites exactly the old sends' ciphertexts, keeps every hash, and
+    /// gives the same event store whether a replica applied the entries before it in the
+    /// same call or one by one.
+    #[test]
+    fn payload_drops_are_deterministic_and_keep_the_chain() {
+        // Entry timestamps are 1_700_000_000_000 + index; the sends are entries 4...
+        let mut entries = desk_and_sends(6);
         // Sends in entries 4..=7 are before the cut-off; 8 and 9 are not.
         let drop = entry(
             10,
@@ -1904,22 +1911,10 @@ pub(crate) mod tests {
     /// to what the fold writes; search then finds its messages.
     #[test]
     fn the_message_index_is_built_for_older_stores() {
-        use sealpost_core::directory::{EndpointSpec, PayloadType};
         let dir = tempfile::tempdir().expect("tmp");
         let root = dir.path().join("sm");
         let sm = StateMachine::open(&root, true, true).expect("open");
-        let desk = EndpointSpec {
-            id: EndpointId::service(HpiO::from_serial(2), "desk").expect("ep"),
-            display_name: "Desk".into(),
-            specialty: "General".into(),
-            payload_types: vec![PayloadType::Text],
-        };
-        let mut entries = vec![
-            entry(2, vec![org(1), org(2)]),
-            entry(3, vec![Command::PublishEndpoint(desk)]),
-        ];
-        entries.extend((0..5).map(|i| entry(4 + i, vec![send(i as u32, 1_700_000_000_000)])));
-        sm.apply_entries(entries).expect("apply");
+        sm.apply_entries(desk_and_sends(5)).expect("apply");
         let all = crate::MessageQuery::default();
         assert_eq!(
             sm.view()
