@@ -163,8 +163,59 @@ impl LocalCluster {
         root: &Path,
         providers: &[(String, MessagingOptions)],
         nodes: u64,
-        (raft, api, relay): (RaftOptions, ApiLimits, RelayOptions),
+        options: (RaftOptions, ApiLimits, RelayOptions),
     ) -> Result<Vec<Self>, LocalError> {
+        let prepared = Self::prepare_federation(root, providers, nodes, options).await?;
+        let mut out = Vec::with_capacity(prepared.len());
+        for p in prepared {
+            out.push(p.start().await?);
+        }
+        Ok(out)
+    }
+
+    /// Lays out a provider like [`Self::create_with`] but starts nothing: the ports are
+    /// chosen and saved in each `node.toml` ([`Self::config_path`]) for node processes to
+    /// serve on (`sealpost node --config`), as the benchmark does.
+    pub async fn lay_out(
+        dir: &Path,
+        provider: &str,
+        nodes: u64,
+        raft: RaftOptions,
+        api: ApiLimits,
+        messaging: MessagingOptions,
+    ) -> Result<Self, LocalError> {
+        Ok(
+            Self::prepare(dir, provider, nodes, (raft, api, messaging), None)
+                .await?
+                .cluster,
+        )
+    }
+
+    /// Lays out federated providers like [`Self::create_federation`] and starts nothing.
+    pub async fn lay_out_federation(
+        root: &Path,
+        providers: &[(String, MessagingOptions)],
+        nodes: u64,
+        options: (RaftOptions, ApiLimits, RelayOptions),
+    ) -> Result<Vec<Self>, LocalError> {
+        Ok(Self::prepare_federation(root, providers, nodes, options)
+            .await?
+            .into_iter()
+            .map(|p| p.cluster)
+            .collect())
+    }
+
+    /// The `node.toml` of node `id`.
+    pub fn config_path(&self, id: NodeId) -> PathBuf {
+        node_dir(&self.dir, id).join("node.toml")
+    }
+
+    async fn prepare_federation(
+        root: &Path,
+        providers: &[(String, MessagingOptions)],
+        nodes: u64,
+        (raft, api, relay): (RaftOptions, ApiLimits, RelayOptions),
+    ) -> Result<Vec<Prepared>, LocalError> {
         let mut prepared = Vec::with_capacity(providers.len());
         for (p, messaging) in providers {
             prepared.push(
@@ -189,11 +240,7 @@ impl LocalCluster {
             let path = me.cluster.dir.join(TRUST_BUNDLE_FILE);
             write_file(&path, &bundle.to_toml(), false)?;
         }
-        let mut out = Vec::with_capacity(prepared.len());
-        for p in prepared {
-            out.push(p.start().await?);
-        }
-        Ok(out)
+        Ok(prepared)
     }
 
     /// Lays out a provider (CA, KEK, provider key and relay ports when `relay` is given,

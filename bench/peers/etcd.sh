@@ -1,0 +1,307 @@
+#!/usr/bin/env bash
+# etcd.sh: a 3-member etcd cluster on 127.0.0.1, the "etcd" peer of sealpost's load benchmark.
+#
+# Usage:
+#   etcd.sh install      apt-install etcd-server (and etcd-client, curl, iproute2) if missing,
+#                        making sure the package's own service is not left running.
+#   etcd.sh start DIR    start members etcd-1..etcd-3 with data in DIR/etcd-N.data, logs in
+#                        DIR/logs/etcd-N.log and pid files DIR/etcd-N.pid; wait (at most
+#                        ETCD_START_TIMEOUT seconds, default 20) until every member reports
+#                        healthy, then print on stdout, one per line:
+#                          version X.Y.Z
+#                          endpoint http://127.0.0.1:PORT      (one per member client URL)
+#                          pid etcd-N PID                      (one per member)
+#                        Diagnostics go to stderr. On failure it stops what it started and
+#                        exits non-zero with a message naming the problem.
+#   etcd.sh stop DIR     TERM each member recorded in DIR, wait (bounded), then KILL; safe to
+#                        call twice, or on a DIR where nothing runs.
+#
+# Ports (ETCD_BASE_PORT, default 23790): member N listens for clients on BASE+N-1 and for
+# peers on BASE+10+N-1, so the default uses 23790-23792 and 23800-23802. start refuses if
+# any of them is already in use. Never 2379/2380, the package's defaults.
+#
+# Durability: etcd's defaults are kept (no --unsafe-no-fsync). etcd answers a put only once
+# its Raft entry is committed and applied (etcdserver/raft.go, wal/wal.go at tag v3.4.23): by
+# then the entry is written and fdatasync'd in the write-ahead log of a majority of members
+# (2 of 3 here), the leader included, since followers sync before acknowledging an append and
+# the leader syncs a batch before raft hands it back as committed. WAL syncs are group
+# commits: one fdatasync covers every entry of a Raft batch, so concurrent puts share a sync.
+# The bbolt backend is committed in batches (every 100 ms or 10000 writes by default); after
+# a crash it is caught up from the WAL, which is the durable record.
+set -euo pipefail
+
+readonly ETCD_BIN=/usr/bin/etcd
+readonly MEMBERS=3
+readonly START_TIMEOUT="${ETCD_START_TIMEOUT:-20}"
+readonly STOP_TIMEOUT="${ETCD_STOP_TIMEOUT:-10}"
+[[ "$START_TIMEOUT" =~ ^[0-9]+$ && "$STOP_TIMEOUT" =~ ^[0-9]+$ ]] \
+  || { echo "etcd.sh: error: ETCD_START_TIMEOUT and ETCD_STOP_TIMEOUT must be whole seconds" >&2; exit 2; }
+readonly TOKEN_PREFIX="sealpost-bench-etcd"
+
+say() { printf 'etcd.sh: %s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+usage() {
+  cat >&2 <<'EOF'
+usage: etcd.sh install | start DIR | stop DIR
+  env: ETCD_BASE_PORT (default 23790), ETCD_START_TIMEOUT (s, default 20),
+       ETCD_STOP_TIMEOUT (s, default 10)
+EOF
+  exit 2
+}
+
+base_port() {
+  local base="${ETCD_BASE_PORT:-23790}"
+  [[ "$base" =~ ^[0-9]+$ ]] || die "ETCD_BASE_PORT='$base' is not a number"
+  (( base >= 1024 && base + 10 + MEMBERS <= 65535 )) \
+    || die "ETCD_BASE_PORT=$base out of range (1024..$((65535 - 10 - MEMBERS)))"
+  printf '%s\n' "$base"
+}
+
+# True if something listens on 127.0.0.1:PORT (or on any address at that port).
+port_in_use() {
+  local port="$1" out
+  if command -v ss >/dev/null 2>&1; then
+    out="$(ss -Hltn "sport = :$port" 2>/dev/null || true)"
+    [[ -n "$out" ]]
+  else
+    timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null
+  fi
+}
+
+# True if PID exists and is not a zombie.
+alive() {
+  local pid="$1" stat
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  kill -0 "$pid" 2>/dev/null || return 1
+  stat="$(cat "/proc/$pid/stat" 2>/dev/null || true)"
+  stat="${stat##*) }"
+  [[ -n "$stat" && "${stat:0:1}" != "Z" ]]
+}
+
+# True if PID is alive and runs the etcd binary (guards against a recycled pid).
+is_etcd_pid() {
+  local pid="$1" exe
+  alive "$pid" || return 1
+  exe="$(readlink "/proc/$pid/exe" 2>/dev/null || true)"
+  # A binary replaced by an upgrade shows as "/usr/bin/etcd (deleted)".
+  [[ "$exe" == "$ETCD_BIN" || "$exe" == "$ETCD_BIN (deleted)" ]]
+}
+
+# TERM the pid, wait up to STOP_TIMEOUT seconds, then KILL and wait up to 5 s more.
+stop_pid() {
+  local name="$1" pid="$2" i
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
+    alive "$pid" || { say "$name (pid $pid) stopped"; return 0; }
+    sleep 0.1
+  done
+  say "$name (pid $pid) still running after ${STOP_TIMEOUT}s: KILL"
+  kill -KILL "$pid" 2>/dev/null || true
+  for ((i = 0; i < 50; i++)); do
+    alive "$pid" || return 0
+    sleep 0.1
+  done
+  say "warning: $name (pid $pid) survived KILL"
+  return 1
+}
+
+cmd_install() {
+  export DEBIAN_FRONTEND=noninteractive
+  local missing=() pkg
+  local status
+  for pkg in etcd-server etcd-client curl iproute2; do
+    status="$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)"
+    [[ "$status" == "install ok installed" ]] || missing+=("$pkg")
+  done
+  if ((${#missing[@]} == 0)); then
+    say "installed already: etcd-server etcd-client curl iproute2"
+  else
+    [[ "$(id -u)" == 0 ]] || die "installing ${missing[*]} needs root"
+    # etcd-server's postinst runs `invoke-rc.d etcd start` (its SysV script starts a default
+    # member on 127.0.0.1:2379). A policy-rc.d answering 101 forbids that; put a temporary one
+    # in place if the machine has none (container images usually ship one already).
+    local policy=/usr/sbin/policy-rc.d made_policy=0
+    if [[ ! -e "$policy" ]]; then
+      printf '#!/bin/sh\n# temporary, from sealpost bench/peers/etcd.sh install\nexit 101\n' >"$policy"
+      chmod 755 "$policy"
+      made_policy=1
+      trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
+    say "installing: ${missing[*]}"
+    apt-get update -qq || die "apt-get update failed"
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+      || die "apt-get install ${missing[*]} failed"
+    if ((made_policy)); then rm -f "$policy"; trap - EXIT; fi
+  fi
+  [[ -x "$ETCD_BIN" ]] || die "$ETCD_BIN is missing after install"
+  # No boot-time start of the packaged service (harmless where there is no init system).
+  if [[ -x /etc/init.d/etcd ]] && command -v update-rc.d >/dev/null 2>&1; then
+    update-rc.d etcd disable >/dev/null 2>&1 || true
+  fi
+  # Make sure no packaged/default member was left running: an etcd listening on the default
+  # client or peer port, or one started by the SysV script (pid file /run/etcd.pid).
+  local pids=() pid port
+  for port in 2379 2380; do
+    while read -r pid; do
+      if [[ -n "$pid" ]]; then pids+=("$pid"); fi
+    done < <(ss -Hltnp "sport = :$port" 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 || true)
+  done
+  local pidfile
+  for pidfile in /run/etcd.pid /var/run/etcd.pid; do
+    if [[ -r "$pidfile" ]]; then pids+=("$(tr -dc '0-9' <"$pidfile" || true)"); fi
+  done
+  local stopped=" " cmdline
+  for pid in "${pids[@]+"${pids[@]}"}"; do
+    [[ "$stopped" == *" $pid "* ]] && continue
+    is_etcd_pid "$pid" || continue
+    cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)"
+    if [[ "$cmdline" != *"$TOKEN_PREFIX"* ]]; then
+      say "stopping the packaged etcd service (pid $pid), left running by the install"
+      stop_pid "packaged etcd" "$pid" || true
+      stopped+="$pid "
+    fi
+  done
+  if port_in_use 2379; then
+    say "warning: something other than the packaged etcd listens on port 2379"
+  fi
+  say "ok: $("$ETCD_BIN" --version 2>/dev/null | head -n1)"
+}
+
+etcd_version() {
+  "$ETCD_BIN" --version 2>/dev/null | sed -n 's/^etcd Version: *//p' | head -n1
+}
+
+# Stops every member recorded in DIR (pid files), removing the pid files.
+stop_members() {
+  local dir="$1" i pidfile pid rc=0
+  for ((i = 1; i <= MEMBERS; i++)); do
+    pidfile="$dir/etcd-$i.pid"
+    [[ -e "$pidfile" ]] || continue
+    pid="$(tr -dc '0-9' <"$pidfile" || true)"
+    if [[ -n "$pid" ]] && is_etcd_pid "$pid"; then
+      stop_pid "etcd-$i" "$pid" || rc=1
+    else
+      say "etcd-$i: not running (stale pid file)"
+    fi
+    rm -f "$pidfile"
+  done
+  return "$rc"
+}
+
+cmd_stop() {
+  local dir="$1"
+  if [[ ! -d "$dir" ]]; then
+    say "nothing to stop: $dir does not exist"
+    return 0
+  fi
+  stop_members "$dir" || die "some member of $dir could not be stopped"
+}
+
+cmd_start() {
+  local dir="$1"
+  [[ -x "$ETCD_BIN" ]] || die "$ETCD_BIN not found: run '$0 install' first"
+  local base; base="$(base_port)"
+  mkdir -p "$dir/logs" || die "cannot create $dir/logs"
+  dir="$(cd "$dir" && pwd)"
+
+  local i pid pidfile
+  for ((i = 1; i <= MEMBERS; i++)); do
+    pidfile="$dir/etcd-$i.pid"
+    if [[ -e "$pidfile" ]]; then
+      pid="$(tr -dc '0-9' <"$pidfile" || true)"
+      if [[ -n "$pid" ]] && is_etcd_pid "$pid"; then
+        die "etcd-$i already runs from $dir (pid $pid): run '$0 stop $dir' first"
+      fi
+      rm -f "$pidfile"
+    fi
+  done
+
+  local port
+  for ((i = 0; i < MEMBERS; i++)); do
+    for port in $((base + i)) $((base + 10 + i)); do
+      if port_in_use "$port"; then
+        die "port $port is already in use (ETCD_BASE_PORT=$base uses $base-$((base + MEMBERS - 1)) and $((base + 10))-$((base + 10 + MEMBERS - 1))): choose another ETCD_BASE_PORT"
+      fi
+    done
+  done
+
+  local cluster="" sep=""
+  for ((i = 1; i <= MEMBERS; i++)); do
+    cluster+="${sep}etcd-$i=http://127.0.0.1:$((base + 10 + i - 1))"
+    sep=","
+  done
+
+  # From here on, a failure stops what was started.
+  STARTING_DIR="$dir"
+  trap 'stop_members "$STARTING_DIR" >/dev/null 2>&1 || true' EXIT
+  local cport pport state
+  for ((i = 1; i <= MEMBERS; i++)); do
+    cport=$((base + i - 1))
+    pport=$((base + 10 + i - 1))
+    state=new
+    if [[ -d "$dir/etcd-$i.data/member" ]]; then
+      say "etcd-$i: reusing the existing data in $dir/etcd-$i.data"
+      state=existing
+    fi
+    "$ETCD_BIN" \
+      --name "etcd-$i" \
+      --data-dir "$dir/etcd-$i.data" \
+      --listen-client-urls "http://127.0.0.1:$cport" \
+      --advertise-client-urls "http://127.0.0.1:$cport" \
+      --listen-peer-urls "http://127.0.0.1:$pport" \
+      --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
+      --initial-cluster "$cluster" \
+      --initial-cluster-token "$TOKEN_PREFIX-$base" \
+      --initial-cluster-state "$state" \
+      --logger zap --log-outputs stderr \
+      </dev/null >>"$dir/logs/etcd-$i.log" 2>&1 &
+    printf '%s\n' "$!" >"$dir/etcd-$i.pid"
+  done
+
+  # Wait until every member answers /health with "health":"true" (it needs a leader and a
+  # committed read), bounded by START_TIMEOUT.
+  local deadline=$((SECONDS + START_TIMEOUT)) healthy body tries=0
+  while :; do
+    healthy=0
+    for ((i = 1; i <= MEMBERS; i++)); do
+      pid="$(tr -dc '0-9' <"$dir/etcd-$i.pid")"
+      if ! alive "$pid"; then
+        say "etcd-$i (pid $pid) exited during start; end of $dir/logs/etcd-$i.log:"
+        tail -n 15 "$dir/logs/etcd-$i.log" >&2 || true
+        die "etcd-$i did not start"
+      fi
+      body="$(curl -fsS --max-time 1 "http://127.0.0.1:$((base + i - 1))/health" 2>/dev/null || true)"
+      if [[ "$body" == *'"health":"true"'* ]]; then
+        healthy=$((healthy + 1))
+      fi
+    done
+    ((healthy == MEMBERS)) && break
+    tries=$((tries + 1))
+    if ((SECONDS >= deadline || tries > START_TIMEOUT * 20)); then
+      for ((i = 1; i <= MEMBERS; i++)); do
+        say "end of $dir/logs/etcd-$i.log:"
+        tail -n 5 "$dir/logs/etcd-$i.log" >&2 || true
+      done
+      die "cluster not healthy after ${START_TIMEOUT}s ($healthy of $MEMBERS members healthy)"
+    fi
+    sleep 0.2
+  done
+  trap - EXIT
+
+  printf 'version %s\n' "$(etcd_version)"
+  for ((i = 1; i <= MEMBERS; i++)); do
+    printf 'endpoint http://127.0.0.1:%s\n' "$((base + i - 1))"
+  done
+  for ((i = 1; i <= MEMBERS; i++)); do
+    printf 'pid etcd-%s %s\n' "$i" "$(tr -dc '0-9' <"$dir/etcd-$i.pid")"
+  done
+  say "cluster healthy: $MEMBERS members, data in $dir"
+}
+
+case "${1:-}" in
+  install) (($# == 1)) || usage; cmd_install ;;
+  start) (($# == 2)) || usage; cmd_start "$2" ;;
+  stop) (($# == 2)) || usage; cmd_stop "$2" ;;
+  *) usage ;;
+esac
