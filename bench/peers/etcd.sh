@@ -32,14 +32,15 @@ set -euo pipefail
 
 readonly ETCD_BIN=/usr/bin/etcd
 readonly MEMBERS=3
+readonly SCRIPT=etcd.sh PEER_BIN="$ETCD_BIN" PEER_PREFIX=etcd PEER_COUNT="$MEMBERS"
 readonly START_TIMEOUT="${ETCD_START_TIMEOUT:-20}"
 readonly STOP_TIMEOUT="${ETCD_STOP_TIMEOUT:-10}"
 [[ "$START_TIMEOUT" =~ ^[0-9]+$ && "$STOP_TIMEOUT" =~ ^[0-9]+$ ]] \
   || { echo "etcd.sh: error: ETCD_START_TIMEOUT and ETCD_STOP_TIMEOUT must be whole seconds" >&2; exit 2; }
 readonly TOKEN_PREFIX="sealpost-bench-etcd"
 
-say() { printf 'etcd.sh: %s\n' "$*" >&2; }
-die() { say "error: $*"; exit 1; }
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
   cat >&2 <<'EOF'
@@ -50,90 +51,10 @@ EOF
   exit 2
 }
 
-base_port() {
-  local base="${ETCD_BASE_PORT:-23790}"
-  [[ "$base" =~ ^[0-9]+$ ]] || die "ETCD_BASE_PORT='$base' is not a number"
-  (( base >= 1024 && base + 10 + MEMBERS <= 65535 )) \
-    || die "ETCD_BASE_PORT=$base out of range (1024..$((65535 - 10 - MEMBERS)))"
-  printf '%s\n' "$base"
-}
-
-# True if something listens on 127.0.0.1:PORT (or on any address at that port).
-port_in_use() {
-  local port="$1" out
-  if command -v ss >/dev/null 2>&1; then
-    out="$(ss -Hltn "sport = :$port" 2>/dev/null || true)"
-    [[ -n "$out" ]]
-  else
-    timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null
-  fi
-}
-
-# True if PID exists and is not a zombie.
-alive() {
-  local pid="$1" stat
-  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  kill -0 "$pid" 2>/dev/null || return 1
-  stat="$(cat "/proc/$pid/stat" 2>/dev/null || true)"
-  stat="${stat##*) }"
-  [[ -n "$stat" && "${stat:0:1}" != "Z" ]]
-}
-
-# True if PID is alive and runs the etcd binary (guards against a recycled pid).
-is_etcd_pid() {
-  local pid="$1" exe
-  alive "$pid" || return 1
-  exe="$(readlink "/proc/$pid/exe" 2>/dev/null || true)"
-  # A binary replaced by an upgrade shows as "/usr/bin/etcd (deleted)".
-  [[ "$exe" == "$ETCD_BIN" || "$exe" == "$ETCD_BIN (deleted)" ]]
-}
-
-# TERM the pid, wait up to STOP_TIMEOUT seconds, then KILL and wait up to 5 s more.
-stop_pid() {
-  local name="$1" pid="$2" i
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
-    alive "$pid" || { say "$name (pid $pid) stopped"; return 0; }
-    sleep 0.1
-  done
-  say "$name (pid $pid) still running after ${STOP_TIMEOUT}s: KILL"
-  kill -KILL "$pid" 2>/dev/null || true
-  for ((i = 0; i < 50; i++)); do
-    alive "$pid" || return 0
-    sleep 0.1
-  done
-  say "warning: $name (pid $pid) survived KILL"
-  return 1
-}
+base_port() { base_port_from ETCD_BASE_PORT 23790 $((10 + MEMBERS)); }
 
 cmd_install() {
-  export DEBIAN_FRONTEND=noninteractive
-  local missing=() pkg
-  local status
-  for pkg in etcd-server etcd-client curl iproute2; do
-    status="$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)"
-    [[ "$status" == "install ok installed" ]] || missing+=("$pkg")
-  done
-  if ((${#missing[@]} == 0)); then
-    say "installed already: etcd-server etcd-client curl iproute2"
-  else
-    [[ "$(id -u)" == 0 ]] || die "installing ${missing[*]} needs root"
-    # etcd-server's postinst runs `invoke-rc.d etcd start` (its SysV script starts a default
-    # member on 127.0.0.1:2379). A policy-rc.d answering 101 forbids that; put a temporary one
-    # in place if the machine has none (container images usually ship one already).
-    local policy=/usr/sbin/policy-rc.d made_policy=0
-    if [[ ! -e "$policy" ]]; then
-      printf '#!/bin/sh\n# temporary, from sealpost bench/peers/etcd.sh install\nexit 101\n' >"$policy"
-      chmod 755 "$policy"
-      made_policy=1
-      trap 'rm -f /usr/sbin/policy-rc.d' EXIT
-    fi
-    say "installing: ${missing[*]}"
-    apt-get update -qq || die "apt-get update failed"
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-      || die "apt-get install ${missing[*]} failed"
-    if ((made_policy)); then rm -f "$policy"; trap - EXIT; fi
-  fi
+  apt_install_missing etcd-server etcd-client curl iproute2
   [[ -x "$ETCD_BIN" ]] || die "$ETCD_BIN is missing after install"
   # No boot-time start of the packaged service (harmless where there is no init system).
   if [[ -x /etc/init.d/etcd ]] && command -v update-rc.d >/dev/null 2>&1; then
@@ -145,7 +66,7 @@ cmd_install() {
   for port in 2379 2380; do
     while read -r pid; do
       if [[ -n "$pid" ]]; then pids+=("$pid"); fi
-    done < <(ss -Hltnp "sport = :$port" 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 || true)
+    done < <(listeners_on "$port")
   done
   local pidfile
   for pidfile in /run/etcd.pid /var/run/etcd.pid; do
@@ -154,7 +75,7 @@ cmd_install() {
   local stopped=" " cmdline
   for pid in "${pids[@]+"${pids[@]}"}"; do
     [[ "$stopped" == *" $pid "* ]] && continue
-    is_etcd_pid "$pid" || continue
+    is_peer_pid "$pid" || continue
     cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)"
     if [[ "$cmdline" != *"$TOKEN_PREFIX"* ]]; then
       say "stopping the packaged etcd service (pid $pid), left running by the install"
@@ -172,32 +93,6 @@ etcd_version() {
   "$ETCD_BIN" --version 2>/dev/null | sed -n 's/^etcd Version: *//p' | head -n1
 }
 
-# Stops every member recorded in DIR (pid files), removing the pid files.
-stop_members() {
-  local dir="$1" i pidfile pid rc=0
-  for ((i = 1; i <= MEMBERS; i++)); do
-    pidfile="$dir/etcd-$i.pid"
-    [[ -e "$pidfile" ]] || continue
-    pid="$(tr -dc '0-9' <"$pidfile" || true)"
-    if [[ -n "$pid" ]] && is_etcd_pid "$pid"; then
-      stop_pid "etcd-$i" "$pid" || rc=1
-    else
-      say "etcd-$i: not running (stale pid file)"
-    fi
-    rm -f "$pidfile"
-  done
-  return "$rc"
-}
-
-cmd_stop() {
-  local dir="$1"
-  if [[ ! -d "$dir" ]]; then
-    say "nothing to stop: $dir does not exist"
-    return 0
-  fi
-  stop_members "$dir" || die "some member of $dir could not be stopped"
-}
-
 cmd_start() {
   local dir="$1"
   [[ -x "$ETCD_BIN" ]] || die "$ETCD_BIN not found: run '$0 install' first"
@@ -205,17 +100,8 @@ cmd_start() {
   mkdir -p "$dir/logs" || die "cannot create $dir/logs"
   dir="$(cd "$dir" && pwd)"
 
-  local i pid pidfile
-  for ((i = 1; i <= MEMBERS; i++)); do
-    pidfile="$dir/etcd-$i.pid"
-    if [[ -e "$pidfile" ]]; then
-      pid="$(tr -dc '0-9' <"$pidfile" || true)"
-      if [[ -n "$pid" ]] && is_etcd_pid "$pid"; then
-        die "etcd-$i already runs from $dir (pid $pid): run '$0 stop $dir' first"
-      fi
-      rm -f "$pidfile"
-    fi
-  done
+  refuse_running "$dir"
+  local i pid
 
   local port
   for ((i = 0; i < MEMBERS; i++)); do
@@ -234,7 +120,7 @@ cmd_start() {
 
   # From here on, a failure stops what was started.
   STARTING_DIR="$dir"
-  trap 'stop_members "$STARTING_DIR" >/dev/null 2>&1 || true' EXIT
+  trap 'stop_recorded "$STARTING_DIR" >/dev/null 2>&1 || true' EXIT
   local cport pport state
   for ((i = 1; i <= MEMBERS; i++)); do
     cport=$((base + i - 1))

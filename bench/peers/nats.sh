@@ -38,14 +38,15 @@ set -euo pipefail
 
 readonly NATS_BIN=/usr/sbin/nats-server
 readonly NODES=3
+readonly SCRIPT=nats.sh PEER_BIN="$NATS_BIN" PEER_PREFIX=nats PEER_COUNT="$NODES"
 readonly START_TIMEOUT="${NATS_START_TIMEOUT:-20}"
 readonly STOP_TIMEOUT="${NATS_STOP_TIMEOUT:-10}"
 readonly CLUSTER_NAME="sealpost-bench"
 [[ "$START_TIMEOUT" =~ ^[0-9]+$ && "$STOP_TIMEOUT" =~ ^[0-9]+$ ]] \
   || { echo "nats.sh: error: NATS_START_TIMEOUT and NATS_STOP_TIMEOUT must be whole seconds" >&2; exit 2; }
 
-say() { printf 'nats.sh: %s\n' "$*" >&2; }
-die() { say "error: $*"; exit 1; }
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
   cat >&2 <<'EOF'
@@ -56,96 +57,20 @@ EOF
   exit 2
 }
 
-base_port() {
-  local base="${NATS_BASE_PORT:-24220}"
-  [[ "$base" =~ ^[0-9]+$ ]] || die "NATS_BASE_PORT='$base' is not a number"
-  (( base >= 1024 && base + 20 + NODES <= 65535 )) \
-    || die "NATS_BASE_PORT=$base out of range (1024..$((65535 - 20 - NODES)))"
-  printf '%s\n' "$base"
-}
-
-# True if something listens on PORT.
-port_in_use() {
-  local port="$1" out
-  if command -v ss >/dev/null 2>&1; then
-    out="$(ss -Hltn "sport = :$port" 2>/dev/null || true)"
-    [[ -n "$out" ]]
-  else
-    timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null
-  fi
-}
-
-# True if PID exists and is not a zombie.
-alive() {
-  local pid="$1" stat
-  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  kill -0 "$pid" 2>/dev/null || return 1
-  stat="$(cat "/proc/$pid/stat" 2>/dev/null || true)"
-  stat="${stat##*) }"
-  [[ -n "$stat" && "${stat:0:1}" != "Z" ]]
-}
-
-# True if PID is alive and runs the nats-server binary (guards against a recycled pid).
-is_nats_pid() {
-  local pid="$1" exe
-  alive "$pid" || return 1
-  exe="$(readlink "/proc/$pid/exe" 2>/dev/null || true)"
-  [[ "$exe" == "$NATS_BIN" || "$exe" == "$NATS_BIN (deleted)" ]]
-}
-
-# TERM the pid, wait up to STOP_TIMEOUT seconds, then KILL and wait up to 5 s more.
-stop_pid() {
-  local name="$1" pid="$2" i
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
-    alive "$pid" || { say "$name (pid $pid) stopped"; return 0; }
-    sleep 0.1
-  done
-  say "$name (pid $pid) still running after ${STOP_TIMEOUT}s: KILL"
-  kill -KILL "$pid" 2>/dev/null || true
-  for ((i = 0; i < 50; i++)); do
-    alive "$pid" || return 0
-    sleep 0.1
-  done
-  say "warning: $name (pid $pid) survived KILL"
-  return 1
-}
+base_port() { base_port_from NATS_BASE_PORT 24220 $((20 + NODES)); }
 
 cmd_install() {
-  export DEBIAN_FRONTEND=noninteractive
-  local missing=() pkg status
-  for pkg in nats-server curl iproute2; do
-    status="$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)"
-    [[ "$status" == "install ok installed" ]] || missing+=("$pkg")
-  done
-  if ((${#missing[@]} == 0)); then
-    say "installed already: nats-server curl iproute2"
-  else
-    [[ "$(id -u)" == 0 ]] || die "installing ${missing[*]} needs root"
-    # nats-server ships only a systemd unit, which its postinst starts only where systemd
-    # runs; a temporary policy-rc.d (if the machine has none) also forbids any SysV start.
-    local policy=/usr/sbin/policy-rc.d made_policy=0
-    if [[ ! -e "$policy" ]]; then
-      printf '#!/bin/sh\n# temporary, from sealpost bench/peers/nats.sh install\nexit 101\n' >"$policy"
-      chmod 755 "$policy"
-      made_policy=1
-      trap 'rm -f /usr/sbin/policy-rc.d' EXIT
-    fi
-    say "installing: ${missing[*]}"
-    apt-get update -qq || die "apt-get update failed"
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-      || die "apt-get install ${missing[*]} failed"
-    if ((made_policy)); then rm -f "$policy"; trap - EXIT; fi
-  fi
+  # nats-server ships only a systemd unit, which its postinst starts only where systemd runs.
+  apt_install_missing nats-server curl iproute2
   [[ -x "$NATS_BIN" ]] || die "$NATS_BIN is missing after install"
   # Make sure no packaged server (config /etc/nats-server.conf, port 4222) was left running.
   local pids=() pid cmdline stopped=" "
   while read -r pid; do
     if [[ -n "$pid" ]]; then pids+=("$pid"); fi
-  done < <(ss -Hltnp "sport = :4222" 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 || true)
+  done < <(listeners_on 4222)
   for pid in "${pids[@]+"${pids[@]}"}"; do
     [[ "$stopped" == *" $pid "* ]] && continue
-    is_nats_pid "$pid" || continue
+    is_peer_pid "$pid" || continue
     cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)"
     if [[ "$cmdline" != *"$CLUSTER_NAME"* && "$cmdline" != *"/nats-"[0-9]".conf"* ]]; then
       say "stopping the packaged nats-server (pid $pid), left running by the install"
@@ -161,32 +86,6 @@ cmd_install() {
 
 nats_version() {
   "$NATS_BIN" --version 2>/dev/null | sed -n 's/^nats-server: *v\{0,1\}//p' | head -n1
-}
-
-# Stops every node recorded in DIR (pid files), removing the pid files.
-stop_nodes() {
-  local dir="$1" i pidfile pid rc=0
-  for ((i = 1; i <= NODES; i++)); do
-    pidfile="$dir/nats-$i.pid"
-    [[ -e "$pidfile" ]] || continue
-    pid="$(tr -dc '0-9' <"$pidfile" || true)"
-    if [[ -n "$pid" ]] && is_nats_pid "$pid"; then
-      stop_pid "nats-$i" "$pid" || rc=1
-    else
-      say "nats-$i: not running (stale pid file)"
-    fi
-    rm -f "$pidfile"
-  done
-  return "$rc"
-}
-
-cmd_stop() {
-  local dir="$1"
-  if [[ ! -d "$dir" ]]; then
-    say "nothing to stop: $dir does not exist"
-    return 0
-  fi
-  stop_nodes "$dir" || die "some node of $dir could not be stopped"
 }
 
 # Writes the config of node I (1-based) into DIR/nats-I.conf.
@@ -245,17 +144,8 @@ cmd_start() {
   dir="$(cd "$dir" && pwd)"
   [[ "$dir" != *[\"\\]* ]] || die "DIR may not contain quotes or backslashes: $dir"
 
-  local i pid pidfile
-  for ((i = 1; i <= NODES; i++)); do
-    pidfile="$dir/nats-$i.pid"
-    if [[ -e "$pidfile" ]]; then
-      pid="$(tr -dc '0-9' <"$pidfile" || true)"
-      if [[ -n "$pid" ]] && is_nats_pid "$pid"; then
-        die "nats-$i already runs from $dir (pid $pid): run '$0 stop $dir' first"
-      fi
-      rm -f "$pidfile"
-    fi
-  done
+  refuse_running "$dir"
+  local i pid
 
   local port
   for ((i = 0; i < NODES; i++)); do
@@ -275,7 +165,7 @@ cmd_start() {
 
   # From here on, a failure stops what was started.
   STARTING_DIR="$dir"
-  trap 'stop_nodes "$STARTING_DIR" >/dev/null 2>&1 || true' EXIT
+  trap 'stop_recorded "$STARTING_DIR" >/dev/null 2>&1 || true' EXIT
   for ((i = 1; i <= NODES; i++)); do
     if [[ -d "$dir/nats-$i.data/jetstream" ]]; then
       say "nats-$i: reusing the existing JetStream store in $dir/nats-$i.data"

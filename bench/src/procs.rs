@@ -34,7 +34,7 @@ pub struct NodeProcs {
 
 impl NodeProcs {
     /// Starts every node of `cluster` (laid out, not running) with `bin`, each writing its
-    /// log to `<node dir>.log`.
+    /// log to `<provider dir>/node-<id>.log` (its level from `SEALPOST_LOG`, as always).
     pub fn spawn(bin: &Path, cluster: &LocalCluster) -> anyhow::Result<Self> {
         anyhow::ensure!(
             bin.is_file(),

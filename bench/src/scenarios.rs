@@ -43,6 +43,9 @@ pub const EARLY_ARRIVALS_MAX: usize = 1_000_000;
 pub const READY_SECS_MAX: u64 = 30;
 /// How long provider B's endpoint may take to reach provider A's directory.
 pub const DIRECTORY_PULL_SECS_MAX: u64 = 60;
+/// How long the first message of a messaging scenario may take end to end (connections,
+/// a first relay to the peer) before the measured phases start.
+pub const PRIME_SECS_MAX: u64 = 90;
 /// Pause between phases, so one phase's backlog does not land in the next.
 pub const PHASE_GAP_MS: u64 = 1_000;
 /// Audit records one replay reads at most.
@@ -127,7 +130,13 @@ async fn max_and_half(
     if rate >= OPEN_RATE_MIN {
         tokio::time::sleep(Duration::from_millis(PHASE_GAP_MS)).await;
         let spec = ctx.spec(format!("{scenario} half"), Mode::Open { rate });
+        let watch = Watch::start(pids)?;
         let half = load::drive(op, &spec, serials).await?;
+        let used: f64 = watch.finish()?.iter().map(|p| p.cpu_cores_avg).sum();
+        notes.push(format!(
+            "half phase: the processes above used {used:.2} of the {} cores together",
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        ));
         if let Some(e) = &half.first_error {
             notes.push(format!(
                 "half phase: {} errors, the first: {e}",
@@ -416,6 +425,25 @@ fn send_op(senders: Vec<Client>, arrivals: Arc<Arrivals>, payload_bytes: usize) 
     })
 }
 
+/// Sends messages one at a time until one completes end to end, so the phases measure a
+/// running path rather than its first connections. Returns how long that took.
+async fn prime(op: &Op) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let mut attempt = 0u64;
+    let mut last = String::new();
+    // Bounded by PRIME_SECS_MAX (each attempt by ROUTED_WAIT_SECS_MAX).
+    while start.elapsed() < Duration::from_secs(PRIME_SECS_MAX) {
+        // Serials from the top down: the phases number theirs from 1 upwards.
+        match op(u64::MAX - attempt).await {
+            Ok(()) => return Ok(start.elapsed()),
+            Err(e) => last = format!("{e:#}"),
+        }
+        attempt += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    anyhow::bail!("no message completed end to end within {PRIME_SECS_MAX} s ({last})")
+}
+
 /// The hot path and then, on the same cluster, the replay (when `replay` is set).
 pub async fn hot_path(ctx: &Ctx, replay: bool) -> anyhow::Result<Vec<ScenarioResult>> {
     let raft = RaftOptions::default();
@@ -440,7 +468,12 @@ pub async fn hot_path(ctx: &Ctx, replay: bool) -> anyhow::Result<Vec<ScenarioRes
     // not after a follower's apply lag.
     let (arrivals, stream) = follow(&cluster, &leader).await?;
     let op = send_op(senders, arrivals, ctx.payload_bytes);
-    let (phases, processes, notes) = max_and_half(ctx, "hot-path", op, &procs.pids()).await?;
+    let primed = prime(&op).await?;
+    let (phases, processes, mut notes) = max_and_half(ctx, "hot-path", op, &procs.pids()).await?;
+    notes.push(format!(
+        "the first message took {} ms end to end (before the phases)",
+        primed.as_millis()
+    ));
     stream.abort();
     procs.check_running()?;
     let mut out = vec![ScenarioResult {
@@ -564,8 +597,13 @@ pub async fn relay(ctx: &Ctx) -> anyhow::Result<ScenarioResult> {
     let senders = spread(&a, &a_addrs, ctx.connections, Some(1)).await?;
     let (arrivals, stream) = follow(&b, &b_leader).await?;
     let op = send_op(senders, arrivals, ctx.payload_bytes);
+    let primed = prime(&op).await?;
     let pids = [a_procs.pids(), b_procs.pids()].concat();
-    let (phases, processes, notes) = max_and_half(ctx, "relay", op, &pids).await?;
+    let (phases, processes, mut notes) = max_and_half(ctx, "relay", op, &pids).await?;
+    notes.push(format!(
+        "the first message took {} ms from A to B's receiver (before the phases)",
+        primed.as_millis()
+    ));
     stream.abort();
     a_procs.check_running()?;
     b_procs.check_running()?;

@@ -155,8 +155,11 @@ fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SEALPOST_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("warn,openraft=error,sealpost=info")
     });
+    // Colour only on a terminal: a node's log file gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .init();
 }
