@@ -262,10 +262,29 @@ pub fn write_json(run: &Run, path: &Path) -> anyhow::Result<()> {
 
 /// Reads a run written by [`write_json`].
 pub fn read_json(path: &Path) -> anyhow::Result<Run> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    anyhow::ensure!(
+        len <= RUN_JSON_BYTES_MAX,
+        "{} is {len} bytes, more than a run's record may be ({RUN_JSON_BYTES_MAX})",
+        path.display()
+    );
     let json =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&json).with_context(|| format!("parsing {}", path.display()))
+    let run: Run =
+        serde_json::from_str(&json).with_context(|| format!("parsing {}", path.display()))?;
+    anyhow::ensure!(
+        run.format_version == FORMAT_VERSION,
+        "{} has format version {}; this sealpost-bench reads version {FORMAT_VERSION}",
+        path.display(),
+        run.format_version
+    );
+    Ok(run)
 }
+
+/// Largest `run.json` [`read_json`] reads (a full run writes well under 1 MB).
+pub const RUN_JSON_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
 /// Writes `run.json`, `summary.md`, `latency.svg` and `throughput.svg` into `dir` (created if
 /// missing) and returns their paths in that order.
@@ -1458,6 +1477,14 @@ mod tests {
         assert!(read_json(&dir.path().join("missing.json")).is_err());
         std::fs::write(&path, "{\"format_version\": 1}")?;
         assert!(read_json(&path).is_err());
+        // A record of another format version is refused by name.
+        let mut future = sample_run();
+        future.format_version = FORMAT_VERSION + 1;
+        write_json(&future, &path)?;
+        let e = read_json(&path)
+            .expect_err("another format version")
+            .to_string();
+        assert!(e.contains("format version 2"), "{e}");
         Ok(())
     }
 

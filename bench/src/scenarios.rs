@@ -110,6 +110,7 @@ async fn max_and_half(
     scenario: &str,
     op: Op,
     pids: &[(String, u32)],
+    admin: Option<&Client>,
 ) -> anyhow::Result<(Vec<Phase>, Vec<ProcessStats>, Vec<String>)> {
     let serials = Arc::new(AtomicU64::new(1));
     let mut notes = Vec::new();
@@ -119,9 +120,21 @@ async fn max_and_half(
             clients: ctx.clients,
         },
     );
+    let entries_before = match admin {
+        Some(a) => Some(leader_log_index(a).await?),
+        None => None,
+    };
     let watch = Watch::start(pids)?;
     let max = load::drive(op.clone(), &spec, serials.clone()).await?;
     let processes = watch.finish()?;
+    if let (Some(a), Some(before)) = (admin, entries_before) {
+        let entries = leader_log_index(a).await?.saturating_sub(before);
+        let ops = serials.load(std::sync::atomic::Ordering::Relaxed) - 1;
+        notes.push(format!(
+            "max phase with its warm-up: {ops} operations, {entries} Raft log entries on the leader ({:.1} operations per entry)",
+            ops as f64 / entries.max(1) as f64
+        ));
+    }
     if let Some(e) = &max.first_error {
         notes.push(format!("max phase: {} errors, the first: {e}", max.errors));
     }
@@ -150,6 +163,23 @@ async fn max_and_half(
         ));
     }
     Ok((phases, processes, notes))
+}
+
+/// The leader's last log index, to count the entries a phase wrote (batching).
+async fn leader_log_index(admin: &Client) -> anyhow::Result<u64> {
+    let status = admin
+        .admin()
+        .status(pb::StatusRequest { all_members: true })
+        .await
+        .context("asking the cluster's status")?
+        .into_inner();
+    status
+        .members
+        .iter()
+        .chain(status.this_node.iter())
+        .find(|n| n.role == "leader")
+        .map(|n| n.last_log_index)
+        .context("the cluster reports no leader")
 }
 
 fn sealpost_system(nodes: u64) -> String {
@@ -265,7 +295,9 @@ pub async fn log(ctx: &Ctx) -> anyhow::Result<ScenarioResult> {
             Ok(())
         })
     });
-    let (phases, processes, notes) = max_and_half(ctx, "log", op, &procs.pids()).await?;
+    let admin = procs::admin_client(&cluster).await?;
+    let (phases, processes, notes) =
+        max_and_half(ctx, "log", op, &procs.pids(), Some(&admin)).await?;
     procs.check_running()?;
     procs.stop();
     Ok(ScenarioResult {
@@ -315,7 +347,8 @@ impl Arrivals {
         }
     }
 
-    async fn wait(&self, id: String) -> anyhow::Result<()> {
+    /// Waits until message `id` is reported routed, at most `limit`.
+    async fn wait(&self, id: String, limit: Duration) -> anyhow::Result<()> {
         let rx = {
             let mut slots = self
                 .slots
@@ -329,7 +362,7 @@ impl Arrivals {
             slots.insert(id.clone(), Slot::Waiting(tx));
             rx
         };
-        match tokio::time::timeout(Duration::from_secs(ROUTED_WAIT_SECS_MAX), rx).await {
+        match tokio::time::timeout(limit, rx).await {
             Ok(Ok(())) => Ok(()),
             _ => {
                 if let Ok(mut s) = self.slots.lock() {
@@ -420,7 +453,12 @@ fn send_op(senders: Vec<Client>, arrivals: Arc<Arrivals>, payload_bytes: usize) 
                 })
                 .await
                 .context("sending")?;
-            arrivals.wait(r.into_inner().message_id).await
+            arrivals
+                .wait(
+                    r.into_inner().message_id,
+                    Duration::from_secs(ROUTED_WAIT_SECS_MAX),
+                )
+                .await
         })
     })
 }
@@ -469,7 +507,8 @@ pub async fn hot_path(ctx: &Ctx, replay: bool) -> anyhow::Result<Vec<ScenarioRes
     let (arrivals, stream) = follow(&cluster, &leader).await?;
     let op = send_op(senders, arrivals, ctx.payload_bytes);
     let primed = prime(&op).await?;
-    let (phases, processes, mut notes) = max_and_half(ctx, "hot-path", op, &procs.pids()).await?;
+    let (phases, processes, mut notes) =
+        max_and_half(ctx, "hot-path", op, &procs.pids(), Some(&admin)).await?;
     notes.push(format!(
         "the first message took {} ms end to end (before the phases)",
         primed.as_millis()
@@ -599,7 +638,7 @@ pub async fn relay(ctx: &Ctx) -> anyhow::Result<ScenarioResult> {
     let op = send_op(senders, arrivals, ctx.payload_bytes);
     let primed = prime(&op).await?;
     let pids = [a_procs.pids(), b_procs.pids()].concat();
-    let (phases, processes, mut notes) = max_and_half(ctx, "relay", op, &pids).await?;
+    let (phases, processes, mut notes) = max_and_half(ctx, "relay", op, &pids, None).await?;
     notes.push(format!(
         "the first message took {} ms from A to B's receiver (before the phases)",
         primed.as_millis()
@@ -729,7 +768,7 @@ pub async fn peer(ctx: &Ctx, kind: PeerKind) -> anyhow::Result<ScenarioResult> {
             )
         }
     };
-    let result = max_and_half(ctx, kind.label(), op, &cluster.pids).await;
+    let result = max_and_half(ctx, kind.label(), op, &cluster.pids, None).await;
     cluster.stop()?;
     let (phases, processes, notes) = result?;
     Ok(ScenarioResult {
@@ -748,4 +787,68 @@ pub async fn peer(ctx: &Ctx, kind: PeerKind) -> anyhow::Result<ScenarioResult> {
         ]
         .concat(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_routed_notice_meets_its_send_whichever_comes_first() {
+        let a = Arrivals::default();
+        // The stream reports the message before the send returned its id.
+        a.arrived("m1".into());
+        let limit = Duration::from_secs(5);
+        a.wait("m1".into(), limit).await.expect("already arrived");
+        // The send waits, then the notice comes.
+        let a = Arc::new(a);
+        let waiter = tokio::spawn({
+            let a = a.clone();
+            async move { a.wait("m2".into(), limit).await }
+        });
+        // Bounded: the waiter registers within a few yields.
+        for _ in 0..1000 {
+            if a.slots.lock().expect("lock").contains_key("m2") {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        a.arrived("m2".into());
+        waiter.await.expect("join").expect("routed");
+        assert!(
+            a.slots.lock().expect("lock").is_empty(),
+            "nothing is left behind"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_message_never_routed_fails_after_the_wait_limit() {
+        let a = Arrivals::default();
+        let e = a
+            .wait("lost".into(), Duration::from_millis(50))
+            .await
+            .expect_err("never routed")
+            .to_string();
+        assert!(
+            e.contains("lost") && e.contains("not reported routed"),
+            "{e}"
+        );
+        assert!(a.slots.lock().expect("lock").is_empty());
+    }
+
+    #[test]
+    fn the_log_write_is_a_real_registration_of_a_stable_size() {
+        let r = registration(LOG_SERIAL_BASE + 7);
+        let org = r.organisation.expect("organisation");
+        assert_eq!(org.hpio, HpiO::from_serial(LOG_SERIAL_BASE + 7).to_string());
+        assert_eq!(org.keys.expect("keys").encryption.len(), 32);
+        // The peers write values of this size; it must not depend on the serial's digits
+        // in a way that changes between runs of the same settings.
+        assert_eq!(log_value_bytes(), registration(1_000_000).encoded_len());
+        assert!(
+            (100..400).contains(&log_value_bytes()),
+            "{}",
+            log_value_bytes()
+        );
+    }
 }
