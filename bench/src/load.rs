@@ -183,7 +183,7 @@ fn bar(spec: &Spec, rec: &Arc<Recorder>) -> (ProgressBar, tokio::task::JoinHandl
     let total_ms = (spec.warmup + spec.duration).as_millis() as u64;
     let pb = ProgressBar::new(total_ms.max(1));
     pb.set_style(
-        ProgressStyle::with_template("{prefix:>28} [{bar:30}] {elapsed:>4} {msg}")
+        ProgressStyle::with_template("{prefix:>14} [{bar:24}] {elapsed:>3} {wide_msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
