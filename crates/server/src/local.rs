@@ -7,7 +7,9 @@
 //! restart serves on the same addresses. [`LocalCluster::create_federation`] lays out
 //! several providers that trust each other: each gets a receipt-signing key
 //! (`provider-key`), a relay port per node and a `trust-bundle.toml` naming the others. `sealpost dev` and the end-to-end tests use this;
-//! every node is a real node on loopback with real gRPC and TLS.
+//! every node is a real node on loopback with real gRPC and TLS. [`LocalCluster::lay_out`]
+//! and [`LocalCluster::lay_out_federation`] write the same layout without starting it, for
+//! node processes (`sealpost node --config`; the benchmark runs its clusters that way).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
