@@ -32,7 +32,7 @@ use sealpost_server::local::LocalCluster;
 
 use crate::load::{self, Mode, Op, Outcome, Spec, TIMELINE_INTERVAL_MS};
 use crate::peers::{PeerCluster, PeerKind};
-use crate::procs::{self, NodeProcs, Watch};
+use crate::procs::{self, NodeProcs};
 use crate::report::{Latency, LoopKind, Phase, ProcessStats, ScenarioResult};
 
 /// How long a sent message may take to be reported routed before the operation fails.
@@ -124,9 +124,9 @@ async fn max_and_half(
         Some(a) => Some(leader_log_index(a).await?),
         None => None,
     };
-    let watch = Watch::start(pids)?;
+    let watch = procs::watch(pids)?;
     let max = load::drive(op.clone(), &spec, serials.clone()).await?;
-    let processes = watch.finish()?;
+    let processes = procs::costs(&watch)?;
     if let (Some(a), Some(before)) = (admin, entries_before) {
         let entries = leader_log_index(a).await?.saturating_sub(before);
         let ops = serials.load(std::sync::atomic::Ordering::Relaxed) - 1;
@@ -143,9 +143,9 @@ async fn max_and_half(
     if rate >= OPEN_RATE_MIN {
         tokio::time::sleep(Duration::from_millis(PHASE_GAP_MS)).await;
         let spec = ctx.spec(format!("{scenario} half"), Mode::Open { rate });
-        let watch = Watch::start(pids)?;
+        let watch = procs::watch(pids)?;
         let half = load::drive(op, &spec, serials).await?;
-        let used: f64 = watch.finish()?.iter().map(|p| p.cpu_cores_avg).sum();
+        let used: f64 = procs::costs(&watch)?.iter().map(|p| p.cpu_cores_avg).sum();
         notes.push(format!(
             "half phase: the processes above used {used:.2} of the {} cores together",
             std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -265,7 +265,7 @@ async fn org_client(cluster: &LocalCluster, serial: u64, addr: String) -> anyhow
 /// A provider's cluster laid out under the run's work folder and started as processes.
 async fn start_provider(ctx: &Ctx, cluster: &LocalCluster) -> anyhow::Result<(NodeProcs, String)> {
     let mut procs = NodeProcs::spawn(&ctx.sealpost_bin, cluster)?;
-    let leader =
+    let (_, leader) =
         procs::wait_ready(cluster, &mut procs, Duration::from_secs(READY_SECS_MAX)).await?;
     Ok((procs, leader))
 }
@@ -545,7 +545,7 @@ async fn replay_from(
     pids: &[(String, u32)],
 ) -> anyhow::Result<ScenarioResult> {
     let c = procs::node_client(cluster, addr).await?;
-    let watch = Watch::start(pids)?;
+    let watch = procs::watch(pids)?;
     let start = Instant::now();
     let mut stream = c
         .audit()
@@ -569,7 +569,7 @@ async fn replay_from(
         }
     }
     let secs = start.elapsed().as_secs_f64();
-    let processes = watch.finish()?;
+    let processes = procs::costs(&watch)?;
     Ok(ScenarioResult {
         scenario: "replay".into(),
         system: "sealpost (one node, Audit.Replay over gRPC + TLS)".into(),
@@ -697,10 +697,10 @@ pub fn ceiling(payload_bytes: usize, dur: Duration) -> anyhow::Result<(u64, usiz
 }
 
 pub async fn crypto(ctx: &Ctx) -> anyhow::Result<ScenarioResult> {
-    let watch = Watch::start(&[])?;
+    let watch = procs::watch(&[])?;
     let (bytes, dur) = (ctx.payload_bytes, ctx.ceiling);
     let (total, cores) = tokio::task::spawn_blocking(move || ceiling(bytes, dur)).await??;
-    let processes = watch.finish()?;
+    let processes = procs::costs(&watch)?;
     let secs = dur.as_secs_f64();
     Ok(ScenarioResult {
         scenario: "crypto".into(),
