@@ -1,0 +1,258 @@
+//! The mixed load a chaos run drives while faults happen, and its history: sends of sealed
+//! messages from organisation 1 to organisation 2's desk, directory registrations, and
+//! acknowledgements of what reached the desk. Every client call has a deadline (a paused
+//! node must not hang a worker) and a failed call moves the worker to the next node. The
+//! history keeps what was *acknowledged* to the client, which the checkers then demand of
+//! every replica; a call that failed may or may not have taken effect and is only counted.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use sealpost_client::{Client, Profile};
+use sealpost_core::ids::HpiO;
+use sealpost_proto::v1 as pb;
+use sealpost_server::local::LocalCluster;
+
+/// Deadline of one client call.
+pub const CALL_TIMEOUT_MS: u64 = 5_000;
+/// Pause of a worker after a failed call before it tries the next node.
+pub const RETRY_PAUSE_MS: u64 = 100;
+/// Pause between two operations of one worker (the load is steady, not a flood).
+pub const OP_PAUSE_MS: u64 = 20;
+/// Serials of the organisations the run registers start here (1 and 2 are the messaging
+/// organisations).
+pub const ORG_SERIAL_BASE: u64 = 10_000;
+/// Payload bytes of a chaos message.
+pub const PAYLOAD_BYTES: usize = 1_024;
+/// Acknowledged operations the history keeps at most of each kind.
+pub const HISTORY_OPS_MAX: usize = 10_000_000;
+
+/// What the clients were told.
+#[derive(Debug, Default)]
+pub struct History {
+    /// Message ids of acknowledged sends.
+    pub sent: Mutex<Vec<String>>,
+    /// HPI-Os of acknowledged registrations.
+    pub registered: Mutex<Vec<String>>,
+    /// Message ids whose acknowledgement by the desk was acknowledged.
+    pub acked: Mutex<Vec<String>>,
+    pub attempted: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+impl History {
+    fn keep(list: &Mutex<Vec<String>>, item: String) {
+        if let Ok(mut l) = list.lock()
+            && l.len() < HISTORY_OPS_MAX
+        {
+            l.push(item);
+        }
+    }
+
+    pub fn snapshot(list: &Mutex<Vec<String>>) -> Vec<String> {
+        list.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+/// Clients of one identity, one per node, in node order.
+pub async fn clients_per_node(
+    cluster: &LocalCluster,
+    org: Option<u64>,
+) -> anyhow::Result<Vec<Client>> {
+    let mut out = Vec::new();
+    for addr in cluster.addrs().into_values() {
+        let (name, org_id) = match org {
+            Some(s) => (format!("chaos-org-{s}"), Some(HpiO::from_serial(s))),
+            None => ("chaos-admin".to_string(), None),
+        };
+        let tls = cluster.client_identity_for_org(&name, org_id.as_ref())?;
+        out.push(
+            Client::connect(&Profile {
+                endpoints: vec![addr.clone()],
+                tls,
+                organisation: org_id.map(|o| o.to_string()),
+                default_endpoint: None,
+                provider: None,
+            })
+            .await
+            .with_context(|| format!("connecting to {addr}"))?,
+        );
+    }
+    Ok(out)
+}
+
+async fn timed<T>(
+    f: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(Duration::from_millis(CALL_TIMEOUT_MS), f).await {
+        Ok(Ok(r)) => Ok(r.into_inner()),
+        Ok(Err(s)) => anyhow::bail!("{:?}: {}", s.code(), s.message()),
+        Err(_) => anyhow::bail!("no answer in {CALL_TIMEOUT_MS} ms"),
+    }
+}
+
+/// The desk every message goes to.
+pub fn desk() -> String {
+    format!("{}/results", HpiO::from_serial(2))
+}
+
+/// Registers the two messaging organisations and the desk (retrying across nodes).
+pub async fn provision(admin: &[Client]) -> anyhow::Result<()> {
+    let mut last = String::new();
+    // Bounded: a few rounds over the nodes.
+    for attempt in 0..admin.len() * 10 {
+        let c = &admin[attempt % admin.len()];
+        let r: anyhow::Result<()> = async {
+            for serial in [1u64, 2] {
+                let r = timed(c.directory().register_organisation(
+                    pb::RegisterOrganisationRequest {
+                        organisation: Some(pb::Organisation {
+                            hpio: HpiO::from_serial(serial).to_string(),
+                            name: format!("Chaos org {serial}"),
+                            suburb: "Parkville".into(),
+                            state: "VIC".into(),
+                            postcode: "3052".into(),
+                            ..Default::default()
+                        }),
+                    },
+                ))
+                .await;
+                if let Err(e) = r
+                    && !e.to_string().contains("AlreadyExists")
+                {
+                    return Err(e);
+                }
+            }
+            let r = timed(c.directory().publish_endpoint(pb::PublishEndpointRequest {
+                id: desk(),
+                display_name: "Results".into(),
+                specialty: "Pathology".into(),
+                payload_types: vec!["TEXT".into()],
+            }))
+            .await;
+            if let Err(e) = r
+                && !e.to_string().contains("AlreadyExists")
+            {
+                return Err(e);
+            }
+            Ok(())
+        }
+        .await;
+        match r {
+            Ok(()) => return Ok(()),
+            Err(e) => last = format!("{e:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    anyhow::bail!("provisioning the chaos organisations failed: {last}")
+}
+
+/// One worker: sends and registrations in turn, moving to the next node after a failure.
+pub async fn worker(
+    index: usize,
+    senders: Arc<Vec<Client>>,
+    admin: Arc<Vec<Client>>,
+    history: Arc<History>,
+    serials: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut node = index % senders.len().max(1);
+    let payload = vec![0x33u8; PAYLOAD_BYTES];
+    let mut turn = 0u64;
+    // Bounded by `stop`, which the run sets at its end.
+    while !stop.load(Ordering::Relaxed) {
+        turn += 1;
+        history.attempted.fetch_add(1, Ordering::Relaxed);
+        let serial = serials.fetch_add(1, Ordering::Relaxed);
+        let result =
+            if turn.is_multiple_of(3) {
+                let hpio = HpiO::from_serial(ORG_SERIAL_BASE + serial).to_string();
+                timed(admin[node].directory().register_organisation(
+                    pb::RegisterOrganisationRequest {
+                        organisation: Some(pb::Organisation {
+                            hpio: hpio.clone(),
+                            name: format!("Chaos clinic {serial}"),
+                            suburb: "Carlton".into(),
+                            state: "VIC".into(),
+                            postcode: "3053".into(),
+                            ..Default::default()
+                        }),
+                    },
+                ))
+                .await
+                .map(|_| History::keep(&history.registered, hpio))
+            } else {
+                timed(senders[node].messaging().send(pb::SendRequest {
+                    from_org: HpiO::from_serial(1).to_string(),
+                    to: vec![desk()],
+                    payload_type: "TEXT".into(),
+                    client_message_id: format!("chaos-{serial}"),
+                    payload: payload.clone(),
+                    ..Default::default()
+                }))
+                .await
+                .map(|r| History::keep(&history.sent, r.message_id))
+            };
+        if result.is_err() {
+            history.failed.fetch_add(1, Ordering::Relaxed);
+            node = (node + 1) % senders.len().max(1);
+            tokio::time::sleep(Duration::from_millis(RETRY_PAUSE_MS)).await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(OP_PAUSE_MS)).await;
+        }
+    }
+}
+
+/// The desk's side: lists what reached it and acknowledges each message once.
+pub async fn acker(receivers: Arc<Vec<Client>>, history: Arc<History>, stop: Arc<AtomicBool>) {
+    let mut done: BTreeSet<String> = BTreeSet::new();
+    let mut node = 0usize;
+    // Bounded by `stop`.
+    while !stop.load(Ordering::Relaxed) {
+        let c = &receivers[node % receivers.len().max(1)];
+        let inbox = timed(c.messaging().inbox(pb::InboxRequest {
+            endpoint: desk(),
+            limit: 0,
+        }))
+        .await;
+        match inbox {
+            Ok(r) => {
+                for item in r.items {
+                    if done.contains(&item.message_id) || stop.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    history.attempted.fetch_add(1, Ordering::Relaxed);
+                    let ack = timed(c.messaging().ack(pb::AckRequest {
+                        message_id: item.message_id.clone(),
+                        recipient: item.recipient.clone(),
+                        status: "accepted".into(),
+                        note: String::new(),
+                    }))
+                    .await;
+                    match ack {
+                        Ok(_) => {
+                            done.insert(item.message_id.clone());
+                            History::keep(&history.acked, item.message_id);
+                        }
+                        Err(e) => {
+                            // Acknowledged already (an answer lost to a fault): not a failure.
+                            if e.to_string().contains("already") {
+                                done.insert(item.message_id);
+                            } else {
+                                history.failed.fetch_add(1, Ordering::Relaxed);
+                                node += 1;
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            Err(_) => node += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,418 @@
+//! `sealpost-chaos`: starts a real cluster of `sealpost node` processes (3 or 5, each with
+//! its own data folder and loopback ports), drives a mixed load through the client (sends,
+//! desk acknowledgements, directory writes), injects a seeded schedule of faults while it
+//! runs, heals everything, waits until every node has applied the same log, and then runs
+//! the invariant checkers (`checks/`). It writes a JSON report and prints a summary: faults
+//! by kind, operations attempted / acknowledged / failed, lost and duplicated writes, time
+//! to recover after each fault, and the seed that reproduces the run. It exits non-zero
+//! unless every checker passed. See CHAOS.md.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use sealpost_harness::NodeProcs;
+use sealpost_proto::v1 as pb;
+use sealpost_raft::RaftOptions;
+use sealpost_server::config::ApiLimits;
+use sealpost_server::local::LocalCluster;
+use serde::Serialize;
+
+mod checks;
+mod faults;
+mod load;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// How long the nodes may take to apply the same log once every fault is healed.
+const CONVERGE_SECS_MAX: u64 = 120;
+/// How long the load keeps running after the last fault is healed, so the cluster is seen
+/// serving again before the checks.
+const SETTLE_MS: u64 = 3_000;
+/// Audit records read from one replica at most.
+const REPLAY_RECORDS_MAX: usize = 50_000_000;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sealpost-chaos",
+    about = "Faults under load against a real multi-process sealpost cluster, then invariant checkers"
+)]
+struct Args {
+    /// Seconds of load with faults.
+    #[arg(long, default_value_t = 60)]
+    duration_secs: u64,
+    /// Seed of the fault schedule (default: from the clock; printed, so a run can be
+    /// repeated).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Nodes in the cluster (3 or 5).
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Milliseconds between the end of one fault's recovery and the next fault.
+    #[arg(long, default_value_t = 2_000)]
+    fault_every_ms: u64,
+    /// Concurrent load workers.
+    #[arg(long, default_value_t = 8)]
+    workers: usize,
+    /// Where the JSON report goes (default: chaos-report.json in the work folder).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Where the cluster keeps its data (default: a temporary folder, kept when a check
+    /// fails).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// The sealpost binary the nodes run (default: `sealpost` beside this binary).
+    #[arg(long, env = "SEALPOST_BIN")]
+    sealpost_bin: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+struct Operations {
+    attempted: u64,
+    failed: u64,
+    sends_acknowledged: usize,
+    registrations_acknowledged: usize,
+    desk_acks_acknowledged: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    format_version: u32,
+    seed: u64,
+    git_commit: String,
+    command_line: String,
+    nodes: u64,
+    duration_secs: u64,
+    faults: Vec<faults::FaultRecord>,
+    faults_by_kind: BTreeMap<String, u64>,
+    recovery_ms_p50: u64,
+    recovery_ms_p99: u64,
+    recovery_ms_max: u64,
+    operations: Operations,
+    lost: u64,
+    duplicates: u64,
+    checks: Vec<checks::Verdict>,
+    ok: bool,
+}
+
+fn git_commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Events 1..=`size` of one replica, read from that node alone. (Reading them is itself
+/// audited: every replay appends an `audit_read` event, so the replicas are compared up to
+/// the size they agreed on before the first replay.)
+async fn replay(
+    client: &sealpost_client::Client,
+    size: u64,
+) -> anyhow::Result<Vec<pb::AuditEvent>> {
+    let mut stream = client
+        .audit()
+        .replay(pb::ReplayRequest {
+            from_seq: 1,
+            to_seq: size,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    // Bounded by the store's size and REPLAY_RECORDS_MAX.
+    while let Some(mut ev) = stream.message().await? {
+        ev.canonical = Vec::new();
+        out.push(ev);
+        anyhow::ensure!(
+            out.len() <= REPLAY_RECORDS_MAX,
+            "a replica holds more than {REPLAY_RECORDS_MAX} events"
+        );
+    }
+    Ok(out)
+}
+
+fn summary(r: &Report) -> String {
+    let mut s = String::new();
+    s.push_str(&format!(
+        "chaos run: seed {}, {} nodes, {} s of load, commit {}\n",
+        r.seed,
+        r.nodes,
+        r.duration_secs,
+        r.git_commit.get(..10).unwrap_or(&r.git_commit)
+    ));
+    s.push_str(&format!(
+        "faults: {} ({})\n",
+        r.faults.len(),
+        r.faults_by_kind
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    s.push_str(&format!(
+        "recovery after a fault: p50 {} ms, p99 {} ms, max {} ms\n",
+        r.recovery_ms_p50, r.recovery_ms_p99, r.recovery_ms_max
+    ));
+    let o = &r.operations;
+    s.push_str(&format!(
+        "operations: {} attempted, {} failed (outcome unknown to the client), acknowledged: {} sends, {} registrations, {} desk acknowledgements\n",
+        o.attempted, o.failed, o.sends_acknowledged, o.registrations_acknowledged, o.desk_acks_acknowledged
+    ));
+    s.push_str(&format!("lost: {}, duplicates: {}\n", r.lost, r.duplicates));
+    for c in &r.checks {
+        s.push_str(&format!(
+            "  [{}] {}: {}{}\n",
+            if c.ok { "ok" } else { "FAILED" },
+            c.checker,
+            c.checked,
+            if c.ok {
+                String::new()
+            } else {
+                format!(" -- {} violations: {}", c.violations, c.problems.join("; "))
+            }
+        ));
+    }
+    s.push_str(if r.ok {
+        "every checker passed\n"
+    } else {
+        "SOME CHECKERS FAILED\n"
+    });
+    s
+}
+
+async fn run(a: Args) -> anyhow::Result<bool> {
+    anyhow::ensure!(
+        a.nodes == 3 || a.nodes == 5,
+        "--nodes must be 3 or 5, not {}",
+        a.nodes
+    );
+    anyhow::ensure!(
+        (1..=86_400).contains(&a.duration_secs),
+        "--duration-secs must be 1 to 86400"
+    );
+    anyhow::ensure!(
+        a.workers >= 1 && a.workers <= 256,
+        "--workers must be 1 to 256"
+    );
+    let seed = a.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+    });
+    let tmp = tempfile::Builder::new()
+        .prefix("sealpost-chaos-")
+        .tempdir()?;
+    let work = a
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_path_buf());
+    let bin = match &a.sealpost_bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?.with_file_name("sealpost"),
+    };
+    eprintln!(
+        "sealpost-chaos: seed {seed}, {} nodes, {} s, data in {}",
+        a.nodes,
+        a.duration_secs,
+        work.display()
+    );
+    let raft = RaftOptions::default();
+    let api = ApiLimits::default();
+    let messaging = LocalCluster::fitting_messaging(&raft, &api);
+    let cluster = LocalCluster::lay_out(
+        &work.join("cluster"),
+        "chaos",
+        a.nodes,
+        raft,
+        api,
+        messaging,
+    )
+    .await
+    .context("laying out the cluster")?;
+    let mut procs = NodeProcs::spawn(&bin, &cluster)?;
+    sealpost_harness::wait_ready(
+        &cluster,
+        &mut procs,
+        Duration::from_secs(faults::RECOVERY_SECS_MAX),
+    )
+    .await?;
+    let admin = Arc::new(load::clients_per_node(&cluster, None).await?);
+    load::provision(&admin).await?;
+    let senders = Arc::new(load::clients_per_node(&cluster, Some(1)).await?);
+    let receivers = Arc::new(load::clients_per_node(&cluster, Some(2)).await?);
+    let history = Arc::new(load::History::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let serials = Arc::new(AtomicU64::new(1));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..a.workers {
+        tasks.spawn(load::worker(
+            i,
+            senders.clone(),
+            admin.clone(),
+            history.clone(),
+            serials.clone(),
+            stop.clone(),
+        ));
+    }
+    tasks.spawn(load::acker(
+        receivers.clone(),
+        history.clone(),
+        stop.clone(),
+    ));
+
+    let started = Instant::now();
+    let end = started + Duration::from_secs(a.duration_secs);
+    let mut rng = faults::Rng::new(seed);
+    let mut records = Vec::new();
+    // Bounded by the run's end (each fault by its hold and the recovery limit).
+    while Instant::now() + Duration::from_millis(faults::PAUSE_MS_MAX) < end {
+        tokio::time::sleep(Duration::from_millis(a.fault_every_ms)).await;
+        let r = faults::inject(&cluster, &mut procs, &mut rng, started).await?;
+        eprintln!(
+            "  {:>6} ms {:?} node {} for {} ms; recovered in {} ms (leader {}, {} new terms)",
+            r.at_ms, r.kind, r.node, r.hold_ms, r.recovery_ms, r.leader_after, r.terms
+        );
+        records.push(r);
+    }
+    tokio::time::sleep(Duration::from_millis(SETTLE_MS)).await;
+    stop.store(true, Ordering::Relaxed);
+    while tasks.join_next().await.is_some() {}
+    procs.check_running()?;
+
+    let converged =
+        faults::wait_converged(&cluster, Duration::from_secs(CONVERGE_SECS_MAX)).await?;
+    let size = converged.first().map_or(0, |s| s.event_count);
+    let mut events = BTreeMap::new();
+    let mut nodes = BTreeMap::new();
+    for (id, addr) in cluster.addrs() {
+        let c = sealpost_harness::node_client(&cluster, &addr).await?;
+        events.insert(
+            id,
+            replay(&c, size)
+                .await
+                .with_context(|| format!("replaying node {id}"))?,
+        );
+        nodes.insert(id, c);
+    }
+    let evidence = checks::Evidence {
+        sent: load::History::snapshot(&history.sent),
+        registered: load::History::snapshot(&history.registered),
+        acked: load::History::snapshot(&history.acked),
+        events,
+        nodes,
+    };
+    let verdicts = checks::run_all(&evidence).await;
+    procs.stop();
+
+    let mut recoveries: Vec<u64> = records.iter().map(|r| r.recovery_ms).collect();
+    recoveries.sort_unstable();
+    let mut by_kind = BTreeMap::new();
+    for r in &records {
+        let k = serde_json::to_value(r.kind)?
+            .as_str()
+            .unwrap_or("fault")
+            .to_string();
+        *by_kind.entry(k).or_insert(0u64) += 1;
+    }
+    let count = |name: &str| {
+        verdicts
+            .iter()
+            .filter(|v| v.checker == name)
+            .map(|v| v.violations)
+            .sum::<u64>()
+    };
+    let ok = verdicts.iter().all(|v| v.ok);
+    let report = Report {
+        format_version: 1,
+        seed,
+        git_commit: git_commit(),
+        command_line: std::env::args().collect::<Vec<_>>().join(" "),
+        nodes: a.nodes,
+        duration_secs: a.duration_secs,
+        faults_by_kind: by_kind,
+        recovery_ms_p50: percentile(&recoveries, 0.5),
+        recovery_ms_p99: percentile(&recoveries, 0.99),
+        recovery_ms_max: recoveries.last().copied().unwrap_or(0),
+        faults: records,
+        operations: Operations {
+            attempted: history.attempted.load(Ordering::Relaxed),
+            failed: history.failed.load(Ordering::Relaxed),
+            sends_acknowledged: evidence.sent.len(),
+            registrations_acknowledged: evidence.registered.len(),
+            desk_acks_acknowledged: evidence.acked.len(),
+        },
+        lost: count("acknowledged-writes-on-every-replica"),
+        duplicates: count("no-duplicate-delivery"),
+        checks: verdicts,
+        ok,
+    };
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| work.join("chaos-report.json"));
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&out, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", out.display()))?;
+    print!("{}", summary(&report));
+    eprintln!("report: {}", out.display());
+    if !ok && a.work_dir.is_none() {
+        let kept = tmp.keep();
+        eprintln!(
+            "the run's data and node logs are kept in {}",
+            kept.display()
+        );
+    }
+    Ok(ok)
+}
+
+fn main() -> anyhow::Result<std::process::ExitCode> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let ok = rt.block_on(run(args))?;
+    Ok(if ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_recovery_times() {
+        let v = [10, 20, 30, 40, 1000];
+        assert_eq!(percentile(&v, 0.5), 30);
+        assert_eq!(percentile(&v, 0.99), 1000);
+        assert_eq!(percentile(&[], 0.5), 0);
+    }
+}
