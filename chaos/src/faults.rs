@@ -80,6 +80,9 @@ pub struct FaultRecord {
     pub leader_after: NodeId,
     /// Raft terms the fault cost (elections held).
     pub terms: u64,
+    /// The longest time no write was acknowledged, from the fault until a second after its
+    /// recovery (filled in by the run, which sees the load).
+    pub writes_unavailable_ms: u64,
 }
 
 /// The current leader, its term and the followers, from the running nodes' agreement.
@@ -144,6 +147,7 @@ pub async fn inject(
         recovery_ms: healed.elapsed().as_millis() as u64,
         leader_after,
         terms: term_after.saturating_sub(term_before),
+        writes_unavailable_ms: 0,
     })
 }
 

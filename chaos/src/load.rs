@@ -30,6 +30,10 @@ pub const ORG_SERIAL_BASE: u64 = 10_000;
 pub const PAYLOAD_BYTES: usize = 1_024;
 /// Acknowledged operations the history keeps at most of each kind.
 pub const HISTORY_OPS_MAX: usize = 10_000_000;
+/// A pause between two acknowledged writes at least this long is kept as an outage.
+pub const OUTAGE_MS_MIN: u64 = 500;
+/// Outages the history keeps at most.
+pub const OUTAGES_MAX: usize = 100_000;
 
 /// What the clients were told.
 #[derive(Debug, Default)]
@@ -42,9 +46,43 @@ pub struct History {
     pub acked: Mutex<Vec<String>>,
     pub attempted: AtomicU64,
     pub failed: AtomicU64,
+    /// When the run's load started; write times are milliseconds since then.
+    pub started: Mutex<Option<std::time::Instant>>,
+    /// Milliseconds (since `started`) of the latest acknowledged send or registration.
+    pub last_write_ms: AtomicU64,
+    /// Gaps of at least [`OUTAGE_MS_MIN`] between acknowledged writes: (start ms, length ms).
+    pub outages: Mutex<Vec<(u64, u64)>>,
 }
 
 impl History {
+    /// Notes an acknowledged write now, keeping the gap since the previous one if it was an
+    /// outage.
+    fn wrote(&self) {
+        let Some(start) = self.started.lock().ok().and_then(|s| *s) else {
+            return;
+        };
+        let now = start.elapsed().as_millis() as u64;
+        let before = self.last_write_ms.fetch_max(now, Ordering::Relaxed);
+        if now > before
+            && now - before >= OUTAGE_MS_MIN
+            && let Ok(mut o) = self.outages.lock()
+            && o.len() < OUTAGES_MAX
+        {
+            o.push((before, now - before));
+        }
+    }
+
+    /// The longest gap between acknowledged writes that overlaps `from_ms..to_ms`.
+    pub fn longest_outage(&self, from_ms: u64, to_ms: u64) -> u64 {
+        self.outages.lock().map_or(0, |o| {
+            o.iter()
+                .filter(|(start, len)| *start < to_ms && start + len > from_ms)
+                .map(|(_, len)| *len)
+                .max()
+                .unwrap_or(0)
+        })
+    }
+
     fn keep(list: &Mutex<Vec<String>>, item: String) {
         if let Ok(mut l) = list.lock()
             && l.len() < HISTORY_OPS_MAX
@@ -184,7 +222,10 @@ pub async fn worker(
                     },
                 ))
                 .await
-                .map(|_| History::keep(&history.registered, hpio))
+                .map(|_| {
+                    history.wrote();
+                    History::keep(&history.registered, hpio)
+                })
             } else {
                 timed(senders[node].messaging().send(pb::SendRequest {
                     from_org: HpiO::from_serial(1).to_string(),
@@ -195,7 +236,10 @@ pub async fn worker(
                     ..Default::default()
                 }))
                 .await
-                .map(|r| History::keep(&history.sent, r.message_id))
+                .map(|r| {
+                    history.wrote();
+                    History::keep(&history.sent, r.message_id)
+                })
             };
         if result.is_err() {
             history.failed.fetch_add(1, Ordering::Relaxed);
@@ -254,5 +298,29 @@ pub async fn acker(receivers: Arc<Vec<Client>>, history: Arc<History>, stop: Arc
             Err(_) => node += 1,
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outages_are_the_long_gaps_between_acknowledged_writes() {
+        let h = History::default();
+        // Before the load starts nothing is timed.
+        h.wrote();
+        assert_eq!(h.last_write_ms.load(Ordering::Relaxed), 0);
+        *h.started.lock().expect("lock") = Some(std::time::Instant::now());
+        h.wrote();
+        std::thread::sleep(Duration::from_millis(OUTAGE_MS_MIN + 100));
+        h.wrote();
+        h.wrote();
+        let o = h.outages.lock().expect("lock").clone();
+        assert_eq!(o.len(), 1, "{o:?}");
+        assert!(o[0].1 >= OUTAGE_MS_MIN, "{o:?}");
+        // Found by overlap with a window, not found outside it.
+        assert_eq!(h.longest_outage(0, 10_000), o[0].1);
+        assert_eq!(h.longest_outage(o[0].0 + o[0].1 + 1, 20_000), 0);
     }
 }

@@ -37,6 +37,8 @@ const CONVERGE_SECS_MAX: u64 = 120;
 /// How long the load keeps running after the last fault is healed, so the cluster is seen
 /// serving again before the checks.
 const SETTLE_MS: u64 = 3_000;
+/// How long after a fault's recovery an outage still counts against that fault.
+const UNAVAILABLE_TAIL_MS: u64 = 1_000;
 /// Audit records read from one replica at most.
 const REPLAY_RECORDS_MAX: usize = 50_000_000;
 
@@ -96,6 +98,9 @@ struct Report {
     recovery_ms_p50: u64,
     recovery_ms_p99: u64,
     recovery_ms_max: u64,
+    writes_unavailable_ms_p50: u64,
+    writes_unavailable_ms_p99: u64,
+    writes_unavailable_ms_max: u64,
     operations: Operations,
     lost: u64,
     duplicates: u64,
@@ -172,6 +177,10 @@ fn summary(r: &Report) -> String {
     s.push_str(&format!(
         "recovery after a fault: p50 {} ms, p99 {} ms, max {} ms\n",
         r.recovery_ms_p50, r.recovery_ms_p99, r.recovery_ms_max
+    ));
+    s.push_str(&format!(
+        "writes unavailable per fault (longest gap between acknowledged writes): p50 {} ms, p99 {} ms, max {} ms\n",
+        r.writes_unavailable_ms_p50, r.writes_unavailable_ms_p99, r.writes_unavailable_ms_max
     ));
     let o = &r.operations;
     s.push_str(&format!(
@@ -281,6 +290,9 @@ async fn run(a: Args) -> anyhow::Result<bool> {
     ));
 
     let started = Instant::now();
+    if let Ok(mut s) = history.started.lock() {
+        *s = Some(started);
+    }
     let end = started + Duration::from_secs(a.duration_secs);
     let mut rng = faults::Rng::new(seed);
     let mut records = Vec::new();
@@ -297,6 +309,10 @@ async fn run(a: Args) -> anyhow::Result<bool> {
     tokio::time::sleep(Duration::from_millis(SETTLE_MS)).await;
     stop.store(true, Ordering::Relaxed);
     while tasks.join_next().await.is_some() {}
+    for r in &mut records {
+        let to = r.at_ms + r.hold_ms + r.recovery_ms + UNAVAILABLE_TAIL_MS;
+        r.writes_unavailable_ms = history.longest_outage(r.at_ms, to);
+    }
     procs.check_running()?;
 
     let converged =
@@ -326,6 +342,8 @@ async fn run(a: Args) -> anyhow::Result<bool> {
 
     let mut recoveries: Vec<u64> = records.iter().map(|r| r.recovery_ms).collect();
     recoveries.sort_unstable();
+    let mut outages: Vec<u64> = records.iter().map(|r| r.writes_unavailable_ms).collect();
+    outages.sort_unstable();
     let mut by_kind = BTreeMap::new();
     for r in &records {
         let k = serde_json::to_value(r.kind)?
@@ -353,6 +371,9 @@ async fn run(a: Args) -> anyhow::Result<bool> {
         recovery_ms_p50: percentile(&recoveries, 0.5),
         recovery_ms_p99: percentile(&recoveries, 0.99),
         recovery_ms_max: recoveries.last().copied().unwrap_or(0),
+        writes_unavailable_ms_p50: percentile(&outages, 0.5),
+        writes_unavailable_ms_p99: percentile(&outages, 0.99),
+        writes_unavailable_ms_max: outages.last().copied().unwrap_or(0),
         faults: records,
         operations: Operations {
             attempted: history.attempted.load(Ordering::Relaxed),
