@@ -72,17 +72,7 @@ cmd_install() {
   for pidfile in /run/etcd.pid /var/run/etcd.pid; do
     if [[ -r "$pidfile" ]]; then pids+=("$(tr -dc '0-9' <"$pidfile" || true)"); fi
   done
-  local stopped=" " cmdline
-  for pid in "${pids[@]+"${pids[@]}"}"; do
-    [[ "$stopped" == *" $pid "* ]] && continue
-    is_peer_pid "$pid" || continue
-    cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)"
-    if [[ "$cmdline" != *"$TOKEN_PREFIX"* ]]; then
-      say "stopping the packaged etcd service (pid $pid), left running by the install"
-      stop_pid "packaged etcd" "$pid" || true
-      stopped+="$pid "
-    fi
-  done
+  stop_packaged "*$TOKEN_PREFIX*" "${pids[@]+"${pids[@]}"}"
   if port_in_use 2379; then
     say "warning: something other than the packaged etcd listens on port 2379"
   fi
@@ -151,12 +141,7 @@ cmd_start() {
   while :; do
     healthy=0
     for ((i = 1; i <= MEMBERS; i++)); do
-      pid="$(tr -dc '0-9' <"$dir/etcd-$i.pid")"
-      if ! alive "$pid"; then
-        say "etcd-$i (pid $pid) exited during start; end of $dir/logs/etcd-$i.log:"
-        tail -n 15 "$dir/logs/etcd-$i.log" >&2 || true
-        die "etcd-$i did not start"
-      fi
+      require_started "$dir" "$i"
       body="$(curl -fsS --max-time 1 "http://127.0.0.1:$((base + i - 1))/health" 2>/dev/null || true)"
       if [[ "$body" == *'"health":"true"'* ]]; then
         healthy=$((healthy + 1))
@@ -165,29 +150,15 @@ cmd_start() {
     ((healthy == MEMBERS)) && break
     tries=$((tries + 1))
     if ((SECONDS >= deadline || tries > START_TIMEOUT * 20)); then
-      for ((i = 1; i <= MEMBERS; i++)); do
-        say "end of $dir/logs/etcd-$i.log:"
-        tail -n 5 "$dir/logs/etcd-$i.log" >&2 || true
-      done
+      log_tails "$dir"
       die "cluster not healthy after ${START_TIMEOUT}s ($healthy of $MEMBERS members healthy)"
     fi
     sleep 0.2
   done
   trap - EXIT
 
-  printf 'version %s\n' "$(etcd_version)"
-  for ((i = 1; i <= MEMBERS; i++)); do
-    printf 'endpoint http://127.0.0.1:%s\n' "$((base + i - 1))"
-  done
-  for ((i = 1; i <= MEMBERS; i++)); do
-    printf 'pid etcd-%s %s\n' "$i" "$(tr -dc '0-9' <"$dir/etcd-$i.pid")"
-  done
+  print_started "$dir" http "$base" "$(etcd_version)"
   say "cluster healthy: $MEMBERS members, data in $dir"
 }
 
-case "${1:-}" in
-  install) (($# == 1)) || usage; cmd_install ;;
-  start) (($# == 2)) || usage; cmd_start "$2" ;;
-  stop) (($# == 2)) || usage; cmd_stop "$2" ;;
-  *) usage ;;
-esac
+dispatch "$@"

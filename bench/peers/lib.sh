@@ -143,3 +143,64 @@ apt_install_missing() {
 listeners_on() {
   ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 || true
 }
+
+# Dies, with the end of its log, if process I of DIR (from its pid file) has exited.
+require_started() {
+  local dir="$1" i="$2" pid
+  pid="$(tr -dc '0-9' <"$dir/$PEER_PREFIX-$i.pid")"
+  if ! alive "$pid"; then
+    say "$PEER_PREFIX-$i (pid $pid) exited during start; end of $dir/logs/$PEER_PREFIX-$i.log:"
+    tail -n 15 "$dir/logs/$PEER_PREFIX-$i.log" >&2 || true
+    die "$PEER_PREFIX-$i did not start"
+  fi
+}
+
+# Prints the end of every process's log in DIR (after a start that timed out).
+log_tails() {
+  local dir="$1" i
+  for ((i = 1; i <= PEER_COUNT; i++)); do
+    say "end of $dir/logs/$PEER_PREFIX-$i.log:"
+    tail -n 5 "$dir/logs/$PEER_PREFIX-$i.log" >&2 || true
+  done
+}
+
+# What `start` prints on stdout for the benchmark: `version V`, then `endpoint URL` for the
+# client port BASE+N-1 of each process (SCHEME://127.0.0.1:PORT), then `pid NAME PID`.
+print_started() {
+  local dir="$1" scheme="$2" base="$3" version="$4" i
+  printf 'version %s\n' "$version"
+  for ((i = 1; i <= PEER_COUNT; i++)); do
+    printf 'endpoint %s://127.0.0.1:%s\n' "$scheme" "$((base + i - 1))"
+  done
+  for ((i = 1; i <= PEER_COUNT; i++)); do
+    printf 'pid %s-%s %s\n' "$PEER_PREFIX" "$i" "$(tr -dc '0-9' <"$dir/$PEER_PREFIX-$i.pid")"
+  done
+}
+
+# Stops every PEER_BIN process among PIDS... whose command line does not match the glob
+# OURS: a service the package install left running (not one of the benchmark's).
+stop_packaged() {
+  local ours="$1" pid cmdline stopped=" "
+  shift
+  for pid in "$@"; do
+    [[ -n "$pid" && "$stopped" != *" $pid "* ]] || continue
+    is_peer_pid "$pid" || continue
+    cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)"
+    # shellcheck disable=SC2053 # OURS is a glob on purpose
+    if [[ "$cmdline" != $ours ]]; then
+      say "stopping the packaged $PEER_PREFIX (pid $pid), left running by the install"
+      stop_pid "packaged $PEER_PREFIX" "$pid" || true
+      stopped+="$pid "
+    fi
+  done
+}
+
+# The subcommands every peer script takes.
+dispatch() {
+  case "${1:-}" in
+    install) (($# == 1)) || usage; cmd_install ;;
+    start) (($# == 2)) || usage; cmd_start "$2" ;;
+    stop) (($# == 2)) || usage; cmd_stop "$2" ;;
+    *) usage ;;
+  esac
+}

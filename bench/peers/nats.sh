@@ -64,20 +64,8 @@ cmd_install() {
   apt_install_missing nats-server curl iproute2
   [[ -x "$NATS_BIN" ]] || die "$NATS_BIN is missing after install"
   # Make sure no packaged server (config /etc/nats-server.conf, port 4222) was left running.
-  local pids=() pid cmdline stopped=" "
-  while read -r pid; do
-    if [[ -n "$pid" ]]; then pids+=("$pid"); fi
-  done < <(listeners_on 4222)
-  for pid in "${pids[@]+"${pids[@]}"}"; do
-    [[ "$stopped" == *" $pid "* ]] && continue
-    is_peer_pid "$pid" || continue
-    cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)"
-    if [[ "$cmdline" != *"$CLUSTER_NAME"* && "$cmdline" != *"/nats-"[0-9]".conf"* ]]; then
-      say "stopping the packaged nats-server (pid $pid), left running by the install"
-      stop_pid "packaged nats-server" "$pid" || true
-      stopped+="$pid "
-    fi
-  done
+  # shellcheck disable=SC2046 # pids are digits: one word each
+  stop_packaged "*/nats-[0-9].conf*" $(listeners_on 4222)
   if port_in_use 4222; then
     say "warning: something other than the packaged nats-server listens on port 4222"
   fi
@@ -181,12 +169,7 @@ cmd_start() {
     ready=0
     leaders=" "
     for ((i = 1; i <= NODES; i++)); do
-      pid="$(tr -dc '0-9' <"$dir/nats-$i.pid")"
-      if ! alive "$pid"; then
-        say "nats-$i (pid $pid) exited during start; end of $dir/logs/nats-$i.log:"
-        tail -n 15 "$dir/logs/nats-$i.log" >&2 || true
-        die "nats-$i did not start"
-      fi
+      require_started "$dir" "$i"
       leader="$(meta_leader "$((base + 10 + i - 1))")"
       if [[ -n "$leader" ]] && healthz_ok "$((base + 10 + i - 1))"; then
         ready=$((ready + 1))
@@ -198,29 +181,15 @@ cmd_start() {
     fi
     tries=$((tries + 1))
     if ((SECONDS >= deadline || tries > START_TIMEOUT * 20)); then
-      for ((i = 1; i <= NODES; i++)); do
-        say "end of $dir/logs/nats-$i.log:"
-        tail -n 5 "$dir/logs/nats-$i.log" >&2 || true
-      done
+      log_tails "$dir"
       die "no JetStream meta leader agreed by all nodes after ${START_TIMEOUT}s ($ready of $NODES nodes ready; leaders seen:${leaders% })"
     fi
     sleep 0.2
   done
   trap - EXIT
 
-  printf 'version %s\n' "$(nats_version)"
-  for ((i = 1; i <= NODES; i++)); do
-    printf 'endpoint nats://127.0.0.1:%s\n' "$((base + i - 1))"
-  done
-  for ((i = 1; i <= NODES; i++)); do
-    printf 'pid nats-%s %s\n' "$i" "$(tr -dc '0-9' <"$dir/nats-$i.pid")"
-  done
+  print_started "$dir" nats "$base" "$(nats_version)"
   say "cluster ready: $NODES nodes, JetStream meta leader${leaders% }, data in $dir"
 }
 
-case "${1:-}" in
-  install) (($# == 1)) || usage; cmd_install ;;
-  start) (($# == 2)) || usage; cmd_start "$2" ;;
-  stop) (($# == 2)) || usage; cmd_stop "$2" ;;
-  *) usage ;;
-esac
+dispatch "$@"

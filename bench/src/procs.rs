@@ -5,7 +5,7 @@
 
 use sealpost_harness::Watch;
 
-pub use sealpost_harness::{NodeProcs, admin_client, node_client, wait_ready};
+pub use sealpost_harness::{NodeProcs, admin_client, node_client, org_client, wait_ready};
 
 use crate::report::ProcessStats;
 

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use prost::Message as _;
-use sealpost_client::{Client, Profile};
+use sealpost_client::Client;
 use sealpost_core::ids::HpiO;
 use sealpost_proto::v1 as pb;
 use sealpost_raft::RaftOptions;
@@ -208,7 +208,8 @@ fn registration(serial: u64) -> pb::RegisterOrganisationRequest {
     pb::RegisterOrganisationRequest {
         organisation: Some(pb::Organisation {
             hpio: HpiO::from_serial(serial).to_string(),
-            name: format!("Bench clinic {serial}"),
+            // Fixed width: every write of a run has the size the peers' values have.
+            name: format!("Bench clinic {serial:010}"),
             suburb: "Parkville".into(),
             state: "VIC".into(),
             postcode: "3052".into(),
@@ -251,15 +252,7 @@ async fn spread(
 
 async fn org_client(cluster: &LocalCluster, serial: u64, addr: String) -> anyhow::Result<Client> {
     let org = HpiO::from_serial(serial);
-    let tls = cluster.client_identity_for_org(&format!("bench-{serial}"), Some(&org))?;
-    Ok(Client::connect(&Profile {
-        endpoints: vec![addr],
-        tls,
-        organisation: Some(org.to_string()),
-        default_endpoint: None,
-        provider: None,
-    })
-    .await?)
+    Ok(procs::org_client(cluster, &format!("bench-{serial}"), &org, &addr).await?)
 }
 
 /// A provider's cluster laid out under the run's work folder and started as processes.
@@ -842,9 +835,15 @@ mod tests {
         let org = r.organisation.expect("organisation");
         assert_eq!(org.hpio, HpiO::from_serial(LOG_SERIAL_BASE + 7).to_string());
         assert_eq!(org.keys.expect("keys").encryption.len(), 32);
-        // The peers write values of this size; it must not depend on the serial's digits
-        // in a way that changes between runs of the same settings.
-        assert_eq!(log_value_bytes(), registration(1_000_000).encoded_len());
+        // The peers write values of log_value_bytes(); every serial a run writes must give
+        // a registration of that same size, or the comparison is not like for like.
+        for serial in [1, 999, 123_456, 99_999_999] {
+            assert_eq!(
+                registration(LOG_SERIAL_BASE + serial).encoded_len(),
+                log_value_bytes(),
+                "serial {serial}"
+            );
+        }
         assert!(
             (100..400).contains(&log_value_bytes()),
             "{}",

@@ -98,7 +98,11 @@ fn selected(a: &SuiteArgs) -> anyhow::Result<Vec<&'static str>> {
     Ok(SCENARIOS
         .iter()
         .copied()
-        .filter(|s| a.only.is_empty() || a.only.iter().any(|o| o == s))
+        .filter(|s| {
+            let asked = |name: &str| a.only.is_empty() || a.only.iter().any(|o| o == name);
+            // The replay reads the hot-path cluster's log, so it brings the hot path along.
+            asked(s) || (*s == "hot-path" && asked("replay"))
+        })
         .filter(|s| !(a.no_peers && matches!(*s, "etcd" | "nats")))
         .collect())
 }
@@ -369,6 +373,10 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<()> {
     let mut results = Vec::new();
     let mut notes = Vec::new();
     for s in &wanted {
+        if *s == "replay" {
+            // Runs with the hot path, on its cluster.
+            continue;
+        }
         eprintln!("scenario {s} ...");
         let r = match *s {
             "crypto" => vec![scenarios::crypto(&ctx).await],
@@ -377,16 +385,6 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<()> {
             "nats" => vec![scenarios::peer(&ctx, PeerKind::Nats).await],
             "hot-path" => match scenarios::hot_path(&ctx, wanted.contains(&"replay")).await {
                 Ok(v) => v.into_iter().map(Ok).collect(),
-                Err(e) => vec![Err(e)],
-            },
-            // Ran with the hot path, on its cluster.
-            "replay" if wanted.contains(&"hot-path") => continue,
-            "replay" => match scenarios::hot_path(&ctx, true).await {
-                Ok(v) => v
-                    .into_iter()
-                    .filter(|r| r.scenario == "replay")
-                    .map(Ok)
-                    .collect(),
                 Err(e) => vec![Err(e)],
             },
             "relay" => vec![scenarios::relay(&ctx).await],
@@ -603,10 +601,18 @@ mod tests {
     }
 
     #[test]
-    fn unknown_scenarios_are_named() {
-        let a = SuiteArgs {
+    fn the_replay_brings_the_hot_path_it_reads() {
+        let mut a = args(&["replay"]);
+        assert_eq!(selected(&a).expect("known"), vec!["hot-path", "replay"]);
+        a.only = vec!["etcd".into(), "log".into()];
+        a.no_peers = true;
+        assert_eq!(selected(&a).expect("known"), vec!["log"]);
+    }
+
+    fn args(only: &[&str]) -> SuiteArgs {
+        SuiteArgs {
             smoke: false,
-            only: vec!["lgo".into()],
+            only: only.iter().map(|s| s.to_string()).collect(),
             no_peers: false,
             duration_secs: None,
             warmup_secs: None,
@@ -620,8 +626,14 @@ mod tests {
             work_dir: None,
             sealpost_bin: None,
             peers_dir: PathBuf::from("."),
-        };
-        let e = selected(&a).expect_err("unknown scenario").to_string();
+        }
+    }
+
+    #[test]
+    fn unknown_scenarios_are_named() {
+        let e = selected(&args(&["lgo"]))
+            .expect_err("unknown scenario")
+            .to_string();
         assert!(e.contains("\"lgo\"") && e.contains("hot-path"), "{e}");
     }
 }

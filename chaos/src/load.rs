@@ -12,10 +12,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use sealpost_client::{Client, Profile};
+use sealpost_client::Client;
 use sealpost_core::ids::HpiO;
 use sealpost_proto::v1 as pb;
 use sealpost_server::local::LocalCluster;
+use tonic::{Code, Status};
 
 /// Deadline of one client call.
 pub const CALL_TIMEOUT_MS: u64 = 5_000;
@@ -103,33 +104,35 @@ pub async fn clients_per_node(
 ) -> anyhow::Result<Vec<Client>> {
     let mut out = Vec::new();
     for addr in cluster.addrs().into_values() {
-        let (name, org_id) = match org {
-            Some(s) => (format!("chaos-org-{s}"), Some(HpiO::from_serial(s))),
-            None => ("chaos-admin".to_string(), None),
+        let client = match org {
+            Some(s) => {
+                let org = HpiO::from_serial(s);
+                sealpost_harness::org_client(cluster, &format!("chaos-org-{s}"), &org, &addr).await
+            }
+            None => sealpost_harness::node_client(cluster, &addr).await,
         };
-        let tls = cluster.client_identity_for_org(&name, org_id.as_ref())?;
-        out.push(
-            Client::connect(&Profile {
-                endpoints: vec![addr.clone()],
-                tls,
-                organisation: org_id.map(|o| o.to_string()),
-                default_endpoint: None,
-                provider: None,
-            })
-            .await
-            .with_context(|| format!("connecting to {addr}"))?,
-        );
+        out.push(client.with_context(|| format!("connecting to {addr}"))?);
     }
     Ok(out)
 }
 
+/// One call with [`CALL_TIMEOUT_MS`]; no answer in time is `DeadlineExceeded`.
 async fn timed<T>(
-    f: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-) -> anyhow::Result<T> {
+    f: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+) -> Result<T, Status> {
     match tokio::time::timeout(Duration::from_millis(CALL_TIMEOUT_MS), f).await {
-        Ok(Ok(r)) => Ok(r.into_inner()),
-        Ok(Err(s)) => anyhow::bail!("{:?}: {}", s.code(), s.message()),
-        Err(_) => anyhow::bail!("no answer in {CALL_TIMEOUT_MS} ms"),
+        Ok(r) => r.map(tonic::Response::into_inner),
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "no answer in {CALL_TIMEOUT_MS} ms"
+        ))),
+    }
+}
+
+/// Done already (an earlier attempt whose answer a fault cut off took effect): not a failure.
+fn done_already(r: Result<impl Sized, Status>) -> Result<(), Status> {
+    match r {
+        Err(s) if s.code() != Code::AlreadyExists => Err(s),
+        _ => Ok(()),
     }
 }
 
@@ -144,45 +147,39 @@ pub async fn provision(admin: &[Client]) -> anyhow::Result<()> {
     // Bounded: a few rounds over the nodes.
     for attempt in 0..admin.len() * 10 {
         let c = &admin[attempt % admin.len()];
-        let r: anyhow::Result<()> = async {
+        let r: Result<(), Status> = async {
             for serial in [1u64, 2] {
-                let r = timed(c.directory().register_organisation(
-                    pb::RegisterOrganisationRequest {
-                        organisation: Some(pb::Organisation {
-                            hpio: HpiO::from_serial(serial).to_string(),
-                            name: format!("Chaos org {serial}"),
-                            suburb: "Parkville".into(),
-                            state: "VIC".into(),
-                            postcode: "3052".into(),
-                            ..Default::default()
-                        }),
-                    },
-                ))
-                .await;
-                if let Err(e) = r
-                    && !e.to_string().contains("AlreadyExists")
-                {
-                    return Err(e);
-                }
+                done_already(
+                    timed(
+                        c.directory()
+                            .register_organisation(pb::RegisterOrganisationRequest {
+                                organisation: Some(pb::Organisation {
+                                    hpio: HpiO::from_serial(serial).to_string(),
+                                    name: format!("Chaos org {serial}"),
+                                    suburb: "Parkville".into(),
+                                    state: "VIC".into(),
+                                    postcode: "3052".into(),
+                                    ..Default::default()
+                                }),
+                            }),
+                    )
+                    .await,
+                )?;
             }
-            let r = timed(c.directory().publish_endpoint(pb::PublishEndpointRequest {
-                id: desk(),
-                display_name: "Results".into(),
-                specialty: "Pathology".into(),
-                payload_types: vec!["TEXT".into()],
-            }))
-            .await;
-            if let Err(e) = r
-                && !e.to_string().contains("AlreadyExists")
-            {
-                return Err(e);
-            }
-            Ok(())
+            done_already(
+                timed(c.directory().publish_endpoint(pb::PublishEndpointRequest {
+                    id: desk(),
+                    display_name: "Results".into(),
+                    specialty: "Pathology".into(),
+                    payload_types: vec!["TEXT".into()],
+                }))
+                .await,
+            )
         }
         .await;
         match r {
             Ok(()) => return Ok(()),
-            Err(e) => last = format!("{e:#}"),
+            Err(s) => last = format!("{:?}: {}", s.code(), s.message()),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -282,9 +279,10 @@ pub async fn acker(receivers: Arc<Vec<Client>>, history: Arc<History>, stop: Arc
                             done.insert(item.message_id.clone());
                             History::keep(&history.acked, item.message_id);
                         }
-                        Err(e) => {
-                            // Acknowledged already (an answer lost to a fault): not a failure.
-                            if e.to_string().contains("already") {
+                        Err(s) => {
+                            // Acknowledged already (an earlier answer lost to a fault), so
+                            // the recipient has its final outcome: not a failure.
+                            if s.code() == Code::FailedPrecondition {
                                 done.insert(item.message_id);
                             } else {
                                 history.failed.fetch_add(1, Ordering::Relaxed);

@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sealpost_client::{Client, Profile};
+use sealpost_core::ids::HpiO;
 use sealpost_proto::v1 as pb;
 use sealpost_server::local::LocalCluster;
 
@@ -276,22 +277,47 @@ impl Drop for NodeProcs {
 
 /// An operator client (directory writes, status, audit) to every node of `cluster`.
 pub async fn admin_client(cluster: &LocalCluster) -> Result<Client> {
-    connect(cluster, cluster.addrs().into_values().collect()).await
+    connect(
+        cluster,
+        ADMIN_CLIENT,
+        None,
+        cluster.addrs().into_values().collect(),
+    )
+    .await
 }
 
 /// An operator client to one node address.
 pub async fn node_client(cluster: &LocalCluster, addr: &str) -> Result<Client> {
-    connect(cluster, vec![addr.to_string()]).await
+    connect(cluster, ADMIN_CLIENT, None, vec![addr.to_string()]).await
 }
 
-async fn connect(cluster: &LocalCluster, endpoints: Vec<String>) -> Result<Client> {
+/// A client of organisation `org` (its certificate names it, so it may send and receive as
+/// that organisation) to one node address; `name` names the certificate, issued on first use.
+pub async fn org_client(
+    cluster: &LocalCluster,
+    name: &str,
+    org: &HpiO,
+    addr: &str,
+) -> Result<Client> {
+    connect(cluster, name, Some(org), vec![addr.to_string()]).await
+}
+
+/// The client certificate of the operator clients.
+const ADMIN_CLIENT: &str = "harness-operator";
+
+async fn connect(
+    cluster: &LocalCluster,
+    name: &str,
+    org: Option<&HpiO>,
+    endpoints: Vec<String>,
+) -> Result<Client> {
     let tls = cluster
-        .client_identity("bench-admin")
+        .client_identity_for_org(name, org)
         .map_err(|e| Error::Client(e.to_string()))?;
     Client::connect(&Profile {
         endpoints,
         tls,
-        organisation: None,
+        organisation: org.map(ToString::to_string),
         default_endpoint: None,
         provider: None,
     })
