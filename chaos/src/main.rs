@@ -15,19 +15,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use sealpost_harness::NodeProcs;
 use sealpost_proto::v1 as pb;
-use sealpost_raft::RaftOptions;
-use sealpost_server::config::ApiLimits;
-use sealpost_server::local::LocalCluster;
 use serde::Serialize;
 
 mod checks;
 mod faults;
-// The power-loss layer: tested on its own; the fault schedule does not use it yet.
-#[cfg_attr(not(test), allow(dead_code))]
 mod lazyfs;
 mod load;
+mod proxy;
+mod rig;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -41,6 +37,11 @@ const SETTLE_MS: u64 = 3_000;
 const UNAVAILABLE_TAIL_MS: u64 = 1_000;
 /// Audit records read from one replica at most.
 const REPLAY_RECORDS_MAX: usize = 50_000_000;
+/// Writes a fixed scenario sends.
+const SCENARIO_WRITES: u64 = 10;
+/// Deadline of one write in a fixed scenario (an isolated leader never answers a correct
+/// node's write).
+const SCENARIO_CALL_TIMEOUT_MS: u64 = 1_500;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -74,6 +75,26 @@ struct Args {
     /// The sealpost binary the nodes run (default: `sealpost` beside this binary).
     #[arg(long, env = "SEALPOST_BIN")]
     sealpost_bin: Option<PathBuf>,
+    /// Fault kinds the schedule draws from, comma-separated (default: every kind). Kinds:
+    /// kill-leader, kill-follower, pause-leader, pause-follower, partition-leader,
+    /// partition-random, one-way-leader, bridge, slow-links, power-loss (needs root and
+    /// /dev/fuse), corrupt-follower.
+    #[arg(long, default_value = "")]
+    faults: String,
+    /// What to run: the seeded schedule under mixed load, or one of the fixed scenarios the
+    /// test suite uses to prove the checkers catch a broken node.
+    #[arg(long, value_enum, default_value_t = Scenario::Schedule)]
+    scenario: Scenario,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Scenario {
+    /// Faults drawn from the seed under mixed load for --duration-secs.
+    Schedule,
+    /// Isolate the leader through the proxy, send it writes, kill it, bring it back.
+    IsolatedLeaderWrites,
+    /// Acknowledged writes, then power loss of every node on LazyFs, then restart.
+    PowerLossAfterWrites,
 }
 
 #[derive(Debug, Serialize)]
@@ -88,13 +109,19 @@ struct Operations {
 #[derive(Debug, Serialize)]
 struct Report {
     format_version: u32,
+    scenario: String,
     seed: u64,
     git_commit: String,
     command_line: String,
     nodes: u64,
     duration_secs: u64,
+    fault_kinds: Vec<String>,
     faults: Vec<faults::FaultRecord>,
     faults_by_kind: BTreeMap<String, u64>,
+    /// Faults that cut links (majority/minority, one-way, bridge).
+    partitions: u64,
+    leader_kills: u64,
+    power_losses: u64,
     recovery_ms_p50: u64,
     recovery_ms_p99: u64,
     recovery_ms_max: u64,
@@ -159,7 +186,8 @@ async fn replay(
 fn summary(r: &Report) -> String {
     let mut s = String::new();
     s.push_str(&format!(
-        "chaos run: seed {}, {} nodes, {} s of load, commit {}\n",
+        "chaos run ({}): seed {}, {} nodes, {} s of load, commit {}\n",
+        r.scenario,
         r.seed,
         r.nodes,
         r.duration_secs,
@@ -173,6 +201,10 @@ fn summary(r: &Report) -> String {
             .map(|(k, n)| format!("{k} {n}"))
             .collect::<Vec<_>>()
             .join(", ")
+    ));
+    s.push_str(&format!(
+        "leader kills: {}, partitions: {}, power losses: {}\n",
+        r.leader_kills, r.partitions, r.power_losses
     ));
     s.push_str(&format!(
         "recovery after a fault: p50 {} ms, p99 {} ms, max {} ms\n",
@@ -209,67 +241,147 @@ fn summary(r: &Report) -> String {
     s
 }
 
-async fn run(a: Args) -> anyhow::Result<bool> {
-    anyhow::ensure!(
-        a.nodes == 3 || a.nodes == 5,
-        "--nodes must be 3 or 5, not {}",
-        a.nodes
-    );
-    anyhow::ensure!(
-        (1..=86_400).contains(&a.duration_secs),
-        "--duration-secs must be 1 to 86400"
-    );
-    anyhow::ensure!(
-        a.workers >= 1 && a.workers <= 256,
-        "--workers must be 1 to 256"
-    );
-    let seed = a.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64)
-    });
-    let tmp = tempfile::Builder::new()
-        .prefix("sealpost-chaos-")
-        .tempdir()?;
-    let work = a
-        .work_dir
-        .clone()
-        .unwrap_or_else(|| tmp.path().to_path_buf());
-    let bin = match &a.sealpost_bin {
-        Some(b) => b.clone(),
-        None => std::env::current_exe()?.with_file_name("sealpost"),
-    };
-    eprintln!(
-        "sealpost-chaos: seed {seed}, {} nodes, {} s, data in {}",
-        a.nodes,
-        a.duration_secs,
-        work.display()
-    );
-    let raft = RaftOptions::default();
-    let api = ApiLimits::default();
-    let messaging = LocalCluster::fitting_messaging(&raft, &api);
-    let cluster = LocalCluster::lay_out(
-        &work.join("cluster"),
-        "chaos",
-        a.nodes,
-        raft,
-        api,
-        messaging,
+/// The fault kinds of `--faults` (all when empty).
+fn fault_kinds(spec: &str) -> anyhow::Result<Vec<faults::FaultKind>> {
+    let kinds: Vec<faults::FaultKind> = spec
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(faults::FaultKind::parse)
+        .collect::<anyhow::Result<_>>()?;
+    Ok(if kinds.is_empty() {
+        faults::FaultKind::ALL.to_vec()
+    } else {
+        kinds
+    })
+}
+
+/// Sends `count` messages through the node at `addr` alone, each with a short deadline,
+/// and keeps the acknowledged ones in `history`.
+async fn sends_to(
+    rig: &rig::Rig,
+    addr: &str,
+    count: u64,
+    history: &load::History,
+) -> anyhow::Result<()> {
+    let c = sealpost_harness::org_client(
+        &rig.cluster,
+        "chaos-org-1",
+        &sealpost_core::ids::HpiO::from_serial(1),
+        addr,
     )
-    .await
-    .context("laying out the cluster")?;
-    let mut procs = NodeProcs::spawn(&bin, &cluster)?;
+    .await?;
+    for i in 0..count {
+        history.attempted.fetch_add(1, Ordering::Relaxed);
+        let r = tokio::time::timeout(
+            Duration::from_millis(SCENARIO_CALL_TIMEOUT_MS),
+            c.messaging().send(pb::SendRequest {
+                from_org: sealpost_core::ids::HpiO::from_serial(1).to_string(),
+                to: vec![load::desk()],
+                payload_type: "TEXT".into(),
+                client_message_id: format!("scenario-{i}"),
+                payload: vec![0x5a; 256],
+                ..Default::default()
+            }),
+        )
+        .await;
+        match r {
+            Ok(Ok(reply)) => {
+                if let Ok(mut l) = history.sent.lock() {
+                    l.push(reply.into_inner().message_id);
+                }
+            }
+            _ => {
+                history.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `isolated-leader-writes`: the leader is cut off from every peer through the proxy, sent
+/// writes directly, and killed; the others elect a new leader; the old one comes back. A
+/// node that acknowledges before commit loses those writes, and the checkers must say so.
+async fn isolated_leader_writes(
+    rig: &mut rig::Rig,
+    history: &load::History,
+) -> anyhow::Result<Vec<faults::FaultRecord>> {
+    let started = Instant::now();
+    let (leader, term_before, followers) = faults::roles(rig).await?;
+    let addr = rig.cluster.addrs()[&leader].clone();
+    rig.proxy.partition(&[vec![leader], followers.clone()]);
+    sends_to(rig, &addr, SCENARIO_WRITES, history).await?;
+    rig.procs.kill(leader)?;
+    // The majority elects a leader of its own while the old one is down.
     sealpost_harness::wait_ready(
-        &cluster,
-        &mut procs,
+        &rig.cluster,
+        &mut rig.procs,
         Duration::from_secs(faults::RECOVERY_SECS_MAX),
     )
     .await?;
-    let admin = Arc::new(load::clients_per_node(&cluster, None).await?);
-    load::provision(&admin).await?;
-    let senders = Arc::new(load::clients_per_node(&cluster, Some(1)).await?);
-    let receivers = Arc::new(load::clients_per_node(&cluster, Some(2)).await?);
-    let history = Arc::new(load::History::default());
+    rig.proxy.heal();
+    let healed = Instant::now();
+    rig.procs.start(leader)?;
+    let record = faults::FaultRecord::new(
+        faults::FaultKind::PartitionLeader,
+        leader,
+        format!(
+            "leader {leader} isolated from {followers:?}, sent {SCENARIO_WRITES} writes, killed, restarted"
+        ),
+        0,
+        healed.duration_since(started).as_millis() as u64,
+    );
+    Ok(vec![record.recovered(rig, healed, term_before).await?])
+}
+
+/// `power-loss-after-writes`: writes are acknowledged, then every node loses power (and
+/// whatever it had not fsynced), then all restart. A node that skips the fsync loses them.
+async fn power_loss_after_writes(
+    rig: &mut rig::Rig,
+    history: &load::History,
+) -> anyhow::Result<Vec<faults::FaultRecord>> {
+    let started = Instant::now();
+    let (leader, term_before, _) = faults::roles(rig).await?;
+    let addr = rig.cluster.addrs()[&leader].clone();
+    sends_to(rig, &addr, SCENARIO_WRITES, history).await?;
+    let fs = rig
+        .lazyfs
+        .as_ref()
+        .context("power loss needs the LazyFs mount")?;
+    for id in rig.procs.ids() {
+        rig.procs.kill(id)?;
+    }
+    let dropped = fs.crash()?;
+    let healed = Instant::now();
+    for id in rig.procs.ids() {
+        rig.procs.start(id)?;
+    }
+    let record = faults::FaultRecord::new(
+        faults::FaultKind::PowerLoss,
+        leader,
+        format!(
+            "{SCENARIO_WRITES} writes, then all nodes crashed; {} unsynced bytes in {} writes to {} files dropped",
+            dropped.dropped_bytes, dropped.dropped_writes, dropped.files_touched
+        ),
+        healed.duration_since(started).as_millis() as u64,
+        0,
+    );
+    Ok(vec![record.recovered(rig, healed, term_before).await?])
+}
+
+/// The seeded schedule: mixed load from every worker while faults are injected, then a
+/// settling period under load.
+async fn schedule(
+    rig: &mut rig::Rig,
+    a: &Args,
+    kinds: &[faults::FaultKind],
+    seed: u64,
+    history: &Arc<load::History>,
+) -> anyhow::Result<Vec<faults::FaultRecord>> {
+    let admin = Arc::new(load::clients_per_node(&rig.cluster, None).await?);
+    let senders = Arc::new(load::clients_per_node(&rig.cluster, Some(1)).await?);
+    let receivers = Arc::new(load::clients_per_node(&rig.cluster, Some(2)).await?);
+    rig.sync_layout(std::path::Path::new("clients"))?;
     let stop = Arc::new(AtomicBool::new(false));
     let serials = Arc::new(AtomicU64::new(1));
     let mut tasks = tokio::task::JoinSet::new();
@@ -295,14 +407,22 @@ async fn run(a: Args) -> anyhow::Result<bool> {
     }
     let end = started + Duration::from_secs(a.duration_secs);
     let mut rng = faults::Rng::new(seed);
+    let mut deck = faults::Deck::new(kinds);
     let mut records = Vec::new();
-    // Bounded by the run's end (each fault by its hold and the recovery limit).
-    while Instant::now() + Duration::from_millis(faults::PAUSE_MS_MAX) < end {
+    // Bounded by the run's end (each fault by its hold and the recovery limits).
+    while Instant::now() + Duration::from_millis(faults::FAULT_MS_MAX) < end {
         tokio::time::sleep(Duration::from_millis(a.fault_every_ms)).await;
-        let r = faults::inject(&cluster, &mut procs, &mut rng, started).await?;
+        let r = faults::inject(rig, &mut deck, &mut rng, started).await?;
         eprintln!(
-            "  {:>6} ms {:?} node {} for {} ms; recovered in {} ms (leader {}, {} new terms)",
-            r.at_ms, r.kind, r.node, r.hold_ms, r.recovery_ms, r.leader_after, r.terms
+            "  {:>7} ms {:<17} node {} for {} ms; recovered in {} ms (leader {}, {} new terms) {}",
+            r.at_ms,
+            r.kind.name(),
+            r.node,
+            r.hold_ms,
+            r.recovery_ms,
+            r.leader_after,
+            r.terms,
+            r.detail
         );
         records.push(r);
     }
@@ -313,15 +433,77 @@ async fn run(a: Args) -> anyhow::Result<bool> {
         let to = r.at_ms + r.hold_ms + r.recovery_ms + UNAVAILABLE_TAIL_MS;
         r.writes_unavailable_ms = history.longest_outage(r.at_ms, to);
     }
-    procs.check_running()?;
+    Ok(records)
+}
+
+async fn run(a: Args) -> anyhow::Result<bool> {
+    anyhow::ensure!(
+        a.nodes == 3 || a.nodes == 5,
+        "--nodes must be 3 or 5, not {}",
+        a.nodes
+    );
+    anyhow::ensure!(
+        (1..=86_400).contains(&a.duration_secs),
+        "--duration-secs must be 1 to 86400"
+    );
+    anyhow::ensure!(
+        a.workers >= 1 && a.workers <= 256,
+        "--workers must be 1 to 256"
+    );
+    let kinds = fault_kinds(&a.faults)?;
+    let seed = a.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+    });
+    let tmp = tempfile::Builder::new()
+        .prefix("sealpost-chaos-")
+        .tempdir()?;
+    let work = a
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_path_buf());
+    let bin = match &a.sealpost_bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?.with_file_name("sealpost"),
+    };
+    let power_loss = match a.scenario {
+        Scenario::Schedule => kinds.contains(&faults::FaultKind::PowerLoss),
+        Scenario::IsolatedLeaderWrites => false,
+        Scenario::PowerLossAfterWrites => true,
+    };
+    eprintln!(
+        "sealpost-chaos: {:?}, seed {seed}, {} nodes, {} s, data in {}",
+        a.scenario,
+        a.nodes,
+        a.duration_secs,
+        work.display()
+    );
+    let mut rig = rig::Rig::build(&work, a.nodes, &bin, power_loss).await?;
+    sealpost_harness::wait_ready(
+        &rig.cluster,
+        &mut rig.procs,
+        Duration::from_secs(faults::RECOVERY_SECS_MAX),
+    )
+    .await?;
+    let admin = load::clients_per_node(&rig.cluster, None).await?;
+    load::provision(&admin).await?;
+    rig.sync_layout(std::path::Path::new("clients"))?;
+    let history = Arc::new(load::History::default());
+    let records = match a.scenario {
+        Scenario::Schedule => schedule(&mut rig, &a, &kinds, seed, &history).await?,
+        Scenario::IsolatedLeaderWrites => isolated_leader_writes(&mut rig, &history).await?,
+        Scenario::PowerLossAfterWrites => power_loss_after_writes(&mut rig, &history).await?,
+    };
+    rig.procs.check_running()?;
 
     let converged =
-        faults::wait_converged(&cluster, Duration::from_secs(CONVERGE_SECS_MAX)).await?;
+        faults::wait_converged(&rig.cluster, Duration::from_secs(CONVERGE_SECS_MAX)).await?;
     let size = converged.first().map_or(0, |s| s.event_count);
     let mut events = BTreeMap::new();
     let mut nodes = BTreeMap::new();
-    for (id, addr) in cluster.addrs() {
-        let c = sealpost_harness::node_client(&cluster, &addr).await?;
+    for (id, addr) in rig.cluster.addrs() {
+        let c = sealpost_harness::node_client(&rig.cluster, &addr).await?;
         events.insert(
             id,
             replay(&c, size)
@@ -337,8 +519,10 @@ async fn run(a: Args) -> anyhow::Result<bool> {
         events,
         nodes,
     };
-    let verdicts = checks::run_all(&evidence).await;
-    procs.stop();
+    let mut verdicts = checks::run_all(&evidence).await;
+    verdicts.push(checks::corruption_refused::check(&records));
+    drop(evidence.nodes);
+    rig.shut_down()?;
 
     let mut recoveries: Vec<u64> = records.iter().map(|r| r.recovery_ms).collect();
     recoveries.sort_unstable();
@@ -346,11 +530,7 @@ async fn run(a: Args) -> anyhow::Result<bool> {
     outages.sort_unstable();
     let mut by_kind = BTreeMap::new();
     for r in &records {
-        let k = serde_json::to_value(r.kind)?
-            .as_str()
-            .unwrap_or("fault")
-            .to_string();
-        *by_kind.entry(k).or_insert(0u64) += 1;
+        *by_kind.entry(r.kind.name().to_string()).or_insert(0u64) += 1;
     }
     let count = |name: &str| {
         verdicts
@@ -361,13 +541,24 @@ async fn run(a: Args) -> anyhow::Result<bool> {
     };
     let ok = verdicts.iter().all(|v| v.ok);
     let report = Report {
-        format_version: 1,
+        format_version: 2,
+        scenario: format!("{:?}", a.scenario),
         seed,
         git_commit: git_commit(),
         command_line: std::env::args().collect::<Vec<_>>().join(" "),
         nodes: a.nodes,
         duration_secs: a.duration_secs,
+        fault_kinds: kinds.iter().map(|k| k.name().to_string()).collect(),
         faults_by_kind: by_kind,
+        partitions: records.iter().filter(|r| r.kind.is_partition()).count() as u64,
+        leader_kills: records
+            .iter()
+            .filter(|r| r.kind == faults::FaultKind::KillLeader)
+            .count() as u64,
+        power_losses: records
+            .iter()
+            .filter(|r| r.kind == faults::FaultKind::PowerLoss)
+            .count() as u64,
         recovery_ms_p50: percentile(&recoveries, 0.5),
         recovery_ms_p99: percentile(&recoveries, 0.99),
         recovery_ms_max: recoveries.last().copied().unwrap_or(0),
@@ -413,7 +604,9 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                // fuser reports each request a crash abandoned (its process was killed)
+                // as an error; at a simulated power loss that is expected.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,fuser::reply=off")),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 pub mod acked_present;
 pub mod chain_heads;
+pub mod corruption_refused;
 pub mod lifecycle;
 pub mod no_duplicates;
 pub mod verifies;

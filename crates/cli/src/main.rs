@@ -164,6 +164,23 @@ fn init_tracing() {
         .init();
 }
 
+/// An error and its causes on one line, each cause once: library errors often repeat their
+/// source in their own message, which `{:#}` would print twice.
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if out.contains(&s) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&s);
+    }
+    out
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -179,7 +196,7 @@ fn main() -> std::process::ExitCode {
     match rt.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", describe(&e));
             std::process::ExitCode::FAILURE
         }
     }
@@ -225,5 +242,47 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             id,
             recipient,
         } => message_cmd::reprocess(&opts, &id, recipient).await,
+    }
+}
+
+#[cfg(test)]
+mod describe_tests {
+    use super::describe;
+
+    #[derive(Debug)]
+    struct Inner;
+    impl std::fmt::Display for Inner {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("storage: the store is corrupt")
+        }
+    }
+    impl std::error::Error for Inner {}
+
+    /// Says its source in its own message, as `#[error("...: {0}")]` with `#[from]` does.
+    #[derive(Debug)]
+    struct Outer(Inner);
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "starting raft: {}", self.0)
+        }
+    }
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let e = anyhow::Error::new(Outer(Inner)).context("starting node 3");
+        assert_eq!(
+            format!("{e:#}").matches("corrupt").count(),
+            2,
+            "the duplicate"
+        );
+        assert_eq!(
+            describe(&e),
+            "starting node 3: starting raft: storage: the store is corrupt"
+        );
     }
 }

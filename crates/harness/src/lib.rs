@@ -120,6 +120,12 @@ impl NodeProcs {
     /// log to `<provider dir>/node-<id>.log` (appended across restarts; its level from
     /// `SEALPOST_LOG`, as always).
     pub fn spawn(bin: &Path, cluster: &LocalCluster) -> Result<Self> {
+        Self::spawn_logging_to(bin, cluster, &cluster.dir)
+    }
+
+    /// [`Self::spawn`], with the nodes' logs in `log_dir` (e.g. outside a file system that
+    /// loses unsynced data at a simulated crash).
+    pub fn spawn_logging_to(bin: &Path, cluster: &LocalCluster, log_dir: &Path) -> Result<Self> {
         if !bin.is_file() {
             return Err(Error::NoBinary(bin.to_path_buf()));
         }
@@ -133,7 +139,7 @@ impl NodeProcs {
                 NodeProc {
                     name: format!("{}-node-{id}", cluster.provider),
                     config: cluster.config_path(id),
-                    log: cluster.dir.join(format!("node-{id}.log")),
+                    log: log_dir.join(format!("node-{id}.log")),
                     child: None,
                     paused: false,
                 },
@@ -141,6 +147,40 @@ impl NodeProcs {
             out.start(id)?;
         }
         Ok(out)
+    }
+
+    /// Adds node `id` (its configuration at `config`, laid out already) and starts it.
+    pub fn add(&mut self, id: NodeId, name: &str, config: &Path, log: &Path) -> Result<()> {
+        self.nodes.insert(
+            id,
+            NodeProc {
+                name: name.to_string(),
+                config: config.to_path_buf(),
+                log: log.to_path_buf(),
+                child: None,
+                paused: false,
+            },
+        );
+        self.start(id)
+    }
+
+    /// Stops node `id` if it runs and forgets it.
+    pub fn remove(&mut self, id: NodeId) -> Result<()> {
+        if self.is_running(id) {
+            self.kill(id)?;
+        }
+        self.nodes
+            .remove(&id)
+            .map(|_| ())
+            .ok_or(Error::UnknownNode(id))
+    }
+
+    /// The end of node `id`'s log, for a report.
+    pub fn log_tail(&self, id: NodeId) -> Result<String> {
+        let n = self.nodes.get(&id).ok_or(Error::UnknownNode(id))?;
+        let log = std::fs::read(&n.log).map_err(io("reading", &n.log))?;
+        let tail = &log[log.len().saturating_sub(LOG_TAIL_BYTES)..];
+        Ok(String::from_utf8_lossy(tail).into_owned())
     }
 
     /// Starts node `id` (again) on its data.

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, Raft, ServerState};
-use sealpost_core::batch::Batch;
+use sealpost_core::batch::{Batch, Outcome};
 use sealpost_core::codec;
 use sealpost_core::command::Proposal;
 use sealpost_proto::v1::RaftBytes;
@@ -45,6 +45,11 @@ pub struct NodeOptions {
     /// TLS for connecting to peers (CA, and this node's certificate as client identity).
     pub client_tls: ClientTlsConfig,
     pub store: StoreOptions,
+    /// BROKEN ON PURPOSE: as leader, answer a write as soon as it is handed to Raft, before
+    /// any quorum holds it. Only the chaos harness's broken test node sets it, to prove that
+    /// isolating the leader and killing it loses acknowledged writes and that the checkers
+    /// see it; `sealpost` itself has no way to turn it on.
+    pub unsafe_ack_before_commit: bool,
 }
 
 /// Errors of reads and administration.
@@ -109,6 +114,8 @@ pub(crate) struct Core {
     pub(crate) net: Arc<NetShared>,
     pub(crate) opts: RaftOptions,
     pub(crate) view: StateView,
+    /// See [`NodeOptions::unsafe_ack_before_commit`].
+    unsafe_ack_before_commit: bool,
 }
 
 fn now_ms() -> u64 {
@@ -170,6 +177,30 @@ impl Core {
             ts_ms: now_ms(),
             proposals,
         };
+        if self.unsafe_ack_before_commit
+            && self.raft.metrics().borrow().current_leader == Some(self.id)
+        {
+            // Broken on purpose: hand the batch to Raft and report every proposal applied
+            // at once, whether or not a quorum ever holds it.
+            let count = batch.proposals.len();
+            let raft = self.raft.clone();
+            tokio::spawn(async move {
+                let _ = raft.client_write(batch).await;
+            });
+            return ForwardReply::Done(
+                (0..count)
+                    .map(|_| {
+                        Ok(Committed {
+                            outcome: Outcome::Applied {
+                                first_seq: 0,
+                                count: 1,
+                            },
+                            log_index: 0,
+                        })
+                    })
+                    .collect(),
+            );
+        }
         match self.raft.client_write(batch).await {
             Ok(resp) => {
                 let log_index = resp.log_id.index;
@@ -356,6 +387,7 @@ impl RaftNode {
             net,
             opts: opts.raft.clone(),
             view,
+            unsafe_ack_before_commit: opts.unsafe_ack_before_commit,
         });
         let proposer = proposer::start(&opts.raft, core.clone());
         let (stop, stop_rx) = watch::channel(false);

@@ -544,16 +544,20 @@ impl LocalCluster {
         }
     }
 
+    /// The settings a new node copies: those of the first node.
+    fn template(&self) -> Result<NodeConfig, LocalError> {
+        self.configs
+            .values()
+            .next()
+            .cloned()
+            .ok_or_else(|| LocalError::Layout("no node to copy settings from".into()))
+    }
+
     /// Creates and starts a new node that is not yet a member (it joins when the cluster
     /// adds it). Returns its id and address.
     pub async fn spawn_joiner(&mut self) -> Result<(NodeId, String), LocalError> {
         let id = self.configs.keys().max().copied().unwrap_or(0) + 1;
-        let template = self
-            .configs
-            .values()
-            .next()
-            .cloned()
-            .ok_or_else(|| LocalError::Layout("no node to copy settings from".into()))?;
+        let template = self.template()?;
         let l = TcpListener::bind((LOCAL_HOST, 0))
             .await
             .map_err(io(&self.dir))?;
@@ -589,6 +593,66 @@ impl LocalCluster {
         let h = start_with_relay(cfg, Some(l), relay).await?;
         self.running.insert(id, h);
         Ok((id, addr))
+    }
+
+    /// Writes the configuration of a new node `id` that is not yet a member (it joins when
+    /// the cluster adds it as a learner), on a fresh loopback port, without starting it; it
+    /// reaches the others at `peers` (default: their own addresses). Returns its address. An
+    /// id this layout already holds is refused: a node that lost its data rejoins under a
+    /// new id.
+    pub async fn lay_out_joiner(
+        &mut self,
+        id: NodeId,
+        peers: Option<Vec<Member>>,
+    ) -> Result<String, LocalError> {
+        if self.configs.contains_key(&id) || node_dir(&self.dir, id).exists() {
+            return Err(LocalError::Layout(format!(
+                "node {id} exists already; a joining node needs a new id"
+            )));
+        }
+        let template = self.template()?;
+        if template.federation.is_some() {
+            return Err(LocalError::Layout(
+                "laying out a joiner of a federated provider is not supported".into(),
+            ));
+        }
+        let addr = {
+            let l = TcpListener::bind((LOCAL_HOST, 0))
+                .await
+                .map_err(io(&self.dir))?;
+            l.local_addr().map_err(io(&self.dir))?.to_string()
+        };
+        let peers = peers.unwrap_or_else(|| {
+            self.addrs()
+                .into_iter()
+                .map(|(id, addr)| Member { id, addr })
+                .collect()
+        });
+        let cfg = self.write_node(
+            id,
+            &addr,
+            vec![],
+            peers,
+            (&template.raft, &template.api, &template.messaging),
+            None,
+        )?;
+        self.configs.insert(id, cfg);
+        Ok(addr)
+    }
+
+    /// Rewrites node `id`'s configuration with these peer addresses (they win over the
+    /// addresses in membership, e.g. to route node-to-node traffic through a proxy). Takes
+    /// effect when the node next starts.
+    pub fn set_peers(&mut self, id: NodeId, peers: Vec<Member>) -> Result<(), LocalError> {
+        let path = self.config_path(id);
+        let cfg = self
+            .configs
+            .get_mut(&id)
+            .ok_or_else(|| LocalError::Layout(format!("no node {id} in this layout")))?;
+        cfg.peers = peers;
+        cfg.validate()?;
+        write_file(&path, &cfg.to_toml(), false)?;
+        Ok(())
     }
 
     /// Forgets a node that was removed from the cluster: stops it if running.

@@ -122,6 +122,19 @@ impl NodeHandle {
     }
 }
 
+/// Writes `dir/name` so that it survives a power cut whole or not at all: a temporary file,
+/// fsynced, renamed over the name, and the folder fsynced.
+fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Checks that the data folder belongs to this node id. Returns true when the folder is
 /// new; the caller claims it with [`NODE_ID_FILE`] once the stores exist.
 fn claim_data_dir(dir: &Path, id: u64) -> Result<bool, ServerError> {
@@ -185,6 +198,40 @@ pub async fn start_with_relay(
     listener: Option<TcpListener>,
     relay_listener: Option<TcpListener>,
 ) -> Result<NodeHandle, ServerError> {
+    start_inner(cfg, listener, relay_listener, UnsafeBreakage::default()).await
+}
+
+/// Guarantees a node can be told to break, so that a test can prove the chaos checkers
+/// catch the breakage. Nothing in `sealpost` sets them: only a separately built test
+/// binary calls [`start_broken`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnsafeBreakage {
+    /// Answer writes before they are committed (see
+    /// [`sealpost_raft::NodeOptions::unsafe_ack_before_commit`]).
+    pub ack_before_commit: bool,
+    /// Never fsync the Raft log (see [`StoreOptions::unsafe_skip_fsync`]).
+    pub skip_fsync: bool,
+}
+
+/// Starts a node that breaks the guarantees named in `breakage`. For the chaos harness's
+/// broken test node only: a node started this way loses acknowledged writes.
+pub async fn start_broken(
+    cfg: NodeConfig,
+    breakage: UnsafeBreakage,
+) -> Result<NodeHandle, ServerError> {
+    tracing::warn!(
+        ?breakage,
+        "this node is BROKEN ON PURPOSE and will lose acknowledged writes"
+    );
+    start_inner(cfg, None, None, breakage).await
+}
+
+async fn start_inner(
+    cfg: NodeConfig,
+    listener: Option<TcpListener>,
+    relay_listener: Option<TcpListener>,
+    breakage: UnsafeBreakage,
+) -> Result<NodeHandle, ServerError> {
     let tls = cfg.tls.load()?;
     let kek = sealpost_crypto::kek::Kek::load(&cfg.kek)?;
     let provider_key = match cfg.provider_key_path() {
@@ -225,14 +272,20 @@ pub async fn start_with_relay(
         client_tls,
         store: StoreOptions {
             create: fresh,
+            unsafe_skip_fsync: breakage.skip_fsync,
             ..StoreOptions::default()
         },
+        unsafe_ack_before_commit: breakage.ack_before_commit,
     })
     .await?;
     if fresh {
-        let marker = cfg.data_dir.join(NODE_ID_FILE);
-        std::fs::write(&marker, format!("{}\n", cfg.id)).map_err(|e| ServerError::DataDir {
-            path: marker.display().to_string(),
+        write_durably(
+            &cfg.data_dir,
+            NODE_ID_FILE,
+            format!("{}\n", cfg.id).as_bytes(),
+        )
+        .map_err(|e| ServerError::DataDir {
+            path: cfg.data_dir.join(NODE_ID_FILE).display().to_string(),
             problem: e.to_string(),
         })?;
     }

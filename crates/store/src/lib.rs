@@ -50,6 +50,10 @@ pub struct StoreOptions {
     /// crash openraft re-applies the log from the state machine's own durable last-applied
     /// id (the log is purged only behind a snapshot, whose checkpoint is on disk).
     pub sync_state_machine: bool,
+    /// BROKEN ON PURPOSE: never fsync the Raft log, so appends are reported durable while
+    /// only the OS holds them. Only the chaos harness's broken test node sets it, to prove a
+    /// power-loss crash catches the loss; `sealpost` itself has no way to turn it on.
+    pub unsafe_skip_fsync: bool,
 }
 
 impl Default for StoreOptions {
@@ -57,13 +61,14 @@ impl Default for StoreOptions {
         Self {
             create: true,
             sync_state_machine: false,
+            unsafe_skip_fsync: false,
         }
     }
 }
 
 /// Opens both stores of a node under `dir`: `dir/raft-log` and `dir/sm`.
 pub fn open(dir: &Path, opts: &StoreOptions) -> Result<(LogStore, StateMachine)> {
-    let log = LogStore::open(&dir.join("raft-log"), opts.create)?;
+    let log = LogStore::open_with(&dir.join("raft-log"), opts.create, opts.unsafe_skip_fsync)?;
     let sm = StateMachine::open(&dir.join("sm"), opts.create, opts.sync_state_machine)?;
     Ok((log, sm))
 }

@@ -53,6 +53,19 @@ struct Inner {
     /// Appends waiting for the syncer's fsync; `None` once closing.
     sync_tx: Option<SyncSender<LogFlushed<TypeConfig>>>,
     syncer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Broken on purpose (see [`crate::StoreOptions::unsafe_skip_fsync`]).
+    skip_fsync: bool,
+}
+
+impl Inner {
+    /// The durability of writes that must survive power loss.
+    fn synced(&self) -> Durability {
+        if self.skip_fsync {
+            Durability::Logged
+        } else {
+            Durability::Synced
+        }
+    }
 }
 
 impl Drop for Inner {
@@ -69,7 +82,7 @@ impl Drop for Inner {
 
 /// The syncer thread: waits for an append, takes every other one already waiting (up to
 /// [`LOG_SYNC_GROUP_MAX`]), fsyncs the WAL once, and reports them all durable (or failed).
-fn run_syncer(db: Arc<DB>, path: PathBuf, rx: Receiver<LogFlushed<TypeConfig>>) {
+fn run_syncer(db: Arc<DB>, path: PathBuf, rx: Receiver<LogFlushed<TypeConfig>>, skip_fsync: bool) {
     let mut group = Vec::with_capacity(LOG_SYNC_GROUP_MAX);
     while let Ok(first) = rx.recv() {
         group.push(first);
@@ -80,7 +93,11 @@ fn run_syncer(db: Arc<DB>, path: PathBuf, rx: Receiver<LogFlushed<TypeConfig>>) 
             }
         }
         let started = std::time::Instant::now();
-        let synced = db.flush_wal(true);
+        let synced = if skip_fsync {
+            Ok(())
+        } else {
+            db.flush_wal(true)
+        };
         let took = started.elapsed();
         if took > std::time::Duration::from_millis(LOG_SYNC_SLOW_MS) {
             tracing::warn!(path = %path.display(), ms = took.as_millis() as u64, appends = group.len(), "slow raft log fsync");
@@ -119,6 +136,12 @@ impl LogStore {
     /// checked for density once, so a damaged log refuses to start here rather than fail
     /// later in the middle of replication.
     pub fn open(path: &Path, create: bool) -> Result<Self> {
+        Self::open_with(path, create, false)
+    }
+
+    /// [`Self::open`], with the fsync skipped when `skip_fsync` (broken on purpose: see
+    /// [`crate::StoreOptions::unsafe_skip_fsync`]).
+    pub fn open_with(path: &Path, create: bool, skip_fsync: bool) -> Result<Self> {
         let db = Arc::new(rocks::open(
             path,
             &[CF_ENTRIES, CF_META],
@@ -134,7 +157,7 @@ impl LogStore {
             .name("raft-log-sync".into())
             .spawn({
                 let (db, path) = (db.clone(), path.to_path_buf());
-                move || run_syncer(db, path, rx)
+                move || run_syncer(db, path, rx, skip_fsync)
             })
             .map_err(Error::io(path))?;
         let store = Self {
@@ -144,6 +167,7 @@ impl LogStore {
                 bytes_since_purge: AtomicU64::new(0),
                 sync_tx: Some(sync_tx),
                 syncer: Mutex::new(Some(syncer)),
+                skip_fsync,
             }),
         };
         store.check()?;
@@ -207,7 +231,7 @@ impl LogStore {
     fn write_meta<T: serde::Serialize>(&self, k: &[u8], v: &T) -> Result<()> {
         let mut b = WriteBatch::default();
         b.put_cf(rocks::cf(&self.inner.db, CF_META), k, codec::encode(v));
-        rocks::write(&self.inner.db, &self.inner.path, b, Durability::Synced)
+        rocks::write(&self.inner.db, &self.inner.path, b, self.inner.synced())
     }
 
     /// Bytes of log entries appended since the last purge (approximate after restarts).
@@ -392,7 +416,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             key(log_id.index),
             key(u64::MAX),
         );
-        rocks::write(&self.inner.db, &self.inner.path, b, Durability::Synced)
+        rocks::write(&self.inner.db, &self.inner.path, b, self.inner.synced())
             .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
@@ -408,7 +432,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             key(0),
             key(log_id.index + 1),
         );
-        rocks::write(&self.inner.db, &self.inner.path, b, Durability::Synced)
+        rocks::write(&self.inner.db, &self.inner.path, b, self.inner.synced())
             .map_err(|e| StorageError::from(StorageIOError::write_logs(&e)))?;
         self.inner.bytes_since_purge.store(0, Ordering::Relaxed);
         Ok(())
