@@ -59,6 +59,10 @@ struct Args {
     /// Nodes in the cluster (3 or 5).
     #[arg(long, default_value_t = 3)]
     nodes: u64,
+    /// Node ids held in reserve for nodes replaced after a damaged store (each
+    /// corrupt-follower fault uses one; once all are used, that fault becomes a kill).
+    #[arg(long, default_value_t = 4)]
+    spare_ids: u64,
     /// Milliseconds between the end of one fault's recovery and the next fault.
     #[arg(long, default_value_t = 2_000)]
     fault_every_ms: u64,
@@ -479,7 +483,7 @@ async fn run(a: Args) -> anyhow::Result<bool> {
         a.duration_secs,
         work.display()
     );
-    let mut rig = rig::Rig::build(&work, a.nodes, &bin, power_loss).await?;
+    let mut rig = rig::Rig::build(&work, (a.nodes, a.spare_ids), &bin, power_loss).await?;
     sealpost_harness::wait_ready(
         &rig.cluster,
         &mut rig.procs,

@@ -18,8 +18,9 @@ use sealpost_server::local::LocalCluster;
 use crate::lazyfs::LazyFs;
 use crate::proxy::Proxy;
 
-/// Node ids kept in reserve (with proxy links) for nodes that rejoin under a new id.
-pub const SPARE_IDS: u64 = 4;
+/// Node ids a run may keep in reserve (with proxy links) for nodes that rejoin under a new
+/// id; each costs a proxy listener per other id, both ways.
+pub const SPARE_IDS_MAX: u64 = 32;
 /// Files one folder tree may hold when it is made durable.
 const SYNC_TREE_FILES_MAX: usize = 10_000;
 
@@ -55,14 +56,18 @@ impl Rig {
     /// `power_loss`, their folders on LazyFs) and starts them with `bin`.
     pub async fn build(
         work: &Path,
-        nodes: u64,
+        (nodes, spares): (u64, u64),
         bin: &Path,
         power_loss: bool,
     ) -> anyhow::Result<Rig> {
+        anyhow::ensure!(
+            spares <= SPARE_IDS_MAX,
+            "at most {SPARE_IDS_MAX} spare node ids, not {spares}"
+        );
         let dir = work.join("cluster");
         // The proxy's listeners are bound first and held for the whole run, so the ports
         // the layout then picks for the nodes cannot be among them.
-        let ids: Vec<NodeId> = (1..=nodes + SPARE_IDS).collect();
+        let ids: Vec<NodeId> = (1..=nodes + spares).collect();
         let proxy = Proxy::start(&ids.iter().map(|id| (*id, None)).collect())
             .await
             .context("starting the proxy")?;
@@ -76,7 +81,7 @@ impl Rig {
             proxy.set_target(id, &addr)?;
             cluster.set_peers(id, peers_via(&proxy, id, &ids))?;
         }
-        let spare_ids: Vec<NodeId> = (nodes + 1..=nodes + SPARE_IDS).collect();
+        let spare_ids: Vec<NodeId> = (nodes + 1..=nodes + spares).collect();
         let lazyfs = if power_loss {
             // The layout moves to the backing folder and comes back through the mount, so
             // every path in the configurations now goes through LazyFs.
@@ -121,7 +126,7 @@ impl Rig {
     pub async fn start_joiner(&mut self) -> anyhow::Result<(NodeId, String)> {
         anyhow::ensure!(
             !self.spare_ids.is_empty(),
-            "all {SPARE_IDS} spare node ids are used"
+            "every spare node id is used (--spare-ids)"
         );
         let id = self.spare_ids.remove(0);
         let mut all: Vec<NodeId> = self.cluster.node_ids();
