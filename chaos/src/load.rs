@@ -73,6 +73,23 @@ impl History {
         }
     }
 
+    /// Ends the history: a gap from the last acknowledged write until now counts as an
+    /// outage too (writes that stopped for good are the longest outage of all).
+    pub fn close(&self) {
+        let Some(start) = self.started.lock().ok().and_then(|s| *s) else {
+            return;
+        };
+        let now = start.elapsed().as_millis() as u64;
+        let before = self.last_write_ms.load(Ordering::Relaxed);
+        if now > before
+            && now - before >= OUTAGE_MS_MIN
+            && let Ok(mut o) = self.outages.lock()
+            && o.len() < OUTAGES_MAX
+        {
+            o.push((before, now - before));
+        }
+    }
+
     /// The longest gap between acknowledged writes that overlaps `from_ms..to_ms`.
     pub fn longest_outage(&self, from_ms: u64, to_ms: u64) -> u64 {
         self.outages.lock().map_or(0, |o| {
@@ -94,6 +111,71 @@ impl History {
 
     pub fn snapshot(list: &Mutex<Vec<String>>) -> Vec<String> {
         list.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+/// The load's clients, one of each identity per node, in node order. Replaced whole when the
+/// cluster's nodes change (a damaged node replaced under a new id and address), so the load
+/// follows the cluster instead of calling a node that is gone.
+#[derive(Default)]
+pub struct Pool {
+    /// Operator clients (registrations).
+    admin: std::sync::RwLock<Vec<Client>>,
+    /// Clients of organisation 1 (sends).
+    senders: std::sync::RwLock<Vec<Client>>,
+    /// Clients of organisation 2 (the desk's inbox and acknowledgements).
+    receivers: std::sync::RwLock<Vec<Client>>,
+}
+
+/// Which of the pool's identities.
+#[derive(Clone, Copy, Debug)]
+pub enum Role {
+    Admin,
+    Sender,
+    Receiver,
+}
+
+impl Pool {
+    /// Clients of every identity for every node of `cluster` now.
+    pub async fn connect(cluster: &LocalCluster) -> anyhow::Result<Pool> {
+        let pool = Pool::default();
+        pool.refresh(cluster).await?;
+        Ok(pool)
+    }
+
+    /// Replaces every client with one for the nodes `cluster` has now.
+    pub async fn refresh(&self, cluster: &LocalCluster) -> anyhow::Result<()> {
+        let admin = clients_per_node(cluster, None).await?;
+        let senders = clients_per_node(cluster, Some(1)).await?;
+        let receivers = clients_per_node(cluster, Some(2)).await?;
+        for (slot, v) in [
+            (&self.admin, admin),
+            (&self.senders, senders),
+            (&self.receivers, receivers),
+        ] {
+            if let Ok(mut w) = slot.write() {
+                *w = v;
+            }
+        }
+        Ok(())
+    }
+
+    fn slot(&self, role: Role) -> &std::sync::RwLock<Vec<Client>> {
+        match role {
+            Role::Admin => &self.admin,
+            Role::Sender => &self.senders,
+            Role::Receiver => &self.receivers,
+        }
+    }
+
+    /// The client of `role` for node number `i` (modulo the node count).
+    pub fn get(&self, role: Role, i: usize) -> Option<Client> {
+        let v = self.slot(role).read().ok()?;
+        v.get(i % v.len().max(1)).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.senders.read().map_or(0, |v| v.len())
     }
 }
 
@@ -189,13 +271,12 @@ pub async fn provision(admin: &[Client]) -> anyhow::Result<()> {
 /// One worker: sends and registrations in turn, moving to the next node after a failure.
 pub async fn worker(
     index: usize,
-    senders: Arc<Vec<Client>>,
-    admin: Arc<Vec<Client>>,
+    pool: Arc<Pool>,
     history: Arc<History>,
     serials: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 ) {
-    let mut node = index % senders.len().max(1);
+    let mut node = index % pool.len().max(1);
     let payload = vec![0x33u8; PAYLOAD_BYTES];
     let mut turn = 0u64;
     // Bounded by `stop`, which the run sets at its end.
@@ -203,11 +284,15 @@ pub async fn worker(
         turn += 1;
         history.attempted.fetch_add(1, Ordering::Relaxed);
         let serial = serials.fetch_add(1, Ordering::Relaxed);
-        let result =
-            if turn.is_multiple_of(3) {
-                let hpio = HpiO::from_serial(ORG_SERIAL_BASE + serial).to_string();
-                timed(admin[node].directory().register_organisation(
-                    pb::RegisterOrganisationRequest {
+        let result = if turn.is_multiple_of(3) {
+            let hpio = HpiO::from_serial(ORG_SERIAL_BASE + serial).to_string();
+            let Some(admin) = pool.get(Role::Admin, node) else {
+                break;
+            };
+            timed(
+                admin
+                    .directory()
+                    .register_organisation(pb::RegisterOrganisationRequest {
                         organisation: Some(pb::Organisation {
                             hpio: hpio.clone(),
                             name: format!("Chaos clinic {serial}"),
@@ -216,31 +301,34 @@ pub async fn worker(
                             postcode: "3053".into(),
                             ..Default::default()
                         }),
-                    },
-                ))
-                .await
-                .map(|_| {
-                    history.wrote();
-                    History::keep(&history.registered, hpio)
-                })
-            } else {
-                timed(senders[node].messaging().send(pb::SendRequest {
-                    from_org: HpiO::from_serial(1).to_string(),
-                    to: vec![desk()],
-                    payload_type: "TEXT".into(),
-                    client_message_id: format!("chaos-{serial}"),
-                    payload: payload.clone(),
-                    ..Default::default()
-                }))
-                .await
-                .map(|r| {
-                    history.wrote();
-                    History::keep(&history.sent, r.message_id)
-                })
+                    }),
+            )
+            .await
+            .map(|_| {
+                history.wrote();
+                History::keep(&history.registered, hpio)
+            })
+        } else {
+            let Some(sender) = pool.get(Role::Sender, node) else {
+                break;
             };
+            timed(sender.messaging().send(pb::SendRequest {
+                from_org: HpiO::from_serial(1).to_string(),
+                to: vec![desk()],
+                payload_type: "TEXT".into(),
+                client_message_id: format!("chaos-{serial}"),
+                payload: payload.clone(),
+                ..Default::default()
+            }))
+            .await
+            .map(|r| {
+                history.wrote();
+                History::keep(&history.sent, r.message_id)
+            })
+        };
         if result.is_err() {
             history.failed.fetch_add(1, Ordering::Relaxed);
-            node = (node + 1) % senders.len().max(1);
+            node = (node + 1) % pool.len().max(1);
             tokio::time::sleep(Duration::from_millis(RETRY_PAUSE_MS)).await;
         } else {
             tokio::time::sleep(Duration::from_millis(OP_PAUSE_MS)).await;
@@ -249,12 +337,14 @@ pub async fn worker(
 }
 
 /// The desk's side: lists what reached it and acknowledges each message once.
-pub async fn acker(receivers: Arc<Vec<Client>>, history: Arc<History>, stop: Arc<AtomicBool>) {
+pub async fn acker(pool: Arc<Pool>, history: Arc<History>, stop: Arc<AtomicBool>) {
     let mut done: BTreeSet<String> = BTreeSet::new();
     let mut node = 0usize;
     // Bounded by `stop`.
     while !stop.load(Ordering::Relaxed) {
-        let c = &receivers[node % receivers.len().max(1)];
+        let Some(c) = pool.get(Role::Receiver, node) else {
+            break;
+        };
         let inbox = timed(c.messaging().inbox(pb::InboxRequest {
             endpoint: desk(),
             limit: 0,
@@ -320,5 +410,11 @@ mod tests {
         // Found by overlap with a window, not found outside it.
         assert_eq!(h.longest_outage(0, 10_000), o[0].1);
         assert_eq!(h.longest_outage(o[0].0 + o[0].1 + 1, 20_000), 0);
+        // Writes that stopped for good end in an outage too, once the history is closed.
+        let last = h.last_write_ms.load(Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(OUTAGE_MS_MIN + 100));
+        assert_eq!(h.longest_outage(last + 1, 60_000), 0, "not before closing");
+        h.close();
+        assert!(h.longest_outage(last + 1, 60_000) >= OUTAGE_MS_MIN);
     }
 }

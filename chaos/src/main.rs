@@ -110,6 +110,46 @@ struct Operations {
     desk_acks_acknowledged: usize,
 }
 
+/// What the faults of one kind cost.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+struct KindStats {
+    count: u64,
+    with_new_term: u64,
+    recovery_ms_p50: u64,
+    recovery_ms_max: u64,
+    writes_unavailable_ms_p50: u64,
+    writes_unavailable_ms_max: u64,
+}
+
+fn per_kind(records: &[faults::FaultRecord]) -> BTreeMap<String, KindStats> {
+    let mut out = BTreeMap::new();
+    for kind in faults::FaultKind::ALL {
+        let of: Vec<&faults::FaultRecord> = records.iter().filter(|r| r.kind == kind).collect();
+        if of.is_empty() {
+            continue;
+        }
+        let sorted = |f: fn(&faults::FaultRecord) -> u64| {
+            let mut v: Vec<u64> = of.iter().map(|r| f(r)).collect();
+            v.sort_unstable();
+            v
+        };
+        let rec = sorted(|r| r.recovery_ms);
+        let out_ms = sorted(|r| r.writes_unavailable_ms);
+        out.insert(
+            kind.name().to_string(),
+            KindStats {
+                count: of.len() as u64,
+                with_new_term: of.iter().filter(|r| r.terms > 0).count() as u64,
+                recovery_ms_p50: percentile(&rec, 0.5),
+                recovery_ms_max: rec.last().copied().unwrap_or(0),
+                writes_unavailable_ms_p50: percentile(&out_ms, 0.5),
+                writes_unavailable_ms_max: out_ms.last().copied().unwrap_or(0),
+            },
+        );
+    }
+    out
+}
+
 #[derive(Debug, Serialize)]
 struct Report {
     format_version: u32,
@@ -122,6 +162,9 @@ struct Report {
     fault_kinds: Vec<String>,
     faults: Vec<faults::FaultRecord>,
     faults_by_kind: BTreeMap<String, u64>,
+    /// Per kind: how many, how many cost a new term, and recovery and write
+    /// unavailability (p50 / max).
+    per_kind: BTreeMap<String, KindStats>,
     /// Faults that cut links (majority/minority, one-way, bridge).
     partitions: u64,
     leader_kills: u64,
@@ -210,6 +253,17 @@ fn summary(r: &Report) -> String {
         "leader kills: {}, partitions: {}, power losses: {}\n",
         r.leader_kills, r.partitions, r.power_losses
     ));
+    for (k, st) in &r.per_kind {
+        s.push_str(&format!(
+            "  {k:<17} {:>4} faults, {:>4} with a new term; recovery p50 {} ms, max {} ms; writes unavailable p50 {} ms, max {} ms\n",
+            st.count,
+            st.with_new_term,
+            st.recovery_ms_p50,
+            st.recovery_ms_max,
+            st.writes_unavailable_ms_p50,
+            st.writes_unavailable_ms_max
+        ));
+    }
     s.push_str(&format!(
         "recovery after a fault: p50 {} ms, p99 {} ms, max {} ms\n",
         r.recovery_ms_p50, r.recovery_ms_p99, r.recovery_ms_max
@@ -381,10 +435,8 @@ async fn schedule(
     kinds: &[faults::FaultKind],
     seed: u64,
     history: &Arc<load::History>,
-) -> anyhow::Result<Vec<faults::FaultRecord>> {
-    let admin = Arc::new(load::clients_per_node(&rig.cluster, None).await?);
-    let senders = Arc::new(load::clients_per_node(&rig.cluster, Some(1)).await?);
-    let receivers = Arc::new(load::clients_per_node(&rig.cluster, Some(2)).await?);
+) -> anyhow::Result<(Vec<faults::FaultRecord>, Option<checks::Verdict>)> {
+    let pool = Arc::new(load::Pool::connect(&rig.cluster).await?);
     rig.sync_layout(std::path::Path::new("clients"))?;
     let stop = Arc::new(AtomicBool::new(false));
     let serials = Arc::new(AtomicU64::new(1));
@@ -392,18 +444,13 @@ async fn schedule(
     for i in 0..a.workers {
         tasks.spawn(load::worker(
             i,
-            senders.clone(),
-            admin.clone(),
+            pool.clone(),
             history.clone(),
             serials.clone(),
             stop.clone(),
         ));
     }
-    tasks.spawn(load::acker(
-        receivers.clone(),
-        history.clone(),
-        stop.clone(),
-    ));
+    tasks.spawn(load::acker(pool.clone(), history.clone(), stop.clone()));
 
     let started = Instant::now();
     if let Ok(mut s) = history.started.lock() {
@@ -413,6 +460,7 @@ async fn schedule(
     let mut rng = faults::Rng::new(seed);
     let mut deck = faults::Deck::new(kinds);
     let mut records = Vec::new();
+    let mut healed_ms = 0;
     // Bounded by the run's end (each fault by its hold and the recovery limits).
     while Instant::now() + Duration::from_millis(faults::FAULT_MS_MAX) < end {
         tokio::time::sleep(Duration::from_millis(a.fault_every_ms)).await;
@@ -428,16 +476,38 @@ async fn schedule(
             r.terms,
             r.detail
         );
+        healed_ms = started.elapsed().as_millis() as u64;
+        if r.rejoined_as.is_some() {
+            // A node was replaced under a new id and address: the load follows.
+            pool.refresh(&rig.cluster).await?;
+            rig.sync_layout(std::path::Path::new("clients"))?;
+        }
         records.push(r);
     }
     tokio::time::sleep(Duration::from_millis(SETTLE_MS)).await;
+    history.close();
     stop.store(true, Ordering::Relaxed);
     while tasks.join_next().await.is_some() {}
+    // A run whose load stopped being served proves nothing about the faults after that.
+    let last_write_ms = history.last_write_ms.load(Ordering::Relaxed);
+    let served = checks::Verdict::new(
+        "load-served-after-the-last-fault",
+        format!(
+            "last acknowledged write at {last_write_ms} ms, last fault healed at {healed_ms} ms"
+        ),
+        if last_write_ms > healed_ms {
+            Vec::new()
+        } else {
+            vec![format!(
+                "no write was acknowledged after the last fault healed ({healed_ms} ms); the last at {last_write_ms} ms"
+            )]
+        },
+    );
     for r in &mut records {
         let to = r.at_ms + r.hold_ms + r.recovery_ms + UNAVAILABLE_TAIL_MS;
         r.writes_unavailable_ms = history.longest_outage(r.at_ms, to);
     }
-    Ok(records)
+    Ok((records, Some(served)))
 }
 
 async fn run(a: Args) -> anyhow::Result<bool> {
@@ -494,10 +564,12 @@ async fn run(a: Args) -> anyhow::Result<bool> {
     load::provision(&admin).await?;
     rig.sync_layout(std::path::Path::new("clients"))?;
     let history = Arc::new(load::History::default());
-    let records = match a.scenario {
+    let (records, served) = match a.scenario {
         Scenario::Schedule => schedule(&mut rig, &a, &kinds, seed, &history).await?,
-        Scenario::IsolatedLeaderWrites => isolated_leader_writes(&mut rig, &history).await?,
-        Scenario::PowerLossAfterWrites => power_loss_after_writes(&mut rig, &history).await?,
+        Scenario::IsolatedLeaderWrites => (isolated_leader_writes(&mut rig, &history).await?, None),
+        Scenario::PowerLossAfterWrites => {
+            (power_loss_after_writes(&mut rig, &history).await?, None)
+        }
     };
     rig.procs.check_running()?;
 
@@ -525,6 +597,7 @@ async fn run(a: Args) -> anyhow::Result<bool> {
     };
     let mut verdicts = checks::run_all(&evidence).await;
     verdicts.push(checks::corruption_refused::check(&records));
+    verdicts.extend(served);
     drop(evidence.nodes);
     rig.shut_down()?;
 
@@ -554,6 +627,7 @@ async fn run(a: Args) -> anyhow::Result<bool> {
         duration_secs: a.duration_secs,
         fault_kinds: kinds.iter().map(|k| k.name().to_string()).collect(),
         faults_by_kind: by_kind,
+        per_kind: per_kind(&records),
         partitions: records.iter().filter(|r| r.kind.is_partition()).count() as u64,
         leader_kills: records
             .iter()
@@ -628,6 +702,24 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn faults_are_summed_up_per_kind() {
+        let mut a = faults::FaultRecord::new(faults::FaultKind::KillLeader, 1, String::new(), 0, 0);
+        a.terms = 1;
+        a.recovery_ms = 100;
+        a.writes_unavailable_ms = 3_000;
+        let mut b = faults::FaultRecord::new(faults::FaultKind::KillLeader, 2, String::new(), 0, 0);
+        b.recovery_ms = 300;
+        let c = faults::FaultRecord::new(faults::FaultKind::Bridge, 3, String::new(), 0, 0);
+        let s = per_kind(&[a, b, c]);
+        assert_eq!(s.len(), 2);
+        let k = &s["kill-leader"];
+        assert_eq!((k.count, k.with_new_term), (2, 1));
+        assert_eq!((k.recovery_ms_p50, k.recovery_ms_max), (300, 300));
+        assert_eq!(k.writes_unavailable_ms_max, 3_000);
+        assert_eq!(s["bridge"].count, 1);
+    }
 
     #[test]
     fn percentiles_of_recovery_times() {

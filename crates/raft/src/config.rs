@@ -14,7 +14,10 @@ pub struct RaftOptions {
     /// every AppendEntries, which a follower answers only after its fsync: too short, and a
     /// busy follower's answers time out and are sent again, which makes it busier.
     pub heartbeat_interval_ms: u64,
-    /// A follower that hears nothing for a random time in this range calls an election.
+    /// A follower that hears nothing for a random time in this range (after the leader's
+    /// lease, which is the maximum) calls an election. openraft 0.9 adds twice the maximum
+    /// after a campaign lost to a longer log; the node's election watchdog calls one itself
+    /// after twice the maximum plus up to half of it without a word from a leader.
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
     /// Proposals one Raft entry may carry.

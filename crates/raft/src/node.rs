@@ -116,6 +116,10 @@ pub(crate) struct Core {
     pub(crate) view: StateView,
     /// See [`NodeOptions::unsafe_ack_before_commit`].
     unsafe_ack_before_commit: bool,
+    /// When this node last heard from a leader (an AppendEntries or snapshot it accepted),
+    /// in milliseconds since `born`: the election watchdog reads it.
+    heard_leader_ms: std::sync::atomic::AtomicU64,
+    born: std::time::Instant,
 }
 
 fn now_ms() -> u64 {
@@ -126,6 +130,22 @@ fn now_ms() -> u64 {
 }
 
 impl Core {
+    /// Notes that a leader was heard from just now.
+    pub(crate) fn heard_leader(&self) {
+        self.heard_leader_ms.store(
+            self.born.elapsed().as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Milliseconds since a leader was last heard from (or since this node started).
+    fn leader_silence_ms(&self) -> u64 {
+        (self.born.elapsed().as_millis() as u64).saturating_sub(
+            self.heard_leader_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
     /// The current leader, waiting up to `leader_wait_ms` for one to be known.
     pub(crate) async fn leader(&self) -> Option<NodeId> {
         let mut rx = self.raft.metrics();
@@ -388,10 +408,13 @@ impl RaftNode {
             opts: opts.raft.clone(),
             view,
             unsafe_ack_before_commit: opts.unsafe_ack_before_commit,
+            heard_leader_ms: std::sync::atomic::AtomicU64::new(0),
+            born: std::time::Instant::now(),
         });
         let proposer = proposer::start(&opts.raft, core.clone());
         let (stop, stop_rx) = watch::channel(false);
-        tokio::spawn(snapshot_policy(core.clone(), log.clone(), stop_rx));
+        tokio::spawn(snapshot_policy(core.clone(), log.clone(), stop_rx.clone()));
+        tokio::spawn(election_watchdog(core.clone(), stop_rx));
         Ok(Self {
             core,
             proposer,
@@ -607,6 +630,78 @@ impl RaftNode {
     }
 }
 
+/// Whether a follower should call an election itself: it votes, the cluster has other
+/// voters, and no leader has been heard from for `silence_ms`, at least `threshold_ms`.
+fn should_elect(
+    state: ServerState,
+    id: NodeId,
+    voters: &BTreeSet<NodeId>,
+    silence_ms: u64,
+    threshold_ms: u64,
+) -> bool {
+    state == ServerState::Follower
+        && voters.contains(&id)
+        && voters.len() > 1
+        && silence_ms >= threshold_ms
+}
+
+/// How long a follower waits without a word from a leader before the watchdog calls an
+/// election: twice the longest election timeout (openraft's lease plus its own longest
+/// timeout) plus a random part of half of it, so the followers do not all call at once.
+fn leader_silence_threshold_ms(opts: &RaftOptions, random: u64) -> u64 {
+    let max = opts.election_timeout_max_ms;
+    2 * max + random % (max / 2).max(1)
+}
+
+/// The election watchdog. openraft 0.9 makes a follower that once lost a campaign to a
+/// longer log wait a further `smaller_log_timeout` (twice the longest election timeout)
+/// before every later campaign, until the next one starts; a leader that is paused, or that
+/// keeps a longer log while it cannot reach its followers, then goes unreplaced for 7 s or
+/// more (CHAOS.md). A follower that has heard no leader for
+/// [`leader_silence_threshold_ms`] calls the election itself; the vote rules keep that safe.
+async fn election_watchdog(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
+    let tick = Duration::from_millis(core.opts.heartbeat_interval_ms.max(1));
+    // Not cryptography: only spreads the followers' thresholds apart.
+    let mut random = core.id.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    let mut threshold = leader_silence_threshold_ms(&core.opts, random);
+    // Ends when the node stops.
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(tick) => {}
+        }
+        let (state, voters) = {
+            let m = core.raft.metrics();
+            let m = m.borrow();
+            let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
+            (m.state, voters)
+        };
+        if state != ServerState::Follower {
+            // A leader, candidate or learner is not waiting for a leader.
+            core.heard_leader();
+            continue;
+        }
+        let silence = core.leader_silence_ms();
+        if !should_elect(state, core.id, &voters, silence, threshold) {
+            continue;
+        }
+        tracing::info!(
+            node = core.id,
+            silence_ms = silence,
+            "no word from a leader for too long; calling an election"
+        );
+        if core.raft.trigger().elect().await.is_err() {
+            return;
+        }
+        core.heard_leader();
+        random = random.rotate_left(17).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        threshold = leader_silence_threshold_ms(&core.opts, random);
+    }
+}
+
 /// Triggers a snapshot when the log grew past `snapshot_log_bytes_max` since the last
 /// purge, or `snapshot_interval_secs` passed with new entries applied.
 async fn snapshot_policy(core: Arc<Core>, log: LogStore, mut stop: watch::Receiver<bool>) {
@@ -644,5 +739,64 @@ impl RaftNode {
     /// A TLS channel to another node, with this node's identity (for admin fan-out).
     pub fn peer_channel(&self, addr: &str) -> Result<tonic::transport::Channel, String> {
         self.core.net.channel(addr).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod watchdog_tests {
+    use super::*;
+
+    #[test]
+    fn only_a_voting_follower_that_heard_no_leader_for_long_calls_an_election() {
+        let voters = BTreeSet::from([1, 2, 3]);
+        assert!(should_elect(
+            ServerState::Follower,
+            2,
+            &voters,
+            5_000,
+            4_500
+        ));
+        assert!(
+            !should_elect(ServerState::Follower, 2, &voters, 4_000, 4_500),
+            "not yet"
+        );
+        assert!(!should_elect(ServerState::Leader, 2, &voters, 9_000, 4_500));
+        assert!(!should_elect(
+            ServerState::Candidate,
+            2,
+            &voters,
+            9_000,
+            4_500
+        ));
+        assert!(!should_elect(
+            ServerState::Learner,
+            4,
+            &voters,
+            9_000,
+            4_500
+        ));
+        assert!(
+            !should_elect(ServerState::Follower, 4, &voters, 9_000, 4_500),
+            "not a voter"
+        );
+        assert!(
+            !should_elect(ServerState::Follower, 1, &BTreeSet::from([1]), 9_000, 4_500),
+            "a lone voter leads by itself"
+        );
+    }
+
+    #[test]
+    fn the_threshold_waits_out_openraft_and_spreads_the_followers() {
+        let opts = RaftOptions::default();
+        let max = opts.election_timeout_max_ms;
+        let all: BTreeSet<u64> = (0..1_000u64)
+            .map(|r| leader_silence_threshold_ms(&opts, r.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+            .collect();
+        // Never before openraft's own unflagged campaign (lease plus the longest timeout).
+        assert!(
+            all.iter().all(|t| *t >= 2 * max && *t < 2 * max + max / 2),
+            "{all:?}"
+        );
+        assert!(all.len() > 100, "the followers' thresholds differ");
     }
 }

@@ -98,6 +98,8 @@ impl RaftService {
         let mut open: Option<(String, tokio::fs::File)> = None;
         while let Some(msg) = stream.next().await {
             let msg = msg?;
+            // A long snapshot is the leader talking: the election watchdog must not fire.
+            self.core.heard_leader();
             let Some(snapshot_chunk::Part::File(chunk)) = msg.part else {
                 return Err(Status::invalid_argument("a second snapshot header"));
             };
@@ -176,6 +178,8 @@ impl RaftRpc for RaftService {
     async fn append_entries(&self, req: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
         self.check_reachable()?;
         let rpc: AppendEntriesRequest<TypeConfig> = Self::decode(&req.into_inner().data)?;
+        // Noted on arrival, as openraft notes it (a slow fsync must not look like silence).
+        self.core.heard_leader();
         let res = self.core.raft.append_entries(rpc).await;
         Ok(Response::new(RaftBytes {
             data: codec::encode(&res),
@@ -197,6 +201,7 @@ impl RaftRpc for RaftService {
     ) -> Result<Response<RaftBytes>, Status> {
         self.check_reachable()?;
         let data = self.receive_snapshot(req.into_inner()).await?;
+        self.core.heard_leader();
         Ok(Response::new(RaftBytes { data }))
     }
 
