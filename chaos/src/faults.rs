@@ -509,63 +509,98 @@ async fn corrupt_and_replace(
     rig.procs.remove(node)?;
 
     // Recovery: out of the membership, folder wiped, a new node under a new id.
-    let (_, leader_addr) = sealpost_harness::wait_ready(
-        &rig.cluster,
-        &mut rig.procs,
-        Duration::from_secs(RECOVERY_SECS_MAX),
-    )
-    .await?;
-    let admin = sealpost_harness::node_client(&rig.cluster, &leader_addr).await?;
-    admin_retry("removing the damaged node", || {
-        let a = admin.clone();
-        async move {
-            a.admin()
+    until_membership(
+        rig,
+        "removing the damaged node",
+        |m| !m.contains_key(&node),
+        |c| async move {
+            c.admin()
                 .remove_node(pb::RemoveNodeRequest { id: node })
                 .await
-        }
-    })
+                .map(|_| ())
+        },
+    )
     .await?;
     rig.cluster.discard_node(node).await?;
     std::fs::remove_dir_all(&node_dir).with_context(|| format!("wiping {}", node_dir.display()))?;
     let (new_id, addr) = rig.start_joiner().await?;
-    admin_retry("adding the replacement node", || {
-        let (a, addr) = (admin.clone(), addr.clone());
-        async move {
-            a.admin()
-                .add_node(pb::AddNodeRequest {
-                    id: new_id,
-                    addr,
-                    promote: true,
-                })
-                .await
-        }
-    })
+    until_membership(
+        rig,
+        "adding the replacement node",
+        |m| m.get(&new_id) == Some(&true),
+        |c| {
+            let addr = addr.clone();
+            async move {
+                c.admin()
+                    .add_node(pb::AddNodeRequest {
+                        id: new_id,
+                        addr,
+                        promote: true,
+                    })
+                    .await
+                    .map(|_| ())
+            }
+        },
+    )
     .await?;
     what.push_str(&format!("; removed, wiped, rejoined as node {new_id}"));
     Ok((refused, what, new_id))
 }
 
-/// Retries an administrative call that a leadership change can interrupt (bounded by
-/// [`REJOIN_SECS_MAX`]); "already done" answers count as done.
-async fn admin_retry<T, F, Fut>(what: &str, call: F) -> anyhow::Result<()>
+/// The members (id → voter) as the leader at `addr` and each member see it.
+async fn membership(
+    rig: &Rig,
+    addr: &str,
+) -> anyhow::Result<std::collections::BTreeMap<NodeId, bool>> {
+    let c = sealpost_harness::node_client(&rig.cluster, addr).await?;
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        c.admin().status(pb::StatusRequest { all_members: true }),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("{addr} gave no status in 10 s"))??
+    .into_inner();
+    Ok(r.members.iter().map(|m| (m.id, m.voter)).collect())
+}
+
+/// Calls `change` on the leader until the membership satisfies `done` (bounded by
+/// [`REJOIN_SECS_MAX`]): a leadership change can cut a call off, and an answer can be lost
+/// after the change took effect, so success is read from the membership, not the answer.
+async fn until_membership<D, C, Fut>(
+    rig: &mut Rig,
+    what: &str,
+    done: D,
+    change: C,
+) -> anyhow::Result<()>
 where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    D: Fn(&std::collections::BTreeMap<NodeId, bool>) -> bool,
+    C: Fn(sealpost_client::Client) -> Fut,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>>,
 {
     let deadline = Instant::now() + Duration::from_secs(REJOIN_SECS_MAX);
-    let mut last = String::new();
+    let mut last = String::from("not tried");
     // Bounded by the deadline.
     while Instant::now() < deadline {
-        match tokio::time::timeout(Duration::from_secs(REJOIN_SECS_MAX), call()).await {
-            Ok(Ok(_)) => return Ok(()),
-            Ok(Err(s)) if s.message().contains("already a member") => return Ok(()),
-            Ok(Err(s)) if s.message().contains("not a member") => return Ok(()),
+        let (_, leader) = sealpost_harness::wait_ready(
+            &rig.cluster,
+            &mut rig.procs,
+            Duration::from_secs(RECOVERY_SECS_MAX),
+        )
+        .await?;
+        match membership(rig, &leader).await {
+            Ok(m) if done(&m) => return Ok(()),
+            Ok(m) => last = format!("membership {m:?}"),
+            Err(e) => last = e.to_string(),
+        }
+        let c = sealpost_harness::node_client(&rig.cluster, &leader).await?;
+        match tokio::time::timeout(Duration::from_secs(REJOIN_SECS_MAX), change(c)).await {
             Ok(Err(s)) => last = format!("{:?}: {}", s.code(), s.message()),
             Err(_) => last = "no answer".into(),
+            Ok(Ok(())) => {}
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    anyhow::bail!("{what} failed for {REJOIN_SECS_MAX} s: {last}")
+    anyhow::bail!("{what} did not take effect in {REJOIN_SECS_MAX} s: {last}")
 }
 
 /// Waits (bounded) until every node has applied the same log: the same last applied index,

@@ -1,11 +1,14 @@
 //! `sealpost-chaos`: starts a real cluster of `sealpost node` processes (3 or 5, each with
-//! its own data folder and loopback ports), drives a mixed load through the client (sends,
-//! desk acknowledgements, directory writes), injects a seeded schedule of faults while it
-//! runs, heals everything, waits until every node has applied the same log, and then runs
-//! the invariant checkers (`checks/`). It writes a JSON report and prints a summary: faults
-//! by kind, operations attempted / acknowledged / failed, lost and duplicated writes, time
-//! to recover after each fault, and the seed that reproduces the run. It exits non-zero
-//! unless every checker passed. See CHAOS.md.
+//! its own data folder and loopback ports, talking to each other through a fault-injecting
+//! proxy, on LazyFs when the run includes power loss: `rig.rs`), drives a mixed load through
+//! the client (sends, desk acknowledgements, directory writes), injects a seeded schedule of
+//! faults while it runs (`faults.rs`), heals everything, waits until every node has applied
+//! the same log, and then runs the invariant checkers (`checks/`). `--scenario` runs one of
+//! two fixed scenarios instead, with which the test suite proves the checkers catch a node
+//! broken on purpose (`sealpost-broken-node`). It writes a JSON report and prints a
+//! summary: faults by kind, operations attempted / acknowledged / failed, lost and
+//! duplicated writes, time to recover after each fault, and the seed that reproduces the
+//! run. It exits non-zero unless every checker passed. See CHAOS.md.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -142,17 +142,39 @@ async fn learner_joins_from_a_multi_chunk_snapshot_then_a_node_is_removed() {
     );
 
     let (new_id, new_addr) = c.spawn_joiner().await.expect("new node starts");
+    let add = |promote| pb::AddNodeRequest {
+        id: new_id,
+        addr: new_addr.clone(),
+        promote,
+    };
+    // Added as a learner first; asking again with promotion (an operator's retry after a
+    // lost answer) promotes it instead of failing, and asking a third time changes nothing.
+    // Another address under a member's id is refused.
+    cl.admin().add_node(add(false)).await.expect("add learner");
     let r = cl
+        .admin()
+        .add_node(add(true))
+        .await
+        .expect("the retry promotes")
+        .into_inner();
+    assert!(r.log_index > 0);
+    let again = cl
+        .admin()
+        .add_node(add(true))
+        .await
+        .expect("a retry of a completed add succeeds")
+        .into_inner();
+    assert!(again.log_index >= r.log_index);
+    let moved = cl
         .admin()
         .add_node(pb::AddNodeRequest {
             id: new_id,
-            addr: new_addr,
+            addr: "127.0.0.1:1".into(),
             promote: true,
         })
         .await
-        .expect("add node")
-        .into_inner();
-    assert!(r.log_index > 0);
+        .expect_err("another address under a member's id");
+    assert_eq!(moved.code(), tonic::Code::FailedPrecondition, "{moved:?}");
     let (_, events, _) = converged(&c).await;
     assert_eq!(events, total);
     let joiner = c.node(new_id).expect("joiner");

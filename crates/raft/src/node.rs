@@ -268,8 +268,19 @@ impl Core {
         let voters: BTreeSet<NodeId> = membership.membership().voter_ids().collect();
         let resp = match op {
             MembershipOp::AddLearner { id, addr } => {
-                if membership.membership().get_node(&id).is_some() {
-                    return Err(NodeError::Invalid(format!("node {id} is already a member")));
+                match membership.membership().get_node(&id) {
+                    // Added already at this address: a retry after a lost answer succeeds
+                    // (and AddNode goes on to promote it).
+                    Some(n) if n.addr == addr => {
+                        return Ok(membership.log_id().map_or(0, |l| l.index));
+                    }
+                    Some(n) => {
+                        return Err(NodeError::Invalid(format!(
+                            "node {id} is already a member, at {}",
+                            n.addr
+                        )));
+                    }
+                    None => {}
                 }
                 self.raft
                     .add_learner(id, BasicNode::new(addr), true)
@@ -281,6 +292,10 @@ impl Core {
                     return Err(NodeError::Invalid(format!(
                         "node {id} is not a learner of this cluster; add it first"
                     )));
+                }
+                if voters.contains(&id) {
+                    // Promoted already: a retry after a lost answer succeeds.
+                    return Ok(membership.log_id().map_or(0, |l| l.index));
                 }
                 self.raft
                     .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)

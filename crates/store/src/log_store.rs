@@ -55,9 +55,24 @@ struct Inner {
     syncer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Broken on purpose (see [`crate::StoreOptions::unsafe_skip_fsync`]).
     skip_fsync: bool,
+    /// Held by every write and by the syncer's fsync, so an fsync never runs while a WAL
+    /// record is half written: RocksDB syncs the WAL file as far as it is written, and a
+    /// large batch reaches the file in several writes, so without this a power cut right
+    /// after an fsync could leave a torn final record, which AbsoluteConsistency recovery
+    /// rightly refuses (the chaos harness's power loss found it).
+    wal_lock: Arc<Mutex<()>>,
 }
 
 impl Inner {
+    /// Writes `batch`, never while the syncer is fsyncing the WAL.
+    fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()> {
+        let _wal = self
+            .wal_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        rocks::write(&self.db, &self.path, batch, durability)
+    }
+
     /// The durability of writes that must survive power loss.
     fn synced(&self) -> Durability {
         if self.skip_fsync {
@@ -82,7 +97,12 @@ impl Drop for Inner {
 
 /// The syncer thread: waits for an append, takes every other one already waiting (up to
 /// [`LOG_SYNC_GROUP_MAX`]), fsyncs the WAL once, and reports them all durable (or failed).
-fn run_syncer(db: Arc<DB>, path: PathBuf, rx: Receiver<LogFlushed<TypeConfig>>, skip_fsync: bool) {
+fn run_syncer(
+    db: Arc<DB>,
+    path: PathBuf,
+    rx: Receiver<LogFlushed<TypeConfig>>,
+    (skip_fsync, wal_lock): (bool, Arc<Mutex<()>>),
+) {
     let mut group = Vec::with_capacity(LOG_SYNC_GROUP_MAX);
     while let Ok(first) = rx.recv() {
         group.push(first);
@@ -96,6 +116,9 @@ fn run_syncer(db: Arc<DB>, path: PathBuf, rx: Receiver<LogFlushed<TypeConfig>>, 
         let synced = if skip_fsync {
             Ok(())
         } else {
+            let _wal = wal_lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             db.flush_wal(true)
         };
         let took = started.elapsed();
@@ -153,11 +176,13 @@ impl LogStore {
             },
         )?);
         let (sync_tx, rx) = std::sync::mpsc::sync_channel(LOG_SYNCS_PENDING_MAX);
+        let wal_lock = Arc::new(Mutex::new(()));
         let syncer = std::thread::Builder::new()
             .name("raft-log-sync".into())
             .spawn({
                 let (db, path) = (db.clone(), path.to_path_buf());
-                move || run_syncer(db, path, rx, skip_fsync)
+                let wal_lock = wal_lock.clone();
+                move || run_syncer(db, path, rx, (skip_fsync, wal_lock))
             })
             .map_err(Error::io(path))?;
         let store = Self {
@@ -168,6 +193,7 @@ impl LogStore {
                 sync_tx: Some(sync_tx),
                 syncer: Mutex::new(Some(syncer)),
                 skip_fsync,
+                wal_lock,
             }),
         };
         store.check()?;
@@ -231,7 +257,7 @@ impl LogStore {
     fn write_meta<T: serde::Serialize>(&self, k: &[u8], v: &T) -> Result<()> {
         let mut b = WriteBatch::default();
         b.put_cf(rocks::cf(&self.inner.db, CF_META), k, codec::encode(v));
-        rocks::write(&self.inner.db, &self.inner.path, b, self.inner.synced())
+        self.inner.write(b, self.inner.synced())
     }
 
     /// Bytes of log entries appended since the last purge (approximate after restarts).
@@ -359,7 +385,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             KEY_COMMITTED,
             codec::encode(&committed),
         );
-        rocks::write(&self.inner.db, &self.inner.path, b, Durability::Logged)
+        self.inner
+            .write(b, Durability::Logged)
             .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
@@ -389,7 +416,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         // One batch, written now (so readable when this returns) and fsynced by the syncer
         // (with whatever else is waiting) before openraft hears it is durable.
-        if let Err(e) = rocks::write(&self.inner.db, &self.inner.path, batch, Durability::Logged) {
+        if let Err(e) = self.inner.write(batch, Durability::Logged) {
             callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
             return Err(StorageIOError::write_logs(&e).into());
         }
@@ -416,7 +443,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             key(log_id.index),
             key(u64::MAX),
         );
-        rocks::write(&self.inner.db, &self.inner.path, b, self.inner.synced())
+        self.inner
+            .write(b, self.inner.synced())
             .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
@@ -432,7 +460,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             key(0),
             key(log_id.index + 1),
         );
-        rocks::write(&self.inner.db, &self.inner.path, b, self.inner.synced())
+        self.inner
+            .write(b, self.inner.synced())
             .map_err(|e| StorageError::from(StorageIOError::write_logs(&e)))?;
         self.inner.bytes_since_purge.store(0, Ordering::Relaxed);
         Ok(())
