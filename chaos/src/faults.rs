@@ -334,6 +334,8 @@ pub async fn inject(
         }
         FaultKind::PartitionLeader | FaultKind::PartitionRandom => {
             let mut others: Vec<NodeId> = nodes.iter().copied().filter(|n| *n != leader).collect();
+            // Drawn for both kinds (only partition-leader uses it) so that recorded seeds
+            // keep reproducing their schedules.
             rng.shuffle(&mut others);
             let minority_size = nodes.len() / 2;
             let mut minority: Vec<NodeId> = if kind == FaultKind::PartitionLeader {

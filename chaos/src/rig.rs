@@ -134,7 +134,7 @@ impl Rig {
         all.push(id);
         let addr = self
             .cluster
-            .lay_out_joiner(id, Some(peers_via(&self.proxy, id, &all)))
+            .lay_out_joiner(id, peers_via(&self.proxy, id, &all))
             .await?;
         self.proxy.set_target(id, &addr)?;
         let config = self.cluster.config_path(id);

@@ -263,19 +263,19 @@ impl NodeProcs {
 
     /// SIGSTOP node `id`: it stops answering, without closing a connection.
     pub fn pause(&mut self, id: NodeId) -> Result<()> {
-        let n = self.nodes.get_mut(&id).ok_or(Error::UnknownNode(id))?;
-        let pid = n.child.as_ref().ok_or(Error::NotRunning(id))?.id();
-        signal(pid, "STOP")?;
-        n.paused = true;
-        Ok(())
+        self.set_paused(id, true)
     }
 
     /// SIGCONT node `id`.
     pub fn resume(&mut self, id: NodeId) -> Result<()> {
+        self.set_paused(id, false)
+    }
+
+    fn set_paused(&mut self, id: NodeId, paused: bool) -> Result<()> {
         let n = self.nodes.get_mut(&id).ok_or(Error::UnknownNode(id))?;
         let pid = n.child.as_ref().ok_or(Error::NotRunning(id))?.id();
-        signal(pid, "CONT")?;
-        n.paused = false;
+        signal(pid, if paused { "STOP" } else { "CONT" })?;
+        n.paused = paused;
         Ok(())
     }
 

@@ -597,13 +597,12 @@ impl LocalCluster {
 
     /// Writes the configuration of a new node `id` that is not yet a member (it joins when
     /// the cluster adds it as a learner), on a fresh loopback port, without starting it; it
-    /// reaches the others at `peers` (default: their own addresses). Returns its address. An
-    /// id this layout already holds is refused: a node that lost its data rejoins under a
-    /// new id.
+    /// reaches the others at `peers`. Returns its address. An id this layout already holds
+    /// is refused: a node that lost its data rejoins under a new id.
     pub async fn lay_out_joiner(
         &mut self,
         id: NodeId,
-        peers: Option<Vec<Member>>,
+        peers: Vec<Member>,
     ) -> Result<String, LocalError> {
         if self.configs.contains_key(&id) || node_dir(&self.dir, id).exists() {
             return Err(LocalError::Layout(format!(
@@ -622,12 +621,6 @@ impl LocalCluster {
                 .map_err(io(&self.dir))?;
             l.local_addr().map_err(io(&self.dir))?.to_string()
         };
-        let peers = peers.unwrap_or_else(|| {
-            self.addrs()
-                .into_iter()
-                .map(|(id, addr)| Member { id, addr })
-                .collect()
-        });
         let cfg = self.write_node(
             id,
             &addr,
