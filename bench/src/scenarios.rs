@@ -35,6 +35,16 @@ use crate::peers::{PeerCluster, PeerKind};
 use crate::procs::{self, NodeProcs};
 use crate::report::{Latency, LoopKind, Phase, ProcessStats, ScenarioResult};
 
+/// The API limits of the benchmark's clusters: the defaults, without the
+/// per-organisation send rate (the load comes from one organisation, and the benchmark
+/// measures capacity, not that policy).
+fn bench_api() -> ApiLimits {
+    ApiLimits {
+        send_rate_per_org_per_s: 0,
+        ..ApiLimits::default()
+    }
+}
+
 /// How long a sent message may take to be reported routed before the operation fails.
 pub const ROUTED_WAIT_SECS_MAX: u64 = 30;
 /// Routed notifications kept for messages whose send has not returned yet.
@@ -265,7 +275,7 @@ async fn start_provider(ctx: &Ctx, cluster: &LocalCluster) -> anyhow::Result<(No
 
 pub async fn log(ctx: &Ctx) -> anyhow::Result<ScenarioResult> {
     let raft = RaftOptions::default();
-    let api = ApiLimits::default();
+    let api = bench_api();
     let messaging = LocalCluster::fitting_messaging(&raft, &api);
     let cluster = LocalCluster::lay_out(
         &ctx.work.join("log"),
@@ -478,7 +488,7 @@ async fn prime(op: &Op) -> anyhow::Result<Duration> {
 /// The hot path and then, on the same cluster, the replay (when `replay` is set).
 pub async fn hot_path(ctx: &Ctx, replay: bool) -> anyhow::Result<Vec<ScenarioResult>> {
     let raft = RaftOptions::default();
-    let api = ApiLimits::default();
+    let api = bench_api();
     let messaging = LocalCluster::fitting_messaging(&raft, &api);
     let cluster = LocalCluster::lay_out(
         &ctx.work.join("hot-path"),
@@ -589,7 +599,7 @@ async fn replay_from(
 
 pub async fn relay(ctx: &Ctx) -> anyhow::Result<ScenarioResult> {
     let raft = RaftOptions::default();
-    let api = ApiLimits::default();
+    let api = bench_api();
     let messaging = LocalCluster::fitting_messaging(&raft, &api);
     let mut providers = LocalCluster::lay_out_federation(
         &ctx.work.join("relay"),

@@ -417,6 +417,7 @@ async fn a_peer_outside_the_trust_bundle_is_refused() {
         ca: f.a.dir.join("ca.pem"),
         cert: f.a.dir.join("node-1/tls/node.pem"),
         key: f.a.dir.join("node-1/tls/node-key.pem"),
+        crl: None,
     };
     let ok = try_with(a_node.clone())
         .await

@@ -18,7 +18,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use sealpost_client::{Client, ClientConfig, Profile};
 use sealpost_core::ids::{HpiI, HpiO};
-use sealpost_crypto::tls::{DevCa, TlsPaths, write_file};
+use sealpost_crypto::tls::{DevCa, Role, Subject, TlsPaths, write_file};
 use sealpost_proto::v1 as pb;
 use sealpost_raft::RaftOptions;
 use sealpost_server::config::{ApiLimits, MessagingOptions};
@@ -344,6 +344,7 @@ fn client_config(
     for (i, (name, cluster)) in clusters.iter().enumerate() {
         let endpoints: Vec<String> = cluster.addrs().into_values().collect();
         let mk = |who: &str,
+                  role: Role,
                   org: Option<String>,
                   default_endpoint: Option<String>|
          -> anyhow::Result<Profile> {
@@ -352,13 +353,18 @@ fn client_config(
                 .map(HpiO::parse)
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("demo organisation id: {e}"))?;
-            let t = cluster.client_identity_for_org(who, hpio.as_ref())?;
+            let subject = match hpio {
+                Some(o) => Subject::Org(o),
+                None => Subject::Role(role),
+            };
+            let t = cluster.client_identity_as(who, subject)?;
             Ok(Profile {
                 endpoints: endpoints.clone(),
                 tls: TlsPaths {
                     ca: relative(data, &t.ca),
                     cert: relative(data, &t.cert),
                     key: relative(data, &t.key),
+                    crl: None,
                 },
                 organisation: org,
                 default_endpoint,
@@ -370,13 +376,24 @@ fn client_config(
         } else {
             format!("{name}-admin")
         };
-        profiles.insert(admin_name, mk("admin", None, None)?);
+        profiles.insert(admin_name, mk("admin", Role::Operator, None, None)?);
+        let auditor_name = if i == 0 {
+            "auditor".to_string()
+        } else {
+            format!("{name}-auditor")
+        };
+        profiles.insert(auditor_name, mk("auditor", Role::Auditor, None, None)?);
         for org in demo_at(i, clusters.len()) {
             let hpio = HpiO::from_serial(org.serial);
             let default_ep = org.services.first().map(|s| format!("{hpio}/{}", s.0));
             profiles.insert(
                 org.profile.to_string(),
-                mk(org.profile, Some(hpio.to_string()), default_ep)?,
+                mk(
+                    org.profile,
+                    Role::Operator,
+                    Some(hpio.to_string()),
+                    default_ep,
+                )?,
             );
         }
     }
@@ -707,16 +724,29 @@ pub fn certs(args: CertsArgs) -> anyhow::Result<()> {
     }
     let receipt_key = sealpost_crypto::provider_key::ProviderKey::load(&provider_key)?.public_hex();
     for spec in &args.clients {
-        let (c, org) = match spec.split_once('=') {
-            Some((name, hpio)) => (
+        let (c, subject) = match spec.split_once('=') {
+            Some((name, who)) => (
                 name,
-                Some(HpiO::parse(hpio).map_err(|e| anyhow::anyhow!("--clients {spec}: {e}"))?),
+                match who.parse::<Role>() {
+                    Ok(Role::Node) => anyhow::bail!(
+                        "--clients {spec}: node certificates come from --nodes, not --clients"
+                    ),
+                    Ok(role) => Subject::Role(role),
+                    Err(_) => Subject::Org(HpiO::parse(who).map_err(|e| {
+                        anyhow::anyhow!(
+                            "--clients {spec}: neither a role (operator, auditor) nor an HPI-O: {e}"
+                        )
+                    })?),
+                },
             ),
-            None => (spec.as_str(), None),
+            None => (spec.as_str(), Subject::Role(Role::Operator)),
         };
         let cert = out.join("clients").join(format!("{c}.pem"));
         if !cert.exists() {
-            let id = ca.issue_client_for_org(c, org.as_ref())?;
+            let id = match &subject {
+                Subject::Org(org) => ca.issue_for_org(c, org)?,
+                Subject::Role(role) => ca.issue_role(c, *role)?,
+            };
             write_file(&cert, &id.cert_pem, false)?;
             write_file(
                 &out.join("clients").join(format!("{c}-key.pem")),

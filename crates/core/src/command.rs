@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::directory::{
     EndpointSpec, FieldError, NOTE_BYTES_MAX, OrganisationSpec, PublicKeys, check_text,
 };
-use crate::event::{EVENT_VERSION_CURRENT, Event};
+use crate::event::{DenialCount, EVENT_VERSION_CURRENT, Event};
 use crate::federation::{
     Notification, PEER_CHANGES_MAX, PeerChange, RELAY_BATCH_MESSAGES_MAX, TransportReceipt,
     check_provider, cursor,
@@ -132,7 +132,21 @@ pub enum Command {
         before_ts_ms: u64,
         through_seq: u64,
     },
+    /// A node's summary of the calls it refused for lack of permission in a period.
+    RecordDenials {
+        node: u64,
+        from_ms: u64,
+        until_ms: u64,
+        denials: Vec<DenialCount>,
+    },
 }
+
+/// Most (identity, action) pairs one denial summary carries; a node folds the rest into
+/// one entry.
+pub const DENIAL_SUMMARY_ENTRIES_MAX: usize = 256;
+
+/// Longest identity, subject or action text in a denial summary, in bytes.
+pub const DENIAL_TEXT_BYTES_MAX: usize = 128;
 
 /// Longest audit query recorded with an `AuditRead`, in bytes.
 pub const AUDIT_QUERY_BYTES_MAX: usize = 1024;
@@ -256,6 +270,34 @@ impl Command {
                 check_text("query", query, AUDIT_QUERY_BYTES_MAX)?;
             }
             Command::DropPayloads { .. } => {}
+            Command::RecordDenials {
+                from_ms,
+                until_ms,
+                denials,
+                ..
+            } => {
+                if denials.is_empty() || denials.len() > DENIAL_SUMMARY_ENTRIES_MAX {
+                    return Err(Rejection::InvalidArgument(format!(
+                        "denials: {} entries, expected 1 to {DENIAL_SUMMARY_ENTRIES_MAX}",
+                        denials.len()
+                    )));
+                }
+                if from_ms > until_ms {
+                    return Err(Rejection::InvalidArgument(format!(
+                        "denials: the period ends ({until_ms}) before it starts ({from_ms})"
+                    )));
+                }
+                for d in denials {
+                    check_text("identity", &d.identity, DENIAL_TEXT_BYTES_MAX)?;
+                    check_text("subject", &d.subject, DENIAL_TEXT_BYTES_MAX)?;
+                    check_text("action", &d.action, DENIAL_TEXT_BYTES_MAX)?;
+                    if d.count == 0 {
+                        return Err(Rejection::InvalidArgument(
+                            "denials: a count of zero".into(),
+                        ));
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -336,7 +378,7 @@ impl Command {
                 cursors: vec![(cursor::OUTCOMES, org.to_string())],
                 ..Reads::default()
             },
-            Command::RecordAuditRead { .. } => Reads::default(),
+            Command::RecordAuditRead { .. } | Command::RecordDenials { .. } => Reads::default(),
             Command::DropPayloads { .. } => Reads {
                 cursors: vec![(crate::retention::CURSOR, String::new())],
                 ..Reads::default()
@@ -366,6 +408,7 @@ impl Command {
             Command::OutcomesNotified { .. } => "outcomes_notified",
             Command::RecordAuditRead { .. } => "record_audit_read",
             Command::DropPayloads { .. } => "drop_payloads",
+            Command::RecordDenials { .. } => "record_denials",
         }
     }
 }
@@ -523,6 +566,17 @@ pub fn decide(
             query,
             from_seq,
             to_seq,
+        }],
+        Command::RecordDenials {
+            node,
+            from_ms,
+            until_ms,
+            denials,
+        } => vec![Event::AccessDenied {
+            node,
+            from_ms,
+            until_ms,
+            denials,
         }],
         Command::PublishEndpoint(e) => {
             let Some(org) = facts.organisation(&e.id.org) else {

@@ -17,7 +17,7 @@ use crate::message::{AckStatus, Envelope, FailReason, MessageId};
 
 /// Version of the event model this build writes and understands. A node refuses to apply
 /// an event whose variant was introduced after this.
-pub const EVENT_VERSION_CURRENT: u16 = 4;
+pub const EVENT_VERSION_CURRENT: u16 = 5;
 
 /// Version tag of the canonical record encoding (the hashed bytes).
 pub const CANONICAL_RECORD_VERSION: u8 = 1;
@@ -149,6 +149,27 @@ pub enum Event {
         from_seq: u64,
         through_seq: u64,
     },
+    /// Calls refused for lack of permission between `from_ms` and `until_ms` on one node,
+    /// counted per identity and action (an access event): a summary, so a flood of
+    /// denials costs one event per period, not one per call. Since v5.
+    AccessDenied {
+        node: u64,
+        from_ms: u64,
+        until_ms: u64,
+        denials: Vec<DenialCount>,
+    },
+}
+
+/// How often one identity was refused one action in a denial summary.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct DenialCount {
+    /// The caller as events name actors: its certificate's fingerprint (or `anonymous`).
+    pub identity: String,
+    /// What its certificate said it was: `organisation <HPI-O>`, a role, or `nobody`.
+    pub subject: String,
+    /// The refused action (`fetch`, `read-mail`, `directory-write`, ...).
+    pub action: String,
+    pub count: u64,
 }
 
 impl Event {
@@ -174,6 +195,7 @@ impl Event {
             | Event::OutcomesNotified { .. }
             | Event::AuditRead { .. } => 3,
             Event::Reprocessed { .. } | Event::PayloadsDropped { .. } => 4,
+            Event::AccessDenied { .. } => 5,
         }
     }
 
@@ -200,6 +222,7 @@ impl Event {
             Event::AuditRead { .. } => "audit_read",
             Event::Reprocessed { .. } => "reprocessed",
             Event::PayloadsDropped { .. } => "payloads_dropped",
+            Event::AccessDenied { .. } => "access_denied",
         }
     }
 
@@ -225,6 +248,7 @@ impl Event {
             | Event::Relayed { .. }
             | Event::NotificationsRelayed { .. }
             | Event::PayloadsDropped { .. }
+            | Event::AccessDenied { .. }
             | Event::AuditRead { .. } => None,
         }
     }
@@ -393,6 +417,21 @@ impl Event {
                     .u64(*before_ts_ms)
                     .u64(*from_seq)
                     .u64(*through_seq);
+            }
+            Event::AccessDenied {
+                node,
+                from_ms,
+                until_ms,
+                denials,
+            } => {
+                c.u16(21).u64(*node).u64(*from_ms).u64(*until_ms);
+                c.count(denials.len());
+                for d in denials {
+                    c.str(&d.identity)
+                        .str(&d.subject)
+                        .str(&d.action)
+                        .u64(d.count);
+                }
             }
         }
     }

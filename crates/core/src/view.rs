@@ -241,6 +241,7 @@ pub fn event_reads(event: &Event) -> Reads {
         | Event::NotificationsRelayed { .. }
         | Event::OutcomesNotified { .. }
         | Event::PayloadsDropped { .. }
+        | Event::AccessDenied { .. }
         | Event::AuditRead { .. } => Reads::default(),
         // Which recipients are hosted here and which by a peer.
         Event::Sent { envelope, .. } | Event::Received { envelope, .. } => Reads {
@@ -362,7 +363,7 @@ pub fn fold(event: &Event, seq: u64, ts_ms: u64, facts: &Facts) -> Vec<ViewChang
             crate::federation::fold_outcomes_notified(org, *through_seq)
         }
         // The event store itself is the record of an audit read.
-        Event::AuditRead { .. } => Vec::new(),
+        Event::AuditRead { .. } | Event::AccessDenied { .. } => Vec::new(),
         // The store rewrites the payloads; the views keep only the cursor.
         Event::PayloadsDropped { through_seq, .. } => crate::retention::fold_dropped(*through_seq),
     }

@@ -3,7 +3,12 @@
 //! Each provider has its own CA. Nodes get one certificate valid for both server and
 //! client authentication (nodes talk to each other over mutual TLS); client profiles get
 //! client certificates. A client certificate may name the organisation it acts for in a
-//! URI subject alternative name `urn:sealpost:org:<HPI-O>` ([`client_org`] reads it back).
+//! URI subject alternative name `urn:sealpost:org:<HPI-O>` ([`client_org`] reads it back);
+//! the others name a role, `urn:sealpost:role:<operator|auditor|node>` ([`principal`] reads
+//! whichever one a certificate names). The CA revokes by publishing a CRL
+//! ([`DevCa::crl`]); [`ReloadingServerTls`] builds the servers' rustls configuration from
+//! the CA bundle, the node's identity and the CRL, and builds it again when a file
+//! changes, so certificates, trust bundles and revocations rotate without a restart.
 //! Everything is PEM on disk so operators can swap in their own PKI.
 
 use std::path::{Path, PathBuf};
@@ -38,6 +43,9 @@ pub struct TlsPaths {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The certificate revocation list(s) of the CA, PEM; none means nothing is revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl: Option<PathBuf>,
 }
 
 /// A TLS identity and CA loaded from [`TlsPaths`].
@@ -45,6 +53,8 @@ pub struct TlsPaths {
 pub struct TlsMaterial {
     pub ca_pem: String,
     pub identity: Identity,
+    /// PEM `X509 CRL` blocks, empty when nothing is revoked.
+    pub crl_pem: String,
 }
 
 impl std::fmt::Debug for TlsMaterial {
@@ -79,21 +89,38 @@ impl TlsPaths {
         check_pem(&self.cert, &cert_pem, "CERTIFICATE")?;
         let key_pem = read(&self.key)?;
         check_pem(&self.key, &key_pem, "PRIVATE KEY")?;
+        let crl_pem = match &self.crl {
+            Some(path) => {
+                let text = read(path)?;
+                check_pem(path, &text, "X509 CRL")?;
+                text
+            }
+            None => String::new(),
+        };
         Ok(TlsMaterial {
             ca_pem,
             identity: Identity { cert_pem, key_pem },
+            crl_pem,
         })
     }
 }
 
 /// A rustls server configuration (ring provider) that presents `material`'s identity and
-/// requires every client to present a certificate issued by `material`'s CA: for listeners
-/// outside tonic (MLLP over TLS).
+/// requires every client to present a certificate issued by `material`'s CA, unexpired and
+/// not revoked by its CRL: for listeners outside tonic (MLLP over TLS).
 pub fn mutual_tls_server_config(
     material: &TlsMaterial,
 ) -> Result<std::sync::Arc<rustls::ServerConfig>> {
+    server_config(material, &[])
+}
+
+/// [`mutual_tls_server_config`] offering the ALPN protocols `alpn` (gRPC needs `h2`).
+pub fn server_config(
+    material: &TlsMaterial,
+    alpn: &[&[u8]],
+) -> Result<std::sync::Arc<rustls::ServerConfig>> {
     use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
     let bad = |problem: String| Error::BadFile {
         path: std::path::PathBuf::from("<tls material>"),
         problem,
@@ -106,10 +133,18 @@ pub fn mutual_tls_server_config(
             .add(c)
             .map_err(|e| bad(format!("CA certificate: {e}")))?;
     }
+    let crls = CertificateRevocationListDer::pem_slice_iter(material.crl_pem.as_bytes())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("CRL: {e}")))?;
+    // Only the client's own certificate is checked against the CRLs (the chain is one CA
+    // deep), and a certificate of a CA that published no CRL here is not refused for it.
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         std::sync::Arc::new(roots),
         provider.clone(),
     )
+    .with_crls(crls)
+    .only_check_end_entity_revocation()
+    .allow_unknown_revocation_status()
     .build()
     .map_err(|e| bad(format!("client verifier: {e}")))?;
     let certs = CertificateDer::pem_slice_iter(material.identity.cert_pem.as_bytes())
@@ -117,13 +152,94 @@ pub fn mutual_tls_server_config(
         .map_err(|e| bad(format!("certificate: {e}")))?;
     let key = PrivateKeyDer::from_pem_slice(material.identity.key_pem.as_bytes())
         .map_err(|e| bad(format!("private key: {e}")))?;
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| bad(format!("protocol versions: {e}")))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)
         .map_err(|e| bad(format!("certificate and key: {e}")))?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(std::sync::Arc::new(config))
+}
+
+/// What a file looked like when last read: its modification time and length.
+type Stamp = Vec<Option<(std::time::SystemTime, u64)>>;
+
+fn stamp(paths: &TlsPaths) -> Stamp {
+    let mut files = vec![&paths.ca, &paths.cert, &paths.key];
+    files.extend(paths.crl.as_ref());
+    files
+        .into_iter()
+        .map(|p| {
+            std::fs::metadata(p)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())))
+        })
+        .collect()
+}
+
+/// A server's TLS configuration built from files (CA bundle, identity, CRL) and built
+/// again when one of them changes: each new connection gets the newest configuration,
+/// connections already open keep theirs. A change that does not load (a half-written
+/// file, a key that does not match) keeps the previous configuration and is reported.
+pub struct ReloadingServerTls {
+    paths: TlsPaths,
+    alpn: Vec<Vec<u8>>,
+    current: std::sync::RwLock<(std::sync::Arc<rustls::ServerConfig>, Stamp)>,
+}
+
+impl std::fmt::Debug for ReloadingServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadingServerTls")
+            .field("paths", &self.paths)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReloadingServerTls {
+    /// Loads the files now; fails when they do not make a configuration.
+    pub fn load(paths: TlsPaths, alpn: &[&[u8]]) -> Result<Self> {
+        let before = stamp(&paths);
+        let config = server_config(&paths.load()?, alpn)?;
+        Ok(Self {
+            alpn: alpn.iter().map(|p| p.to_vec()).collect(),
+            current: std::sync::RwLock::new((config, before)),
+            paths,
+        })
+    }
+
+    /// The configuration for the next connection.
+    pub fn current(&self) -> std::sync::Arc<rustls::ServerConfig> {
+        match self.current.read() {
+            Ok(g) => g.0.clone(),
+            Err(poisoned) => poisoned.into_inner().0.clone(),
+        }
+    }
+
+    /// Reads the files again if any changed since the last load: `Ok(true)` when a new
+    /// configuration is in force, `Ok(false)` when nothing changed, an error (and the old
+    /// configuration still in force) when the changed files do not load.
+    pub fn reload_if_changed(&self) -> Result<bool> {
+        let now = stamp(&self.paths);
+        let unchanged = match self.current.read() {
+            Ok(g) => g.1 == now,
+            Err(poisoned) => poisoned.into_inner().1 == now,
+        };
+        if unchanged {
+            return Ok(false);
+        }
+        let alpn: Vec<&[u8]> = self.alpn.iter().map(|p| p.as_slice()).collect();
+        let config = server_config(&self.paths.load()?, &alpn);
+        let mut g = match self.current.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        // Even a failed load records the stamp, so one bad file is reported once, not on
+        // every poll; the next change to any file is tried again.
+        g.1 = now;
+        g.0 = config?;
+        Ok(true)
+    }
 }
 
 /// Writes a file, creating its folder; private keys get mode 0600. A private file is
@@ -222,12 +338,18 @@ impl DevCa {
         &self.cert_pem
     }
 
-    fn issue(
+    fn issue(&self, common_name: &str, sans: &[String], subject: Subject) -> Result<Identity> {
+        self.issue_with(common_name, sans, subject, None)
+    }
+
+    /// Issues a certificate; `validity` overrides the default (from now, for rcgen's
+    /// default span) with explicit not-before and not-after times.
+    fn issue_with(
         &self,
         common_name: &str,
         sans: &[String],
-        org: Option<&HpiO>,
-        server: bool,
+        subject: Subject,
+        validity: Option<(time::OffsetDateTime, time::OffsetDateTime)>,
     ) -> Result<Identity> {
         let mut p = CertificateParams::new(Vec::<String>::new())?;
         for san in sans {
@@ -237,10 +359,11 @@ impl DevCa {
                     Err(_) => SanType::DnsName(san.clone().try_into()?),
                 });
         }
-        if let Some(org) = org {
-            p.subject_alt_names
-                .push(SanType::URI(format!("{ORG_URI_PREFIX}{org}").try_into()?));
-        }
+        let uri = match &subject {
+            Subject::Org(org) => format!("{ORG_URI_PREFIX}{org}"),
+            Subject::Role(role) => format!("{ROLE_URI_PREFIX}{}", role.as_str()),
+        };
+        p.subject_alt_names.push(SanType::URI(uri.try_into()?));
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, common_name);
         dn.push(DnType::OrganizationName, self.name.as_str());
@@ -250,9 +373,13 @@ impl DevCa {
             KeyUsagePurpose::KeyEncipherment,
         ];
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        if server {
+        if subject == Subject::Role(Role::Node) {
             p.extended_key_usages
                 .push(ExtendedKeyUsagePurpose::ServerAuth);
+        }
+        if let Some((from, until)) = validity {
+            p.not_before = from;
+            p.not_after = until;
         }
         let key = KeyPair::generate()?;
         // The issuer is rebuilt from the CA's parameters: same subject, same key.
@@ -264,51 +391,202 @@ impl DevCa {
         })
     }
 
-    /// A node certificate, valid for serving and for connecting to peers. `hosts` are the
-    /// DNS names and IP addresses peers and clients use to reach it.
+    /// A node certificate, valid for serving and for connecting to peers; it names the
+    /// role `node`. `hosts` are the DNS names and IP addresses peers and clients use to
+    /// reach it.
     pub fn issue_node(&self, node_name: &str, hosts: &[String]) -> Result<Identity> {
-        self.issue(node_name, hosts, None, true)
+        self.issue(node_name, hosts, Subject::Role(Role::Node))
     }
 
-    /// A client certificate for a CLI profile or an application, naming no organisation.
-    pub fn issue_client(&self, client_name: &str) -> Result<Identity> {
-        self.issue(client_name, &[], None, false)
+    /// A client certificate for a person or program acting in `role` (an operator or an
+    /// auditor; [`DevCa::issue_node`] issues node certificates).
+    pub fn issue_role(&self, client_name: &str, role: Role) -> Result<Identity> {
+        self.issue(client_name, &[], Subject::Role(role))
     }
 
-    /// A client certificate that, when `org` is given, names the organisation it acts for
-    /// in a URI subject alternative name `urn:sealpost:org:<HPI-O>`.
-    pub fn issue_client_for_org(&self, client_name: &str, org: Option<&HpiO>) -> Result<Identity> {
-        self.issue(client_name, &[], org, false)
+    /// A client certificate that acts for the organisation `org`, named in a URI subject
+    /// alternative name `urn:sealpost:org:<HPI-O>`.
+    pub fn issue_for_org(&self, client_name: &str, org: &HpiO) -> Result<Identity> {
+        self.issue(client_name, &[], Subject::Org(org.clone()))
+    }
+
+    /// A certificate for `subject` valid only between `not_before` and `not_after`
+    /// (expired and not-yet-valid certificates, for the refusal tests and drills).
+    pub fn issue_valid_between(
+        &self,
+        client_name: &str,
+        subject: Subject,
+        not_before: std::time::SystemTime,
+        not_after: std::time::SystemTime,
+    ) -> Result<Identity> {
+        self.issue_with(
+            client_name,
+            &[],
+            subject,
+            Some((not_before.into(), not_after.into())),
+        )
+    }
+
+    /// A certificate for `subject` whose public key comes from a PKCS#10 request (PEM):
+    /// onboarding, where the organisation keeps its private key. The request's own
+    /// subject and extensions are ignored: the CA sets the name and the identity.
+    pub fn sign_csr(&self, client_name: &str, subject: Subject, csr_pem: &str) -> Result<String> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
+        let uri = match &subject {
+            Subject::Org(org) => format!("{ORG_URI_PREFIX}{org}"),
+            Subject::Role(role) => format!("{ROLE_URI_PREFIX}{}", role.as_str()),
+        };
+        p.subject_alt_names.push(SanType::URI(uri.try_into()?));
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, client_name);
+        dn.push(DnType::OrganizationName, self.name.as_str());
+        p.distinguished_name = dn;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let issuer = Issuer::new(ca_params(&self.name)?, &self.key);
+        Ok(p.signed_by(&csr.public_key, &issuer)?.pem())
+    }
+
+    /// A CRL signed by this CA revoking the certificates with the given serial numbers
+    /// (big-endian bytes, as [`serial_of`] reads them), valid for `valid_for`; `number`
+    /// is the CRL number, which must grow with each CRL the CA publishes.
+    pub fn crl(
+        &self,
+        revoked: &[Vec<u8>],
+        number: u64,
+        valid_for: std::time::Duration,
+    ) -> Result<String> {
+        let now = time::OffsetDateTime::now_utc();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now,
+            next_update: now + valid_for,
+            crl_number: rcgen::SerialNumber::from(number.to_be_bytes().to_vec()),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|serial| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(serial.clone()),
+                    revocation_time: now,
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let issuer = Issuer::new(ca_params(&self.name)?, &self.key);
+        Ok(params.signed_by(&issuer)?.pem()?)
     }
 }
 
-/// The organisation a DER client certificate names in its `urn:sealpost:org:<HPI-O>` URI
-/// subject alternative name, validated as an HPI-O. `None` when the certificate does not
-/// parse, names no organisation, names an invalid HPI-O or names more than one.
+/// The serial number of a PEM certificate, big-endian bytes: what a CRL names.
+pub fn serial_of(cert_pem: &str) -> Result<Vec<u8>> {
+    let bad = |problem: String| Error::BadFile {
+        path: PathBuf::from("<certificate>"),
+        problem,
+    };
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+        .map_err(|e| bad(format!("not a PEM certificate: {e}")))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| bad(format!("not an X.509 certificate: {e}")))?;
+    Ok(cert.raw_serial().to_vec())
+}
+
+/// Prefix of the URI subject alternative name that names a client's role.
+pub const ROLE_URI_PREFIX: &str = "urn:sealpost:role:";
+
+/// The roles a certificate can name instead of an organisation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// Administers the cluster and the directory; never reads payloads.
+    Operator,
+    /// Replays, searches and verifies the audit trail; never reads payloads.
+    Auditor,
+    /// A node of this provider: the Raft service.
+    Node,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Operator => "operator",
+            Role::Auditor => "auditor",
+            Role::Node => "node",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "operator" => Ok(Role::Operator),
+            "auditor" => Ok(Role::Auditor),
+            "node" => Ok(Role::Node),
+            other => Err(format!(
+                "unknown role {other:?}: expected operator, auditor or node"
+            )),
+        }
+    }
+}
+
+/// Who a certificate says its holder is: an organisation or a role, exactly one.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Subject {
+    Org(HpiO),
+    Role(Role),
+}
+
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subject::Org(org) => write!(f, "organisation {org}"),
+            Subject::Role(role) => write!(f, "{}", role.as_str()),
+        }
+    }
+}
+
+/// The subject a DER certificate names: one `urn:sealpost:org:<HPI-O>` or one
+/// `urn:sealpost:role:<role>` URI subject alternative name (repeats of the same one are
+/// allowed). `None` when the certificate does not parse, names neither, names both, names
+/// two different ones, or names an invalid HPI-O or an unknown role: such a certificate
+/// may do nothing.
 ///
 /// This only reads the certificate: call it on a certificate whose chain TLS has already
 /// verified against the provider's CA.
-pub fn client_org(der: &[u8]) -> Option<HpiO> {
+pub fn principal(der: &[u8]) -> Option<Subject> {
     let (rest, cert) = X509Certificate::from_der(der).ok()?;
     if !rest.is_empty() {
         return None;
     }
     let san = cert.subject_alternative_name().ok()??;
-    let mut found: Option<HpiO> = None;
+    let mut found: Option<Subject> = None;
     for name in &san.value.general_names {
         let GeneralName::URI(uri) = name else {
             continue;
         };
-        let Some(rest) = uri.strip_prefix(ORG_URI_PREFIX) else {
+        let subject = if let Some(rest) = uri.strip_prefix(ORG_URI_PREFIX) {
+            Subject::Org(HpiO::parse(rest).ok()?)
+        } else if let Some(rest) = uri.strip_prefix(ROLE_URI_PREFIX) {
+            Subject::Role(rest.parse().ok()?)
+        } else {
             continue;
         };
-        let org = HpiO::parse(rest).ok()?;
         match &found {
-            Some(prev) if prev != &org => return None,
-            _ => found = Some(org),
+            Some(prev) if prev != &subject => return None,
+            _ => found = Some(subject),
         }
     }
     found
+}
+
+/// The organisation a DER client certificate acts for ([`principal`] when it names one).
+pub fn client_org(der: &[u8]) -> Option<HpiO> {
+    match principal(der)? {
+        Subject::Org(org) => Some(org),
+        Subject::Role(_) => None,
+    }
 }
 
 /// SHA-256 fingerprint of a DER certificate, hex encoded: how sealpost names a client
@@ -364,25 +642,114 @@ mod tests {
     }
 
     #[test]
-    fn client_certificates_name_their_organisation() {
+    fn a_certificate_names_one_organisation_or_one_role() {
         let ca = DevCa::generate("prov-a").expect("ca");
         let org = HpiO::from_serial(42);
-        let with = ca
-            .issue_client_for_org("clinic-app", Some(&org))
-            .expect("issue");
-        assert_eq!(client_org(&der(&with.cert_pem)), Some(org));
-        let without = ca.issue_client_for_org("cli", None).expect("issue");
-        assert_eq!(client_org(&der(&without.cert_pem)), None);
-        let plain = ca.issue_client("cli").expect("issue");
-        assert_eq!(client_org(&der(&plain.cert_pem)), None);
+        let with = ca.issue_for_org("clinic-app", &org).expect("issue");
+        assert_eq!(client_org(&der(&with.cert_pem)), Some(org.clone()));
+        assert_eq!(
+            principal(&der(&with.cert_pem)),
+            Some(Subject::Org(org.clone()))
+        );
+        for role in [Role::Operator, Role::Auditor] {
+            let id = ca.issue_role("cli", role).expect("issue");
+            assert_eq!(principal(&der(&id.cert_pem)), Some(Subject::Role(role)));
+            assert_eq!(client_org(&der(&id.cert_pem)), None);
+        }
         let node = ca
             .issue_node("node-1", &["localhost".into()])
             .expect("issue");
-        assert_eq!(client_org(&der(&node.cert_pem)), None);
-        assert_eq!(client_org(b"not a certificate"), None);
+        assert_eq!(
+            principal(&der(&node.cert_pem)),
+            Some(Subject::Role(Role::Node))
+        );
+        // Both an organisation and a role, two roles, an unknown role, or nothing: nobody.
+        let role = |r: &str| format!("{ROLE_URI_PREFIX}{r}");
+        let org_uri = format!("{ORG_URI_PREFIX}{org}");
+        assert_eq!(principal(&with_uris(&[org_uri, role("operator")])), None);
+        assert_eq!(
+            principal(&with_uris(&[role("auditor"), role("operator")])),
+            None
+        );
+        assert_eq!(principal(&with_uris(&[role("superuser")])), None);
+        assert_eq!(principal(&with_uris(&[])), None);
+        assert_eq!(principal(b"not a certificate"), None);
         let mut trailing = der(&with.cert_pem);
         trailing.push(0);
-        assert_eq!(client_org(&trailing), None);
+        assert_eq!(principal(&trailing), None);
+    }
+
+    #[test]
+    fn a_csr_is_signed_for_the_identity_the_ca_chooses() {
+        let ca = DevCa::generate("prov-a").expect("ca");
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        // The request asks to be an operator; the CA makes it an organisation.
+        params.subject_alt_names.push(SanType::URI(
+            format!("{ROLE_URI_PREFIX}operator")
+                .try_into()
+                .expect("ia5"),
+        ));
+        let csr = params
+            .serialize_request(&key)
+            .expect("csr")
+            .pem()
+            .expect("pem");
+        let org = HpiO::from_serial(7);
+        let cert = ca
+            .sign_csr("clinic", Subject::Org(org.clone()), &csr)
+            .expect("signed");
+        assert_eq!(principal(&der(&cert)), Some(Subject::Org(org)));
+        assert!(
+            ca.sign_csr("x", Subject::Role(Role::Auditor), "junk")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_changed_crl_is_picked_up_and_a_bad_one_keeps_the_old_configuration() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = DevCa::generate("prov-a").expect("ca");
+        let node = ca.issue_node("n1", &["127.0.0.1".into()]).expect("node");
+        let paths = TlsPaths {
+            ca: dir.path().join("ca.pem"),
+            cert: dir.path().join("n1.pem"),
+            key: dir.path().join("n1-key.pem"),
+            crl: Some(dir.path().join("ca.crl")),
+        };
+        write_file(&paths.ca, ca.cert_pem(), false).expect("ca");
+        write_file(&paths.cert, &node.cert_pem, false).expect("cert");
+        write_file(&paths.key, &node.key_pem, true).expect("key");
+        let day = std::time::Duration::from_secs(86_400);
+        write_file(
+            paths.crl.as_ref().expect("crl"),
+            &ca.crl(&[], 1, day).expect("crl"),
+            false,
+        )
+        .expect("write");
+        let tls = ReloadingServerTls::load(paths.clone(), &[b"h2"]).expect("load");
+        assert_eq!(tls.current().alpn_protocols, vec![b"h2".to_vec()]);
+        assert!(!tls.reload_if_changed().expect("nothing changed"));
+        let first = tls.current();
+        let client = ca
+            .issue_for_org("c", &HpiO::from_serial(1))
+            .expect("client");
+        let revoked = ca
+            .crl(&[serial_of(&client.cert_pem).expect("serial")], 2, day)
+            .expect("crl");
+        // A longer file, so the change is seen even within the clock's resolution.
+        write_file(
+            paths.crl.as_ref().expect("crl"),
+            &format!("{revoked}\n"),
+            false,
+        )
+        .expect("write");
+        assert!(tls.reload_if_changed().expect("reloaded"));
+        assert!(!std::sync::Arc::ptr_eq(&first, &tls.current()));
+        let second = tls.current();
+        write_file(&paths.key, "-----BEGIN PRIVATE KEY-----\ngarbage\n", true).expect("write");
+        assert!(tls.reload_if_changed().is_err());
+        assert!(std::sync::Arc::ptr_eq(&second, &tls.current()));
     }
 
     #[test]

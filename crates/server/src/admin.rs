@@ -17,8 +17,8 @@ use tonic::{Request, Response, Status};
 use sealpost_store::rebuild::{RebuildPhase, RebuildReport};
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::authz::{Action, Caller, Guard};
 use crate::convert;
-use crate::messaging::{Caller, require_operator};
 use crate::relay_worker::LastErrors;
 use sealpost_core::Outcome;
 use sealpost_core::command::{Command, Proposal};
@@ -59,6 +59,7 @@ pub struct AdminService {
     listing_items_max: u32,
     /// How long a reprocessed recipient has to be routed.
     reprocess_deliver_within_ms: u64,
+    guard: Guard,
 }
 
 pub fn role_name(s: ServerState, voter: bool) -> &'static str {
@@ -99,8 +100,10 @@ impl AdminService {
         relay_errors: LastErrors,
         listing_items_max: u32,
         reprocess_deliver_within_ms: u64,
+        guard: Guard,
     ) -> Self {
         Self {
+            guard,
             node,
             member_status_timeout,
             relay_errors,
@@ -109,8 +112,11 @@ impl AdminService {
         }
     }
 
-    fn operator_only<T>(&self, req: &Request<T>, what: &str) -> Result<Caller, Status> {
-        require_operator(req, self.node.id(), what)
+    /// Refuses (and records) callers that are not operators.
+    fn operator_only<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        let caller = Caller::of(req, self.node.id());
+        self.guard.check(&caller, Action::Administer)?;
+        Ok(caller)
     }
 
     /// What is known about why a recipient failed: the reason spelled out, and for a
@@ -168,6 +174,8 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        self.guard
+            .check(&Caller::of(&req, self.node.id()), Action::Status)?;
         let local = self.node.status().map_err(convert::node_error)?;
         let this = status_to_pb(&local);
         let mut members = Vec::new();
@@ -190,7 +198,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::AddNodeRequest>,
     ) -> Result<Response<pb::AddNodeResponse>, Status> {
-        self.operator_only(&req, "cluster membership")?;
+        self.operator_only(&req)?;
         let r = req.into_inner();
         if r.id == 0 {
             return Err(Status::invalid_argument("id: must be a positive integer"));
@@ -223,7 +231,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
-        self.operator_only(&req, "cluster membership")?;
+        self.operator_only(&req)?;
         let id = req.into_inner().id;
         let index = self
             .node
@@ -237,7 +245,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::SnapshotRequest>,
     ) -> Result<Response<pb::SnapshotResponse>, Status> {
-        self.operator_only(&req, "a snapshot")?;
+        self.operator_only(&req)?;
         let index = self.node.snapshot().await.map_err(convert::node_error)?;
         Ok(Response::new(pb::SnapshotResponse {
             snapshot_index: index,
@@ -249,7 +257,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::VerifyChainRequest>,
     ) -> Result<Response<pb::VerifyChainResponse>, Status> {
-        self.operator_only(&req, "the chain check")?;
+        self.operator_only(&req)?;
         let view = self.node.view().clone();
         let res =
             tokio::task::spawn_blocking(move || view.verify_chain().map(|r| (r, view.status())))
@@ -282,7 +290,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::RebuildViewsRequest>,
     ) -> Result<Response<Self::RebuildViewsStream>, Status> {
-        self.operator_only(&req, "rebuilding views")?;
+        self.operator_only(&req)?;
         let repair = req.into_inner().repair;
         let view = self.node.view().clone();
         let (tx, rx) = tokio::sync::mpsc::channel(REBUILD_PROGRESS_BUFFER);
@@ -321,7 +329,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DeadLettersRequest>,
     ) -> Result<Response<pb::DeadLettersReply>, Status> {
-        self.operator_only(&req, "the dead letters")?;
+        self.operator_only(&req)?;
         let r = req.into_inner();
         let limit = match r.limit {
             0 => self.listing_items_max,
@@ -371,7 +379,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ReprocessRequest>,
     ) -> Result<Response<pb::ReprocessReply>, Status> {
-        let caller = self.operator_only(&req, "reprocessing")?;
+        let caller = self.operator_only(&req)?;
         let r = req.into_inner();
         let id = MessageId::parse(&r.message_id)
             .map_err(|e| Status::invalid_argument(format!("message_id: {e}")))?;

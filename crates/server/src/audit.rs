@@ -33,8 +33,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::authz::{Action, Caller, Guard};
 use crate::convert;
-use crate::messaging::require_operator;
 
 /// A checkpoint as it travels.
 pub fn checkpoint_to_pb(cp: &Checkpoint) -> pb::SignedCheckpoint {
@@ -61,20 +61,30 @@ pub struct AuditService {
     provider: String,
     /// Signs checkpoints; none: this node serves no checkpoints.
     key: Option<Arc<ProviderKey>>,
+    guard: Guard,
 }
 
 impl AuditService {
-    pub fn new(node: RaftNode, provider: String, key: Option<Arc<ProviderKey>>) -> Self {
+    pub fn new(
+        node: RaftNode,
+        provider: String,
+        key: Option<Arc<ProviderKey>>,
+        guard: Guard,
+    ) -> Self {
         Self {
             node,
             provider,
             key,
+            guard,
         }
     }
 
-    /// Refuses callers that act for an organisation; returns the caller's actor name.
+    /// Refuses (and records) callers that are neither auditors nor operators; returns the
+    /// caller's actor name.
     fn operator_only<T>(&self, req: &Request<T>) -> Result<String, Status> {
-        Ok(require_operator(req, self.node.id(), "the audit trail")?.actor)
+        let caller = Caller::of(req, self.node.id());
+        self.guard.check(&caller, Action::Audit)?;
+        Ok(caller.actor)
     }
 
     /// Records that `actor` read events `from..=to` (`to` 0: up to the newest) before

@@ -36,6 +36,17 @@ pub struct ApiLimits {
     pub request_timeout_ms: u64,
     /// Deadline for asking one other member for its status.
     pub member_status_timeout_ms: u64,
+    /// How often the node looks for changed TLS files (CA bundle, certificate, key, CRL)
+    /// and rebuilds its TLS configuration for new connections.
+    pub tls_reload_ms: u64,
+    /// How often the node writes its denial counts to the log as one `AccessDenied` event.
+    pub denial_summary_ms: u64,
+    /// Messages one organisation may send through this node per second, sustained (a token
+    /// bucket); 0 turns the limit off. Excess sends get ResourceExhausted.
+    pub send_rate_per_org_per_s: u32,
+    /// The bucket's size: messages one organisation may send at once before the rate
+    /// applies.
+    pub send_burst_per_org: u32,
 }
 
 impl Default for ApiLimits {
@@ -47,6 +58,10 @@ impl Default for ApiLimits {
             streams_per_connection_max: 1024,
             request_timeout_ms: 30_000,
             member_status_timeout_ms: 2_000,
+            tls_reload_ms: 5_000,
+            denial_summary_ms: 10_000,
+            send_rate_per_org_per_s: 500,
+            send_burst_per_org: 1_000,
         }
     }
 }
@@ -258,6 +273,9 @@ impl NodeConfig {
             &mut cfg.tls.key,
             &mut cfg.kek,
         ];
+        if let Some(c) = cfg.tls.crl.as_mut() {
+            paths.push(c);
+        }
         if let Some(k) = cfg.provider_key.as_mut() {
             paths.push(k);
         }
@@ -342,6 +360,21 @@ impl NodeConfig {
         }
         if self.api.connections_max == 0 {
             return Err(invalid("api.connections_max", "must be positive"));
+        }
+        for (field, v) in [
+            ("api.tls_reload_ms", self.api.tls_reload_ms),
+            ("api.denial_summary_ms", self.api.denial_summary_ms),
+            ("api.request_timeout_ms", self.api.request_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(invalid(field, "must be positive"));
+            }
+        }
+        if self.api.send_rate_per_org_per_s > 0 && self.api.send_burst_per_org == 0 {
+            return Err(invalid(
+                "api.send_burst_per_org",
+                "must be positive when api.send_rate_per_org_per_s is set (0 would refuse every send)",
+            ));
         }
         self.messaging.validate()?;
         if let Some(f) = &self.federation {
@@ -428,6 +461,7 @@ mod tests {
                 ca: "ca.pem".into(),
                 cert: "node.pem".into(),
                 key: "node-key.pem".into(),
+                crl: None,
             },
             kek: "kek".into(),
             provider_key: None,

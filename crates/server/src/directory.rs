@@ -1,5 +1,6 @@
 //! The `Directory` gRPC service: registering organisations, publishing and retiring
-//! endpoints, rotating keys, and reading the directory.
+//! endpoints, rotating keys, and reading the directory. Only operators write it; anyone
+//! with a certificate naming an organisation or a role other than node reads it.
 //!
 //! Consistency: writes answer once committed by a quorum and applied on the leader. Reads
 //! are linearizable by default (a read index from the leader, served once this node has
@@ -14,6 +15,7 @@ use sealpost_raft::RaftNode;
 use sealpost_store::SearchQuery;
 use tonic::{Request, Response, Status};
 
+use crate::authz::{Action, Caller, Guard};
 use crate::convert::{self, field_error, id_error};
 use crate::keystore::Keystore;
 
@@ -22,27 +24,26 @@ use crate::keystore::Keystore;
 pub struct DirectoryService {
     node: RaftNode,
     keystore: Keystore,
+    guard: Guard,
 }
 
 /// Key id of the first key set the provider generates for an organisation.
 pub const PROVISIONED_KEY_ID: &str = "k1";
 
-/// Names the caller by its TLS client certificate. Until client identities map to
-/// organisations, the actor is the certificate's fingerprint.
-pub fn actor_of<T>(req: &Request<T>) -> String {
-    req.peer_certs()
-        .and_then(|certs| {
-            certs
-                .first()
-                .map(|c| sealpost_crypto::tls::fingerprint(c.as_ref()))
-        })
-        .map(|fp| format!("cert:{}", &fp[..16]))
-        .unwrap_or_else(|| "anonymous".to_string())
-}
-
 impl DirectoryService {
-    pub fn new(node: RaftNode, keystore: Keystore) -> Self {
-        Self { node, keystore }
+    pub fn new(node: RaftNode, keystore: Keystore, guard: Guard) -> Self {
+        Self {
+            node,
+            keystore,
+            guard,
+        }
+    }
+
+    /// Refuses (and records) a caller not allowed `action`; returns its actor name.
+    fn allow<T>(&self, req: &Request<T>, action: Action) -> Result<String, Status> {
+        let caller = Caller::of(req, self.node.id());
+        self.guard.check(&caller, action)?;
+        Ok(caller.actor)
     }
 
     async fn write(
@@ -90,7 +91,7 @@ impl Directory for DirectoryService {
         &self,
         req: Request<pb::RegisterOrganisationRequest>,
     ) -> Result<Response<pb::WriteResult>, Status> {
-        let actor = actor_of(&req);
+        let actor = self.allow(&req, Action::DirectoryWrite)?;
         let org = req
             .into_inner()
             .organisation
@@ -120,7 +121,7 @@ impl Directory for DirectoryService {
         &self,
         req: Request<pb::PublishEndpointRequest>,
     ) -> Result<Response<pb::WriteResult>, Status> {
-        let actor = actor_of(&req);
+        let actor = self.allow(&req, Action::DirectoryWrite)?;
         let spec = convert::endpoint_spec(req.into_inner())?;
         self.write(actor, Command::PublishEndpoint(spec)).await
     }
@@ -130,7 +131,7 @@ impl Directory for DirectoryService {
         &self,
         req: Request<pb::RetireEndpointRequest>,
     ) -> Result<Response<pb::WriteResult>, Status> {
-        let actor = actor_of(&req);
+        let actor = self.allow(&req, Action::DirectoryWrite)?;
         let r = req.into_inner();
         let id = convert::endpoint_id("id", &r.id)?;
         self.write(
@@ -148,7 +149,7 @@ impl Directory for DirectoryService {
         &self,
         req: Request<pb::RotateKeysRequest>,
     ) -> Result<Response<pb::WriteResult>, Status> {
-        let actor = actor_of(&req);
+        let actor = self.allow(&req, Action::DirectoryWrite)?;
         let r = req.into_inner();
         let org = HpiO::parse(&r.hpio).map_err(|e| id_error("hpio", e))?;
         let keys = convert::keys_from_pb(r.keys)?;
@@ -160,6 +161,7 @@ impl Directory for DirectoryService {
         &self,
         req: Request<pb::GetOrganisationRequest>,
     ) -> Result<Response<pb::Organisation>, Status> {
+        self.allow(&req, Action::DirectoryRead)?;
         let r = req.into_inner();
         let id = HpiO::parse(&r.hpio).map_err(|e| id_error("hpio", e))?;
         self.read_barrier(r.consistency).await?;
@@ -176,6 +178,7 @@ impl Directory for DirectoryService {
         &self,
         req: Request<pb::GetEndpointRequest>,
     ) -> Result<Response<pb::Endpoint>, Status> {
+        self.allow(&req, Action::DirectoryRead)?;
         let r = req.into_inner();
         let id = convert::endpoint_id("id", &r.id)?;
         self.read_barrier(r.consistency).await?;
@@ -192,6 +195,7 @@ impl Directory for DirectoryService {
         &self,
         req: Request<pb::SearchRequest>,
     ) -> Result<Response<pb::SearchResponse>, Status> {
+        self.allow(&req, Action::DirectoryRead)?;
         let r = req.into_inner();
         let nonempty = |s: String| (!s.trim().is_empty()).then_some(s);
         let q = SearchQuery {

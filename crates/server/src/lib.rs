@@ -18,13 +18,17 @@
 //!   door, pushing routed messages to a receiving system and recording its answer;
 //!   [`mllp_notify`]: outcome acknowledgements to the sending system.
 //! - [`keystore`]: organisations' private keys, unwrapped with the provider's KEK.
-//! - [`listener`]: the TCP listener with its connection cap.
+//! - [`listener`]: the TCP listener with its connection cap, and TLS handshakes off the
+//!   accept loop; [`tls`]: the reloading TLS configuration and handshake counters;
+//!   [`authz`]: who may call what, denials counted and summarised into the log, and the
+//!   per-organisation send rate.
 //! - [`convert`]: protobuf ↔ domain conversions and status codes (the gRPC edge).
 //! - [`crypto_pool`]: the crypto threads sealing and opening run on.
 //! - [`local`]: a provider's cluster of nodes in one process, laid out on disk.
 
 pub mod admin;
 pub mod audit;
+pub mod authz;
 pub mod config;
 pub mod convert;
 pub mod crypto_pool;
@@ -42,6 +46,34 @@ pub mod node;
 pub mod relay;
 pub mod relay_worker;
 pub mod retention;
+pub mod tls;
 
 pub use config::NodeConfig;
+
+/// Runs `job` every `every` (the first run one period after the start; a run that overlaps
+/// the next tick delays it) until `shutdown` turns true.
+pub(crate) fn spawn_every<F, Fut>(
+    every: std::time::Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    mut job: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => job().await,
+                _ = shutdown.changed() => return,
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+        }
+    })
+}
 pub use node::{NodeHandle, ServerError, start};

@@ -2,6 +2,9 @@
 //! (`api.connections_max`). At the cap it stops accepting until a connection closes, so a
 //! flood of clients waits in the kernel's backlog instead of exhausting file descriptors
 //! and memory; each accepted connection carries its slot and gives it back when dropped.
+//! [`tls_incoming`] adds the TLS handshake, run beside the accept loop (at most
+//! `HANDSHAKES_IN_FLIGHT_MAX` at once, each bounded in time) so a slow or hostile client
+//! never holds up the next one.
 
 use std::io;
 use std::pin::Pin;
@@ -100,6 +103,48 @@ pub fn incoming(
         };
         Some((accepted, (listener, slots)))
     })
+}
+
+/// TLS handshakes in progress at once on one listener.
+pub const HANDSHAKES_IN_FLIGHT_MAX: usize = 256;
+
+/// [`incoming`] with each connection's TLS handshake done (refused ones are dropped and
+/// counted by `tls`): what tonic serves when the node, not tonic, terminates TLS.
+pub fn tls_incoming(
+    listener: TcpListener,
+    connections_max: usize,
+    tls: crate::tls::ServerTls,
+) -> impl Stream<Item = io::Result<tokio_rustls::server::TlsStream<Limited>>> + Send + 'static {
+    let (tx, rx) = tokio::sync::mpsc::channel(HANDSHAKES_IN_FLIGHT_MAX);
+    let handshakes = Arc::new(Semaphore::new(HANDSHAKES_IN_FLIGHT_MAX));
+    tokio::spawn(async move {
+        use futures::StreamExt;
+        let mut conns = Box::pin(incoming(listener, connections_max));
+        loop {
+            let next = tokio::select! {
+                c = conns.next() => c,
+                // The server is gone: stop accepting.
+                _ = tx.closed() => return,
+            };
+            let conn = match next {
+                Some(Ok(c)) => c,
+                Some(Err(_)) => continue,
+                None => return,
+            };
+            let Ok(permit) = handshakes.clone().acquire_owned().await else {
+                return;
+            };
+            let tls = tls.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                if let Ok(stream) = tls.accept(conn).await {
+                    let _ = tx.send(Ok(stream)).await;
+                }
+                drop(permit);
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sealpost_crypto::tls::{DevCa, TlsPaths, write_file};
+use sealpost_crypto::tls::{DevCa, Role, Subject, TlsPaths, write_file};
 use sealpost_raft::RaftOptions;
 use sealpost_store::types::NodeId;
 use tokio::net::TcpListener;
@@ -92,6 +92,13 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LocalError + '_ {
         source,
     }
 }
+
+/// The provider's CRL, beside its CA certificate.
+pub const CRL_FILE: &str = "ca.crl";
+/// The serial numbers (hex, one a line) the provider's CA has revoked.
+pub const REVOKED_FILE: &str = "revoked";
+/// How long a CRL the local CA writes claims to be current.
+pub const CRL_VALID_FOR: Duration = Duration::from_secs(30 * 86_400);
 
 /// A provider's nodes, running in this process.
 pub struct LocalCluster {
@@ -393,6 +400,7 @@ impl LocalCluster {
                 ca: self.dir.join("ca.pem"),
                 cert: tls_dir.join("node.pem"),
                 key: tls_dir.join("node-key.pem"),
+                crl: Some(self.ensure_crl()?),
             },
             kek: self.dir.join("kek"),
             // (A folder made before every provider had a signing key has none.)
@@ -657,30 +665,95 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// A client certificate for `name`, issued on first use and kept in `clients/`.
+    /// An operator's client certificate for `name`, issued on first use and kept in
+    /// `clients/`.
     pub fn client_identity(&self, name: &str) -> Result<TlsPaths, LocalError> {
-        self.client_identity_for_org(name, None)
+        self.client_identity_as(name, Subject::Role(Role::Operator))
     }
 
     /// A client certificate for `name` that names organisation `org` (so the messaging
-    /// service lets it send and receive as that organisation), issued on first use.
+    /// service lets it send and receive as that organisation), or with no `org` an
+    /// operator's, issued on first use.
     pub fn client_identity_for_org(
         &self,
         name: &str,
         org: Option<&sealpost_core::ids::HpiO>,
     ) -> Result<TlsPaths, LocalError> {
+        match org {
+            Some(org) => self.client_identity_as(name, Subject::Org(org.clone())),
+            None => self.client_identity(name),
+        }
+    }
+
+    /// A client certificate for `name` naming `subject` (an organisation or a role),
+    /// issued on first use.
+    pub fn client_identity_as(&self, name: &str, subject: Subject) -> Result<TlsPaths, LocalError> {
         let dir = self.dir.join("clients");
         let paths = TlsPaths {
             ca: self.dir.join("ca.pem"),
             cert: dir.join(format!("{name}.pem")),
             key: dir.join(format!("{name}-key.pem")),
+            crl: None,
         };
         if !paths.cert.exists() {
-            let id = self.ca.issue_client_for_org(name, org)?;
+            let id = match subject {
+                Subject::Org(org) => self.ca.issue_for_org(name, &org)?,
+                Subject::Role(role) => self.ca.issue_role(name, role)?,
+            };
             write_file(&paths.cert, &id.cert_pem, false)?;
             write_file(&paths.key, &id.key_pem, true)?;
         }
         Ok(paths)
+    }
+
+    /// The provider's CA, which issues and revokes its certificates.
+    pub fn ca(&self) -> &DevCa {
+        &self.ca
+    }
+
+    /// The CRL the nodes check client certificates against (`DIR/<provider>/ca.crl`),
+    /// written empty when missing.
+    pub fn ensure_crl(&self) -> Result<std::path::PathBuf, LocalError> {
+        let path = self.dir.join(CRL_FILE);
+        if !path.exists() {
+            write_file(&path, &self.ca.crl(&[], 1, CRL_VALID_FOR)?, false)?;
+        }
+        Ok(path)
+    }
+
+    /// Revokes the certificate in `cert` (PEM): its serial joins `DIR/<provider>/revoked`
+    /// and a new CRL naming every revoked serial replaces `ca.crl`. Nodes refuse it from
+    /// their next TLS reload (`api.tls_reload_ms`) on.
+    pub fn revoke(&self, cert: &std::path::Path) -> Result<(), LocalError> {
+        let pem = std::fs::read_to_string(cert).map_err(io(cert))?;
+        let serial = hex::encode(sealpost_crypto::tls::serial_of(&pem)?);
+        let list = self.dir.join(REVOKED_FILE);
+        let mut serials: Vec<String> = match std::fs::read_to_string(&list) {
+            Ok(t) => t.lines().map(str::to_string).collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io(&list)(e)),
+        };
+        if !serials.contains(&serial) {
+            serials.push(serial);
+        }
+        let bytes = serials
+            .iter()
+            .map(|s| {
+                hex::decode(s)
+                    .map_err(|e| LocalError::Layout(format!("{}: {s:?}: {e}", list.display())))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        write_file(&list, &(serials.join("\n") + "\n"), false)?;
+        // Each CRL gets a larger number than the last: one more than the serials listed.
+        let crl = self
+            .ca
+            .crl(&bytes, serials.len() as u64 + 1, CRL_VALID_FOR)?;
+        // Written whole to a new file, then renamed: a node never reads half a CRL.
+        let path = self.dir.join(CRL_FILE);
+        let tmp = self.dir.join(format!("{CRL_FILE}.new"));
+        write_file(&tmp, &crl, false)?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        Ok(())
     }
 
     /// Waits until the running nodes agree on a leader that is one of them.

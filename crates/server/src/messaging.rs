@@ -105,56 +105,8 @@ impl MessagingFaults {
     }
 }
 
-/// Who is calling: an actor name for the log and, for organisation clients, the HPI-O
-/// named in the client certificate.
-#[derive(Clone, Debug)]
-pub struct Caller {
-    pub actor: String,
-    pub org: Option<HpiO>,
-}
-
-/// Refuses a caller whose certificate acts for an organisation: operator and auditor
-/// calls only. Returns the caller.
-pub fn require_operator<T>(req: &Request<T>, node: u64, what: &str) -> Result<Caller, Status> {
-    let caller = caller_of(req, node);
-    if let Some(org) = &caller.org {
-        return Err(Status::permission_denied(format!(
-            "{what} is for operators and auditors; this certificate acts for organisation \
-             {org}"
-        )));
-    }
-    Ok(caller)
-}
-
-/// Identifies the caller from its TLS client certificate.
-pub fn caller_of<T>(req: &Request<T>, node: u64) -> Caller {
-    let cert = req
-        .peer_certs()
-        .and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()));
-    match cert {
-        Some(der) => {
-            let fp = sealpost_crypto::tls::fingerprint(&der);
-            Caller {
-                actor: format!("cert:{}@node-{node}", &fp[..16]),
-                org: sealpost_crypto::tls::client_org(&der),
-            }
-        }
-        None => Caller {
-            actor: format!("anonymous@node-{node}"),
-            org: None,
-        },
-    }
-}
-
-impl Caller {
-    fn require_org(&self) -> Result<&HpiO, Status> {
-        self.org.as_ref().ok_or_else(|| {
-            Status::permission_denied(
-                "this client certificate names no organisation; use an organisation's profile",
-            )
-        })
-    }
-}
+pub use crate::authz::Caller;
+use crate::authz::{Action, Guard};
 
 /// The `sealpost.v1.Messaging` service of one node.
 #[derive(Clone)]
@@ -166,6 +118,7 @@ pub struct MessagingService {
     faults: Arc<MessagingFaults>,
     /// Seals running at once on this node (`MessagingOptions::seals_in_flight_max`).
     seals: Arc<tokio::sync::Semaphore>,
+    guard: Guard,
 }
 
 fn keystore_status(e: KeystoreError) -> Status {
@@ -289,6 +242,7 @@ impl MessagingService {
         keystore: Keystore,
         opts: MessagingOptions,
         faults: Arc<MessagingFaults>,
+        guard: Guard,
     ) -> Self {
         Self {
             seals: Arc::new(tokio::sync::Semaphore::new(opts.seals_in_flight_max)),
@@ -297,7 +251,38 @@ impl MessagingService {
             keystore,
             opts,
             faults,
+            guard,
         }
+    }
+
+    /// The organisation of a caller allowed `action`, which only organisations may do.
+    fn org_for(&self, caller: &Caller, action: Action) -> Result<HpiO, Status> {
+        self.guard.check(caller, action)?;
+        caller.org().cloned().ok_or_else(|| {
+            self.guard
+                .deny(caller, action, "not an organisation".into())
+        })
+    }
+
+    /// An endpoint named in a request, which must belong to the caller's organisation.
+    fn own_endpoint(
+        &self,
+        caller: &Caller,
+        org: &HpiO,
+        named: &str,
+    ) -> Result<Option<EndpointId>, Status> {
+        if named.trim().is_empty() {
+            return Ok(None);
+        }
+        let ep = convert::endpoint_id("endpoint", named)?;
+        if &ep.org != org {
+            return Err(self.guard.deny(
+                caller,
+                Action::ReadMail,
+                format!("endpoint {ep} does not belong to your organisation {org}"),
+            ));
+        }
+        Ok(Some(ep))
     }
 
     /// A listing's size: the request's, bounded by the configured maximum (0: the maximum).
@@ -350,6 +335,8 @@ impl MessagingService {
     /// caller), or the caller organisation's only recipient of the message.
     fn resolve_recipient(
         &self,
+        caller: &Caller,
+        action: Action,
         msg: &MessageStatus,
         org: &HpiO,
         named: &str,
@@ -357,9 +344,11 @@ impl MessagingService {
         if !named.trim().is_empty() {
             let ep = convert::endpoint_id("recipient", named)?;
             if &ep.org != org {
-                return Err(Status::permission_denied(format!(
-                    "recipient {ep} does not belong to your organisation {org}"
-                )));
+                return Err(self.guard.deny(
+                    caller,
+                    action,
+                    format!("recipient {ep} does not belong to your organisation {org}"),
+                ));
             }
             if msg.recipient(&ep).is_none() {
                 return Err(Status::not_found(format!(
@@ -377,10 +366,14 @@ impl MessagingService {
             .collect();
         match mine.as_slice() {
             [one] => Ok((*one).clone()),
-            [] => Err(Status::not_found(format!(
-                "message {} is not addressed to your organisation {org}",
-                msg.message_id
-            ))),
+            [] => Err(self.guard.deny(
+                caller,
+                action,
+                format!(
+                    "message {} is not addressed to your organisation {org}",
+                    msg.message_id
+                ),
+            )),
             many => Err(Status::invalid_argument(format!(
                 "recipient: message {} has several recipients in {org}; name one of {}",
                 msg.message_id,
@@ -454,12 +447,15 @@ impl MessagingService {
         r: pb::SendRequest,
     ) -> Result<Result<(Envelope, String), pb::SendReply>, Status> {
         let from = HpiO::parse(r.from_org.trim()).map_err(|e| id_error("from_org", e))?;
-        let mine = caller.require_org()?;
-        if mine != &from {
-            return Err(Status::permission_denied(format!(
-                "from_org {from} is not your organisation ({mine})"
-            )));
+        let mine = self.org_for(caller, Action::Send)?;
+        if mine != from {
+            return Err(self.guard.deny(
+                caller,
+                Action::Send,
+                format!("from_org {from} is not your organisation ({mine})"),
+            ));
         }
+        self.guard.admit_send(caller, &mine)?;
         if r.payload.len() as u64 > self.opts.payload_bytes_max {
             return Err(Status::resource_exhausted(format!(
                 "payload is {} bytes, the limit is {} bytes",
@@ -593,7 +589,7 @@ impl From<Rejected> for Status {
 impl Messaging for MessagingService {
     #[tracing::instrument(skip_all, fields(node = self.node.id()))]
     async fn send(&self, req: Request<pb::SendRequest>) -> Result<Response<pb::SendReply>, Status> {
-        let caller = caller_of(&req, self.node.id());
+        let caller = Caller::of(&req, self.node.id());
         self.send_as(&caller, req.into_inner())
             .await
             .map(Response::new)
@@ -603,10 +599,10 @@ impl Messaging for MessagingService {
         &self,
         req: Request<pb::InboxRequest>,
     ) -> Result<Response<pb::InboxReply>, Status> {
-        let caller = caller_of(&req, self.node.id());
-        let org = caller.require_org()?.clone();
+        let caller = Caller::of(&req, self.node.id());
+        let org = self.org_for(&caller, Action::ReadMail)?;
         let r = req.into_inner();
-        let endpoint = own_endpoint(&org, &r.endpoint)?;
+        let endpoint = self.own_endpoint(&caller, &org, &r.endpoint)?;
         let limit = self.listing_limit(r.limit);
         self.barrier().await?;
         let view = self.view();
@@ -627,10 +623,10 @@ impl Messaging for MessagingService {
         &self,
         req: Request<pb::FollowRequest>,
     ) -> Result<Response<Self::FollowStream>, Status> {
-        let caller = caller_of(&req, self.node.id());
-        let org = caller.require_org()?.clone();
+        let caller = Caller::of(&req, self.node.id());
+        let org = self.org_for(&caller, Action::ReadMail)?;
         let r = req.into_inner();
-        let endpoint = own_endpoint(&org, &r.endpoint)?;
+        let endpoint = self.own_endpoint(&caller, &org, &r.endpoint)?;
         self.barrier().await?;
         let (tx, rx) = mpsc::channel(FOLLOW_BUFFER_ITEMS_MAX);
         let view = self.view().clone();
@@ -681,13 +677,13 @@ impl Messaging for MessagingService {
         &self,
         req: Request<pb::FetchRequest>,
     ) -> Result<Response<pb::FetchReply>, Status> {
-        let caller = caller_of(&req, self.node.id());
-        let org = caller.require_org()?.clone();
+        let caller = Caller::of(&req, self.node.id());
+        let org = self.org_for(&caller, Action::Fetch)?;
         let r = req.into_inner();
         let id = message_id(&r.message_id)?;
         self.barrier().await?;
         let msg = self.message(&id)?;
-        let recipient = self.resolve_recipient(&msg, &org, &r.recipient)?;
+        let recipient = self.resolve_recipient(&caller, Action::Fetch, &msg, &org, &r.recipient)?;
         let state = msg
             .recipient(&recipient)
             .map(|s| s.state)
@@ -756,15 +752,15 @@ impl Messaging for MessagingService {
 
     #[tracing::instrument(skip_all, fields(node = self.node.id()))]
     async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckReply>, Status> {
-        let caller = caller_of(&req, self.node.id());
-        let org = caller.require_org()?.clone();
+        let caller = Caller::of(&req, self.node.id());
+        let org = self.org_for(&caller, Action::Ack)?;
         let r = req.into_inner();
         let id = message_id(&r.message_id)?;
         let status: AckStatus = r.status.parse().map_err(field_error)?;
         check_note(&r.note).map_err(field_error)?;
         self.barrier().await?;
         let msg = self.message(&id)?;
-        let recipient = self.resolve_recipient(&msg, &org, &r.recipient)?;
+        let recipient = self.resolve_recipient(&caller, Action::Ack, &msg, &org, &r.recipient)?;
         let (seq, _) = self
             .propose(
                 caller.actor,
@@ -783,17 +779,20 @@ impl Messaging for MessagingService {
         &self,
         req: Request<pb::TrackRequest>,
     ) -> Result<Response<pb::TrackReply>, Status> {
-        let caller = caller_of(&req, self.node.id());
+        let caller = Caller::of(&req, self.node.id());
+        self.guard.check(&caller, Action::Track)?;
         let id = message_id(&req.get_ref().message_id)?;
         self.barrier().await?;
         let msg = self.message(&id)?;
-        if let Some(org) = &caller.org {
+        if let Some(org) = caller.org() {
             let involved =
                 &msg.sender.org == org || msg.recipients.iter().any(|r| &r.endpoint.org == org);
             if !involved {
-                return Err(Status::permission_denied(format!(
-                    "your organisation {org} neither sent nor receives message {id}"
-                )));
+                return Err(self.guard.deny(
+                    &caller,
+                    Action::Track,
+                    format!("your organisation {org} neither sent nor receives message {id}"),
+                ));
             }
         }
         let timeline = self
@@ -810,14 +809,17 @@ impl Messaging for MessagingService {
         &self,
         req: Request<pb::OutboxRequest>,
     ) -> Result<Response<pb::OutboxReply>, Status> {
-        let caller = caller_of(&req, self.node.id());
+        let caller = Caller::of(&req, self.node.id());
+        self.guard.check(&caller, Action::Outbox)?;
         let r = req.into_inner();
         let named = opt("org", &r.org, HpiO::parse)?;
-        let org = match (&caller.org, named) {
+        let org = match (caller.org(), named) {
             (Some(mine), Some(n)) if mine != &n => {
-                return Err(Status::permission_denied(format!(
-                    "org {n} is not your organisation ({mine})"
-                )));
+                return Err(self.guard.deny(
+                    &caller,
+                    Action::Outbox,
+                    format!("org {n} is not your organisation ({mine})"),
+                ));
             }
             (Some(mine), _) => mine.clone(),
             (None, Some(n)) => n,
@@ -892,20 +894,6 @@ impl MessagingService {
                 ))
             })
     }
-}
-
-/// An endpoint named in a request, which must belong to the caller's organisation.
-fn own_endpoint(org: &HpiO, named: &str) -> Result<Option<EndpointId>, Status> {
-    if named.trim().is_empty() {
-        return Ok(None);
-    }
-    let ep = convert::endpoint_id("endpoint", named)?;
-    if &ep.org != org {
-        return Err(Status::permission_denied(format!(
-            "endpoint {ep} does not belong to your organisation {org}"
-        )));
-    }
-    Ok(Some(ep))
 }
 
 /// Why a stored envelope could not be loaded.

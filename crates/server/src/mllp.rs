@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::tls::ServerTls;
 use futures::{SinkExt, StreamExt};
 use sealpost_core::ids::{EndpointId, HpiI, HpiO};
 use sealpost_core::message::MLLP_CLIENT_ID_PREFIX;
@@ -29,12 +30,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::Framed;
 use tonic::Code;
 
 use crate::config::ConfigError;
 use crate::messaging::{Caller, MessagingService};
+use sealpost_crypto::tls::Subject;
 
 /// Longest client message id an MLLP submission may produce before it is hashed, in bytes.
 const MLLP_CLIENT_ID_BYTES_MAX: usize = 128;
@@ -176,20 +177,18 @@ pub struct MllpListener {
 }
 
 /// Starts a listener on an already bound socket (or binds `cfg.listen`). `tls` is the
-/// node's TLS material, needed by a TLS listener.
+/// node's reloading TLS configuration, needed by a TLS listener.
 pub async fn start(
     cfg: MllpListenerConfig,
     listener: Option<TcpListener>,
     messaging: MessagingService,
     node: u64,
-    tls: Option<&sealpost_crypto::tls::TlsMaterial>,
+    tls: Option<ServerTls>,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<MllpListener> {
     let io_err = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
     let acceptor = match (cfg.tls, tls) {
-        (true, Some(m)) => Some(TlsAcceptor::from(
-            sealpost_crypto::tls::mutual_tls_server_config(m).map_err(|e| io_err(e.to_string()))?,
-        )),
+        (true, Some(t)) => Some(t),
         (true, None) => return Err(io_err("an MLLP TLS listener needs TLS material".into())),
         (false, _) => None,
     };
@@ -218,14 +217,11 @@ struct Ctx {
     messaging: MessagingService,
     /// The organisation of a plain listener.
     org: Option<HpiO>,
-    /// A TLS listener's acceptor.
-    acceptor: Option<TlsAcceptor>,
+    /// A TLS listener's handshakes.
+    acceptor: Option<ServerTls>,
     node: u64,
     cfg: MllpListenerConfig,
 }
-
-/// How long a TLS client may take to complete its handshake.
-const TLS_HANDSHAKE_MS_MAX: u64 = 10_000;
 
 async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
     let slots = Arc::new(Semaphore::new(ctx.cfg.connections_max));
@@ -250,19 +246,10 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, mut shutdown: watch::
         tokio::spawn(async move {
             match (&ctx.acceptor, &ctx.org) {
                 (Some(acceptor), _) => {
-                    let handshake = tokio::time::timeout(
-                        Duration::from_millis(TLS_HANDSHAKE_MS_MAX),
-                        acceptor.accept(stream),
-                    )
-                    .await;
-                    let tls = match handshake {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::warn!(%peer, error = %e, "MLLP TLS handshake refused");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::warn!(%peer, "MLLP TLS handshake timed out");
+                    let tls = match acceptor.accept(stream).await {
+                        Ok(s) => s,
+                        Err(refusal) => {
+                            tracing::warn!(%peer, reason = refusal.as_str(), "MLLP TLS handshake refused");
                             return;
                         }
                     };
@@ -427,7 +414,8 @@ async fn submit(
     }
     let caller = Caller {
         actor: format!("mllp:{org}@node-{}", ctx.node),
-        org: Some(org.clone()),
+        subject: Some(Subject::Org(org.clone())),
+        identity: format!("mllp:{org}"),
     };
     let request = pb::SendRequest {
         from_org: org.to_string(),

@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
 
 use crate::admin::AdminService;
+use crate::authz::{Action, Caller, Guard, RateLimit};
 use crate::config::NodeConfig;
 use crate::directory::DirectoryService;
 use crate::federation::TrustBundle;
@@ -66,6 +67,10 @@ pub struct NodeHandle {
     pub faults: std::sync::Arc<MessagingFaults>,
     /// Test and chaos hooks of the relay worker.
     pub relay_faults: std::sync::Arc<RelayFaults>,
+    /// The client port's TLS: its handshake counters, and a reload on demand.
+    pub tls: crate::tls::ServerTls,
+    /// Authorization state: denial and rate-limit counts, and a summary on demand.
+    pub guard: Guard,
     workers_stop: tokio::sync::watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,
     stop: Option<oneshot::Sender<()>>,
@@ -291,17 +296,32 @@ async fn start_inner(
     }
 
     let limit = cfg.api.grpc_message_bytes_max;
+    let guard = Guard::new(
+        cfg.id,
+        RateLimit {
+            sends_per_s: cfg.api.send_rate_per_org_per_s,
+            burst: cfg.api.send_burst_per_org,
+        },
+    );
+    // The client port's TLS (gRPC over HTTP/2) and the MLLP listeners' (no ALPN), both
+    // read again when the files change.
+    let grpc_tls = crate::tls::ServerTls::load(&cfg.tls, &[b"h2"])?;
     let keystore = Keystore::new(kek, raft.view().clone());
     let faults = std::sync::Arc::new(MessagingFaults::default());
-    let directory = DirectoryServer::new(DirectoryService::new(raft.clone(), keystore.clone()))
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
+    let directory = DirectoryServer::new(DirectoryService::new(
+        raft.clone(),
+        keystore.clone(),
+        guard.clone(),
+    ))
+    .max_decoding_message_size(limit)
+    .max_encoding_message_size(limit);
     let messaging_service = MessagingService::new(
         raft.clone(),
         cfg.provider.clone(),
         keystore.clone(),
         cfg.messaging.clone(),
         faults.clone(),
+        guard.clone(),
     );
     let messaging = MessagingServer::new(messaging_service.clone())
         .max_decoding_message_size(limit)
@@ -312,13 +332,24 @@ async fn start_inner(
         .as_ref()
         .map(|(_, _, b)| b.clone())
         .unwrap_or_default();
-    let mut workers = crate::mllp_out::spawn(
+    let mut workers = vec![
+        grpc_tls.spawn_reloader(
+            Duration::from_millis(cfg.api.tls_reload_ms),
+            workers_rx.clone(),
+        ),
+        guard.spawn_summariser(
+            raft.clone(),
+            Duration::from_millis(cfg.api.denial_summary_ms),
+            workers_rx.clone(),
+        ),
+    ];
+    workers.extend(crate::mllp_out::spawn(
         raft.clone(),
         keystore.clone(),
         cfg.messaging.clone(),
         cfg.mllp_destinations.clone(),
         workers_rx.clone(),
-    );
+    ));
     workers.extend(crate::mllp_notify::spawn(
         raft.clone(),
         &cfg.messaging,
@@ -402,13 +433,23 @@ async fn start_inner(
         ));
     }
     let mut mllp_addrs = Vec::with_capacity(cfg.mllp.len());
+    let mllp_tls = if cfg.mllp.iter().any(|m| m.tls) {
+        let t = crate::tls::ServerTls::load(&cfg.tls, &[])?;
+        workers.push(t.spawn_reloader(
+            Duration::from_millis(cfg.api.tls_reload_ms),
+            workers_rx_mllp.clone(),
+        ));
+        Some(t)
+    } else {
+        None
+    };
     for m in &cfg.mllp {
         let l = crate::mllp::start(
             m.clone(),
             None,
             messaging_service.clone(),
             cfg.id,
-            Some(&tls),
+            mllp_tls.clone(),
             workers_rx_mllp.clone(),
         )
         .await
@@ -425,6 +466,7 @@ async fn start_inner(
         last_errors,
         cfg.messaging.listing_items_max,
         cfg.messaging.deliver_within_ms_default,
+        guard.clone(),
     ))
     .max_decoding_message_size(limit)
     .max_encoding_message_size(limit);
@@ -435,13 +477,23 @@ async fn start_inner(
             path: "reflection".into(),
             problem: e.to_string(),
         })?;
-    let server_tls = ServerTlsConfig::new().identity(identity).client_ca_root(ca);
+    // Only nodes of this provider speak Raft to it.
+    let raft_guard = guard.clone();
+    let node_id = cfg.id;
+    let raft_service = tonic::service::interceptor::InterceptedService::new(
+        raft.service(),
+        move |req: tonic::Request<()>| {
+            raft_guard.check(&Caller::of(&req, node_id), Action::Raft)?;
+            Ok(req)
+        },
+    );
+    // TLS is terminated by `listener::tls_incoming`, not tonic, so the configuration can
+    // change (rotation, revocation) while the node runs.
     let router = Server::builder()
-        .tls_config(server_tls)?
         .concurrency_limit_per_connection(cfg.api.requests_per_connection_max)
         .max_concurrent_streams(cfg.api.streams_per_connection_max)
         .timeout(Duration::from_millis(cfg.api.request_timeout_ms))
-        .add_service(raft.service())
+        .add_service(raft_service)
         .add_service(directory)
         .add_service(messaging)
         .add_service(admin)
@@ -450,13 +502,15 @@ async fn start_inner(
                 raft.clone(),
                 cfg.provider.clone(),
                 provider_key.clone(),
+                guard.clone(),
             ))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit),
         )
         .add_service(reflection);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let incoming = crate::listener::incoming(listener, cfg.api.connections_max);
+    let incoming =
+        crate::listener::tls_incoming(listener, cfg.api.connections_max, grpc_tls.clone());
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = stop_rx.await;
     }));
@@ -476,6 +530,8 @@ async fn start_inner(
         mllp_addrs,
         faults,
         relay_faults,
+        tls: grpc_tls,
+        guard,
         workers_stop,
         workers,
         stop: Some(stop_tx),

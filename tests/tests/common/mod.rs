@@ -188,13 +188,22 @@ pub async fn messaging_cluster(
     nodes: u64,
     opts: sealpost_server::config::MessagingOptions,
 ) -> (TempDir, LocalCluster) {
+    messaging_cluster_with(nodes, ApiLimits::default(), opts).await
+}
+
+/// [`messaging_cluster`] with these API limits.
+pub async fn messaging_cluster_with(
+    nodes: u64,
+    api: ApiLimits,
+    opts: sealpost_server::config::MessagingOptions,
+) -> (TempDir, LocalCluster) {
     let dir = tempfile::tempdir().expect("tempdir");
     let c = LocalCluster::create_with(
         &dir.path().join("prov-a"),
         "prov-a",
         nodes,
         messaging_raft_opts(),
-        ApiLimits::default(),
+        api,
         opts,
     )
     .await
