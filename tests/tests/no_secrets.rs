@@ -163,7 +163,7 @@ async fn no_payload_patient_name_or_key_reaches_a_log_line() {
             .messaging()
             .send(pb::SendRequest {
                 payload_type: "NO-SUCH-TYPE".into(),
-                ..send_request(&[lab.clone()], CLINICAL.as_bytes(), "marker-3")
+                ..send_request(std::slice::from_ref(&lab), CLINICAL.as_bytes(), "marker-3")
             })
             .await
             .map(|_| ()),
@@ -224,7 +224,10 @@ async fn no_payload_patient_name_or_key_reaches_a_log_line() {
     // The provider's secrets as they sit on disk: the KEK and the node and CA keys.
     let mut secrets: Vec<(String, String)> = Vec::new();
     let kek = std::fs::read(c.dir.join("kek")).expect("kek");
-    secrets.push(("the KEK file".into(), String::from_utf8_lossy(&kek).trim().to_string()));
+    secrets.push((
+        "the KEK file".into(),
+        String::from_utf8_lossy(&kek).trim().to_string(),
+    ));
     secrets.push(("the KEK bytes (hex)".into(), hex::encode(&kek)));
     for key in ["ca-key.pem", "node-1/tls/node-key.pem"] {
         let pem = std::fs::read_to_string(c.dir.join(key)).expect("key");
@@ -241,7 +244,10 @@ async fn no_payload_patient_name_or_key_reaches_a_log_line() {
     let lines = log.lines().count();
     // The capture works: the scenario's own events are in it.
     assert!(lines > 200, "only {lines} log lines were captured");
-    assert!(log.contains(&sent.message_id), "the log never names the sent message");
+    assert!(
+        log.contains(&sent.message_id),
+        "the log never names the sent message"
+    );
     let markers = [SURNAME, GIVEN, CLINICAL];
     let mut leaks = Vec::new();
     for (i, line) in log.lines().enumerate() {
@@ -266,5 +272,10 @@ async fn no_payload_patient_name_or_key_reaches_a_log_line() {
             }
         }
     }
-    assert!(leaks.is_empty(), "{} leaks:\n{}", leaks.len(), leaks.join("\n"));
+    assert!(
+        leaks.is_empty(),
+        "{} leaks:\n{}",
+        leaks.len(),
+        leaks.join("\n")
+    );
 }

@@ -545,3 +545,123 @@ async fn a_flooding_organisation_is_refused_by_count_and_the_others_are_all_admi
         "{counts:?}"
     );
 }
+
+/// The sealed copy's key id and the signer's key id of message `id`, from node 1's store.
+fn key_ids_of(c: &LocalCluster, id: &str) -> (String, String) {
+    let view = c.node(1).expect("node").raft.view().clone();
+    let mut from = 1;
+    for _ in 0..1_000 {
+        let batch = view.events(from, 512).expect("events");
+        let Some(last) = batch.last() else { break };
+        from = last.seq + 1;
+        for record in batch {
+            if let Event::Sent { envelope, .. } = record.event
+                && envelope.header.message_id.to_string() == id
+            {
+                return (
+                    envelope.sealed[0].key_id.clone(),
+                    envelope.header.sender_key_id.clone(),
+                );
+            }
+        }
+    }
+    panic!("message {id} is not in the store");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rotated_keys_seal_new_messages_and_old_ones_still_open_and_verify() {
+    let (_d, c) = messaging_cluster(3, messaging_opts()).await;
+    let sender = org_client(&c, 1, SENDER).await;
+    let lab = endpoint(LAB, "results");
+    // Sent before the rotation, delivered after it: sealed to the lab's old key and signed
+    // with the sender's old key.
+    for n in 1..=3 {
+        c.node(n).expect("node").faults.set_delivery_paused(true);
+    }
+    let before = send_ok(
+        &sender,
+        send_request(std::slice::from_ref(&lab), b"before rotation", "rot-1"),
+    )
+    .await;
+    let operator = client(&c, 1).await;
+    for serial in [LAB, SENDER] {
+        operator
+            .directory()
+            .rotate_keys(pb::RotateKeysRequest {
+                hpio: HpiO::from_serial(serial).to_string(),
+                keys: None,
+            })
+            .await
+            .expect("the provider rotates the keys it holds");
+    }
+    let org = operator
+        .directory()
+        .get_organisation(pb::GetOrganisationRequest {
+            hpio: HpiO::from_serial(LAB).to_string(),
+            ..Default::default()
+        })
+        .await
+        .expect("organisation")
+        .into_inner();
+    assert_eq!(org.keys.map(|k| k.key_id).as_deref(), Some("k2"));
+    for n in 1..=3 {
+        c.node(n).expect("node").faults.set_delivery_paused(false);
+    }
+    let after = send_ok(
+        &sender,
+        send_request(std::slice::from_ref(&lab), b"after rotation", "rot-2"),
+    )
+    .await;
+    assert_eq!(
+        key_ids_of(&c, &before.message_id),
+        ("k1".into(), "k1".into())
+    );
+    assert_eq!(
+        key_ids_of(&c, &after.message_id),
+        ("k2".into(), "k2".into())
+    );
+    let lab_client = org_client(&c, 2, LAB).await;
+    for (sent, payload) in [
+        (&before, &b"before rotation"[..]),
+        (&after, b"after rotation"),
+    ] {
+        track_until(&lab_client, &sent.message_id, "routed", |r| {
+            recipient_state(r, &lab).0 == "routed"
+        })
+        .await;
+        let got = lab_client
+            .messaging()
+            .fetch(pb::FetchRequest {
+                message_id: sent.message_id.clone(),
+                recipient: lab.clone(),
+            })
+            .await
+            .expect("opens and verifies")
+            .into_inner();
+        assert_eq!(got.payload, payload);
+    }
+    // A second rotation takes the next unused id; the organisation's own keys are its own.
+    operator
+        .directory()
+        .rotate_keys(pb::RotateKeysRequest {
+            hpio: HpiO::from_serial(LAB).to_string(),
+            keys: None,
+        })
+        .await
+        .expect("rotated again");
+    operator
+        .directory()
+        .register_organisation(org_request(9))
+        .await
+        .expect("an organisation holding its own keys");
+    let own = operator
+        .directory()
+        .rotate_keys(pb::RotateKeysRequest {
+            hpio: HpiO::from_serial(9).to_string(),
+            keys: None,
+        })
+        .await
+        .expect_err("the provider holds none of its keys");
+    assert_eq!(own.code(), Code::FailedPrecondition, "{own}");
+    assert_views_rebuild(&c);
+}

@@ -132,6 +132,15 @@ pub enum Command {
         before_ts_ms: u64,
         through_seq: u64,
     },
+    /// Rotates to a key pair the provider generated: the new private halves, wrapped
+    /// under the provider's key-encryption key, join the old ones (which stay, so messages
+    /// sealed to the old key still open), and the public halves are published.
+    ProvisionKeys {
+        org: HpiO,
+        keys: PublicKeys,
+        #[serde(with = "serde_bytes")]
+        wrapped: Vec<u8>,
+    },
     /// A node's summary of the calls it refused for lack of permission in a period.
     RecordDenials {
         node: u64,
@@ -147,6 +156,31 @@ pub const DENIAL_SUMMARY_ENTRIES_MAX: usize = 256;
 
 /// Longest identity, subject or action text in a denial summary, in bytes.
 pub const DENIAL_TEXT_BYTES_MAX: usize = 128;
+
+fn check_wrapped(wrapped: &[u8]) -> Result<(), Rejection> {
+    if wrapped.is_empty() || wrapped.len() > WRAPPED_KEYS_BYTES_MAX {
+        return Err(Rejection::InvalidArgument(format!(
+            "wrapped keys: {} bytes, expected 1 to {WRAPPED_KEYS_BYTES_MAX}",
+            wrapped.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A rotation needs a registered organisation hosted here and a key id it is not using.
+fn check_rotation(org: &HpiO, keys: &PublicKeys, facts: &Facts) -> Result<(), Rejection> {
+    match facts.organisation(org) {
+        Some(o) if !o.is_local() => Err(hosted_elsewhere(o)),
+        None => Err(Rejection::NotFound(format!(
+            "organisation {org} is not registered"
+        ))),
+        Some(o) if o.spec.keys.key_id == keys.key_id => Err(Rejection::AlreadyExists(format!(
+            "organisation {org} already uses key id {}",
+            keys.key_id
+        ))),
+        Some(_) => Ok(()),
+    }
+}
 
 /// Longest audit query recorded with an `AuditRead`, in bytes.
 pub const AUDIT_QUERY_BYTES_MAX: usize = 1024;
@@ -206,14 +240,13 @@ impl Command {
             Command::PublishEndpoint(e) => e.validate()?,
             Command::RetireEndpoint { reason, .. } => check_text("reason", reason, NOTE_BYTES_MAX)?,
             Command::RotateKeys { keys, .. } => keys.validate()?,
+            Command::ProvisionKeys { keys, wrapped, .. } => {
+                keys.validate()?;
+                check_wrapped(wrapped)?;
+            }
             Command::ProvisionOrganisation { spec, wrapped } => {
                 spec.validate()?;
-                if wrapped.is_empty() || wrapped.len() > WRAPPED_KEYS_BYTES_MAX {
-                    return Err(Rejection::InvalidArgument(format!(
-                        "wrapped keys: {} bytes, expected 1 to {WRAPPED_KEYS_BYTES_MAX}",
-                        wrapped.len()
-                    )));
-                }
+                check_wrapped(wrapped)?;
             }
             Command::Send {
                 envelope,
@@ -320,7 +353,7 @@ impl Command {
                 endpoints: vec![id.clone()],
                 ..Reads::default()
             },
-            Command::RotateKeys { org, .. } => Reads {
+            Command::RotateKeys { org, .. } | Command::ProvisionKeys { org, .. } => Reads {
                 organisations: vec![org.clone()],
                 ..Reads::default()
             },
@@ -409,6 +442,7 @@ impl Command {
             Command::RecordAuditRead { .. } => "record_audit_read",
             Command::DropPayloads { .. } => "drop_payloads",
             Command::RecordDenials { .. } => "record_denials",
+            Command::ProvisionKeys { .. } => "provision_keys",
         }
     }
 }
@@ -612,22 +646,21 @@ pub fn decide(
                 _ => vec![Event::EndpointRetired { id, reason }],
             },
         },
-        Command::RotateKeys { org, keys } => match facts.organisation(&org) {
-            Some(o) if !o.is_local() => return Err(hosted_elsewhere(o)),
-            None => {
-                return Err(Rejection::NotFound(format!(
-                    "organisation {org} is not registered"
-                )));
-            }
-
-            Some(o) if o.spec.keys.key_id == keys.key_id => {
-                return Err(Rejection::AlreadyExists(format!(
-                    "organisation {org} already uses key id {}",
-                    keys.key_id
-                )));
-            }
-            Some(_) => vec![Event::KeysRotated { org, keys }],
-        },
+        Command::RotateKeys { org, keys } => {
+            check_rotation(&org, &keys, facts)?;
+            vec![Event::KeysRotated { org, keys }]
+        }
+        Command::ProvisionKeys { org, keys, wrapped } => {
+            check_rotation(&org, &keys, facts)?;
+            vec![
+                Event::KeysProvisioned {
+                    org: org.clone(),
+                    key_id: keys.key_id.clone(),
+                    wrapped,
+                },
+                Event::KeysRotated { org, keys },
+            ]
+        }
     };
     // The cluster version gate: a variant newer than what every voter understands must not
     // enter the log, or an old follower would stop applying.

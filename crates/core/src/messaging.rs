@@ -180,6 +180,16 @@ pub mod keys {
         k.extend_from_slice(key_id.as_bytes());
         k
     }
+
+    /// `keystore`: organisation, 1, key id → the public keys the organisation published
+    /// under that id (every key set it ever had, so a message signed or sealed before a
+    /// rotation still verifies and opens).
+    pub fn published_keys(org: &HpiO, key_id: &str) -> Vec<u8> {
+        let mut k = org.as_str().as_bytes().to_vec();
+        k.push(1);
+        k.extend_from_slice(key_id.as_bytes());
+        k
+    }
 }
 
 /// The state of one recipient's copy, or a rejection naming what is missing.

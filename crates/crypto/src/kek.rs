@@ -91,6 +91,15 @@ impl Kek {
         )?))
     }
 
+    /// A KEK given as 64 hex characters (an environment variable's value); `source`
+    /// names where it came from in errors.
+    pub fn from_hex(hex: &str, source: &str) -> Result<Kek> {
+        Ok(Self::from_key(crate::secret_file::parse_key_line(
+            hex.trim(),
+            std::path::Path::new(source),
+        )?))
+    }
+
     fn aead_key(&self) -> LessSafeKey {
         LessSafeKey::new(
             UnboundKey::new(&CHACHA20_POLY1305, self.key.as_ref())
@@ -193,6 +202,26 @@ mod tests {
 
     fn org(n: u64) -> HpiO {
         HpiO::from_serial(n)
+    }
+
+    #[test]
+    fn a_kek_from_the_environment_is_the_one_in_the_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let kek = Kek::generate().expect("kek");
+        kek.save(&dir.path().join("kek")).expect("save");
+        let text = std::fs::read_to_string(dir.path().join("kek")).expect("read");
+        let hex_line = text.lines().nth(1).expect("key line");
+        let from_env = Kek::from_hex(&format!(" {hex_line}\n"), "$SEALPOST_KEK").expect("hex");
+        assert_eq!(from_env.id_hex(), kek.id_hex());
+        let keys = OrgKeys::generate("k1").expect("keys");
+        let w = kek.wrap(&org(1), &keys).expect("wrap");
+        from_env
+            .unwrap(&org(1), "k1", &w)
+            .expect("the same key unwraps");
+        for bad in ["", "abc", &"0".repeat(64), &"zz".repeat(32)] {
+            let e = Kek::from_hex(bad, "$SEALPOST_KEK").expect_err("refused");
+            assert!(e.to_string().contains("$SEALPOST_KEK"), "{e}");
+        }
     }
 
     #[test]

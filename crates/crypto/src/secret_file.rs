@@ -38,19 +38,27 @@ pub(crate) fn load(path: &Path, header: &str, what: &str) -> Result<Zeroizing<[u
             "the first line is not {header:?}: not a sealpost {what} file"
         )));
     }
-    let key_line = lines.next().unwrap_or("").trim();
+    let key = parse_key_line(lines.next().unwrap_or("").trim(), path)?;
+    if lines.any(|l| !l.trim().is_empty()) {
+        return Err(bad("unexpected text after the key line"));
+    }
+    Ok(key)
+}
+
+/// A 32-byte secret written as 64 hex characters; `path` names its source in errors.
+pub(crate) fn parse_key_line(key_line: &str, path: &Path) -> Result<Zeroizing<[u8; 32]>> {
+    let bad = |problem: &str| Error::BadFile {
+        path: path.to_path_buf(),
+        problem: problem.to_string(),
+    };
     if key_line.len() != 64 {
         return Err(bad(&format!(
-            "the key line holds {} characters, expected 64 hex characters (32 bytes)",
+            "the key holds {} characters, expected 64 hex characters (32 bytes)",
             key_line.len()
         )));
     }
     let mut key = Zeroizing::new([0u8; 32]);
-    hex::decode_to_slice(key_line, key.as_mut())
-        .map_err(|_| bad("the key line is not hexadecimal"))?;
-    if lines.any(|l| !l.trim().is_empty()) {
-        return Err(bad("unexpected text after the key line"));
-    }
+    hex::decode_to_slice(key_line, key.as_mut()).map_err(|_| bad("the key is not hexadecimal"))?;
     if *key == [0u8; 32] {
         return Err(bad("the key is all zeroes"));
     }

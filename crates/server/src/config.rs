@@ -201,6 +201,11 @@ pub struct NodeConfig {
     pub tls: TlsPaths,
     /// The provider's key-encryption key (the same file on every node of the provider).
     pub kek: PathBuf,
+    /// Instead of the `kek` file: the name of an environment variable holding the KEK as
+    /// 64 hex characters (for secret stores that inject variables). The configuration
+    /// names the variable, never the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kek_env: Option<String>,
     /// The provider's Ed25519 signing key (the same file on every node): it signs audit
     /// checkpoints and, with federation, transport receipts. Without it (and without
     /// `federation.provider_key`) the node serves no checkpoints.
@@ -464,6 +469,7 @@ mod tests {
                 crl: None,
             },
             kek: "kek".into(),
+            kek_env: None,
             provider_key: None,
             raft: RaftOptions::default(),
             api: ApiLimits::default(),

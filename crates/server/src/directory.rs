@@ -30,6 +30,9 @@ pub struct DirectoryService {
 /// Key id of the first key set the provider generates for an organisation.
 pub const PROVISIONED_KEY_ID: &str = "k1";
 
+/// Most provider-generated rotations of one organisation's keys (`k2` ..).
+pub const ROTATIONS_MAX: u32 = 1_000;
+
 impl DirectoryService {
     pub fn new(node: RaftNode, keystore: Keystore, guard: Guard) -> Self {
         Self {
@@ -152,9 +155,69 @@ impl Directory for DirectoryService {
         let actor = self.allow(&req, Action::DirectoryWrite)?;
         let r = req.into_inner();
         let org = HpiO::parse(&r.hpio).map_err(|e| id_error("hpio", e))?;
-        let keys = convert::keys_from_pb(r.keys)?;
-        keys.validate().map_err(field_error)?;
-        self.write(actor, Command::RotateKeys { org, keys }).await
+        if r.keys.is_some() {
+            let keys = convert::keys_from_pb(r.keys)?;
+            keys.validate().map_err(field_error)?;
+            return self.write(actor, Command::RotateKeys { org, keys }).await;
+        }
+        // The provider rotates keys it holds: a fresh pair under a key id never used by
+        // this organisation, so no earlier wrapped key is ever replaced.
+        self.node
+            .linearizable_barrier()
+            .await
+            .map_err(convert::node_error)?;
+        let view = self.node.view();
+        let current = view
+            .organisation(&org)
+            .map_err(convert::store_error)?
+            .ok_or_else(|| Status::not_found(format!("organisation {org} is not registered")))?;
+        if view
+            .wrapped_keys(&org, &current.spec.keys.key_id)
+            .map_err(convert::store_error)?
+            .is_none()
+        {
+            return Err(Status::failed_precondition(format!(
+                "organisation {org} holds its own private keys; rotate by sending the public \
+                 halves of its new key pair"
+            )));
+        }
+        let mut key_id = None;
+        for n in 2..=ROTATIONS_MAX + 1 {
+            let candidate = format!("k{n}");
+            if view
+                .published_keys(&org, &candidate)
+                .map_err(convert::store_error)?
+                .is_none()
+                && view
+                    .wrapped_keys(&org, &candidate)
+                    .map_err(convert::store_error)?
+                    .is_none()
+            {
+                key_id = Some(candidate);
+                break;
+            }
+        }
+        let key_id = key_id.ok_or_else(|| {
+            Status::resource_exhausted(format!(
+                "organisation {org} has rotated its keys {ROTATIONS_MAX} times, the limit"
+            ))
+        })?;
+        let keys = sealpost_crypto::keys::OrgKeys::generate(&key_id)
+            .map_err(|e| Status::internal(format!("key generation failed: {e}")))?;
+        let wrapped = self
+            .keystore
+            .kek()
+            .wrap(&org, &keys)
+            .map_err(|e| Status::internal(format!("wrapping keys failed: {e}")))?;
+        self.write(
+            actor,
+            Command::ProvisionKeys {
+                org,
+                keys: keys.public_keys(),
+                wrapped,
+            },
+        )
+        .await
     }
 
     async fn get_organisation(

@@ -403,6 +403,7 @@ impl LocalCluster {
                 crl: Some(self.ensure_crl()?),
             },
             kek: self.dir.join("kek"),
+            kek_env: None,
             // (A folder made before every provider had a signing key has none.)
             provider_key: Some(self.dir.join(PROVIDER_KEY_FILE)).filter(|p| p.exists()),
             raft: raft.clone(),

@@ -913,13 +913,18 @@ pub fn load_envelope(view: &StateView, sent_seq: u64) -> Result<Envelope, LoadEr
     }
 }
 
-/// The sender's published signing key, if the envelope's key id is still the current one.
+/// The signing key the sender published under the envelope's key id, current or rotated
+/// out since (a message signed before a rotation still verifies).
 pub fn sender_signing_key(
     view: &StateView,
     envelope: &Envelope,
 ) -> Result<Option<[u8; 32]>, sealpost_store::Error> {
-    Ok(view
-        .organisation(&envelope.header.sender.org)?
-        .filter(|o| o.spec.keys.key_id == envelope.header.sender_key_id)
-        .map(|o| o.spec.keys.signing))
+    let org = &envelope.header.sender.org;
+    let key_id = &envelope.header.sender_key_id;
+    if let Some(o) = view.organisation(org)?
+        && &o.spec.keys.key_id == key_id
+    {
+        return Ok(Some(o.spec.keys.signing));
+    }
+    Ok(view.published_keys(org, key_id)?.map(|k| k.signing))
 }

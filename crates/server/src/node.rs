@@ -238,7 +238,20 @@ async fn start_inner(
     breakage: UnsafeBreakage,
 ) -> Result<NodeHandle, ServerError> {
     let tls = cfg.tls.load()?;
-    let kek = sealpost_crypto::kek::Kek::load(&cfg.kek)?;
+    let kek = match &cfg.kek_env {
+        Some(var) => {
+            let hex = zeroize::Zeroizing::new(std::env::var(var).map_err(|_| {
+                ServerError::DataDir {
+                    path: format!("${var}"),
+                    problem:
+                        "kek_env names this environment variable, which is not set (or not UTF-8)"
+                            .into(),
+                }
+            })?);
+            sealpost_crypto::kek::Kek::from_hex(&hex, &format!("${var}"))?
+        }
+        None => sealpost_crypto::kek::Kek::load(&cfg.kek)?,
+    };
     let provider_key = match cfg.provider_key_path() {
         Some(p) => Some(Arc::new(sealpost_crypto::provider_key::ProviderKey::load(
             p,

@@ -18,7 +18,7 @@ use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 use sealpost_core::batch::{Batch, BatchOutcome, Outcome};
 use sealpost_core::codec;
 use sealpost_core::command::{Command, Reads, decide};
-use sealpost_core::directory::{Endpoint, Organisation};
+use sealpost_core::directory::{Endpoint, Organisation, PublicKeys};
 use sealpost_core::event::{
     ChainError, ChainVerifier, EVENT_VERSION_CURRENT, Event, EventRecord, GENESIS_HASH, Hash,
 };
@@ -587,7 +587,13 @@ pub(crate) fn write_view_changes(sink: &mut impl ViewSink, changes: &[ViewChange
     for c in changes {
         match c {
             ViewChange::PutOrganisation(o) => {
-                sink.put(CF_ORGS, o.spec.hpio.as_str().as_bytes(), &codec::encode(o))
+                sink.put(CF_ORGS, o.spec.hpio.as_str().as_bytes(), &codec::encode(o));
+                // Every key set an organisation publishes stays readable by its id.
+                sink.put(
+                    ViewCf::Keystore.name(),
+                    &keys::published_keys(&o.spec.hpio, &o.spec.keys.key_id),
+                    &codec::encode(&o.spec.keys),
+                );
             }
             ViewChange::PutEndpoint(e) => sink.put(
                 CF_ENDPOINTS,
@@ -1458,6 +1464,13 @@ impl StateView {
     }
 
     /// An organisation's wrapped private keys for a key id.
+    /// The public keys `org` published under `key_id`, current or rotated out.
+    pub fn published_keys(&self, org: &HpiO, key_id: &str) -> Result<Option<PublicKeys>> {
+        self.shared
+            .live()
+            .get(ViewCf::Keystore.name(), &keys::published_keys(org, key_id))
+    }
+
     pub fn wrapped_keys(&self, org: &HpiO, key_id: &str) -> Result<Option<Vec<u8>>> {
         let live = self.shared.live();
         live.db
