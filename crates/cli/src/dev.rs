@@ -73,10 +73,38 @@ pub struct CertsArgs {
     /// Host names and IP addresses the nodes are reached at.
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.1,localhost")]
     hosts: Vec<String>,
-    /// Client certificates to issue: NAME, or NAME=HPI-O for a client that acts for an
-    /// organisation (it may send and receive as that organisation).
+    /// Client certificates to issue: NAME (an operator), NAME=operator, NAME=auditor, or
+    /// NAME=HPI-O for a client that acts for an organisation (it may send and receive as
+    /// that organisation).
     #[arg(long, value_delimiter = ',', default_value = "admin")]
     clients: Vec<String>,
+    /// Revoke these certificates (PEM files): their serials join `revoked` and `ca.crl` is
+    /// rewritten; nodes whose `[tls] crl` names it refuse them within `api.tls_reload_ms`.
+    #[arg(long)]
+    revoke: Vec<PathBuf>,
+    /// Onboarding: sign this PKCS#10 request (PEM) with the CA, for `--csr-for`, into
+    /// `clients/<--csr-name>.pem`; the requester keeps its private key.
+    #[arg(long, requires_all = ["csr_name", "csr_for"])]
+    csr: Option<PathBuf>,
+    /// The name of the certificate `--csr` makes.
+    #[arg(long)]
+    csr_name: Option<String>,
+    /// Whom the certificate `--csr` makes is for: an HPI-O, `operator` or `auditor`.
+    #[arg(long)]
+    csr_for: Option<String>,
+}
+
+/// An organisation (HPI-O) or a client role, as `--clients` and `--csr-for` name them.
+fn subject_of(spec: &str, who: &str) -> anyhow::Result<Subject> {
+    match who.parse::<Role>() {
+        Ok(Role::Node) => {
+            anyhow::bail!("{spec}: node certificates come from --nodes, not client options")
+        }
+        Ok(role) => Ok(Subject::Role(role)),
+        Err(_) => Ok(Subject::Org(HpiO::parse(who).map_err(|e| {
+            anyhow::anyhow!("{spec}: neither a role (operator, auditor) nor an HPI-O: {e}")
+        })?)),
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
@@ -725,20 +753,7 @@ pub fn certs(args: CertsArgs) -> anyhow::Result<()> {
     let receipt_key = sealpost_crypto::provider_key::ProviderKey::load(&provider_key)?.public_hex();
     for spec in &args.clients {
         let (c, subject) = match spec.split_once('=') {
-            Some((name, who)) => (
-                name,
-                match who.parse::<Role>() {
-                    Ok(Role::Node) => anyhow::bail!(
-                        "--clients {spec}: node certificates come from --nodes, not --clients"
-                    ),
-                    Ok(role) => Subject::Role(role),
-                    Err(_) => Subject::Org(HpiO::parse(who).map_err(|e| {
-                        anyhow::anyhow!(
-                            "--clients {spec}: neither a role (operator, auditor) nor an HPI-O: {e}"
-                        )
-                    })?),
-                },
-            ),
+            Some((name, who)) => (name, subject_of(&format!("--clients {spec}"), who)?),
             None => (spec.as_str(), Subject::Role(Role::Operator)),
         };
         let cert = out.join("clients").join(format!("{c}.pem"));
@@ -754,6 +769,25 @@ pub fn certs(args: CertsArgs) -> anyhow::Result<()> {
                 true,
             )?;
         }
+    }
+    let crl = ca.ensure_crl(out)?;
+    if let (Some(csr), Some(name), Some(who)) = (&args.csr, &args.csr_name, &args.csr_for) {
+        let subject = subject_of(&format!("--csr-for {who}"), who)?;
+        let request = std::fs::read_to_string(csr)
+            .map_err(|e| anyhow::anyhow!("--csr {}: {e}", csr.display()))?;
+        let cert = ca.sign_csr(name, subject.clone(), &request).map_err(|e| {
+            anyhow::anyhow!("--csr {}: not a usable PKCS#10 request: {e}", csr.display())
+        })?;
+        let path = out.join("clients").join(format!("{name}.pem"));
+        write_file(&path, &cert, false)?;
+        println!("signed {} for {subject}: {}", csr.display(), path.display());
+    }
+    for cert in &args.revoke {
+        let pem = std::fs::read_to_string(cert)
+            .map_err(|e| anyhow::anyhow!("--revoke {}: {e}", cert.display()))?;
+        ca.revoke_in(out, &pem)
+            .map_err(|e| anyhow::anyhow!("--revoke {}: {e}", cert.display()))?;
+        println!("revoked {} (CRL {})", cert.display(), crl.display());
     }
     println!("certificates for {} in {}", args.provider, out.display());
     println!("receipt_key for peers' trust bundles: {receipt_key}");

@@ -811,3 +811,103 @@ fn audit_checkpoints_and_proofs_verify_and_forgeries_fail() {
         "key",
     );
 }
+
+/// `sealpost certs` onboards an organisation from its CSR (the CA decides whom the
+/// certificate names) and revokes certificates into the CRL the node configurations name.
+#[test]
+fn certs_sign_a_csr_and_revoke_into_the_crl() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("tls");
+    let org = sealpost_core::ids::HpiO::from_serial(5);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .expect("params")
+        .serialize_request(&key)
+        .expect("csr")
+        .pem()
+        .expect("pem");
+    std::fs::create_dir_all(tmp.path()).expect("dir");
+    let csr_path = tmp.path().join("clinic.csr");
+    std::fs::write(&csr_path, csr).expect("write");
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args([
+                "certs",
+                "--out",
+                out.to_str().expect("utf-8"),
+                "--provider",
+                "p",
+            ])
+            .args(args)
+            .output()
+            .expect("run sealpost")
+    };
+    let signed = run(&[
+        "--nodes",
+        "1",
+        "--clients",
+        "ops=operator,aud=auditor",
+        "--csr",
+        csr_path.to_str().expect("utf-8"),
+        "--csr-name",
+        "clinic",
+        "--csr-for",
+        org.as_str(),
+    ]);
+    assert!(
+        signed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    let cert = std::fs::read_to_string(out.join("clients/clinic.pem")).expect("signed");
+    let der = |pem: &str| {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        CertificateDer::from_pem_slice(pem.as_bytes())
+            .expect("pem")
+            .to_vec()
+    };
+    assert_eq!(
+        sealpost_crypto::tls::principal(&der(&cert)),
+        Some(sealpost_crypto::tls::Subject::Org(org))
+    );
+    let aud = std::fs::read_to_string(out.join("clients/aud.pem")).expect("auditor");
+    assert_eq!(
+        sealpost_crypto::tls::principal(&der(&aud)),
+        Some(sealpost_crypto::tls::Subject::Role(
+            sealpost_crypto::tls::Role::Auditor
+        ))
+    );
+    let empty_crl = std::fs::read_to_string(out.join("ca.crl")).expect("an empty CRL");
+    let revoked = run(&[
+        "--revoke",
+        out.join("clients/clinic.pem").to_str().expect("utf-8"),
+    ]);
+    assert!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
+    let serial = hex::encode(sealpost_crypto::tls::serial_of(&cert).expect("serial"));
+    let listed = std::fs::read_to_string(out.join("revoked")).expect("list");
+    assert_eq!(listed.lines().collect::<Vec<_>>(), vec![serial.as_str()]);
+    let crl = std::fs::read_to_string(out.join("ca.crl")).expect("crl");
+    assert!(crl.contains("BEGIN X509 CRL") && crl != empty_crl);
+    // Bad input names the problem.
+    let junk = tmp.path().join("junk.csr");
+    std::fs::write(&junk, "not a request").expect("write");
+    let refused = run(&[
+        "--csr",
+        junk.to_str().expect("utf-8"),
+        "--csr-name",
+        "x",
+        "--csr-for",
+        "superuser",
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("neither a role"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}

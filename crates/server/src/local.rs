@@ -93,13 +93,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LocalError + '_ {
     }
 }
 
-/// The provider's CRL, beside its CA certificate.
-pub const CRL_FILE: &str = "ca.crl";
-/// The serial numbers (hex, one a line) the provider's CA has revoked.
-pub const REVOKED_FILE: &str = "revoked";
-/// How long a CRL the local CA writes claims to be current.
-pub const CRL_VALID_FOR: Duration = Duration::from_secs(30 * 86_400);
-
 /// A provider's nodes, running in this process.
 pub struct LocalCluster {
     pub provider: String,
@@ -715,46 +708,15 @@ impl LocalCluster {
     /// The CRL the nodes check client certificates against (`DIR/<provider>/ca.crl`),
     /// written empty when missing.
     pub fn ensure_crl(&self) -> Result<std::path::PathBuf, LocalError> {
-        let path = self.dir.join(CRL_FILE);
-        if !path.exists() {
-            write_file(&path, &self.ca.crl(&[], 1, CRL_VALID_FOR)?, false)?;
-        }
-        Ok(path)
+        Ok(self.ca.ensure_crl(&self.dir)?)
     }
 
-    /// Revokes the certificate in `cert` (PEM): its serial joins `DIR/<provider>/revoked`
-    /// and a new CRL naming every revoked serial replaces `ca.crl`. Nodes refuse it from
-    /// their next TLS reload (`api.tls_reload_ms`) on.
+    /// Revokes the certificate in `cert` (PEM) with the provider's CA
+    /// (`DevCa::revoke_in`): nodes refuse it from their next TLS reload
+    /// (`api.tls_reload_ms`) on.
     pub fn revoke(&self, cert: &std::path::Path) -> Result<(), LocalError> {
         let pem = std::fs::read_to_string(cert).map_err(io(cert))?;
-        let serial = hex::encode(sealpost_crypto::tls::serial_of(&pem)?);
-        let list = self.dir.join(REVOKED_FILE);
-        let mut serials: Vec<String> = match std::fs::read_to_string(&list) {
-            Ok(t) => t.lines().map(str::to_string).collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(io(&list)(e)),
-        };
-        if !serials.contains(&serial) {
-            serials.push(serial);
-        }
-        let bytes = serials
-            .iter()
-            .map(|s| {
-                hex::decode(s)
-                    .map_err(|e| LocalError::Layout(format!("{}: {s:?}: {e}", list.display())))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        write_file(&list, &(serials.join("\n") + "\n"), false)?;
-        // Each CRL gets a larger number than the last: one more than the serials listed.
-        let crl = self
-            .ca
-            .crl(&bytes, serials.len() as u64 + 1, CRL_VALID_FOR)?;
-        // Written whole to a new file, then renamed: a node never reads half a CRL.
-        let path = self.dir.join(CRL_FILE);
-        let tmp = self.dir.join(format!("{CRL_FILE}.new"));
-        write_file(&tmp, &crl, false)?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
-        Ok(())
+        Ok(self.ca.revoke_in(&self.dir, &pem)?)
     }
 
     /// Waits until the running nodes agree on a leader that is one of them.
