@@ -105,6 +105,22 @@ pub enum DirectoryCmd {
         #[arg(long)]
         reason: String,
     },
+    /// Rotate an organisation's keys. Without keys the provider generates a new pair for an
+    /// organisation whose keys it holds (messages sealed or signed with the old pair still
+    /// open and verify); an organisation holding its own keys gives the new public halves.
+    RotateKeys {
+        #[arg(long)]
+        hpio: String,
+        /// Key id of the new public keys (with --encryption-key and --signing-key).
+        #[arg(long, default_value = "k2")]
+        key_id: String,
+        /// X25519 public key, hex, of an organisation that holds its own private keys.
+        #[arg(long, requires = "signing_key")]
+        encryption_key: Option<String>,
+        /// Ed25519 public key, hex.
+        #[arg(long, requires = "encryption_key")]
+        signing_key: Option<String>,
+    },
     /// Show an organisation (HPI-O) or an endpoint (<HPI-O>/<local>).
     Show {
         id: String,
@@ -256,6 +272,22 @@ pub async fn cluster(opts: &ClientOpts, cmd: ClusterCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Public keys given on the command line, or none (the provider generates them).
+fn public_keys(
+    key_id: String,
+    encryption_key: Option<String>,
+    signing_key: Option<String>,
+) -> anyhow::Result<Option<pb::PublicKeys>> {
+    Ok(match (encryption_key, signing_key) {
+        (Some(e), Some(s)) => Some(pb::PublicKeys {
+            key_id,
+            encryption: key_bytes("--encryption-key", &e)?,
+            signing: key_bytes("--signing-key", &s)?,
+        }),
+        _ => None,
+    })
+}
+
 fn key_bytes(field: &str, hex_str: &str) -> anyhow::Result<Vec<u8>> {
     hex::decode(hex_str.trim()).with_context(|| format!("{field} is not hex"))
 }
@@ -289,14 +321,7 @@ pub async fn directory(opts: &ClientOpts, cmd: DirectoryCmd) -> anyhow::Result<(
             encryption_key,
             signing_key,
         } => {
-            let keys = match (encryption_key, signing_key) {
-                (Some(e), Some(s)) => Some(pb::PublicKeys {
-                    key_id,
-                    encryption: key_bytes("--encryption-key", &e)?,
-                    signing: key_bytes("--signing-key", &s)?,
-                }),
-                _ => None,
-            };
+            let keys = public_keys(key_id, encryption_key, signing_key)?;
             let r = dir
                 .register_organisation(pb::RegisterOrganisationRequest {
                     organisation: Some(pb::Organisation {
@@ -342,6 +367,23 @@ pub async fn directory(opts: &ClientOpts, cmd: DirectoryCmd) -> anyhow::Result<(
                 .map_err(status_err("retire endpoint"))?
                 .into_inner();
             written(&out, format!("endpoint {id} retired"), r);
+        }
+        DirectoryCmd::RotateKeys {
+            hpio,
+            key_id,
+            encryption_key,
+            signing_key,
+        } => {
+            let keys = public_keys(key_id, encryption_key, signing_key)?;
+            let r = dir
+                .rotate_keys(pb::RotateKeysRequest {
+                    hpio: hpio.clone(),
+                    keys,
+                })
+                .await
+                .map_err(status_err("rotate keys"))?
+                .into_inner();
+            written(&out, format!("keys of {hpio} rotated"), r);
         }
         DirectoryCmd::Show { id, local } => {
             if id.contains('/') {
