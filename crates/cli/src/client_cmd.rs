@@ -56,48 +56,99 @@ pub enum ClusterCmd {
     },
 }
 
+/// An organisation to register: the `register-org` flags and an import file's
+/// `organisation` lines.
+#[derive(clap::Args, serde::Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct OrgArgs {
+    #[arg(long)]
+    hpio: String,
+    #[arg(long)]
+    name: String,
+    #[arg(long)]
+    suburb: String,
+    /// ACT, NSW, NT, QLD, SA, TAS, VIC or WA.
+    #[arg(long)]
+    state: String,
+    #[arg(long)]
+    postcode: String,
+    /// Key id to publish.
+    #[arg(long, default_value = "k1")]
+    #[serde(default = "first_key_id")]
+    key_id: String,
+    /// X25519 public key, hex, of an organisation that holds its own private keys. With
+    /// --signing-key; when both are omitted the provider generates the organisation's
+    /// keys and keeps the private halves wrapped under its key-encryption key, so it
+    /// can sign, seal and open messages for it.
+    #[arg(long, requires = "signing_key")]
+    #[serde(default)]
+    encryption_key: Option<String>,
+    /// Ed25519 public key, hex.
+    #[arg(long, requires = "encryption_key")]
+    #[serde(default)]
+    signing_key: Option<String>,
+}
+
+/// An endpoint to publish: the `publish` flags and an import file's `endpoint` lines.
+#[derive(clap::Args, serde::Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointArgs {
+    /// <HPI-O>/<service> or <HPI-O>/<HPI-I>.
+    #[arg(long)]
+    id: String,
+    #[arg(long)]
+    name: String,
+    #[arg(long)]
+    specialty: String,
+    /// Payload types accepted (REF^I12, ORU^R01, MDM^T02, CDA, FHIR, PDF, TEXT); repeat or
+    /// separate with commas.
+    #[arg(long = "accepts", value_delimiter = ',', required = true)]
+    accepts: Vec<String>,
+}
+
+impl EndpointArgs {
+    pub fn request(self) -> pb::PublishEndpointRequest {
+        pb::PublishEndpointRequest {
+            id: self.id,
+            display_name: self.name,
+            specialty: self.specialty,
+            payload_types: self.accepts,
+        }
+    }
+}
+
+fn first_key_id() -> String {
+    "k1".into()
+}
+
+impl OrgArgs {
+    pub fn hpio(&self) -> &str {
+        &self.hpio
+    }
+
+    /// The registration request (keys hex-decoded; none: the provider generates them).
+    pub fn request(self) -> anyhow::Result<pb::RegisterOrganisationRequest> {
+        let keys = public_keys(self.key_id, self.encryption_key, self.signing_key)?;
+        Ok(pb::RegisterOrganisationRequest {
+            organisation: Some(pb::Organisation {
+                hpio: self.hpio,
+                name: self.name,
+                suburb: self.suburb,
+                state: self.state,
+                postcode: self.postcode,
+                keys,
+                ..Default::default()
+            }),
+        })
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum DirectoryCmd {
     /// Register an organisation with its public keys.
-    RegisterOrg {
-        #[arg(long)]
-        hpio: String,
-        #[arg(long)]
-        name: String,
-        #[arg(long)]
-        suburb: String,
-        /// ACT, NSW, NT, QLD, SA, TAS, VIC or WA.
-        #[arg(long)]
-        state: String,
-        #[arg(long)]
-        postcode: String,
-        /// Key id to publish.
-        #[arg(long, default_value = "k1")]
-        key_id: String,
-        /// X25519 public key, hex, of an organisation that holds its own private keys. With
-        /// --signing-key; when both are omitted the provider generates the organisation's
-        /// keys and keeps the private halves wrapped under its key-encryption key, so it
-        /// can sign, seal and open messages for it.
-        #[arg(long, requires = "signing_key")]
-        encryption_key: Option<String>,
-        /// Ed25519 public key, hex.
-        #[arg(long, requires = "encryption_key")]
-        signing_key: Option<String>,
-    },
+    RegisterOrg(OrgArgs),
     /// Publish a service or practitioner endpoint of an organisation.
-    Publish {
-        /// <HPI-O>/<service> or <HPI-O>/<HPI-I>.
-        #[arg(long)]
-        id: String,
-        #[arg(long)]
-        name: String,
-        #[arg(long)]
-        specialty: String,
-        /// Payload types accepted (REF^I12, ORU^R01, MDM^T02, CDA, FHIR, PDF, TEXT); repeat or
-        /// separate with commas.
-        #[arg(long = "accepts", value_delimiter = ',', required = true)]
-        accepts: Vec<String>,
-    },
+    Publish(EndpointArgs),
     /// Retire an endpoint: it stops accepting messages.
     Retire {
         #[arg(long)]
@@ -120,6 +171,15 @@ pub enum DirectoryCmd {
         /// Ed25519 public key, hex.
         #[arg(long, requires = "encryption_key")]
         signing_key: Option<String>,
+    },
+    /// Load organisations and endpoints from a JSON Lines file, one a line:
+    /// `{"kind":"organisation","hpio":..,"name":..,"suburb":..,"state":..,"postcode":..}`
+    /// (optional `key_id`, `encryption_key`, `signing_key`) or
+    /// `{"kind":"endpoint","id":..,"name":..,"specialty":..,"accepts":[..]}`. Existing
+    /// entries are skipped; bad lines are reported and the rest goes on.
+    Import {
+        #[arg(long)]
+        file: std::path::PathBuf,
     },
     /// Show an organisation (HPI-O) or an endpoint (<HPI-O>/<local>).
     Show {
@@ -273,7 +333,7 @@ pub async fn cluster(opts: &ClientOpts, cmd: ClusterCmd) -> anyhow::Result<()> {
 }
 
 /// Public keys given on the command line, or none (the provider generates them).
-fn public_keys(
+pub(crate) fn public_keys(
     key_id: String,
     encryption_key: Option<String>,
     signing_key: Option<String>,
@@ -311,47 +371,20 @@ pub async fn directory(opts: &ClientOpts, cmd: DirectoryCmd) -> anyhow::Result<(
         );
     };
     match cmd {
-        DirectoryCmd::RegisterOrg {
-            hpio,
-            name,
-            suburb,
-            state,
-            postcode,
-            key_id,
-            encryption_key,
-            signing_key,
-        } => {
-            let keys = public_keys(key_id, encryption_key, signing_key)?;
+        DirectoryCmd::RegisterOrg(org) => {
+            let hpio = org.hpio().to_string();
             let r = dir
-                .register_organisation(pb::RegisterOrganisationRequest {
-                    organisation: Some(pb::Organisation {
-                        hpio: hpio.clone(),
-                        name,
-                        suburb,
-                        state,
-                        postcode,
-                        keys,
-                        ..Default::default()
-                    }),
-                })
+                .register_organisation(org.request()?)
                 .await
                 .map_err(status_err("register organisation"))?
                 .into_inner();
             written(&out, format!("organisation {hpio} registered"), r);
         }
-        DirectoryCmd::Publish {
-            id,
-            name,
-            specialty,
-            accepts,
-        } => {
+        DirectoryCmd::Publish(ep) => {
+            let request = ep.request();
+            let id = request.id.clone();
             let r = dir
-                .publish_endpoint(pb::PublishEndpointRequest {
-                    id: id.clone(),
-                    display_name: name,
-                    specialty,
-                    payload_types: accepts,
-                })
+                .publish_endpoint(request)
                 .await
                 .map_err(status_err("publish endpoint"))?
                 .into_inner();
@@ -384,6 +417,28 @@ pub async fn directory(opts: &ClientOpts, cmd: DirectoryCmd) -> anyhow::Result<(
                 .map_err(status_err("rotate keys"))?
                 .into_inner();
             written(&out, format!("keys of {hpio} rotated"), r);
+        }
+        DirectoryCmd::Import { file } => {
+            let text = crate::import::read_file(&file)?;
+            let report = crate::import::import(&mut dir, &text).await;
+            out.message(
+                &format!(
+                    "imported {} organisations and {} endpoints; {} already there; {} failed{}",
+                    report.organisations,
+                    report.endpoints,
+                    report.skipped,
+                    report.failed,
+                    report
+                        .failures
+                        .iter()
+                        .map(|f| format!("\n  {f}"))
+                        .collect::<String>()
+                ),
+                serde_json::to_value(&report)?,
+            );
+            if report.failed > 0 {
+                anyhow::bail!("{} of the file's entries were not imported", report.failed);
+            }
         }
         DirectoryCmd::Show { id, local } => {
             if id.contains('/') {

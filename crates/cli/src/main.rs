@@ -8,6 +8,7 @@ mod audit_cmd;
 mod client_cmd;
 mod dev;
 mod evidence;
+mod import;
 mod message_cmd;
 mod output;
 

@@ -911,3 +911,90 @@ fn certs_sign_a_csr_and_revoke_into_the_crl() {
         String::from_utf8_lossy(&refused.stderr)
     );
 }
+
+/// `directory import` loads organisations and endpoints from JSON Lines: existing entries
+/// are skipped, bad lines are named by number and the rest is written; only operators
+/// write the directory.
+#[test]
+fn directory_import_loads_skips_and_reports_and_only_operators_write() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = tmp.path().join("data");
+    let (_dev, _lines) = start_dev(&data);
+    wait_for(&data, "a leader", |s| {
+        s["nodes"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|x| x["role"] == "leader"))
+    });
+    let new_org = sealpost_core::ids::HpiO::from_serial(4242);
+    let file = tmp.path().join("directory.jsonl");
+    std::fs::write(
+        &file,
+        format!(
+            concat!(
+                r#"{{"kind":"organisation","hpio":"{org}","name":"Bayside Clinic","suburb":"Sandringham","state":"VIC","postcode":"3191"}}"#,
+                "\n",
+                r#"{{"kind":"endpoint","id":"{org}/general-practice","name":"Bayside GP","specialty":"General practice","accepts":["ORU^R01"]}}"#,
+                "\n",
+                r#"{{"kind":"organisation","hpio":"8003620000001011","name":"Northside","suburb":"Carlton","state":"VIC","postcode":"3053"}}"#,
+                "\n\n",
+                r#"{{"kind":"practitioner"}}"#,
+                "\n",
+                r#"{{"kind":"endpoint","id":"8003620000099999/x","name":"X","specialty":"X","accepts":["TEXT"]}}"#,
+                "\n",
+            ),
+            org = new_org
+        ),
+    )
+    .expect("write");
+    let path = file.to_str().expect("utf-8");
+    let denied = sealpost(
+        &data,
+        &[
+            "directory",
+            "import",
+            "--file",
+            path,
+            "--as",
+            "northside-gp",
+        ],
+    );
+    assert!(!denied.status.success());
+    let out = sealpost(&data, &["directory", "import", "--file", path, "--json"]);
+    assert!(!out.status.success(), "two lines fail");
+    let report: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .expect("a report"),
+    )
+    .expect("json");
+    assert_eq!(report["organisations"], 1, "{report}");
+    assert_eq!(report["endpoints"], 1, "{report}");
+    assert_eq!(report["skipped"], 1, "{report}");
+    assert_eq!(report["failed"], 2, "{report}");
+    let failures = report["failures"].to_string();
+    assert!(
+        failures.contains("line 5") && failures.contains("line 6"),
+        "{failures}"
+    );
+    let shown = ok_json(
+        &data,
+        &[
+            "directory",
+            "show",
+            &format!("{new_org}/general-practice"),
+            "--json",
+        ],
+    );
+    assert!(shown.to_string().contains("Bayside GP"), "{shown}");
+    // Again: everything is already there.
+    let again = sealpost(&data, &["directory", "import", "--file", path, "--json"]);
+    let report: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&again.stdout)
+            .lines()
+            .next()
+            .expect("a report"),
+    )
+    .expect("json");
+    assert_eq!(report["skipped"], 3, "{report}");
+}
