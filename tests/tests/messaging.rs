@@ -92,7 +92,7 @@ async fn send_route_fetch_ack_track() {
         })
         .await
         .expect_err("not the sender's to fetch");
-    assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
 
     lab.messaging()
         .ack(pb::AckRequest {
