@@ -672,3 +672,58 @@ async fn rotated_keys_seal_new_messages_and_old_ones_still_open_and_verify() {
     assert_eq!(own.code(), Code::FailedPrecondition, "{own}");
     assert_views_rebuild(&c);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_with_a_rotated_certificate_reconnects_with_it_and_its_old_one_can_be_revoked() {
+    let (_d, c) = cluster(3).await;
+    let leader = c.wait_leader(WAIT).await.expect("leader");
+    let followers: Vec<u64> = (1..=3).filter(|n| *n != leader).collect();
+    let tls_dir = c.dir.join(format!("node-{leader}")).join("tls");
+    let old_cert = c.dir.join("old-leader.pem");
+    std::fs::copy(tls_dir.join("node.pem"), &old_cert).expect("keep the old certificate");
+    let accepted = |n: u64| {
+        c.node(n)
+            .expect("node")
+            .tls
+            .stats
+            .accepted
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before: Vec<u64> = followers.iter().map(|n| accepted(*n)).collect();
+
+    let rotated = c
+        .ca()
+        .issue_node(
+            &format!("prov-a-node-{leader}-rotated"),
+            &["127.0.0.1".into(), "localhost".into()],
+        )
+        .expect("cert");
+    write_file(&tls_dir.join("node-key.pem"), &rotated.key_pem, true).expect("key");
+    write_file(&tls_dir.join("node.pem"), &rotated.cert_pem, false).expect("cert");
+    let node = c.node(leader).expect("leader");
+    assert!(node.tls.reload_if_changed(), "the rotated files load");
+    assert_eq!(node.raft.client_tls_generation(), 1, "peers reconnect");
+    // The old certificate is revoked and every follower reads the new CRL.
+    c.revoke(&old_cert).expect("revoked");
+    for n in &followers {
+        assert!(c.node(*n).expect("node").tls.reload_if_changed());
+    }
+    // A write needs a follower: the leader reaches them under its new certificate.
+    let admin = client(&c, leader).await;
+    register(&admin, 31).await.expect("committed");
+    for (n, was) in followers.iter().zip(before) {
+        assert!(
+            accepted(*n) > was,
+            "node {n} took no new connection from the leader"
+        );
+        assert_eq!(
+            c.node(*n)
+                .expect("node")
+                .tls
+                .stats
+                .refused(Refusal::Revoked),
+            0
+        );
+    }
+    converged(&c).await;
+}

@@ -73,7 +73,9 @@ pub struct SnapshotCounters {
 
 /// What the network needs to reach peers: TLS, limits, addresses, faults.
 pub struct NetShared {
-    tls: ClientTlsConfig,
+    /// The TLS configuration (CA bundle, this node's client identity) and its generation,
+    /// which grows each time it is replaced, so peer clients made earlier reconnect.
+    tls: RwLock<(u64, ClientTlsConfig)>,
     pub(crate) message_bytes_max: usize,
     /// Bytes of entries one AppendEntries carries when there are several.
     pub(crate) append_bytes_max: usize,
@@ -94,7 +96,7 @@ impl NetShared {
         faults: Faults,
     ) -> Self {
         Self {
-            tls,
+            tls: RwLock::new((0, tls)),
             message_bytes_max,
             append_bytes_max,
             snapshot_chunk_bytes,
@@ -114,6 +116,29 @@ impl NetShared {
             .or_else(|| membership_addr.map(str::to_string))
     }
 
+    /// Replaces the TLS configuration (a rotated node certificate or CA bundle): cached
+    /// channels are dropped and every peer client reconnects with it on its next call.
+    pub fn set_client_tls(&self, tls: ClientTlsConfig) {
+        let mut g = self
+            .tls
+            .write()
+            .expect("the TLS lock is never held across a panic");
+        g.0 += 1;
+        g.1 = tls;
+        self.channels
+            .lock()
+            .expect("the channel cache lock is never held across a panic")
+            .clear();
+    }
+
+    /// The TLS configuration's generation.
+    pub fn tls_generation(&self) -> u64 {
+        self.tls
+            .read()
+            .expect("the TLS lock is never held across a panic")
+            .0
+    }
+
     /// A (lazily connecting, cached) channel to `addr`.
     pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let mut cache = self
@@ -123,8 +148,14 @@ impl NetShared {
         if let Some(c) = cache.get(addr) {
             return Ok(c.clone());
         }
+        let tls = self
+            .tls
+            .read()
+            .expect("the TLS lock is never held across a panic")
+            .1
+            .clone();
         let ch = Endpoint::from_shared(format!("https://{addr}"))?
-            .tls_config(self.tls.clone())?
+            .tls_config(tls)?
             .connect_timeout(Duration::from_millis(PEER_CONNECT_TIMEOUT_MS))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
@@ -154,9 +185,14 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             .shared
             .address_of(target, Some(&node.addr))
             .unwrap_or_else(|| node.addr.clone());
+        let generation = self.shared.tls_generation();
         PeerClient {
             target,
-            client: self.shared.client(&addr).map_err(|e| e.to_string()),
+            client: std::sync::Mutex::new((
+                generation,
+                self.shared.client(&addr).map_err(|e| e.to_string()),
+            )),
+            addr,
             shared: self.shared.clone(),
         }
     }
@@ -165,7 +201,9 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 /// A connection to one peer.
 pub struct PeerClient {
     target: NodeId,
-    client: Result<RaftClient<Channel>, String>,
+    addr: String,
+    /// The client, and the TLS generation it was made with.
+    client: std::sync::Mutex<(u64, Result<RaftClient<Channel>, String>)>,
     shared: Arc<NetShared>,
 }
 
@@ -195,7 +233,19 @@ impl PeerClient {
         if self.shared.faults.is_isolated() {
             return Err(unreachable("this node is isolated by fault injection"));
         }
-        self.client.clone().map_err(unreachable)
+        let generation = self.shared.tls_generation();
+        let mut c = self
+            .client
+            .lock()
+            .expect("the peer client lock is never held across a panic");
+        if c.0 != generation {
+            // The node's TLS configuration changed: reconnect with the new one.
+            *c = (
+                generation,
+                self.shared.client(&self.addr).map_err(|e| e.to_string()),
+            );
+        }
+        c.1.clone().map_err(unreachable)
     }
 
     fn decode<T: serde::de::DeserializeOwned, E: std::error::Error>(

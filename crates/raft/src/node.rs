@@ -467,6 +467,17 @@ impl RaftNode {
         &self.counters
     }
 
+    /// Replaces the TLS configuration this node connects to its peers with (a rotated
+    /// node certificate or CA bundle); peers are reconnected with it.
+    pub fn set_client_tls(&self, tls: ClientTlsConfig) {
+        self.core.net.set_client_tls(tls);
+    }
+
+    /// How many times the peer TLS configuration was replaced.
+    pub fn client_tls_generation(&self) -> u64 {
+        self.core.net.tls_generation()
+    }
+
     /// The gRPC service peers call.
     pub fn service(&self) -> RaftServer<RaftService> {
         RaftServer::new(RaftService::new(

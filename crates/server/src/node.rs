@@ -231,6 +231,17 @@ pub async fn start_broken(
     start_inner(cfg, None, None, breakage).await
 }
 
+/// The TLS configuration a node connects to its peers with: the provider's CA bundle and
+/// the node's own certificate as its client identity.
+fn client_tls_of(tls: &sealpost_crypto::tls::TlsMaterial) -> ClientTlsConfig {
+    ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&tls.ca_pem))
+        .identity(Identity::from_pem(
+            &tls.identity.cert_pem,
+            &tls.identity.key_pem,
+        ))
+}
+
 async fn start_inner(
     cfg: NodeConfig,
     listener: Option<TcpListener>,
@@ -275,11 +286,8 @@ async fn start_inner(
         source,
     })?;
     let fresh = claim_data_dir(&cfg.data_dir, cfg.id)?;
-    let ca = Certificate::from_pem(&tls.ca_pem);
     let identity = Identity::from_pem(&tls.identity.cert_pem, &tls.identity.key_pem);
-    let client_tls = ClientTlsConfig::new()
-        .ca_certificate(ca.clone())
-        .identity(identity.clone());
+    let client_tls = client_tls_of(&tls);
     let raft = RaftNode::start(NodeOptions {
         id: cfg.id,
         data_dir: cfg.data_dir.clone(),
@@ -319,6 +327,14 @@ async fn start_inner(
     // The client port's TLS (gRPC over HTTP/2) and the MLLP listeners' (no ALPN), both
     // read again when the files change.
     let grpc_tls = crate::tls::ServerTls::load(&cfg.tls, &[b"h2"])?;
+    // The same files give this node's identity towards its peers: reconnect with them.
+    {
+        let (paths, raft) = (cfg.tls.clone(), raft.clone());
+        grpc_tls.on_change(move || match paths.load() {
+            Ok(m) => raft.set_client_tls(client_tls_of(&m)),
+            Err(e) => tracing::warn!(error = %e, "the rotated TLS files do not load as a client identity; peers keep the old one"),
+        });
+    }
     let keystore = Keystore::new(kek, raft.view().clone());
     let faults = std::sync::Arc::new(MessagingFaults::default());
     let directory = DirectoryServer::new(DirectoryService::new(

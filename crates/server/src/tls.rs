@@ -98,11 +98,24 @@ impl HandshakeStats {
     }
 }
 
+/// Called after the files changed and a new configuration took effect.
+type OnChange = Arc<std::sync::Mutex<Option<Box<dyn Fn() + Send + Sync>>>>;
+
 /// A listener's TLS: the reloading configuration and its handshake counters.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ServerTls {
     config: Arc<ReloadingServerTls>,
     pub stats: Arc<HandshakeStats>,
+    on_change: OnChange,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("config", &self.config)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServerTls {
@@ -111,7 +124,17 @@ impl ServerTls {
         Ok(Self {
             config: Arc::new(ReloadingServerTls::load(paths.clone(), alpn)?),
             stats: Arc::default(),
+            on_change: Arc::default(),
         })
+    }
+
+    /// Runs `f` each time a changed set of files takes effect (the node reconnects its
+    /// peers with the rotated identity).
+    pub fn on_change(&self, f: impl Fn() + Send + Sync + 'static) {
+        *self
+            .on_change
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Box::new(f));
     }
 
     /// Completes the server side of a handshake on `stream`, within
@@ -149,6 +172,14 @@ impl ServerTls {
             Ok(true) => {
                 self.stats.reloads.fetch_add(1, Ordering::Relaxed);
                 tracing::info!("TLS files changed: new connections use the new configuration");
+                if let Some(f) = self
+                    .on_change
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .as_ref()
+                {
+                    f();
+                }
                 true
             }
             Ok(false) => false,
