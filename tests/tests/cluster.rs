@@ -607,21 +607,31 @@ async fn a_crashed_node_reapplies_its_log_and_converges() {
 
     let node_dir = c.config(3).expect("node 3 config").data_dir.clone();
     let image = dir.path().join("node-3-crash-image");
-    copy_tree(&node_dir, &image);
-    c.stop_node(3).await.expect("stop node 3");
-    {
-        // The image really lost the unflushed tail: recovery below has work to do.
-        let active = std::fs::read_to_string(image.join("sm").join("ACTIVE")).expect("ACTIVE");
-        let sm = sealpost_store::StateMachine::open(&image.join("sm"), false, false)
-            .expect("the crash image opens");
-        let kept = sm.view().status().expect("status").event_count;
-        assert!(
-            (20..30).contains(&kept),
-            "the image should hold the 20 flushed events, not the 10 after them; it has {kept} \
-             in {}",
-            active.trim()
-        );
+    // A file-by-file copy of a running store is not one instant, as a crash is: RocksDB
+    // may flush or compact meanwhile. The copy is checked on a second copy (opening it
+    // writes to it) and taken again until it is a consistent image; the image itself is
+    // never opened before node 3 starts on it.
+    let mut kept = None;
+    for _ in 0..5 {
+        let _ = std::fs::remove_dir_all(&image);
+        copy_tree(&node_dir, &image);
+        let probe = dir.path().join("node-3-crash-probe");
+        let _ = std::fs::remove_dir_all(&probe);
+        copy_tree(&image, &probe);
+        let opened = sealpost_store::StateMachine::open(&probe.join("sm"), false, false)
+            .and_then(|sm| sm.view().status());
+        if let Ok(status) = opened {
+            kept = Some(status.event_count);
+            break;
+        }
     }
+    c.stop_node(3).await.expect("stop node 3");
+    let kept = kept.expect("a consistent crash image within five copies");
+    // The image really lost the unflushed tail: recovery below has work to do.
+    assert!(
+        (20..30).contains(&kept),
+        "the image should hold the 20 flushed events, not the 10 after them; it has {kept}"
+    );
     std::fs::remove_dir_all(&node_dir).expect("remove node 3's files");
     std::fs::rename(&image, &node_dir).expect("put the crash image in place");
 

@@ -473,6 +473,14 @@ impl RaftNode {
         self.core.net.set_client_tls(tls);
     }
 
+    /// [`RaftNode::set_client_tls`] as a function that holds only the network, not the
+    /// node: for callbacks that may outlive the node's shutdown without keeping its stores
+    /// open.
+    pub fn client_tls_setter(&self) -> impl Fn(ClientTlsConfig) + Send + Sync + 'static {
+        let net = self.core.net.clone();
+        move |tls| net.set_client_tls(tls)
+    }
+
     /// How many times the peer TLS configuration was replaced.
     pub fn client_tls_generation(&self) -> u64 {
         self.core.net.tls_generation()

@@ -329,9 +329,10 @@ async fn start_inner(
     let grpc_tls = crate::tls::ServerTls::load(&cfg.tls, &[b"h2"])?;
     // The same files give this node's identity towards its peers: reconnect with them.
     {
-        let (paths, raft) = (cfg.tls.clone(), raft.clone());
+        // (Only the network: the listener's tasks may outlive the node's stores.)
+        let (paths, set_client_tls) = (cfg.tls.clone(), raft.client_tls_setter());
         grpc_tls.on_change(move || match paths.load() {
-            Ok(m) => raft.set_client_tls(client_tls_of(&m)),
+            Ok(m) => set_client_tls(client_tls_of(&m)),
             Err(e) => tracing::warn!(error = %e, "the rotated TLS files do not load as a client identity; peers keep the old one"),
         });
     }
