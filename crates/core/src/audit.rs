@@ -358,10 +358,16 @@ pub fn verify_export(
                 });
             }
             Some(s) => {
-                if f.seq != s.last_seq + 1 {
+                // (An export is untrusted input: a sequence at the top of the range ends it.)
+                let Some(expected) = s.last_seq.checked_add(1) else {
                     return Err(bad(format!(
-                        "expected event {}, found event {} (a line is missing, moved or added)",
-                        s.last_seq + 1,
+                        "event {} follows event {}, the last sequence number there can be",
+                        f.seq, s.last_seq
+                    )));
+                };
+                if f.seq != expected {
+                    return Err(bad(format!(
+                        "expected event {expected}, found event {} (a line is missing, moved or added)",
                         f.seq
                     )));
                 }
@@ -704,6 +710,30 @@ mod tests {
 
     /// Every single changed character of every line is detected, and so is every dropped,
     /// swapped or repeated line.
+    /// Found by the fuzzing review: an export whose sequence reaches the top of the range
+    /// is refused with an error, not an overflow.
+    #[test]
+    fn a_sequence_at_the_top_of_the_range_ends_the_export() {
+        let first = EventRecord::chain(
+            u64::MAX,
+            1,
+            1,
+            "a".into(),
+            GENESIS_HASH,
+            Event::OrganisationRegistered(OrganisationSpec::sample(1)),
+        );
+        let second = EventRecord::chain(
+            1,
+            2,
+            2,
+            "a".into(),
+            first.hash,
+            Event::OrganisationRegistered(OrganisationSpec::sample(2)),
+        );
+        let e = verify_alone(&lines(&[first, second])).expect_err("refused");
+        assert!(e.to_string().contains("last sequence number"), "{e}");
+    }
+
     #[test]
     fn any_tampering_is_detected() {
         let good = lines(&chain());
