@@ -105,16 +105,10 @@ impl TlsPaths {
     }
 }
 
-/// A rustls server configuration (ring provider) that presents `material`'s identity and
-/// requires every client to present a certificate issued by `material`'s CA, unexpired and
-/// not revoked by its CRL: for listeners outside tonic (MLLP over TLS).
-pub fn mutual_tls_server_config(
-    material: &TlsMaterial,
-) -> Result<std::sync::Arc<rustls::ServerConfig>> {
-    server_config(material, &[])
-}
-
-/// [`mutual_tls_server_config`] offering the ALPN protocols `alpn` (gRPC needs `h2`).
+/// A rustls server configuration (ring provider) that presents `material`'s identity,
+/// offers the ALPN protocols `alpn` (gRPC needs `h2`, MLLP none), and requires every
+/// client to present a certificate issued by `material`'s CA, unexpired and not revoked by
+/// its CRL.
 pub fn server_config(
     material: &TlsMaterial,
     alpn: &[&[u8]],
