@@ -127,16 +127,14 @@ impl Caller {
     /// Identifies the caller from its TLS client certificate; `node` is the node that took
     /// the call (part of the actor name events record).
     pub fn of<T>(req: &Request<T>, node: u64) -> Caller {
-        let cert = req
-            .peer_certs()
-            .and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()));
-        match cert {
+        let certs = req.peer_certs();
+        match certs.as_ref().and_then(|c| c.first()) {
             Some(der) => {
-                let fp = sealpost_crypto::tls::fingerprint(&der);
+                let fp = sealpost_crypto::tls::fingerprint(der.as_ref());
                 let identity = format!("cert:{}", &fp[..16]);
                 Caller {
                     actor: format!("{identity}@node-{node}"),
-                    subject: sealpost_crypto::tls::principal(&der),
+                    subject: subject_of(&fp, der.as_ref()),
                     identity,
                 }
             }
@@ -163,6 +161,28 @@ impl Caller {
             None => "nobody (the certificate names no organisation or role)".into(),
         }
     }
+}
+
+/// Most certificates whose subject [`Caller::of`] remembers (by fingerprint) in this
+/// process; past it the memory is cleared. Parsing a certificate on every call cost a
+/// noticeable share of a busy node's CPU; its fingerprint is computed anyway.
+pub const SUBJECT_CACHE_ENTRIES_MAX: usize = 4096;
+
+/// The subject a (TLS-verified) certificate names, parsed once per certificate.
+fn subject_of(fingerprint: &str, der: &[u8]) -> Option<Subject> {
+    type Cache = Mutex<HashMap<String, Option<Subject>>>;
+    static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(Cache::default);
+    if let Some(hit) = lock(cache).get(fingerprint) {
+        return hit.clone();
+    }
+    let subject = sealpost_crypto::tls::principal(der);
+    let mut c = lock(cache);
+    if c.len() >= SUBJECT_CACHE_ENTRIES_MAX {
+        c.clear();
+    }
+    c.insert(fingerprint.to_string(), subject.clone());
+    subject
 }
 
 /// Most organisations with a send-rate bucket on one node; past it, full buckets (which
