@@ -622,6 +622,9 @@ fn print_summary(data: &Path, client_toml: &Path, clusters: &BTreeMap<String, Lo
     println!("  sealpost inbox --as fitzroy-hospital");
     println!("  sealpost track --as northside-gp <message id>");
     println!("  sealpost dead-letters");
+    println!(
+        "  sealpost audit replay --as auditor     # auditors replay; they never fetch payloads"
+    );
     println!("Stop with Ctrl-C; run the same command again to resume from disk.");
 }
 
