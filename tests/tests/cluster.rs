@@ -632,7 +632,42 @@ async fn a_crashed_node_reapplies_its_log_and_converges() {
         (20..30).contains(&kept),
         "the image should hold the 20 flushed events, not the 10 after them; it has {kept}"
     );
-    std::fs::remove_dir_all(&node_dir).expect("remove node 3's files");
+    // (Something may still write into a stopped node's folder for a moment after `stop`
+    // returns, seen in CI as a removal failing on a new file: wait until the folder stops
+    // changing, and retry the removal, both bounded.)
+    let listing = |d: &std::path::Path| -> Vec<(std::path::PathBuf, u64)> {
+        let mut out = Vec::new();
+        let mut stack = vec![d.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                match e.metadata() {
+                    Ok(m) if m.is_dir() => stack.push(e.path()),
+                    Ok(m) => out.push((e.path(), m.len())),
+                    Err(_) => {}
+                }
+            }
+        }
+        out.sort();
+        out
+    };
+    let mut last = listing(&node_dir);
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = listing(&node_dir);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let mut removed = std::fs::remove_dir_all(&node_dir);
+    for _ in 0..10 {
+        if removed.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        removed = std::fs::remove_dir_all(&node_dir);
+    }
+    removed.expect("remove node 3's files");
     std::fs::rename(&image, &node_dir).expect("put the crash image in place");
 
     for s in 31..=35 {
