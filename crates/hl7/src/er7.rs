@@ -686,6 +686,26 @@ impl Message {
         non_empty(self.decode(comp.subcomponent(s)?))
     }
 
+    /// What can be read of a MSH that lacks a required field (empty where absent): enough
+    /// to address the acknowledgement that refuses the message.
+    pub fn partial_msh(&self) -> Msh {
+        let get = |p: &str| self.get(p).unwrap_or_default();
+        Msh {
+            sending_application: get("MSH-3.1"),
+            sending_facility: get("MSH-4.1"),
+            receiving_application: get("MSH-5.1"),
+            receiving_facility: get("MSH-6.1"),
+            message_type: get("MSH-9.1"),
+            trigger: get("MSH-9.2"),
+            control_id: get("MSH-10"),
+            processing_id: get("MSH-11.1"),
+            version: get("MSH-12.1"),
+            accept_ack_type: get("MSH-15"),
+            app_ack_type: get("MSH-16"),
+            ..Msh::default()
+        }
+    }
+
     /// The typed MSH header. Fails when MSH-9.1, MSH-9.2 or MSH-10 is missing.
     pub fn msh(&self) -> Result<Msh, ParseError> {
         let seg = self.segment("MSH").ok_or(ParseError::NoMsh)?;

@@ -230,6 +230,21 @@ struct Pending {
 /// The identity an overflowing summary folds its surplus entries into.
 const OTHERS: &str = "others";
 
+impl Pending {
+    /// Adds `n` refusals under `key`; past the cap, everyone new shares one entry, so a
+    /// summary stays bounded and loses no count.
+    fn add(&mut self, key: (String, String, String), n: u64) {
+        let key = if self.counts.len() >= DENIAL_SUMMARY_ENTRIES_MAX - 1
+            && !self.counts.contains_key(&key)
+        {
+            (OTHERS.into(), "several".into(), "several".into())
+        } else {
+            key
+        };
+        *self.counts.entry(key).or_default() += n;
+    }
+}
+
 /// A counter map's lock; a panic elsewhere while holding it leaves counts, still usable.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -284,16 +299,7 @@ impl Guard {
     }
 
     fn count(&self, identity: &str, subject: String, action: &str) {
-        let mut p = lock(&self.inner.pending);
-        let key = (identity.to_string(), subject, action.to_string());
-        if p.counts.len() >= DENIAL_SUMMARY_ENTRIES_MAX - 1 && !p.counts.contains_key(&key) {
-            // Everyone past the cap shares one entry, so the summary stays bounded.
-            *p.counts
-                .entry((OTHERS.into(), "several".into(), "several".into()))
-                .or_default() += 1;
-            return;
-        }
-        *p.counts.entry(key).or_default() += 1;
+        lock(&self.inner.pending).add((identity.to_string(), subject, action.to_string()), 1);
     }
 
     /// Takes one send token of `org`'s bucket, or refuses with ResourceExhausted (counted
@@ -389,14 +395,7 @@ impl Guard {
         let mut p = lock(&self.inner.pending);
         p.since_ms = p.since_ms.min(from_ms);
         for d in denials {
-            let key = (d.identity, d.subject, d.action);
-            if p.counts.len() >= DENIAL_SUMMARY_ENTRIES_MAX - 1 && !p.counts.contains_key(&key) {
-                *p.counts
-                    .entry((OTHERS.into(), "several".into(), "several".into()))
-                    .or_default() += d.count;
-            } else {
-                *p.counts.entry(key).or_default() += d.count;
-            }
+            p.add((d.identity, d.subject, d.action), d.count);
         }
     }
 

@@ -339,7 +339,7 @@ async fn handle(ctx: &Ctx, org: &HpiO, frame: &[u8]) -> String {
         Err(e) => {
             tracing::warn!(error = %e, "HL7 message without a usable MSH; rejected");
             return answer(
-                &partial_msh(&msg),
+                &msg.partial_msh(),
                 Outcome::Rejected,
                 Some(&AckError::from_parse_error(&e)),
             );
@@ -494,25 +494,6 @@ fn first_nonempty<'a>(a: &'a str, b: &'a str) -> Option<&'a str> {
 /// An MSH with nothing known (the frame had no usable MSH).
 fn blank_msh() -> Msh {
     Msh::default()
-}
-
-/// What can be read of a MSH that lacks a required field, for addressing the answer.
-fn partial_msh(msg: &Message) -> Msh {
-    let get = |p: &str| msg.get(p).unwrap_or_default();
-    Msh {
-        sending_application: get("MSH-3.1"),
-        sending_facility: get("MSH-4.1"),
-        receiving_application: get("MSH-5.1"),
-        receiving_facility: get("MSH-6.1"),
-        message_type: get("MSH-9.1"),
-        trigger: get("MSH-9.2"),
-        control_id: get("MSH-10"),
-        processing_id: get("MSH-11.1"),
-        version: get("MSH-12.1"),
-        accept_ack_type: get("MSH-15"),
-        app_ack_type: get("MSH-16"),
-        ..Msh::default()
-    }
 }
 
 /// Now as an HL7 timestamp (UTC), YYYYMMDDHHMMSS.
