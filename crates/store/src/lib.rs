@@ -15,7 +15,7 @@
 //! - [`search`]: directory search over the index column family; [`message_search`]:
 //!   audit search over messages (the `msg_index` view).
 //! - [`types`]: the openraft type configuration.
-//! - [`rocks`]: how RocksDB is opened (paranoid checks, AbsoluteConsistency recovery).
+//! - [`rocks`]: how RocksDB is opened (paranoid checks, a torn final WAL record dropped).
 
 pub mod error;
 pub mod log_store;

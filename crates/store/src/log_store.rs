@@ -6,6 +6,13 @@
 //! durable: nothing acknowledged can be lost, the async runtime never waits on the disk, and
 //! appends that arrive while an fsync runs share the next one (group commit). The log never
 //! shares an instance with the state machine, so a snapshot never carries a vote or a log.
+//!
+//! A crash can cut the WAL's last record short; that record was never fsynced, so never
+//! acknowledged, and RocksDB drops it on open (see [`crate::rocks`]). What must never be
+//! dropped is an entry this node reported durable: the syncer writes a *durable mark* (the
+//! index the WAL was fsynced through) to its own file at most every
+//! [`LOG_DURABLE_MARK_INTERVAL_MS`] and on close, and a log that opens shorter than its mark
+//! refuses to start, naming both indexes.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -13,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
@@ -38,6 +46,13 @@ pub const LOG_SYNCS_PENDING_MAX: usize = 4096;
 pub const LOG_SYNC_SLOW_MS: u64 = 20;
 /// Appends whose durability one fsync reports, at most.
 pub const LOG_SYNC_GROUP_MAX: usize = 1024;
+/// The durable mark is rewritten at most this often while appends are fsynced.
+pub const LOG_DURABLE_MARK_INTERVAL_MS: u64 = 1_000;
+/// The durable mark's file, in the log's folder (RocksDB ignores files it does not name).
+pub const DURABLE_MARK_FILE: &str = "SEALPOST-DURABLE-MARK";
+/// Bytes of the durable mark's file, at most.
+const DURABLE_MARK_BYTES_MAX: u64 = 128;
+const DURABLE_MARK_PREFIX: &str = "sealpost raft log fsynced through entry ";
 
 /// The Raft log store. Cheap to clone: clones share the database.
 #[derive(Clone)]
@@ -53,20 +68,126 @@ struct Inner {
     /// Appends waiting for the syncer's fsync; `None` once closing.
     sync_tx: Option<SyncSender<LogFlushed<TypeConfig>>>,
     syncer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    sync: Arc<SyncState>,
+}
+
+/// What the writers and the syncer thread share.
+struct SyncState {
+    path: PathBuf,
     /// Broken on purpose (see [`crate::StoreOptions::unsafe_skip_fsync`]).
     skip_fsync: bool,
     /// Held by every write and by the syncer's fsync, so an fsync never runs while a WAL
     /// record is half written: RocksDB syncs the WAL file as far as it is written, and a
     /// large batch reaches the file in several writes, so without this a power cut right
-    /// after an fsync could leave a torn final record, which AbsoluteConsistency recovery
-    /// rightly refuses (the chaos harness's power loss found it).
-    wal_lock: Arc<Mutex<()>>,
+    /// after an fsync could leave a torn final record that was reported durable.
+    wal_lock: Mutex<()>,
+    /// The highest entry index written to the WAL (lowered by a truncation).
+    written: AtomicU64,
+    mark: Mutex<Mark>,
+}
+
+/// What the durable mark's file says, and when it was last written.
+struct Mark {
+    on_disk: u64,
+    /// Raised by every truncation: a mark computed before one is stale and not written.
+    epoch: u64,
+    written_at: Option<Instant>,
+}
+
+/// Reads the durable mark of the log at `path`: 0 when there is none yet.
+fn read_mark(path: &Path) -> Result<u64> {
+    let file = path.join(DURABLE_MARK_FILE);
+    let len = match std::fs::metadata(&file) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io(&file)(e)),
+    };
+    let bad = |detail: String| Error::Corrupt {
+        path: file.clone(),
+        detail,
+    };
+    if len > DURABLE_MARK_BYTES_MAX {
+        return Err(bad(format!(
+            "the durable mark is {len} bytes, more than {DURABLE_MARK_BYTES_MAX}"
+        )));
+    }
+    let text = std::fs::read_to_string(&file).map_err(Error::io(&file))?;
+    text.strip_prefix(DURABLE_MARK_PREFIX)
+        .and_then(|rest| rest.strip_suffix('\n'))
+        .and_then(|n| n.parse::<u64>().ok())
+        .ok_or_else(|| bad(format!("the durable mark does not parse: {text:?}")))
+}
+
+/// Replaces the durable mark of the log at `path` with `index`: a new file fsynced, renamed
+/// over the old one, and the folder fsynced.
+fn write_mark(path: &Path, index: u64) -> Result<()> {
+    use std::io::Write;
+    let file = path.join(DURABLE_MARK_FILE);
+    let tmp = path.join(format!("{DURABLE_MARK_FILE}.tmp"));
+    let mut f = std::fs::File::create(&tmp).map_err(Error::io(&tmp))?;
+    f.write_all(format!("{DURABLE_MARK_PREFIX}{index}\n").as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(Error::io(&tmp))?;
+    std::fs::rename(&tmp, &file).map_err(Error::io(&file))?;
+    std::fs::File::open(path)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io(path))
+}
+
+impl SyncState {
+    /// Records that the WAL is fsynced through `index`, if no truncation happened since
+    /// `epoch` and the last write is at least `min_gap` old.
+    fn advance_mark(&self, index: u64, epoch: u64, min_gap: Duration) {
+        if self.skip_fsync {
+            return;
+        }
+        let mut mark = self
+            .mark
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if mark.epoch != epoch
+            || index <= mark.on_disk
+            || mark.written_at.is_some_and(|t| t.elapsed() < min_gap)
+        {
+            return;
+        }
+        match write_mark(&self.path, index) {
+            Ok(()) => {
+                mark.on_disk = index;
+                mark.written_at = Some(Instant::now());
+            }
+            // The entries are durable either way; only the check at the next start is
+            // weaker until a later write succeeds.
+            Err(e) => {
+                tracing::error!(path = %self.path.display(), error = %e, "writing the raft log's durable mark failed")
+            }
+        }
+    }
+
+    /// The epoch and the highest entry written, read together.
+    fn mark_point(&self) -> (u64, u64) {
+        let mark = self
+            .mark
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (mark.epoch, self.written.load(Ordering::Acquire))
+    }
+
+    /// Fsyncs the WAL, never while a write is half done.
+    fn fsync(&self, db: &DB) -> std::result::Result<(), rocksdb::Error> {
+        let _wal = self
+            .wal_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        db.flush_wal(true)
+    }
 }
 
 impl Inner {
     /// Writes `batch`, never while the syncer is fsyncing the WAL.
     fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()> {
         let _wal = self
+            .sync
             .wal_lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -75,7 +196,7 @@ impl Inner {
 
     /// The durability of writes that must survive power loss.
     fn synced(&self) -> Durability {
-        if self.skip_fsync {
+        if self.sync.skip_fsync {
             Durability::Logged
         } else {
             Durability::Synced
@@ -92,17 +213,24 @@ impl Drop for Inner {
         if let Some(h) = handle {
             let _ = h.join();
         }
+        // Everything written is fsynced now, so the mark can say so: a log found shorter at
+        // the next start lost entries after a clean stop.
+        if !self.sync.skip_fsync {
+            let (epoch, written) = self.sync.mark_point();
+            match self.sync.fsync(&self.db) {
+                Ok(()) => self.sync.advance_mark(written, epoch, Duration::ZERO),
+                Err(e) => {
+                    tracing::error!(path = %self.path.display(), error = %e, "raft log fsync at close failed")
+                }
+            }
+        }
     }
 }
 
 /// The syncer thread: waits for an append, takes every other one already waiting (up to
 /// [`LOG_SYNC_GROUP_MAX`]), fsyncs the WAL once, and reports them all durable (or failed).
-fn run_syncer(
-    db: Arc<DB>,
-    path: PathBuf,
-    rx: Receiver<LogFlushed<TypeConfig>>,
-    (skip_fsync, wal_lock): (bool, Arc<Mutex<()>>),
-) {
+fn run_syncer(db: Arc<DB>, state: Arc<SyncState>, rx: Receiver<LogFlushed<TypeConfig>>) {
+    let path = &state.path;
     let mut group = Vec::with_capacity(LOG_SYNC_GROUP_MAX);
     while let Ok(first) = rx.recv() {
         group.push(first);
@@ -113,13 +241,12 @@ fn run_syncer(
             }
         }
         let started = std::time::Instant::now();
-        let synced = if skip_fsync {
+        // Every entry written so far is covered by the fsync below.
+        let (epoch, written) = state.mark_point();
+        let synced = if state.skip_fsync {
             Ok(())
         } else {
-            let _wal = wal_lock
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            db.flush_wal(true)
+            state.fsync(&db)
         };
         let took = started.elapsed();
         if took > std::time::Duration::from_millis(LOG_SYNC_SLOW_MS) {
@@ -134,6 +261,13 @@ fn run_syncer(
                     .as_ref()
                     .map(|_| ())
                     .map_err(|e| std::io::Error::other(e.to_string())),
+            );
+        }
+        if synced.is_ok() {
+            state.advance_mark(
+                written,
+                epoch,
+                Duration::from_millis(LOG_DURABLE_MARK_INTERVAL_MS),
             );
         }
     }
@@ -176,13 +310,23 @@ impl LogStore {
             },
         )?);
         let (sync_tx, rx) = std::sync::mpsc::sync_channel(LOG_SYNCS_PENDING_MAX);
-        let wal_lock = Arc::new(Mutex::new(()));
+        let on_disk = read_mark(path)?;
+        let sync = Arc::new(SyncState {
+            path: path.to_path_buf(),
+            skip_fsync,
+            wal_lock: Mutex::new(()),
+            written: AtomicU64::new(0),
+            mark: Mutex::new(Mark {
+                on_disk,
+                epoch: 0,
+                written_at: None,
+            }),
+        });
         let syncer = std::thread::Builder::new()
             .name("raft-log-sync".into())
             .spawn({
-                let (db, path) = (db.clone(), path.to_path_buf());
-                let wal_lock = wal_lock.clone();
-                move || run_syncer(db, path, rx, (skip_fsync, wal_lock))
+                let (db, sync) = (db.clone(), sync.clone());
+                move || run_syncer(db, sync, rx)
             })
             .map_err(Error::io(path))?;
         let store = Self {
@@ -192,11 +336,17 @@ impl LogStore {
                 bytes_since_purge: AtomicU64::new(0),
                 sync_tx: Some(sync_tx),
                 syncer: Mutex::new(Some(syncer)),
-                skip_fsync,
-                wal_lock,
+                sync,
             }),
         };
-        store.check()?;
+        let last = store.check()?;
+        if last < on_disk {
+            return Err(store.corrupt(format!(
+                "the log ends at entry {last} but was fsynced through entry {on_disk} \
+                 (see {DURABLE_MARK_FILE}): entries this node reported durable are missing"
+            )));
+        }
+        store.inner.sync.written.store(last, Ordering::Release);
         Ok(store)
     }
 
@@ -207,7 +357,9 @@ impl LogStore {
         }
     }
 
-    fn check(&self) -> Result<()> {
+    /// Checks every entry and the metadata; returns the index the log reaches (its last
+    /// entry, or the last purged one), 0 when empty.
+    fn check(&self) -> Result<u64> {
         let db = &self.inner.db;
         let cf = rocks::cf(db, CF_ENTRIES);
         let mut prev: Option<u64> = None;
@@ -234,8 +386,10 @@ impl LogStore {
         self.inner.bytes_since_purge.store(bytes, Ordering::Relaxed);
         self.read_meta::<Vote>(KEY_VOTE)?;
         self.read_meta::<Option<LogId>>(KEY_COMMITTED)?;
-        self.read_meta::<LogId>(KEY_LAST_PURGED)?;
-        Ok(())
+        let purged = self
+            .read_meta::<LogId>(KEY_LAST_PURGED)?
+            .map_or(0, |l| l.index);
+        Ok(prev.unwrap_or(0).max(purged))
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, k: &[u8]) -> Result<Option<T>> {
@@ -409,9 +563,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let cf = rocks::cf(&self.inner.db, CF_ENTRIES);
         let mut batch = WriteBatch::default();
         let mut bytes = 0u64;
+        let mut last = 0;
         for entry in entries {
             let v = codec::encode(&entry);
             bytes += v.len() as u64;
+            last = last.max(entry.log_id.index);
             batch.put_cf(cf, key(entry.log_id.index), v);
         }
         // One batch, written now (so readable when this returns) and fsynced by the syncer
@@ -423,6 +579,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.inner
             .bytes_since_purge
             .fetch_add(bytes, Ordering::Relaxed);
+        self.inner.sync.written.fetch_max(last, Ordering::AcqRel);
         let queued = match &self.inner.sync_tx {
             Some(tx) => tx.send(callback).map_err(|e| e.0),
             None => Err(callback),
@@ -437,6 +594,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let werr = |e: &Error| StorageError::from(StorageIOError::write_logs(e));
+        // The mark comes down first (durably) so it never claims an entry removed here;
+        // the epoch makes a mark the syncer computed before this one stale.
+        let sync = &self.inner.sync;
+        let mut mark = sync
+            .mark
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        mark.epoch += 1;
+        let keep = log_id.index.saturating_sub(1);
+        if mark.on_disk > keep && !sync.skip_fsync {
+            write_mark(&sync.path, keep).map_err(|e| werr(&e))?;
+            mark.on_disk = keep;
+        }
+        sync.written.fetch_min(keep, Ordering::AcqRel);
         let mut b = WriteBatch::default();
         b.delete_range_cf(
             rocks::cf(&self.inner.db, CF_ENTRIES),
@@ -445,7 +617,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         );
         self.inner
             .write(b, self.inner.synced())
-            .map_err(|e| StorageIOError::write_logs(&e).into())
+            .map_err(|e| werr(&e))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -504,6 +676,154 @@ mod tests {
         let err = LogStore::open(&path, false).err().expect("must refuse");
         assert!(err.is_corrupt(), "{err}");
         assert!(err.to_string().contains("log entry 4"), "{err}");
+    }
+
+    /// Writes blank entries `range` to the WAL as an append does (without its callback).
+    fn put_blanks(log: &LogStore, range: std::ops::RangeInclusive<u64>) {
+        let mut b = WriteBatch::default();
+        let last = *range.end();
+        for index in range {
+            let (k, v) = blank(index);
+            b.put_cf(rocks::cf(&log.inner.db, CF_ENTRIES), key(k), v);
+        }
+        log.inner.write(b, Durability::Logged).expect("write");
+        log.inner.sync.written.fetch_max(last, Ordering::AcqRel);
+    }
+
+    fn last_index(log: &LogStore) -> Option<u64> {
+        log.last_entry().expect("last").map(|e| e.log_id.index)
+    }
+
+    /// The newest WAL file of the log at `path`.
+    fn newest_wal(path: &Path) -> PathBuf {
+        let mut wals: Vec<PathBuf> = std::fs::read_dir(path)
+            .expect("list")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        wals.sort();
+        wals.pop().expect("a WAL file")
+    }
+
+    fn append_bytes(file: &Path, bytes: &[u8]) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(file)
+            .expect("open");
+        f.write_all(bytes).expect("write");
+        f.sync_all().expect("sync");
+    }
+
+    /// A record cut short at the end of the WAL (a process killed while writing it, before
+    /// any fsync covered it) is dropped, and the log opens with everything before it.
+    #[test]
+    fn a_torn_final_wal_record_is_dropped() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("raft-log");
+        {
+            let log = LogStore::open(&path, true).expect("open");
+            put_blanks(&log, 1..=10);
+        }
+        // A full-record header claiming 500 bytes, followed by only 20 of them.
+        let mut torn = vec![0x5a, 0x5a, 0x5a, 0x5a, 0xf4, 0x01, 1];
+        torn.extend_from_slice(&[0xab; 20]);
+        append_bytes(&newest_wal(&path), &torn);
+        let log = LogStore::open(&path, false).expect("a torn tail must not stop the node");
+        assert_eq!(last_index(&log), Some(10));
+    }
+
+    /// A flipped byte inside the WAL is damage, not a torn tail: the log refuses to open.
+    #[test]
+    fn a_flipped_wal_byte_refuses_to_start() {
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("raft-log");
+        {
+            let log = LogStore::open(&path, true).expect("open");
+            for i in 0..20 {
+                put_blanks(&log, i * 10 + 1..=i * 10 + 10);
+            }
+        }
+        let wal = newest_wal(&path);
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&wal)
+            .expect("open");
+        let at = f.metadata().expect("len").len() / 2;
+        let mut b = [0u8; 1];
+        f.seek(SeekFrom::Start(at)).expect("seek");
+        f.read_exact(&mut b).expect("read");
+        f.seek(SeekFrom::Start(at)).expect("seek");
+        f.write_all(&[b[0] ^ 0x10]).expect("write");
+        f.sync_all().expect("sync");
+        drop(f);
+        let err = LogStore::open(&path, false).err().expect("must refuse");
+        assert!(err.is_corrupt(), "{err}");
+    }
+
+    /// A clean close marks the log durable through its last entry; a log that opens shorter
+    /// than its mark lost entries it reported durable, and refuses to start.
+    #[test]
+    fn a_log_shorter_than_its_durable_mark_refuses_to_start() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("raft-log");
+        {
+            let log = LogStore::open(&path, true).expect("open");
+            put_blanks(&log, 1..=50);
+        }
+        assert_eq!(read_mark(&path).expect("mark"), 50);
+        // Damage that drops entries 41..=50 without leaving a trace RocksDB can see.
+        {
+            let db = rocks::open(
+                &path,
+                &[CF_ENTRIES, CF_META],
+                false,
+                rocks::Tuning::default(),
+            )
+            .expect("raw open");
+            let mut b = WriteBatch::default();
+            b.delete_range_cf(rocks::cf(&db, CF_ENTRIES), key(41), key(u64::MAX));
+            rocks::write(&db, &path, b, Durability::Synced).expect("delete");
+        }
+        let err = LogStore::open(&path, false).err().expect("must refuse");
+        assert!(err.is_corrupt(), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("ends at entry 40") && msg.contains("fsynced through entry 50"),
+            "{msg}"
+        );
+    }
+
+    /// Raft's own truncation of conflicting entries lowers the mark first, so the shorter
+    /// log still opens; appends after it raise the mark again.
+    #[test]
+    fn a_raft_truncation_lowers_the_durable_mark() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("raft-log");
+        {
+            let log = LogStore::open(&path, true).expect("open");
+            put_blanks(&log, 1..=50);
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        {
+            let mut log = LogStore::open(&path, false).expect("reopen");
+            let at = LogId::new(CommittedLeaderId::new(1, 1), 41);
+            rt.block_on(log.truncate(at)).expect("truncate");
+            assert_eq!(read_mark(&path).expect("mark"), 40);
+            assert_eq!(last_index(&log), Some(40));
+        }
+        {
+            let log = LogStore::open(&path, false).expect("a truncated log opens");
+            assert_eq!(last_index(&log), Some(40));
+            put_blanks(&log, 41..=45);
+        }
+        assert_eq!(read_mark(&path).expect("mark"), 45);
+        let log = LogStore::open(&path, false).expect("reopen");
+        assert_eq!(last_index(&log), Some(45));
     }
 
     /// A log with a hole refuses to open.

@@ -1,6 +1,14 @@
-//! Opening RocksDB the one way sealpost does: paranoid checks, AbsoluteConsistency WAL
-//! recovery, named column families, and corruption reported as [`Error::Corrupt`]; and
-//! writing to it with the durability each store needs (see [`Durability`]).
+//! Opening RocksDB the one way sealpost does: paranoid checks, WAL recovery that drops only
+//! a torn final record, named column families, and corruption reported as
+//! [`Error::Corrupt`]; and writing to it with the durability each store needs (see
+//! [`Durability`]).
+//!
+//! WAL recovery is `TolerateCorruptedTailRecords`: a process killed in the middle of writing
+//! a record (RocksDB writes a large one in several system calls) leaves it incomplete at the
+//! end of the WAL; it was never fsynced, so never acknowledged, and it is dropped. Any other
+//! damage (a checksum mismatch anywhere, a bad record length before the end) refuses to
+//! open. A WAL that lost its end to damage looks like a torn one to RocksDB; the Raft log
+//! guards that case itself with its durable mark (see [`crate::log_store`]).
 
 use std::path::Path;
 
@@ -40,7 +48,7 @@ pub(crate) fn db_options(create: bool) -> Options {
     // the store itself must already exist unless `create`.
     o.create_missing_column_families(true);
     o.set_paranoid_checks(true);
-    o.set_wal_recovery_mode(DBRecoveryMode::AbsoluteConsistency);
+    o.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
     o.set_max_background_jobs(ROCKS_BACKGROUND_JOBS_MAX);
     o.set_max_open_files(ROCKS_OPEN_FILES_MAX);
     o.set_compression_type(rocksdb::DBCompressionType::Lz4);
