@@ -592,8 +592,13 @@ fn print_summary(data: &Path, client_toml: &Path, clusters: &BTreeMap<String, Lo
                 .get(i)
                 .map(|r| format!("  relay {r}"))
                 .unwrap_or_default();
+            let ops = c
+                .node(id)
+                .and_then(|n| n.http_addr)
+                .map(|h| format!("  metrics http://{h}/metrics"))
+                .unwrap_or_default();
             println!(
-                "    node {id}  https://{addr}{relay}  data {}",
+                "    node {id}  https://{addr}{relay}{ops}  data {}",
                 c.dir.join(format!("node-{id}")).display()
             );
         }

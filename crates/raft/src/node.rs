@@ -463,6 +463,21 @@ impl RaftNode {
         &self.faults
     }
 
+    /// The proposer's batch sizes and refusals.
+    pub fn batch_metrics(&self) -> &crate::proposer::BatchMetrics {
+        self.proposer.metrics()
+    }
+
+    /// Seconds each fsync of the Raft log's WAL took.
+    pub fn log_fsync_seconds(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.log.fsync_seconds()
+    }
+
+    /// The committed index this node's log last saved.
+    pub fn committed_index(&self) -> u64 {
+        self.log.committed_index()
+    }
+
     pub fn snapshot_counters(&self) -> &SnapshotCounters {
         &self.counters
     }

@@ -5,6 +5,8 @@
 //! proposals pile up and leave together: under load a batch is as large as the load, with
 //! no added wait. Each batch is capped in count and bytes; a full queue refuses at once.
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +48,28 @@ pub(crate) struct Pending {
     reply: oneshot::Sender<Result<Committed, ProposeError>>,
 }
 
+/// What the proposer measures (the metrics listener exports it). Cheap to clone: clones
+/// share the values.
+#[derive(Clone, Debug)]
+pub struct BatchMetrics {
+    /// Proposals per batch this node committed or forwarded.
+    pub proposals: Histogram,
+    /// Encoded bytes per batch.
+    pub bytes: Histogram,
+    /// Proposals refused at once because the queue was full.
+    pub overloaded: Counter,
+}
+
+impl Default for BatchMetrics {
+    fn default() -> Self {
+        Self {
+            proposals: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            bytes: Histogram::new(exponential_buckets(256.0, 4.0, 10)),
+            overloaded: Counter::default(),
+        }
+    }
+}
+
 /// Sends proposals to the proposer task. Cheap to clone.
 #[derive(Clone)]
 pub struct ProposerHandle {
@@ -55,9 +79,15 @@ pub struct ProposerHandle {
     urgent_tx: mpsc::Sender<Pending>,
     batch_bytes_max: usize,
     queue_max: usize,
+    metrics: BatchMetrics,
 }
 
 impl ProposerHandle {
+    /// The proposer's batch sizes and refusals.
+    pub fn metrics(&self) -> &BatchMetrics {
+        &self.metrics
+    }
+
     pub async fn propose(&self, proposal: Proposal) -> Result<Committed, ProposeError> {
         self.enqueue(&self.tx, proposal).await
     }
@@ -86,7 +116,10 @@ impl ProposerHandle {
             reply,
         })
         .map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => ProposeError::Overloaded(self.queue_max),
+            mpsc::error::TrySendError::Full(_) => {
+                self.metrics.overloaded.inc();
+                ProposeError::Overloaded(self.queue_max)
+            }
             mpsc::error::TrySendError::Closed(_) => ProposeError::ShuttingDown,
         })?;
         rx.await.map_err(|_| ProposeError::ShuttingDown)?
@@ -113,13 +146,15 @@ pub(crate) trait Submit: Send + Sync + 'static {
 pub(crate) fn start<S: Submit>(opts: &RaftOptions, submit: Arc<S>) -> ProposerHandle {
     let (tx, rx) = mpsc::channel(opts.proposal_queue_max);
     let (urgent_tx, urgent_rx) = mpsc::channel(opts.proposal_queue_max);
+    let metrics = BatchMetrics::default();
     let handle = ProposerHandle {
         tx,
         urgent_tx,
         batch_bytes_max: opts.batch_bytes_max,
         queue_max: opts.proposal_queue_max,
+        metrics: metrics.clone(),
     };
-    tokio::spawn(run(opts.clone(), (urgent_rx, rx), submit));
+    tokio::spawn(run(opts.clone(), (urgent_rx, rx), submit, metrics));
     handle
 }
 
@@ -127,6 +162,7 @@ async fn run<S: Submit>(
     opts: RaftOptions,
     (mut urgent_rx, mut rx): (mpsc::Receiver<Pending>, mpsc::Receiver<Pending>),
     submit: Arc<S>,
+    metrics: BatchMetrics,
 ) {
     let in_flight = Arc::new(Semaphore::new(opts.proposals_in_flight_max));
     let forwarding = Arc::new(Semaphore::new(opts.forwards_in_flight_max));
@@ -182,6 +218,8 @@ async fn run<S: Submit>(
                 batch.push(p);
             }
         }
+        metrics.proposals.observe(batch.len() as f64);
+        metrics.bytes.observe(bytes as f64);
         let submit = submit.clone();
         tokio::spawn(async move {
             commit(&*submit, batch).await;

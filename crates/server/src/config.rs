@@ -191,6 +191,10 @@ pub struct NodeConfig {
     /// Address peers and clients use to reach this node; defaults to `listen`.
     #[serde(default)]
     pub advertise: Option<String>,
+    /// Address of the plain-HTTP operations listener (`/metrics`, `/health`, `/ready`);
+    /// none when absent. Bind it to a monitoring network or loopback, not the internet.
+    #[serde(default)]
+    pub http_listen: Option<String>,
     /// The voters of a new cluster. Every initial member lists the same set; a node that
     /// joins later (added as a learner) leaves it empty.
     #[serde(default)]
@@ -457,6 +461,7 @@ mod tests {
             data_dir: "/tmp/x".into(),
             listen: "127.0.0.1:7001".into(),
             advertise: None,
+            http_listen: None,
             initial_members: vec![Member {
                 id: 1,
                 addr: "127.0.0.1:7001".into(),

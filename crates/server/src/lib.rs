@@ -39,6 +39,7 @@ pub mod keystore;
 pub mod listener;
 pub mod local;
 pub mod messaging;
+pub mod metrics;
 pub mod mllp;
 pub mod mllp_notify;
 pub mod mllp_out;

@@ -333,7 +333,10 @@ impl LocalCluster {
             let path = e.map_err(io(dir))?.path();
             let toml = path.join("node.toml");
             if toml.exists() {
-                let cfg = NodeConfig::load(&toml)?;
+                let mut cfg = NodeConfig::load(&toml)?;
+                // A folder laid out before the operations listener existed gets one.
+                cfg.http_listen
+                    .get_or_insert_with(|| format!("{LOCAL_HOST}:0"));
                 if path != node_dir(dir, cfg.id) {
                     return Err(LocalError::Layout(format!(
                         "{} holds the configuration of node {}",
@@ -387,6 +390,8 @@ impl LocalCluster {
             data_dir: nd.clone(),
             listen: addr.to_string(),
             advertise: None,
+            // A fresh loopback port at every start: `NodeHandle::http_addr` names it.
+            http_listen: Some(format!("{LOCAL_HOST}:0")),
             initial_members,
             peers,
             tls: TlsPaths {

@@ -71,6 +71,12 @@ pub struct NodeHandle {
     pub tls: crate::tls::ServerTls,
     /// Authorization state: denial and rate-limit counts, and a summary on demand.
     pub guard: Guard,
+    /// The operations listener's address (`/metrics`, `/health`, `/ready`), when
+    /// `http_listen` is set.
+    pub http_addr: Option<SocketAddr>,
+    /// The node's metrics (what `/metrics` serves).
+    pub metrics: crate::metrics::Metrics,
+    http: Option<crate::metrics::OpsServer>,
     workers_stop: tokio::sync::watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,
     stop: Option<oneshot::Sender<()>>,
@@ -91,6 +97,9 @@ impl std::fmt::Debug for NodeHandle {
 impl NodeHandle {
     /// Stops serving, shuts Raft down and waits until the stores are closed.
     pub async fn stop(mut self) {
+        if let Some(http) = self.http.take() {
+            http.stop().await;
+        }
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -517,12 +526,20 @@ async fn start_inner(
             Ok(req)
         },
     );
+    let metrics = crate::metrics::Metrics::new(&raft, &grpc_tls, &guard);
+    let counting = metrics.clone();
     // TLS is terminated by `listener::tls_incoming`, not tonic, so the configuration can
     // change (rotation, revocation) while the node runs.
     let router = Server::builder()
         .concurrency_limit_per_connection(cfg.api.requests_per_connection_max)
         .max_concurrent_streams(cfg.api.streams_per_connection_max)
         .timeout(Duration::from_millis(cfg.api.request_timeout_ms))
+        .layer(tower::util::MapResponseLayer::new(
+            move |resp: axum::http::Response<tonic::body::Body>| {
+                counting.count_grpc(&resp);
+                resp
+            },
+        ))
         .add_service(raft_service)
         .add_service(directory)
         .add_service(messaging)
@@ -552,7 +569,22 @@ async fn start_inner(
             .collect();
         raft.initialize(members).await?;
     }
-    tracing::info!(node = cfg.id, %addr, relay = ?relay_addr, provider = %cfg.provider, "node serving");
+    let http = match &cfg.http_listen {
+        Some(a) => {
+            let l = bind(a).await?;
+            Some(
+                crate::metrics::OpsServer::start(l, raft.clone(), metrics.clone()).map_err(
+                    |source| ServerError::Bind {
+                        addr: a.clone(),
+                        source,
+                    },
+                )?,
+            )
+        }
+        None => None,
+    };
+    let http_addr = http.as_ref().map(|h| h.addr);
+    tracing::info!(node = cfg.id, %addr, relay = ?relay_addr, http = ?http_addr, provider = %cfg.provider, "node serving");
     Ok(NodeHandle {
         raft,
         addr,
@@ -562,6 +594,9 @@ async fn start_inner(
         relay_faults,
         tls: grpc_tls,
         guard,
+        http_addr,
+        metrics,
+        http,
         workers_stop,
         workers,
         stop: Some(stop_tx),

@@ -36,7 +36,7 @@ pub use log_store::LogStore;
 pub use message_search::{MessageQuery, MessageSearch, StatusFilter};
 pub use rocks::scan_all;
 pub use search::{SearchHit, SearchQuery};
-pub use state_machine::{ChainCheck, SmStatus, StateMachine, StateView, TreeHead};
+pub use state_machine::{ChainCheck, QueueDepths, SmStatus, StateMachine, StateView, TreeHead};
 pub use types::{NodeId, SnapshotFiles, TypeConfig};
 
 /// Options for a node's storage.

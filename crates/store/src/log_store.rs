@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 use sealpost_core::codec;
 
@@ -84,6 +85,15 @@ struct SyncState {
     /// The highest entry index written to the WAL (lowered by a truncation).
     written: AtomicU64,
     mark: Mutex<Mark>,
+    /// Seconds each fsync of the WAL took (the metrics listener exports it).
+    fsync_seconds: Histogram,
+    /// The committed index openraft last saved.
+    committed: AtomicU64,
+}
+
+/// Bucket bounds of the fsync histogram: 100 µs doubling to about 3.3 s.
+fn fsync_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.000_1, 2.0, 16)
 }
 
 /// What the durable mark's file says, and when it was last written.
@@ -249,6 +259,9 @@ fn run_syncer(db: Arc<DB>, state: Arc<SyncState>, rx: Receiver<LogFlushed<TypeCo
             state.fsync(&db)
         };
         let took = started.elapsed();
+        if !state.skip_fsync {
+            state.fsync_seconds.observe(took.as_secs_f64());
+        }
         if took > std::time::Duration::from_millis(LOG_SYNC_SLOW_MS) {
             tracing::warn!(path = %path.display(), ms = took.as_millis() as u64, appends = group.len(), "slow raft log fsync");
         }
@@ -321,6 +334,8 @@ impl LogStore {
                 epoch: 0,
                 written_at: None,
             }),
+            fsync_seconds: Histogram::new(fsync_buckets()),
+            committed: AtomicU64::new(0),
         });
         let syncer = std::thread::Builder::new()
             .name("raft-log-sync".into())
@@ -412,6 +427,16 @@ impl LogStore {
         let mut b = WriteBatch::default();
         b.put_cf(rocks::cf(&self.inner.db, CF_META), k, codec::encode(v));
         self.inner.write(b, self.inner.synced())
+    }
+
+    /// Seconds each fsync of the WAL took (shared: observations continue in the clone).
+    pub fn fsync_seconds(&self) -> Histogram {
+        self.inner.sync.fsync_seconds.clone()
+    }
+
+    /// The committed index openraft last saved (0 before the first save since opening).
+    pub fn committed_index(&self) -> u64 {
+        self.inner.sync.committed.load(Ordering::Relaxed)
     }
 
     /// Bytes of log entries appended since the last purge (approximate after restarts).
@@ -541,7 +566,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         );
         self.inner
             .write(b, Durability::Logged)
-            .map_err(|e| StorageIOError::write_logs(&e).into())
+            .map_err(|e| StorageError::from(StorageIOError::write_logs(&e)))?;
+        if let Some(c) = committed {
+            self.inner.sync.committed.store(c.index, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {

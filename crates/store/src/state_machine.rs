@@ -7,6 +7,7 @@
 //! writing a new `ACTIVE` atomically. [`StateView`] is the read side used by the gRPC
 //! services; it always reads the live database.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -1107,7 +1108,58 @@ fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
+/// Read options that bound an iterator to the keys under `prefix` on both sides.
+fn prefix_bounds(prefix: &[u8]) -> rocksdb::ReadOptions {
+    let mut ro = rocksdb::ReadOptions::default();
+    if !prefix.is_empty() {
+        ro.set_iterate_lower_bound(prefix.to_vec());
+    }
+    if let Some(upper) = prefix_successor(prefix) {
+        ro.set_iterate_upper_bound(upper);
+    }
+    ro
+}
+
+/// What [`StateView::queue_depths`] counts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueDepths {
+    pub inbox_by_org: BTreeMap<String, u64>,
+    pub relay_by_provider: BTreeMap<String, u64>,
+    pub dead_letters: u64,
+    /// Some count stopped at its scan limit (the true depth is larger).
+    pub truncated: bool,
+}
+
 impl SmDb {
+    /// Counts the keys under `prefix` by the group `group_of` names (keys it names none for
+    /// are skipped), walking at most `keys_max` keys; true when it stopped there.
+    fn group_count(
+        &self,
+        cf: &str,
+        prefix: &[u8],
+        keys_max: usize,
+        group_of: impl Fn(&[u8]) -> Option<&[u8]>,
+    ) -> Result<(BTreeMap<String, u64>, bool)> {
+        let handle = rocks::cf(&self.db, cf);
+        let ro = prefix_bounds(prefix);
+        let mut out = BTreeMap::new();
+        for (walked, item) in self
+            .db
+            .iterator_cf_opt(handle, ro, IteratorMode::Start)
+            .enumerate()
+        {
+            if walked >= keys_max {
+                return Ok((out, true));
+            }
+            let (k, _) = item.map_err(rocks_err(&self.path))?;
+            if let Some(g) = group_of(&k) {
+                *out.entry(String::from_utf8_lossy(g).into_owned())
+                    .or_insert(0) += 1;
+            }
+        }
+        Ok((out, false))
+    }
+
     /// Up to `limit` values of the keys under `prefix`, from `start` (a full key at or after
     /// the prefix) forwards, or backwards from just before `start` when `reverse`.
     ///
@@ -1123,13 +1175,7 @@ impl SmDb {
         limit: usize,
     ) -> Result<Vec<KeyValue>> {
         let handle = rocks::cf(&self.db, cf);
-        let mut ro = rocksdb::ReadOptions::default();
-        if !prefix.is_empty() {
-            ro.set_iterate_lower_bound(prefix.to_vec());
-        }
-        if let Some(upper) = prefix_successor(prefix) {
-            ro.set_iterate_upper_bound(upper);
-        }
+        let ro = prefix_bounds(prefix);
         let mode = match (start, reverse) {
             (Some(k), false) => IteratorMode::From(k, Direction::Forward),
             (None, false) => IteratorMode::Start,
@@ -1349,6 +1395,34 @@ impl StateView {
     /// A federation cursor (see `sealpost_core::federation::cursor`).
     pub fn cursor(&self, kind: u8, provider: &str) -> Result<Option<u64>> {
         self.shared.live().cursor(kind, provider)
+    }
+
+    /// Queue depths for the metrics listener: undelivered inbox entries per organisation,
+    /// messages waiting per relay destination, and dead letters. Each count walks keys, at
+    /// most `scan_keys_max` per column family; `truncated` says a count stopped there.
+    pub fn queue_depths(&self, scan_keys_max: usize) -> Result<QueueDepths> {
+        let live = self.shared.live();
+        let mut out = QueueDepths::default();
+        // `inbox` keys: b'o', organisation, rank, sequence (per organisation); b'e' ... (per
+        // endpoint, not counted again). Organisation ids are fixed-width HPI-Os.
+        let org_len = sealpost_core::ids::IDENTIFIER_DIGITS;
+        let (n, t) = live.group_count(ViewCf::Inbox.name(), b"o", scan_keys_max, |k| {
+            k.get(1..1 + org_len)
+        })?;
+        out.inbox_by_org = n;
+        out.truncated |= t;
+        // `relay_queue` keys: provider, 0, sequence.
+        let (n, t) = live.group_count(ViewCf::RelayQueue.name(), b"", scan_keys_max, |k| {
+            k.iter().position(|b| *b == 0).map(|i| &k[..i])
+        })?;
+        out.relay_by_provider = n;
+        out.truncated |= t;
+        let (n, t) = live.group_count(ViewCf::DeadLetters.name(), b"", scan_keys_max, |_| {
+            Some(&b""[..])
+        })?;
+        out.dead_letters = n.into_values().next().unwrap_or(0);
+        out.truncated |= t;
+        Ok(out)
     }
 
     /// Messages waiting to be relayed to `provider`, oldest first: (sent seq, id).

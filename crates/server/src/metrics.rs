@@ -1,0 +1,477 @@
+//! The node's operations listener: plain HTTP on `http_listen`, apart from the client port,
+//! serving `/metrics` (Prometheus text), `/health` (the process serves and its stores are
+//! readable) and `/ready` (this node knows a leader and has applied what it was told is
+//! committed, within a margin). Nothing here carries a payload, a key or a patient name:
+//! the labels are node ids, organisation ids (HPI-Os), provider names and status codes.
+//!
+//! Values that already live elsewhere (Raft's term and indexes, the views' queue depths,
+//! the TLS and authorization counters) are read at scrape time by [`NodeCollector`]; the
+//! histograms (WAL fsync seconds, proposals and bytes per batch) are observed where the
+//! work happens and registered here.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use sealpost_raft::RaftNode;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::authz::Guard;
+use crate::tls::ServerTls;
+
+/// Keys a queue-depth count walks per column family and scrape, at most; past it the
+/// gauge stops and `sealpost_queue_depth_truncated` is 1.
+pub const METRICS_SCAN_KEYS_MAX: usize = 100_000;
+/// Requests the operations listener serves at once, at most; more wait.
+pub const HTTP_REQUESTS_IN_FLIGHT_MAX: usize = 16;
+/// Time one operations request may take.
+pub const HTTP_REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// How far behind the committed index a node may have applied and still be ready.
+pub const READY_APPLY_LAG_ENTRIES_MAX: u64 = 1_000;
+
+/// gRPC answers by status code (`OK`, `NOT_FOUND`, ...): errors by kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: String,
+}
+
+/// The node's metrics: the registry and the counters the gRPC layer adds to.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    /// gRPC responses by status code.
+    pub grpc_responses: Family<CodeLabel, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// Registers everything one node exports.
+    pub fn new(raft: &RaftNode, tls: &ServerTls, guard: &Guard) -> Self {
+        let mut registry = Registry::with_prefix("sealpost");
+        let grpc_responses = Family::<CodeLabel, Counter>::default();
+        registry.register(
+            "grpc_responses",
+            "gRPC responses by status code (errors by kind)",
+            grpc_responses.clone(),
+        );
+        registry.register(
+            "raft_log_fsync_seconds",
+            "Seconds each fsync of the Raft log's WAL took",
+            raft.log_fsync_seconds(),
+        );
+        let batches = raft.batch_metrics().clone();
+        registry.register(
+            "raft_batch_proposals",
+            "Proposals per batch this node committed or forwarded",
+            batches.proposals,
+        );
+        registry.register("raft_batch_bytes", "Encoded bytes per batch", batches.bytes);
+        registry.register(
+            "raft_proposals_overloaded",
+            "Proposals refused at once because the queue was full",
+            batches.overloaded,
+        );
+        registry.register_collector(Box::new(NodeCollector {
+            raft: raft.clone(),
+            tls: tls.clone(),
+            guard: guard.clone(),
+            started: Instant::now(),
+        }));
+        Self {
+            registry: Arc::new(registry),
+            grpc_responses,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+
+    /// Counts one gRPC response by the `grpc-status` it carries in its headers (a unary
+    /// error or a refusal; a streaming error sent in trailers is not seen here).
+    pub fn count_grpc<B>(&self, resp: &axum::http::Response<B>) {
+        let code = resp
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i32>().ok())
+            .unwrap_or(0);
+        let label = CodeLabel {
+            code: format!("{:?}", tonic::Code::from_i32(code)),
+        };
+        self.grpc_responses.get_or_create(&label).inc();
+    }
+}
+
+/// Reads the values that live elsewhere at scrape time.
+struct NodeCollector {
+    raft: RaftNode,
+    tls: ServerTls,
+    guard: Guard,
+    started: Instant,
+}
+
+impl std::fmt::Debug for NodeCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeCollector")
+            .field("node", &self.raft.id())
+            .finish_non_exhaustive()
+    }
+}
+
+fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt::Result {
+    let g = ConstGauge::new(v);
+    let m = e.encode_descriptor(name, help, None, g.metric_type())?;
+    g.encode(m)
+}
+
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let c = ConstCounter::new(v);
+    let m = e.encode_descriptor(name, help, None, c.metric_type())?;
+    c.encode(m)
+}
+
+/// One metric per label value, under one descriptor.
+fn family_of<'a, M: EncodeMetric>(
+    e: &mut DescriptorEncoder,
+    (name, help, label): (&str, &str, &str),
+    values: impl Iterator<Item = (&'a str, M)>,
+    kind: prometheus_client::metrics::MetricType,
+) -> std::fmt::Result {
+    let mut m = e.encode_descriptor(name, help, None, kind)?;
+    for (k, v) in values {
+        v.encode(m.encode_family(&[(label, k)])?)?;
+    }
+    Ok(())
+}
+
+fn gauges_by<'a>(
+    e: &mut DescriptorEncoder,
+    what: (&str, &str, &str),
+    values: impl Iterator<Item = (&'a str, i64)>,
+) -> std::fmt::Result {
+    let kind = prometheus_client::metrics::MetricType::Gauge;
+    family_of(e, what, values.map(|(k, v)| (k, ConstGauge::new(v))), kind)
+}
+
+fn counters_by<'a>(
+    e: &mut DescriptorEncoder,
+    what: (&str, &str, &str),
+    values: impl Iterator<Item = (&'a str, u64)>,
+) -> std::fmt::Result {
+    let kind = prometheus_client::metrics::MetricType::Counter;
+    family_of(
+        e,
+        what,
+        values.map(|(k, v)| (k, ConstCounter::new(v))),
+        kind,
+    )
+}
+
+impl Collector for NodeCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let e = &mut e;
+        gauge(
+            e,
+            "uptime_seconds",
+            "Seconds since this node started",
+            self.started.elapsed().as_secs() as i64,
+        )?;
+        gauge(e, "node_id", "This node's id", self.raft.id() as i64)?;
+        // A status that cannot be read (a store error) leaves the Raft gauges out; /health
+        // reports the error itself.
+        if let Ok(st) = self.raft.status() {
+            gauge(e, "raft_term", "Current Raft term", st.term as i64)?;
+            gauge(
+                e,
+                "raft_leader_id",
+                "The leader this node knows (0: none)",
+                st.leader.unwrap_or(0) as i64,
+            )?;
+            gauge(
+                e,
+                "raft_is_leader",
+                "1 when this node is the leader",
+                i64::from(st.leader == Some(st.id)),
+            )?;
+            gauge(
+                e,
+                "raft_is_voter",
+                "1 when this node votes",
+                i64::from(st.voter),
+            )?;
+            gauge(
+                e,
+                "raft_members",
+                "Members of the cluster (voters and learners)",
+                st.members.len() as i64,
+            )?;
+            gauge(
+                e,
+                "raft_last_log_index",
+                "Index of the last entry in this node's log",
+                st.last_log_index as i64,
+            )?;
+            gauge(
+                e,
+                "raft_committed_index",
+                "The committed index this node last saved",
+                self.raft.committed_index() as i64,
+            )?;
+            gauge(
+                e,
+                "raft_applied_index",
+                "Index of the last entry applied to the state machine",
+                st.last_applied_index as i64,
+            )?;
+            gauge(
+                e,
+                "raft_snapshot_index",
+                "Last index of the newest snapshot",
+                st.snapshot_index as i64,
+            )?;
+            gauge(
+                e,
+                "raft_log_entries",
+                "Entries held in the Raft log (after purges)",
+                st.log_entries as i64,
+            )?;
+            counter(
+                e,
+                "events",
+                "Events in the event store (rate() of it is events per second)",
+                st.sm.event_count,
+            )?;
+            gauge(
+                e,
+                "cluster_version",
+                "The committed cluster version",
+                i64::from(st.sm.cluster_version),
+            )?;
+        }
+        let replication = self.raft.raft().metrics().borrow().replication.clone();
+        if let Some(r) = replication {
+            let lag: Vec<(String, i64)> = r
+                .iter()
+                .filter(|(id, _)| **id != self.raft.id())
+                .map(|(id, matched)| (id.to_string(), matched.map_or(0, |l| l.index) as i64))
+                .collect();
+            gauges_by(
+                e,
+                (
+                    "raft_follower_matched_index",
+                    "On the leader: the last index each follower holds",
+                    "follower",
+                ),
+                lag.iter().map(|(k, v)| (k.as_str(), *v)),
+            )?;
+        }
+        if let Ok(q) = self.raft.view().queue_depths(METRICS_SCAN_KEYS_MAX) {
+            gauges_by(
+                e,
+                (
+                    "inbox_depth",
+                    "Messages routed to an organisation and not yet finally answered",
+                    "org",
+                ),
+                q.inbox_by_org.iter().map(|(k, v)| (k.as_str(), *v as i64)),
+            )?;
+            gauges_by(
+                e,
+                (
+                    "relay_queue_depth",
+                    "Messages waiting to be relayed, per destination provider",
+                    "provider",
+                ),
+                q.relay_by_provider
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), *v as i64)),
+            )?;
+            gauge(
+                e,
+                "dead_letters",
+                "Recipients whose message failed (dead letters)",
+                q.dead_letters as i64,
+            )?;
+            gauge(
+                e,
+                "queue_depth_truncated",
+                "1 when a queue count stopped at its scan limit",
+                i64::from(q.truncated),
+            )?;
+        }
+        let s = &self.tls.stats;
+        counter(
+            e,
+            "tls_handshakes_accepted",
+            "TLS handshakes accepted on the client port",
+            s.accepted.load(Ordering::Relaxed),
+        )?;
+        counters_by(
+            e,
+            (
+                "tls_handshakes_refused",
+                "TLS handshakes refused on the client port, by reason",
+                "reason",
+            ),
+            [
+                crate::tls::Refusal::NoCertificate,
+                crate::tls::Refusal::Expired,
+                crate::tls::Refusal::UnknownCa,
+                crate::tls::Refusal::Revoked,
+                crate::tls::Refusal::TimedOut,
+                crate::tls::Refusal::Other,
+            ]
+            .into_iter()
+            .map(|r| (r.as_str(), s.refused(r))),
+        )?;
+        counter(
+            e,
+            "authz_denied",
+            "Calls refused by the authorization policy",
+            self.guard.denied_total(),
+        )?;
+        counter(
+            e,
+            "send_rate_limited",
+            "Sends refused by an organisation's rate limit",
+            self.guard.rate_limited_total(),
+        )?;
+        Ok(())
+    }
+}
+
+/// Whether the node is ready for traffic, and if not, why.
+fn readiness(raft: &RaftNode) -> Result<(), String> {
+    let st = raft.status().map_err(|e| format!("status: {e}"))?;
+    let Some(leader) = st.leader else {
+        return Err("no leader known".into());
+    };
+    let committed = raft.committed_index();
+    if st.last_applied_index + READY_APPLY_LAG_ENTRIES_MAX < committed {
+        return Err(format!(
+            "applied {} of {committed} committed entries (leader {leader})",
+            st.last_applied_index
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Clone)]
+struct Ops {
+    raft: RaftNode,
+    metrics: Metrics,
+}
+
+async fn metrics_page(State(ops): State<Ops>) -> impl IntoResponse {
+    match ops.metrics.encode() {
+        Ok(text) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "encoding the metrics failed\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn health(State(ops): State<Ops>) -> impl IntoResponse {
+    match ops.raft.status() {
+        Ok(_) => (StatusCode::OK, "ok\n".to_string()),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {e}\n")),
+    }
+}
+
+async fn ready(State(ops): State<Ops>) -> impl IntoResponse {
+    match readiness(&ops.raft) {
+        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
+    }
+}
+
+/// The running operations listener.
+pub struct OpsServer {
+    pub addr: std::net::SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl OpsServer {
+    /// Serves `/metrics`, `/health` and `/ready` on `listener` until [`Self::stop`].
+    pub fn start(listener: TcpListener, raft: RaftNode, metrics: Metrics) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let app = Router::new()
+            .route("/metrics", get(metrics_page))
+            .route("/health", get(health))
+            .route("/ready", get(ready))
+            .with_state(Ops { raft, metrics })
+            .layer(
+                tower::ServiceBuilder::new()
+                    .layer(axum::error_handling::HandleErrorLayer::new(|_| async {
+                        (StatusCode::SERVICE_UNAVAILABLE, "timed out\n")
+                    }))
+                    .concurrency_limit(HTTP_REQUESTS_IN_FLIGHT_MAX)
+                    .timeout(Duration::from_millis(HTTP_REQUEST_TIMEOUT_MS)),
+            );
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the operations listener failed");
+            }
+        });
+        Ok(Self {
+            addr,
+            stop: Some(tx),
+            task,
+        })
+    }
+
+    /// Stops serving and waits (bounded) for the listener to close.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+        }
+    }
+}

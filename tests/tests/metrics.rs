@@ -1,0 +1,227 @@
+//! The operations listener end to end: every node of a running cluster serves `/health`,
+//! `/ready` and `/metrics` over plain HTTP on loopback, and the metrics scraped before and
+//! after a load of sends move as they must: events, the committed and applied indexes, WAL
+//! fsyncs, batches and gRPC answers go up; the receiving organisation's inbox depth is the
+//! number of messages routed to it and falls as they are acknowledged; a refusal shows up
+//! under its status code and in the authorization counter; one leader, known by everyone.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use sealpost_core::ids::HpiO;
+use sealpost_proto::v1 as pb;
+use sealpost_server::local::LocalCluster;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Bytes of one operations response this test reads, at most.
+const RESPONSE_BYTES_MAX: u64 = 4 * 1024 * 1024;
+const SENDS: usize = 60;
+
+/// GETs `path` from the operations listener at `addr`: (status code, body).
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("request");
+        let mut raw = Vec::new();
+        s.take(RESPONSE_BYTES_MAX)
+            .read_to_end(&mut raw)
+            .await
+            .expect("response");
+        let text = String::from_utf8(raw).expect("utf-8");
+        let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .expect("a status code");
+        (code, body.to_string())
+    };
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .expect("answered in time")
+}
+
+/// The samples of one scrape: `name{labels}` → value.
+fn parse(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+async fn scrape(c: &LocalCluster, node: u64) -> BTreeMap<String, f64> {
+    let addr = c
+        .node(node)
+        .and_then(|n| n.http_addr)
+        .expect("http address");
+    let (code, body) = get(addr, "/metrics").await;
+    assert_eq!(code, 200, "{body}");
+    parse(&body)
+}
+
+fn value(m: &BTreeMap<String, f64>, key: &str) -> f64 {
+    *m.get(key)
+        .unwrap_or_else(|| panic!("{key} is not among the metrics: {:?}", m.keys()))
+}
+
+/// Scrapes `node` until `done` holds (bounded by [`WAIT`]); returns the last scrape.
+async fn scrape_until(
+    c: &LocalCluster,
+    node: u64,
+    what: &str,
+    done: impl Fn(&BTreeMap<String, f64>) -> bool,
+) -> BTreeMap<String, f64> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let m = scrape(c, node).await;
+        if done(&m) {
+            return m;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: {m:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_under_load_and_health_answers() {
+    let (_d, c) = messaging_cluster(3, messaging_opts()).await;
+    let leader = c.wait_leader(WAIT).await.expect("leader");
+    let lab_org = HpiO::from_serial(LAB).to_string();
+    let inbox_key = format!("sealpost_inbox_depth{{org=\"{lab_org}\"}}");
+
+    for id in c.node_ids() {
+        let addr = c.node(id).and_then(|n| n.http_addr).expect("http address");
+        assert_eq!(get(addr, "/health").await.0, 200, "node {id} healthy");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let (code, body) = get(addr, "/ready").await;
+            if code == 200 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "node {id}: {body}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (code, _) = get(addr, "/nothing-here").await;
+        assert_eq!(code, 404, "an unknown path is not found");
+    }
+
+    let before = scrape(&c, leader).await;
+    assert_eq!(value(&before, "sealpost_raft_is_leader"), 1.0);
+    assert_eq!(value(&before, "sealpost_node_id"), leader as f64);
+
+    // The load: sends from the practice to the lab through the leader, concurrently.
+    let sender = org_client(&c, leader, SENDER).await;
+    let to = [endpoint(LAB, "results")];
+    let mut sends = tokio::task::JoinSet::new();
+    for i in 0..SENDS {
+        let sender = sender.clone();
+        let req = send_request(&to, format!("result {i}").as_bytes(), &format!("m-{i}"));
+        sends.spawn(async move { send_ok(&sender, req).await.message_id });
+    }
+    let mut ids = Vec::new();
+    while let Some(id) = sends.join_next().await {
+        ids.push(id.expect("send task"));
+    }
+    assert_eq!(ids.len(), SENDS);
+
+    // Every node sees the routed messages waiting in the lab's inbox.
+    for id in c.node_ids() {
+        scrape_until(&c, id, "the lab's inbox fills", |m| {
+            m.get(&inbox_key).copied() == Some(SENDS as f64)
+        })
+        .await;
+    }
+    let after = scrape(&c, leader).await;
+    let grew = |k: &str, by: f64| {
+        let (b, a) = (before.get(k).copied().unwrap_or(0.0), value(&after, k));
+        assert!(a >= b + by, "{k}: {b} before, {a} after, expected +{by}");
+    };
+    // Each send is at least its Sent and its Routed event.
+    grew("sealpost_events_total", 2.0 * SENDS as f64);
+    grew("sealpost_raft_committed_index", 1.0);
+    grew("sealpost_raft_applied_index", 1.0);
+    grew("sealpost_raft_log_fsync_seconds_count", 1.0);
+    grew("sealpost_raft_batch_proposals_count", 1.0);
+    // Every send is one proposal batched on the leader.
+    grew("sealpost_raft_batch_proposals_sum", SENDS as f64);
+    grew("sealpost_grpc_responses_total{code=\"Ok\"}", SENDS as f64);
+    assert_eq!(value(&after, "sealpost_dead_letters"), 0.0);
+    assert_eq!(value(&after, "sealpost_queue_depth_truncated"), 0.0);
+    assert!(
+        value(&after, "sealpost_raft_applied_index")
+            <= value(&after, "sealpost_raft_last_log_index")
+    );
+    // One leader, and every node names it.
+    for id in c.node_ids() {
+        let m = scrape(&c, id).await;
+        assert_eq!(
+            value(&m, "sealpost_raft_leader_id"),
+            leader as f64,
+            "node {id}"
+        );
+        assert_eq!(
+            value(&m, "sealpost_raft_is_leader"),
+            f64::from(u8::from(id == leader)),
+            "node {id}"
+        );
+    }
+    // The leader reports how far each follower holds the log.
+    for id in c.node_ids().into_iter().filter(|id| *id != leader) {
+        let k = format!("sealpost_raft_follower_matched_index{{follower=\"{id}\"}}");
+        scrape_until(&c, leader, "followers catch up", |m| {
+            m.get(&k).copied().unwrap_or(0.0) >= value(&before, "sealpost_raft_applied_index")
+        })
+        .await;
+    }
+
+    // The lab acknowledges a third: its inbox depth falls by as many.
+    let lab = org_client(&c, leader, LAB).await;
+    let acked = SENDS / 3;
+    for id in ids.iter().take(acked) {
+        lab.messaging()
+            .ack(pb::AckRequest {
+                message_id: id.clone(),
+                recipient: String::new(),
+                status: "accepted".into(),
+                note: String::new(),
+            })
+            .await
+            .expect("ack");
+    }
+    scrape_until(&c, leader, "the lab's inbox drains", |m| {
+        m.get(&inbox_key).copied() == Some((SENDS - acked) as f64)
+    })
+    .await;
+
+    // A refusal is counted under its code and by the authorization counter.
+    let denied_before = value(&scrape(&c, leader).await, "sealpost_authz_denied_total");
+    let hospital = org_client(&c, leader, HOSPITAL).await;
+    let err = hospital
+        .messaging()
+        .fetch(pb::FetchRequest {
+            message_id: ids[0].clone(),
+            recipient: String::new(),
+        })
+        .await
+        .expect_err("not the hospital's");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    let m = scrape(&c, leader).await;
+    assert!(value(&m, "sealpost_authz_denied_total") > denied_before);
+    assert!(
+        value(
+            &m,
+            "sealpost_grpc_responses_total{code=\"PermissionDenied\"}"
+        ) >= 1.0
+    );
+}
