@@ -10,7 +10,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?),
     };
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
-    tonic_prost_build::configure()
+    // The messages the operator console answers with as JSON (none carries a payload).
+    let mut builder = tonic_prost_build::configure();
+    for m in [
+        "NodeStatus",
+        "StatusResponse",
+        "MessageSummary",
+        "RecipientStatus",
+        "TimelineEvent",
+        "TrackReply",
+        "DeadLetter",
+        "DeadLettersReply",
+        "ReprocessAttempt",
+        "ReprocessReply",
+        "MessageSearchReply",
+    ] {
+        builder = builder.type_attribute(format!("sealpost.v1.{m}"), "#[derive(serde::Serialize)]");
+    }
+    builder
         .file_descriptor_set_path(out.join("sealpost_descriptor.bin"))
         .compile_with_config(
             config,

@@ -252,26 +252,7 @@ async fn replay_returns_every_event_in_order_and_filters_exactly() {
 /// shows both attempts, the new one linked to the failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reprocess_redrives_a_dead_letter_once_and_the_audit_shows_both_attempts() {
-    let (_dir, c) = messaging_cluster(
-        3,
-        sealpost_server::config::MessagingOptions {
-            ack_window_ms: 1_500,
-            ..messaging_opts()
-        },
-    )
-    .await;
-    let gp = org_client(&c, 1, SENDER).await;
-    let lab = endpoint(LAB, "results");
-    let id = send_ok(
-        &gp,
-        send_request(std::slice::from_ref(&lab), b"result", "r-1"),
-    )
-    .await
-    .message_id;
-    track_until(&gp, &id, "failed unacknowledged", |r| {
-        recipient_state(r, &lab).0 == "failed"
-    })
-    .await;
+    let (_dir, c, gp, id, lab) = with_dead_letter("r-1").await;
     let admin = client(&c, 2).await;
     let dead = admin
         .admin()

@@ -15,38 +15,12 @@ use common::*;
 use sealpost_core::ids::HpiO;
 use sealpost_proto::v1 as pb;
 use sealpost_server::local::LocalCluster;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Bytes of one operations response this test reads, at most.
-const RESPONSE_BYTES_MAX: u64 = 4 * 1024 * 1024;
 const SENDS: usize = 60;
 
 /// GETs `path` from the operations listener at `addr`: (status code, body).
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let fut = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .expect("request");
-        let mut raw = Vec::new();
-        s.take(RESPONSE_BYTES_MAX)
-            .read_to_end(&mut raw)
-            .await
-            .expect("response");
-        let text = String::from_utf8(raw).expect("utf-8");
-        let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
-        let code = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .expect("a status code");
-        (code, body.to_string())
-    };
-    tokio::time::timeout(WAIT, fut)
-        .await
-        .expect("answered in time")
+    http(addr, "GET", path, &[], None).await
 }
 
 /// The samples of one scrape: `name{labels}` → value.

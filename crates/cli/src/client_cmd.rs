@@ -37,6 +37,13 @@ pub enum ClusterCmd {
     },
     /// Build a snapshot on the node this client is connected to.
     Snapshot,
+    /// Mint a short-lived operator console token (operators only) and print the console's
+    /// address with it: open the link, or paste the token on the console's sign-in page.
+    Console {
+        /// Minutes the token stays valid (the node caps it at 60).
+        #[arg(long, default_value_t = 15)]
+        ttl_mins: u32,
+    },
     /// Walk the event store of the connected node and check its hash chain.
     Verify,
     /// Stop one node of a running `sealpost dev` cluster.
@@ -307,6 +314,29 @@ pub async fn cluster(opts: &ClientOpts, cmd: ClusterCmd) -> anyhow::Result<()> {
                     client.endpoint, r.snapshot_index
                 ),
                 serde_json::json!({ "node": client.endpoint, "snapshot_index": r.snapshot_index }),
+            );
+        }
+        ClusterCmd::Console { ttl_mins } => {
+            let r = admin
+                .console_token(pb::ConsoleTokenRequest {
+                    ttl_secs: ttl_mins.saturating_mul(60),
+                })
+                .await
+                .map_err(status_err("console token"))?
+                .into_inner();
+            let link = format!("{}#token={}", r.console_url, r.token);
+            out.message(
+                &format!(
+                    "console: {link}\n(the token is valid until {} ms since the epoch; keep \
+                     the link private)",
+                    r.expires_ms
+                ),
+                serde_json::json!({
+                    "console_url": r.console_url,
+                    "token": r.token,
+                    "expires_ms": r.expires_ms,
+                    "link": link,
+                }),
             );
         }
         ClusterCmd::Verify => {

@@ -71,6 +71,11 @@ impl Kek {
         Ok(Self::from_key(key))
     }
 
+    /// The key itself, for deriving other keys from it inside this crate only.
+    pub(crate) fn secret_bytes(&self) -> &[u8] {
+        self.key.as_ref()
+    }
+
     /// The KEK's id: the first 8 bytes of SHA-256 of the key, as 16 hex characters.
     pub fn id_hex(&self) -> String {
         hex::encode(self.id)

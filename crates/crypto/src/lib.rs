@@ -14,10 +14,13 @@
 //! - [`envelope`]: envelope v1 seal, verify and open; the crypto-only benchmark ceiling.
 //! - [`provider_key`]: the provider's Ed25519 receipt-signing key, receipt verification,
 //!   and naming a peer provider by the CA that issued its certificate.
+//! - [`console_token`]: short-lived operator console tokens, HMAC-SHA256 under a key
+//!   derived (HKDF) from the KEK.
 //!
 //! `ENVELOPE.md` at the repository root describes the envelope and wrap formats for
 //! implementers outside this code base.
 
+pub mod console_token;
 pub mod envelope;
 pub mod kek;
 pub mod keys;

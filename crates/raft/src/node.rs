@@ -469,7 +469,7 @@ impl RaftNode {
     }
 
     /// Seconds each fsync of the Raft log's WAL took.
-    pub fn log_fsync_seconds(&self) -> prometheus_client::metrics::histogram::Histogram {
+    pub fn log_fsync_seconds(&self) -> sealpost_store::timing::Timing {
         self.log.fsync_seconds()
     }
 

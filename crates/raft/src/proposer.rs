@@ -7,6 +7,7 @@
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use sealpost_store::timing::Timing;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,6 +59,9 @@ pub struct BatchMetrics {
     pub bytes: Histogram,
     /// Proposals refused at once because the queue was full.
     pub overloaded: Counter,
+    /// Seconds from a batch leaving the queue until it is committed (or refused): what a
+    /// client's write waits beyond its time in the queue.
+    pub commit_seconds: Timing,
 }
 
 impl Default for BatchMetrics {
@@ -66,6 +70,7 @@ impl Default for BatchMetrics {
             proposals: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             bytes: Histogram::new(exponential_buckets(256.0, 4.0, 10)),
             overloaded: Counter::default(),
+            commit_seconds: Timing::new(exponential_buckets(0.000_25, 2.0, 16)),
         }
     }
 }
@@ -221,8 +226,11 @@ async fn run<S: Submit>(
         metrics.proposals.observe(batch.len() as f64);
         metrics.bytes.observe(bytes as f64);
         let submit = submit.clone();
+        let commit_seconds = metrics.commit_seconds.clone();
         tokio::spawn(async move {
+            let started = std::time::Instant::now();
             commit(&*submit, batch).await;
+            commit_seconds.observe(started.elapsed());
             drop(permit);
         });
     }

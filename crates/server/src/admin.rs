@@ -5,9 +5,11 @@
 //! failed recipient hosted here. Everything but status is for operators only (a client
 //! certificate that names no organisation).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::ServerState;
+use sealpost_crypto::console_token::ConsoleTokens;
 use sealpost_proto::v1 as pb;
 use sealpost_proto::v1::admin_client::AdminClient;
 use sealpost_proto::v1::admin_server::Admin;
@@ -60,6 +62,8 @@ pub struct AdminService {
     /// How long a reprocessed recipient has to be routed.
     reprocess_deliver_within_ms: u64,
     guard: Guard,
+    /// Mints console tokens, with the console's address, when the node serves one.
+    console: Option<(Arc<ConsoleTokens>, String)>,
 }
 
 pub fn role_name(s: ServerState, voter: bool) -> &'static str {
@@ -109,7 +113,35 @@ impl AdminService {
             relay_errors,
             listing_items_max,
             reprocess_deliver_within_ms,
+            console: None,
         }
+    }
+
+    /// Lets operators mint console tokens for the console at `url`.
+    pub fn with_console(mut self, tokens: Arc<ConsoleTokens>, url: String) -> Self {
+        self.console = Some((tokens, url));
+        self
+    }
+
+    /// This node's status and, with `all_members`, each member's own answer (unreachable
+    /// members say so).
+    pub(crate) async fn statuses(&self, all_members: bool) -> Result<pb::StatusResponse, Status> {
+        let local = self.node.status().map_err(convert::node_error)?;
+        let this = status_to_pb(&local);
+        let mut members = Vec::new();
+        if all_members {
+            for (id, (addr, _voter)) in &local.members {
+                if *id == local.id {
+                    members.push(this.clone());
+                } else {
+                    members.push(self.ask_member(*id, addr).await);
+                }
+            }
+        }
+        Ok(pb::StatusResponse {
+            this_node: Some(this),
+            members,
+        })
     }
 
     /// Refuses (and records) callers that are not operators.
@@ -176,22 +208,8 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         self.guard
             .check(&Caller::of(&req, self.node.id()), Action::Status)?;
-        let local = self.node.status().map_err(convert::node_error)?;
-        let this = status_to_pb(&local);
-        let mut members = Vec::new();
-        if req.into_inner().all_members {
-            for (id, (addr, _voter)) in &local.members {
-                if *id == local.id {
-                    members.push(this.clone());
-                } else {
-                    members.push(self.ask_member(*id, addr).await);
-                }
-            }
-        }
-        Ok(Response::new(pb::StatusResponse {
-            this_node: Some(this),
-            members,
-        }))
+        let all = req.into_inner().all_members;
+        Ok(Response::new(self.statuses(all).await?))
     }
 
     async fn add_node(
@@ -330,7 +348,54 @@ impl Admin for AdminService {
         req: Request<pb::DeadLettersRequest>,
     ) -> Result<Response<pb::DeadLettersReply>, Status> {
         self.operator_only(&req)?;
-        let r = req.into_inner();
+        Ok(Response::new(
+            self.dead_letter_list(req.into_inner()).await?,
+        ))
+    }
+
+    async fn reprocess(
+        &self,
+        req: Request<pb::ReprocessRequest>,
+    ) -> Result<Response<pb::ReprocessReply>, Status> {
+        let caller = self.operator_only(&req)?;
+        Ok(Response::new(
+            self.reprocess_as(&caller, req.into_inner()).await?,
+        ))
+    }
+
+    async fn console_token(
+        &self,
+        req: Request<pb::ConsoleTokenRequest>,
+    ) -> Result<Response<pb::ConsoleTokenReply>, Status> {
+        let caller = self.operator_only(&req)?;
+        let Some((tokens, url)) = &self.console else {
+            return Err(Status::failed_precondition(
+                "this node serves no console: set http_listen in its configuration",
+            ));
+        };
+        let ttl_secs = match req.get_ref().ttl_secs {
+            0 => crate::console::CONSOLE_TOKEN_TTL_SECS_DEFAULT,
+            n => u64::from(n).min(crate::console::CONSOLE_TOKEN_TTL_SECS_MAX),
+        };
+        let expires_ms = crate::messaging::now_ms().saturating_add(ttl_secs * 1000);
+        let token = tokens
+            .mint(&caller.identity, expires_ms)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        tracing::info!(identity = %caller.identity, expires_ms, "console token minted");
+        Ok(Response::new(pb::ConsoleTokenReply {
+            token,
+            expires_ms,
+            console_url: url.clone(),
+        }))
+    }
+}
+
+impl AdminService {
+    /// Failed recipients, newest first (see `Admin.DeadLetters`).
+    pub(crate) async fn dead_letter_list(
+        &self,
+        r: pb::DeadLettersRequest,
+    ) -> Result<pb::DeadLettersReply, Status> {
         let limit = match r.limit {
             0 => self.listing_items_max,
             n => n.min(self.listing_items_max),
@@ -372,15 +437,15 @@ impl Admin for AdminService {
                 last_error: self.last_error(reason, rs.provider.as_deref()),
             });
         }
-        Ok(Response::new(pb::DeadLettersReply { items }))
+        Ok(pb::DeadLettersReply { items })
     }
 
-    async fn reprocess(
+    /// Re-drives a failed message for `caller` (an operator), recorded under its actor.
+    pub(crate) async fn reprocess_as(
         &self,
-        req: Request<pb::ReprocessRequest>,
-    ) -> Result<Response<pb::ReprocessReply>, Status> {
-        let caller = self.operator_only(&req)?;
-        let r = req.into_inner();
+        caller: &Caller,
+        r: pb::ReprocessRequest,
+    ) -> Result<pb::ReprocessReply, Status> {
         let id = MessageId::parse(&r.message_id)
             .map_err(|e| Status::invalid_argument(format!("message_id: {e}")))?;
         let only = match r.recipient.as_str() {
@@ -463,9 +528,9 @@ impl Admin for AdminService {
                 }),
             }
         }
-        Ok(Response::new(pb::ReprocessReply {
+        Ok(pb::ReprocessReply {
             message_id: id.to_string(),
             attempts,
-        }))
+        })
     }
 }

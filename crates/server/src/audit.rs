@@ -546,7 +546,19 @@ impl Audit for AuditService {
         req: Request<pb::MessageSearchRequest>,
     ) -> Result<Response<pb::MessageSearchReply>, Status> {
         let actor = self.operator_only(&req)?;
-        let r = req.into_inner();
+        Ok(Response::new(
+            self.search_as(actor, req.into_inner()).await?,
+        ))
+    }
+}
+
+impl AuditService {
+    /// Searches messages for `actor` (an auditor or operator), the read recorded first.
+    pub(crate) async fn search_as(
+        &self,
+        actor: String,
+        r: pb::MessageSearchRequest,
+    ) -> Result<pb::MessageSearchReply, Status> {
         let q = search_query(&r)?;
         self.record_read(actor, describe_search(&r), 1, 0).await?;
         let view = self.barrier().await?;
@@ -554,7 +566,7 @@ impl Audit for AuditService {
             .await
             .map_err(|e| Status::internal(format!("the search stopped: {e}")))?
             .map_err(convert::store_error)?;
-        Ok(Response::new(pb::MessageSearchReply {
+        Ok(pb::MessageSearchReply {
             messages: found
                 .messages
                 .iter()
@@ -564,6 +576,6 @@ impl Audit for AuditService {
                 .next
                 .map(|(ts, seq)| format!("{ts}:{seq}"))
                 .unwrap_or_default(),
-        }))
+        })
     }
 }

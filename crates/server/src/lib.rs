@@ -30,6 +30,7 @@ pub mod admin;
 pub mod audit;
 pub mod authz;
 pub mod config;
+pub mod console;
 pub mod convert;
 pub mod crypto_pool;
 pub mod delivery;

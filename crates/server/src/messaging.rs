@@ -780,29 +780,9 @@ impl Messaging for MessagingService {
         req: Request<pb::TrackRequest>,
     ) -> Result<Response<pb::TrackReply>, Status> {
         let caller = Caller::of(&req, self.node.id());
-        self.guard.check(&caller, Action::Track)?;
-        let id = message_id(&req.get_ref().message_id)?;
-        self.barrier().await?;
-        let msg = self.message(&id)?;
-        if let Some(org) = caller.org() {
-            let involved =
-                &msg.sender.org == org || msg.recipients.iter().any(|r| &r.endpoint.org == org);
-            if !involved {
-                return Err(self.guard.deny(
-                    &caller,
-                    Action::Track,
-                    format!("your organisation {org} neither sent nor receives message {id}"),
-                ));
-            }
-        }
-        let timeline = self
-            .view()
-            .message_events(&id, TRACK_EVENTS_MAX)
-            .map_err(convert::store_error)?;
-        Ok(Response::new(pb::TrackReply {
-            message: Some(summary_to_pb(&msg)),
-            timeline: timeline.iter().map(timeline_to_pb).collect(),
-        }))
+        Ok(Response::new(
+            self.track_as(&caller, &req.get_ref().message_id).await?,
+        ))
     }
 
     async fn outbox(
@@ -842,6 +822,38 @@ impl Messaging for MessagingService {
 }
 
 impl MessagingService {
+    /// A message's summary and timeline for `caller` (an organisation sees only messages
+    /// it sent or receives).
+    pub(crate) async fn track_as(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<pb::TrackReply, Status> {
+        self.guard.check(caller, Action::Track)?;
+        let id = message_id(id)?;
+        self.barrier().await?;
+        let msg = self.message(&id)?;
+        if let Some(org) = caller.org() {
+            let involved =
+                &msg.sender.org == org || msg.recipients.iter().any(|r| &r.endpoint.org == org);
+            if !involved {
+                return Err(self.guard.deny(
+                    caller,
+                    Action::Track,
+                    format!("your organisation {org} neither sent nor receives message {id}"),
+                ));
+            }
+        }
+        let timeline = self
+            .view()
+            .message_events(&id, TRACK_EVENTS_MAX)
+            .map_err(convert::store_error)?;
+        Ok(pb::TrackReply {
+            message: Some(summary_to_pb(&msg)),
+            timeline: timeline.iter().map(timeline_to_pb).collect(),
+        })
+    }
+
     /// Sends for `caller`: validate, sign and seal on this node, commit `Sent`, answer once
     /// committed; a resend with the same client message id answers with the original.
     /// The gRPC `Send` and the MLLP front door both come here.

@@ -75,7 +75,7 @@ impl Metrics {
         registry.register(
             "raft_log_fsync_seconds",
             "Seconds each fsync of the Raft log's WAL took",
-            raft.log_fsync_seconds(),
+            raft.log_fsync_seconds().histogram,
         );
         let batches = raft.batch_metrics().clone();
         registry.register(
@@ -88,6 +88,11 @@ impl Metrics {
             "raft_proposals_overloaded",
             "Proposals refused at once because the queue was full",
             batches.overloaded,
+        );
+        registry.register(
+            "raft_commit_seconds",
+            "Seconds from a batch leaving the proposal queue until it is committed",
+            batches.commit_seconds.histogram,
         );
         registry.register_collector(Box::new(NodeCollector {
             raft: raft.clone(),
@@ -428,14 +433,21 @@ pub struct OpsServer {
 }
 
 impl OpsServer {
-    /// Serves `/metrics`, `/health` and `/ready` on `listener` until [`Self::stop`].
-    pub fn start(listener: TcpListener, raft: RaftNode, metrics: Metrics) -> std::io::Result<Self> {
+    /// Serves `/metrics`, `/health`, `/ready` and the routes of `more` (the console) on
+    /// `listener` until [`Self::stop`].
+    pub fn start(
+        listener: TcpListener,
+        raft: RaftNode,
+        metrics: Metrics,
+        more: Router,
+    ) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let app = Router::new()
             .route("/metrics", get(metrics_page))
             .route("/health", get(health))
             .route("/ready", get(ready))
             .with_state(Ops { raft, metrics })
+            .merge(more)
             .layer(
                 tower::ServiceBuilder::new()
                     .layer(axum::error_handling::HandleErrorLayer::new(|_| async {

@@ -345,6 +345,8 @@ async fn start_inner(
             Err(e) => tracing::warn!(error = %e, "the rotated TLS files do not load as a client identity; peers keep the old one"),
         });
     }
+    // Console tokens are keyed from the KEK, so every node of the provider verifies them.
+    let console_tokens = Arc::new(sealpost_crypto::console_token::ConsoleTokens::new(&kek));
     let keystore = Keystore::new(kek, raft.view().clone());
     let faults = std::sync::Arc::new(MessagingFaults::default());
     let directory = DirectoryServer::new(DirectoryService::new(
@@ -468,7 +470,7 @@ async fn start_inner(
                 faults: relay_faults.clone(),
                 last_errors: last_errors.clone(),
             },
-            workers_rx,
+            workers_rx.clone(),
         ));
     }
     let mut mllp_addrs = Vec::with_capacity(cfg.mllp.len());
@@ -499,16 +501,49 @@ async fn start_inner(
         mllp_addrs.push(l.addr);
         workers.push(l.task);
     }
-    let admin = AdminServer::new(AdminService::new(
+    // The operations listener is bound now, so the console's address is known to the
+    // Admin service that mints its tokens; it serves once everything is built.
+    let http_listener = match &cfg.http_listen {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let mut admin_service = AdminService::new(
         raft.clone(),
         Duration::from_millis(cfg.api.member_status_timeout_ms),
-        last_errors,
+        last_errors.clone(),
         cfg.messaging.listing_items_max,
         cfg.messaging.deliver_within_ms_default,
         guard.clone(),
-    ))
-    .max_decoding_message_size(limit)
-    .max_encoding_message_size(limit);
+    );
+    if let Some(a) = http_addr {
+        admin_service =
+            admin_service.with_console(console_tokens.clone(), format!("http://{a}/console/"));
+    }
+    let audit_service = crate::audit::AuditService::new(
+        raft.clone(),
+        cfg.provider.clone(),
+        provider_key.clone(),
+        guard.clone(),
+    );
+    let history = crate::console::History::default();
+    workers.push(crate::console::spawn_sampler(
+        raft.clone(),
+        history.clone(),
+        workers_rx.clone(),
+    ));
+    let console = crate::console::Console {
+        tokens: console_tokens,
+        raft: raft.clone(),
+        admin: admin_service.clone(),
+        messaging: messaging_service.clone(),
+        audit: audit_service.clone(),
+        relay_errors: last_errors.clone(),
+        history,
+    };
+    let admin = AdminServer::new(admin_service)
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(sealpost_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -545,14 +580,9 @@ async fn start_inner(
         .add_service(messaging)
         .add_service(admin)
         .add_service(
-            AuditServer::new(crate::audit::AuditService::new(
-                raft.clone(),
-                cfg.provider.clone(),
-                provider_key.clone(),
-                guard.clone(),
-            ))
-            .max_decoding_message_size(limit)
-            .max_encoding_message_size(limit),
+            AuditServer::new(audit_service)
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
         )
         .add_service(reflection);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -569,21 +599,21 @@ async fn start_inner(
             .collect();
         raft.initialize(members).await?;
     }
-    let http = match &cfg.http_listen {
-        Some(a) => {
-            let l = bind(a).await?;
-            Some(
-                crate::metrics::OpsServer::start(l, raft.clone(), metrics.clone()).map_err(
-                    |source| ServerError::Bind {
-                        addr: a.clone(),
-                        source,
-                    },
-                )?,
+    let http = match http_listener {
+        Some(l) => Some(
+            crate::metrics::OpsServer::start(
+                l,
+                raft.clone(),
+                metrics.clone(),
+                crate::console::router(console),
             )
-        }
+            .map_err(|source| ServerError::Bind {
+                addr: cfg.http_listen.clone().unwrap_or_default(),
+                source,
+            })?,
+        ),
         None => None,
     };
-    let http_addr = http.as_ref().map(|h| h.addr);
     tracing::info!(node = cfg.id, %addr, relay = ?relay_addr, http = ?http_addr, provider = %cfg.provider, "node serving");
     Ok(NodeHandle {
         raft,

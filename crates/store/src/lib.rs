@@ -15,6 +15,7 @@
 //! - [`search`]: directory search over the index column family; [`message_search`]:
 //!   audit search over messages (the `msg_index` view).
 //! - [`types`]: the openraft type configuration.
+//! - [`timing`]: a duration histogram whose count and sum the node can read.
 //! - [`rocks`]: how RocksDB is opened (paranoid checks, a torn final WAL record dropped).
 
 pub mod error;
@@ -27,6 +28,7 @@ mod rocks;
 pub mod search;
 pub mod snapshot;
 pub mod state_machine;
+pub mod timing;
 pub mod types;
 
 use std::path::Path;

@@ -24,12 +24,13 @@ use std::time::{Duration, Instant};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 use sealpost_core::codec;
 
 use crate::error::{Error, Result};
 use crate::rocks::{self, Durability};
+use crate::timing::Timing;
 use crate::types::{Entry, LogId, StorageError, StorageIOError, TypeConfig, Vote};
 
 const CF_ENTRIES: &str = "entries";
@@ -86,7 +87,7 @@ struct SyncState {
     written: AtomicU64,
     mark: Mutex<Mark>,
     /// Seconds each fsync of the WAL took (the metrics listener exports it).
-    fsync_seconds: Histogram,
+    fsync_seconds: Timing,
     /// The committed index openraft last saved.
     committed: AtomicU64,
 }
@@ -260,7 +261,7 @@ fn run_syncer(db: Arc<DB>, state: Arc<SyncState>, rx: Receiver<LogFlushed<TypeCo
         };
         let took = started.elapsed();
         if !state.skip_fsync {
-            state.fsync_seconds.observe(took.as_secs_f64());
+            state.fsync_seconds.observe(took);
         }
         if took > std::time::Duration::from_millis(LOG_SYNC_SLOW_MS) {
             tracing::warn!(path = %path.display(), ms = took.as_millis() as u64, appends = group.len(), "slow raft log fsync");
@@ -334,7 +335,7 @@ impl LogStore {
                 epoch: 0,
                 written_at: None,
             }),
-            fsync_seconds: Histogram::new(fsync_buckets()),
+            fsync_seconds: Timing::new(fsync_buckets()),
             committed: AtomicU64::new(0),
         });
         let syncer = std::thread::Builder::new()
@@ -430,7 +431,7 @@ impl LogStore {
     }
 
     /// Seconds each fsync of the WAL took (shared: observations continue in the clone).
-    pub fn fsync_seconds(&self) -> Histogram {
+    pub fn fsync_seconds(&self) -> Timing {
         self.inner.sync.fsync_seconds.clone()
     }
 

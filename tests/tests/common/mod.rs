@@ -371,3 +371,77 @@ pub fn assert_views_rebuild(c: &LocalCluster) {
         );
     }
 }
+
+/// Bytes of one HTTP response the tests read, at most.
+pub const HTTP_RESPONSE_BYTES_MAX: u64 = 4 * 1024 * 1024;
+
+/// One HTTP/1.1 request to a node's operations listener (plain HTTP on loopback), with
+/// extra header lines and a JSON body when given: (status code, body).
+pub async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if let Some(b) = body {
+            req.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                b.len()
+            ));
+        }
+        req.push_str("\r\n");
+        req.push_str(body.unwrap_or(""));
+        s.write_all(req.as_bytes()).await.expect("request");
+        let mut raw = Vec::new();
+        s.take(HTTP_RESPONSE_BYTES_MAX)
+            .read_to_end(&mut raw)
+            .await
+            .expect("response");
+        let text = String::from_utf8(raw).expect("utf-8");
+        let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .expect("a status code");
+        (code, body.to_string())
+    };
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .expect("answered in time")
+}
+
+/// A cluster whose receivers have 1.5 s to acknowledge, and one message from the practice
+/// to the lab's results that nobody acknowledges: a dead letter. Returns the practice's
+/// client, the message id and the lab endpoint.
+pub async fn with_dead_letter(cid: &str) -> (TempDir, LocalCluster, Client, String, String) {
+    let (dir, c) = messaging_cluster(
+        3,
+        sealpost_server::config::MessagingOptions {
+            ack_window_ms: 1_500,
+            ..messaging_opts()
+        },
+    )
+    .await;
+    let gp = org_client(&c, 1, SENDER).await;
+    let lab = endpoint(LAB, "results");
+    let id = send_ok(
+        &gp,
+        send_request(std::slice::from_ref(&lab), b"result", cid),
+    )
+    .await
+    .message_id;
+    track_until(&gp, &id, "failed unacknowledged", |r| {
+        recipient_state(r, &lab).0 == "failed"
+    })
+    .await;
+    (dir, c, gp, id, lab)
+}
