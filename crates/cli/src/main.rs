@@ -60,6 +60,17 @@ enum Command {
         #[arg(long)]
         dump_config: bool,
     },
+    /// Restore a backup (`sealpost admin backup`) into a node of a new cluster, before the
+    /// node first starts: run it for every node of the new cluster, then start them.
+    Restore {
+        /// The new node's configuration file; its initial_members are the new voters, and
+        /// its provider and KEK must be the backed-up provider's.
+        #[arg(long)]
+        config: PathBuf,
+        /// The backup folder.
+        #[arg(long)]
+        backup: PathBuf,
+    },
     /// Write a provider's CA, node certificates and client certificates into a folder.
     Certs(dev::CertsArgs),
     /// Cluster membership and health.
@@ -69,7 +80,7 @@ enum Command {
         #[command(subcommand)]
         cmd: client_cmd::ClusterCmd,
     },
-    /// Operator checks of a node: rebuild-views.
+    /// Operator work on a node: rebuild-views, backup.
     Admin {
         #[command(flatten)]
         opts: ClientOpts,
@@ -224,6 +235,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("node {} serving on {}", handle.raft.id(), handle.addr);
             dev::wait_for_signal().await;
             handle.stop().await;
+            Ok(())
+        }
+        Command::Restore { config, backup } => {
+            let cfg = sealpost_server::NodeConfig::load(&config)
+                .with_context(|| format!("loading {}", config.display()))?;
+            let manifest = sealpost_client::backup::verify_backup(&backup)
+                .with_context(|| format!("checking the backup in {}", backup.display()))?;
+            if manifest.provider != cfg.provider {
+                anyhow::bail!(
+                    "the backup is of provider {:?}, but {} configures provider {:?}",
+                    manifest.provider,
+                    config.display(),
+                    cfg.provider
+                );
+            }
+            let r = sealpost_server::node::restore_node(&cfg, &backup)?;
+            println!(
+                "restored node {} in {}: {} events (chain head {}), through log index {}; start \
+                 it with `sealpost node --config {}`",
+                cfg.id,
+                cfg.data_dir.display(),
+                r.event_count,
+                hex::encode(r.chain_head),
+                r.last_log_id.index,
+                config.display()
+            );
             Ok(())
         }
         Command::Certs(args) => dev::certs(args),

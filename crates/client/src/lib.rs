@@ -5,7 +5,9 @@
 //! # Layout
 //! - [`config`]: `client.toml` and its profiles.
 //! - [`Client`]: a connection with the generated gRPC clients.
+//! - [`backup`]: an online backup streamed into a folder, and its check before a restore.
 
+pub mod backup;
 pub mod config;
 
 use std::time::Duration;
@@ -98,6 +100,19 @@ impl Client {
         AdminClient::new(self.channel.clone())
             .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+    }
+
+    /// Takes an online backup from the connected node into `out` (see [`backup`]).
+    pub async fn backup_to(
+        &self,
+        out: &std::path::Path,
+    ) -> std::result::Result<backup::BackupManifest, backup::BackupError> {
+        let stream = self
+            .admin()
+            .backup(sealpost_proto::v1::BackupRequest {})
+            .await?
+            .into_inner();
+        backup::write_backup(stream, out).await
     }
 
     pub fn audit(&self) -> AuditClient<Channel> {

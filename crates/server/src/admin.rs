@@ -64,6 +64,77 @@ pub struct AdminService {
     guard: Guard,
     /// Mints console tokens, with the console's address, when the node serves one.
     console: Option<(Arc<ConsoleTokens>, String)>,
+    /// The provider this cluster serves (named in backups).
+    provider: String,
+}
+
+/// Bytes of one backup chunk (well under the gRPC message limit).
+pub const BACKUP_CHUNK_BYTES: usize = 1024 * 1024;
+/// Backup chunks read ahead of the client, at most.
+pub const BACKUP_CHUNKS_BUFFERED: usize = 4;
+
+/// Streams the backup's header, then every file in chunks, each file's last chunk with its
+/// SHA-256; stops when the client goes away. The backup copy is deleted at the end.
+fn stream_backup(
+    backup: sealpost_store::snapshot::BackupFiles,
+    header: pb::BackupHeader,
+    tx: tokio::sync::mpsc::Sender<Result<pb::BackupChunk, Status>>,
+) {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let first = pb::BackupChunk {
+        header: Some(header),
+        ..Default::default()
+    };
+    if tx.blocking_send(Ok(first)).is_err() {
+        return;
+    }
+    for (name, _) in &backup.files {
+        let path = backup.dir.join(name);
+        let mut f = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(Status::internal(format!("backup file {name}: {e}"))));
+                return;
+            }
+        };
+        let mut digest = Sha256::new();
+        let mut offset = 0u64;
+        loop {
+            let mut buf = vec![0u8; BACKUP_CHUNK_BYTES];
+            let n = match f.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(Status::internal(format!(
+                        "reading backup file {name}: {e}"
+                    ))));
+                    return;
+                }
+            };
+            buf.truncate(n);
+            digest.update(&buf);
+            // A short read is not the end: only an empty one is.
+            let done = n == 0;
+            let chunk = pb::BackupChunk {
+                header: None,
+                file: name.clone(),
+                offset,
+                data: buf,
+                sha256: if done {
+                    hex::encode(digest.clone().finalize())
+                } else {
+                    String::new()
+                },
+            };
+            offset += n as u64;
+            if tx.blocking_send(Ok(chunk)).is_err() {
+                return;
+            }
+            if done {
+                break;
+            }
+        }
+    }
 }
 
 pub fn role_name(s: ServerState, voter: bool) -> &'static str {
@@ -114,7 +185,14 @@ impl AdminService {
             listing_items_max,
             reprocess_deliver_within_ms,
             console: None,
+            provider: String::new(),
         }
+    }
+
+    /// Names the provider in the backups this service streams.
+    pub fn with_provider(mut self, provider: String) -> Self {
+        self.provider = provider;
+        self
     }
 
     /// Lets operators mint console tokens for the console at `url`.
@@ -361,6 +439,45 @@ impl Admin for AdminService {
         Ok(Response::new(
             self.reprocess_as(&caller, req.into_inner()).await?,
         ))
+    }
+
+    type BackupStream = ReceiverStream<Result<pb::BackupChunk, Status>>;
+
+    async fn backup(
+        &self,
+        req: Request<pb::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        let caller = self.operator_only(&req)?;
+        // A snapshot now, so the backup holds everything this node has applied.
+        self.node.snapshot().await.map_err(convert::node_error)?;
+        let view = self.node.view().clone();
+        let backup = tokio::task::spawn_blocking(move || view.take_backup())
+            .await
+            .map_err(|e| Status::internal(format!("the backup stopped: {e}")))?
+            .map_err(convert::store_error)?;
+        let last = backup.meta.last_log_id.unwrap_or_default();
+        let header = pb::BackupHeader {
+            provider: self.provider.clone(),
+            snapshot_id: backup.meta.snapshot_id.clone(),
+            last_log_index: last.index,
+            last_log_term: last.leader_id.term,
+            event_count: backup.event_count,
+            chain_head: hex::encode(backup.chain_head),
+            files: backup
+                .files
+                .iter()
+                .map(|(name, bytes)| pb::BackupFile {
+                    name: name.clone(),
+                    bytes: *bytes,
+                })
+                .collect(),
+            taken_ms: crate::messaging::now_ms(),
+            node: self.node.id(),
+        };
+        tracing::info!(actor = %caller.actor, snapshot = %header.snapshot_id, events = header.event_count, "streaming a backup");
+        let (tx, rx) = tokio::sync::mpsc::channel(BACKUP_CHUNKS_BUFFERED);
+        tokio::task::spawn_blocking(move || stream_backup(backup, header, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn console_token(

@@ -61,6 +61,13 @@ impl Prepared {
 
 /// Loopback host every local node listens on.
 pub const LOCAL_HOST: &str = "127.0.0.1";
+
+/// A loopback address with a port free right now (the operations listener binds it when
+/// its node starts, and again after every restart).
+fn free_loopback_addr(dir: &Path) -> Result<String, LocalError> {
+    let l = std::net::TcpListener::bind((LOCAL_HOST, 0)).map_err(io(dir))?;
+    Ok(l.local_addr().map_err(io(dir))?.to_string())
+}
 /// Attempts to reopen a node's stores while its previous instance is still closing.
 pub const RESTART_ATTEMPTS_MAX: u32 = 100;
 /// Pause between those attempts.
@@ -334,9 +341,11 @@ impl LocalCluster {
             let toml = path.join("node.toml");
             if toml.exists() {
                 let mut cfg = NodeConfig::load(&toml)?;
-                // A folder laid out before the operations listener existed gets one.
-                cfg.http_listen
-                    .get_or_insert_with(|| format!("{LOCAL_HOST}:0"));
+                // A folder laid out before the operations listener existed gets one, saved.
+                if cfg.http_listen.is_none() {
+                    cfg.http_listen = Some(free_loopback_addr(dir)?);
+                    write_file(&toml, &cfg.to_toml(), false)?;
+                }
                 if path != node_dir(dir, cfg.id) {
                     return Err(LocalError::Layout(format!(
                         "{} holds the configuration of node {}",
@@ -390,8 +399,8 @@ impl LocalCluster {
             data_dir: nd.clone(),
             listen: addr.to_string(),
             advertise: None,
-            // A fresh loopback port at every start: `NodeHandle::http_addr` names it.
-            http_listen: Some(format!("{LOCAL_HOST}:0")),
+            // Kept across restarts like the node's own port, so scrapers keep finding it.
+            http_listen: Some(free_loopback_addr(&self.dir)?),
             initial_members,
             peers,
             tls: TlsPaths {

@@ -149,6 +149,47 @@ fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Restores `backup` (a checked backup folder) into the stores of the node `cfg`
+/// describes, for a new cluster whose voters are `cfg.initial_members`, and marks the
+/// folder as this node's. The node must never have run: its stores must not exist.
+pub fn restore_node(
+    cfg: &NodeConfig,
+    backup: &Path,
+) -> Result<sealpost_store::restore::Restored, ServerError> {
+    let err = |problem: String| ServerError::DataDir {
+        path: cfg.data_dir.display().to_string(),
+        problem,
+    };
+    if cfg.initial_members.is_empty() {
+        return Err(err(
+            "a restore needs initial_members: the new cluster's voters".into(),
+        ));
+    }
+    if !cfg.initial_members.iter().any(|m| m.id == cfg.id) {
+        return Err(err(format!(
+            "node {} is not among initial_members, so it would not vote in the restored \
+             cluster",
+            cfg.id
+        )));
+    }
+    if cfg.data_dir.join(NODE_ID_FILE).exists() {
+        return Err(err(format!(
+            "it already belongs to a node ({NODE_ID_FILE} exists): restore into a new folder"
+        )));
+    }
+    let members = cfg
+        .initial_members
+        .iter()
+        .map(|m| (m.id, m.addr.clone()))
+        .collect();
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| err(e.to_string()))?;
+    let restored = sealpost_store::restore::restore_node(backup, &cfg.data_dir, &members)
+        .map_err(|e| err(e.to_string()))?;
+    write_durably(&cfg.data_dir, NODE_ID_FILE, cfg.id.to_string().as_bytes())
+        .map_err(|e| err(e.to_string()))?;
+    Ok(restored)
+}
+
 /// Checks that the data folder belongs to this node id. Returns true when the folder is
 /// new; the caller claims it with [`NODE_ID_FILE`] once the stores exist.
 fn claim_data_dir(dir: &Path, id: u64) -> Result<bool, ServerError> {
@@ -515,7 +556,8 @@ async fn start_inner(
         cfg.messaging.listing_items_max,
         cfg.messaging.deliver_within_ms_default,
         guard.clone(),
-    );
+    )
+    .with_provider(cfg.provider.clone());
     if let Some(a) = http_addr {
         admin_service =
             admin_service.with_console(console_tokens.clone(), format!("http://{a}/console/"));

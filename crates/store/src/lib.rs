@@ -11,7 +11,8 @@
 //! - `merkle`: the event store's RFC 9162 Merkle tree (subtree hashes and frontier),
 //!   written with the events; roots and proofs for checkpoints.
 //! - [`replay`]: the event store replayed in order, decoded on worker threads.
-//! - [`snapshot`]: checkpoint folders, building, keeping and copying them.
+//! - [`snapshot`]: checkpoint folders, building, keeping and copying them, and the copy an
+//!   online backup streams; [`restore`]: a backup restored into a new cluster's node.
 //! - [`search`]: directory search over the index column family; [`message_search`]:
 //!   audit search over messages (the `msg_index` view).
 //! - [`types`]: the openraft type configuration.
@@ -24,6 +25,7 @@ mod merkle;
 pub mod message_search;
 pub mod rebuild;
 pub mod replay;
+pub mod restore;
 mod rocks;
 pub mod search;
 pub mod snapshot;

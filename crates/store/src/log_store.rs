@@ -430,6 +430,26 @@ impl LogStore {
         self.inner.write(b, self.inner.synced())
     }
 
+    /// Seeds an empty log for a restored node (see [`crate::restore`]): everything through
+    /// `last` purged and committed, `vote` saved, and `entry` (at `last.index + 1`) appended;
+    /// all in one synced write.
+    pub(crate) fn seed(&self, last: LogId, vote: Vote, entry: Entry) -> Result<()> {
+        if self.last_entry()?.is_some() || self.read_meta::<LogId>(KEY_LAST_PURGED)?.is_some() {
+            return Err(Error::Invalid("only an empty log can be seeded".into()));
+        }
+        let db = &self.inner.db;
+        let index = entry.log_id.index;
+        let mut b = WriteBatch::default();
+        let meta = rocks::cf(db, CF_META);
+        b.put_cf(meta, KEY_LAST_PURGED, codec::encode(&last));
+        b.put_cf(meta, KEY_COMMITTED, codec::encode(&Some(last)));
+        b.put_cf(meta, KEY_VOTE, codec::encode(&vote));
+        b.put_cf(rocks::cf(db, CF_ENTRIES), key(index), codec::encode(&entry));
+        self.inner.write(b, Durability::Synced)?;
+        self.inner.sync.written.fetch_max(index, Ordering::AcqRel);
+        Ok(())
+    }
+
     /// Seconds each fsync of the WAL took (shared: observations continue in the clone).
     pub fn fsync_seconds(&self) -> Timing {
         self.inner.sync.fsync_seconds.clone()

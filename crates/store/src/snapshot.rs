@@ -114,7 +114,7 @@ pub(crate) fn incoming_dir(root: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn read_meta(dir: &Path) -> Result<SnapshotMeta> {
+pub(crate) fn read_meta(dir: &Path) -> Result<SnapshotMeta> {
     let p = dir.join(SNAPSHOT_META_FILE);
     let bytes = std::fs::read(&p).map_err(Error::io(&p))?;
     codec::decode(&bytes).map_err(|e| Error::Codec {
@@ -250,7 +250,61 @@ pub(crate) fn collect_garbage(root: &Path, active: &str) {
         }
     }
     let _ = std::fs::remove_dir_all(root.join("incoming"));
+    // Backups a crash interrupted while they were streamed.
+    let _ = std::fs::remove_dir_all(backups_dir(root));
     if snapshots_dir(root).exists() {
         let _ = prune(root);
     }
+}
+
+/// A copy of the newest snapshot taken for an online backup (hard links: nearly free), so
+/// pruning snapshots while it is streamed does not touch it. Deleted when dropped.
+#[derive(Debug)]
+pub struct BackupFiles {
+    /// The folder to stream: the checkpoint's files and its metadata file.
+    pub dir: PathBuf,
+    pub meta: SnapshotMeta,
+    /// File names and sizes, in name order.
+    pub files: Vec<(String, u64)>,
+    /// Events in the backed-up event store, and its chain head.
+    pub event_count: u64,
+    pub chain_head: sealpost_core::Hash,
+}
+
+impl Drop for BackupFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Folder of the backups being streamed from the state machine at `root`.
+pub(crate) fn backups_dir(root: &Path) -> PathBuf {
+    root.join("backups")
+}
+
+/// Takes the newest snapshot at `root` for a backup (see [`BackupFiles`]).
+pub(crate) fn take_backup(root: &Path) -> Result<BackupFiles> {
+    let Some(snap) = current(root)? else {
+        return Err(Error::Invalid(
+            "this node holds no snapshot to back up yet".into(),
+        ));
+    };
+    let dir = backups_dir(root).join(format!("backup-{}", now_nanos()));
+    copy_checkpoint(&snap.snapshot.dir, &dir)?;
+    write_atomic(&dir.join(SNAPSHOT_META_FILE), &codec::encode(&snap.meta))?;
+    let chain = {
+        let ro = rocks::open_read_only(&dir, SM_CFS)?;
+        let db = SmDb {
+            db: ro,
+            path: dir.clone(),
+        };
+        db.chain()?
+    };
+    Ok(BackupFiles {
+        files: list_files(&dir)?,
+        dir,
+        meta: snap.meta,
+        event_count: chain.next_seq.saturating_sub(1),
+        chain_head: chain.head,
+    })
 }

@@ -1425,6 +1425,11 @@ impl StateView {
         Ok(out)
     }
 
+    /// A copy of the newest snapshot for an online backup, kept until the result is dropped.
+    pub fn take_backup(&self) -> Result<snapshot::BackupFiles> {
+        snapshot::take_backup(&self.shared.root)
+    }
+
     /// Messages waiting to be relayed to `provider`, oldest first: (sent seq, id).
     pub fn relay_queue(&self, provider: &str, limit: usize) -> Result<Vec<(u64, MessageId)>> {
         let live = self.shared.live();
