@@ -54,7 +54,7 @@ async fn leader_failover_restart_and_catch_up() {
         "the port is kept across restarts"
     );
     let (_, events, head) = converged(&c).await;
-    assert_eq!(events, serial - 1);
+    assert_eq!(events, SETTLE_EVENTS + serial - 1);
 
     // Every organisation is on the restarted node, and its chain verifies.
     let cl = client(&c, old_leader).await;
@@ -77,7 +77,7 @@ async fn leader_failover_restart_and_catch_up() {
         .expect("verify")
         .into_inner();
     assert!(v.ok, "{}", v.problem);
-    assert_eq!(v.events, serial - 1);
+    assert_eq!(v.events, SETTLE_EVENTS + serial - 1);
     assert_eq!(v.chain_head, hex::encode(head));
     c.stop_all().await;
 }
@@ -176,7 +176,7 @@ async fn learner_joins_from_a_multi_chunk_snapshot_then_a_node_is_removed() {
         .expect_err("another address under a member's id");
     assert_eq!(moved.code(), tonic::Code::FailedPrecondition, "{moved:?}");
     let (_, events, _) = converged(&c).await;
-    assert_eq!(events, total);
+    assert_eq!(events, SETTLE_EVENTS + total);
     let joiner = c.node(new_id).expect("joiner");
     let counters = joiner.raft.snapshot_counters();
     assert!(counters.snapshots_installed.load(Ordering::Relaxed) >= 1);
@@ -203,7 +203,7 @@ async fn learner_joins_from_a_multi_chunk_snapshot_then_a_node_is_removed() {
         .await
         .expect("write after removal");
     let (_, events, _) = converged(&c).await;
-    assert_eq!(events, total + 1);
+    assert_eq!(events, SETTLE_EVENTS + total + 1);
     let members: BTreeSet<u64> = c
         .node(leader)
         .expect("leader")
@@ -261,7 +261,7 @@ async fn concurrent_writers_are_batched_into_few_entries() {
         "{commands} commands took {entries} log entries: batching is not working"
     );
     let (_, events, _) = converged(&c).await;
-    assert_eq!(events, commands);
+    assert_eq!(events, SETTLE_EVENTS + commands);
     c.stop_all().await;
 }
 
@@ -303,7 +303,7 @@ async fn a_partitioned_old_leader_refuses_linearizable_reads() {
 
     c.node(old).expect("node").raft.faults().isolate(false);
     let (_, events, _) = converged(&c).await;
-    assert_eq!(events, 2);
+    assert_eq!(events, SETTLE_EVENTS + 2);
     c.stop_all().await;
 }
 
@@ -326,7 +326,7 @@ async fn a_full_cluster_restart_keeps_every_acknowledged_event() {
         .expect("reopen");
     c.wait_leader(WAIT).await.expect("leader after restart");
     let (_, events, head_after) = converged(&c).await;
-    assert_eq!(events, acked.len() as u64);
+    assert_eq!(events, SETTLE_EVENTS + acked.len() as u64);
     assert_eq!(head_after, head);
     let cl = client(&c, 2).await;
     for s in acked {
@@ -679,6 +679,6 @@ async fn a_crashed_node_reapplies_its_log_and_converges() {
         .await
         .expect("node 3 restarts from the crash image");
     let (_, events, _) = converged(&c).await;
-    assert_eq!(events, 35);
+    assert_eq!(events, SETTLE_EVENTS + 35);
     c.stop_all().await;
 }

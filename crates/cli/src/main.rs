@@ -56,7 +56,11 @@ enum Command {
         /// The node's configuration file (TOML).
         #[arg(long)]
         config: PathBuf,
-        /// Print the effective configuration (file, then environment) and exit.
+        /// Set one configuration key (`api.send_rate_per_org_per_s=100`, `http_listen=...`),
+        /// over the file and the `SEALPOST_*` environment; repeatable.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Print the effective configuration (file, then environment, then --set) and exit.
         #[arg(long)]
         dump_config: bool,
     },
@@ -167,6 +171,18 @@ fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SEALPOST_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("warn,openraft=error,sealpost=info")
     });
+    // SEALPOST_LOG_FORMAT=json: one JSON object a line, with the fields of every open span
+    // (the node id, the message id), for log shippers.
+    if std::env::var("SEALPOST_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+        return;
+    }
     // Colour only on a terminal: a node's log file gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
@@ -222,9 +238,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Node {
             config,
+            set,
             dump_config,
         } => {
-            let cfg = sealpost_server::NodeConfig::load(&config)
+            let cfg = sealpost_server::NodeConfig::load_layered(&config, std::env::vars(), &set)
                 .with_context(|| format!("loading {}", config.display()))?;
             if dump_config {
                 print!("{}", cfg.to_toml());

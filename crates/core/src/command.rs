@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::directory::{
     EndpointSpec, FieldError, NOTE_BYTES_MAX, OrganisationSpec, PublicKeys, check_text,
 };
-use crate::event::{DenialCount, EVENT_VERSION_CURRENT, Event};
+use crate::event::{CLUSTER_MEMBERS_MAX, DenialCount, EVENT_VERSION_CURRENT, Event};
 use crate::federation::{
     Notification, PEER_CHANGES_MAX, PeerChange, RELAY_BATCH_MESSAGES_MAX, TransportReceipt,
     check_provider, cursor,
@@ -147,6 +147,13 @@ pub enum Command {
         from_ms: u64,
         until_ms: u64,
         denials: Vec<DenialCount>,
+    },
+    /// Raise the cluster version to `version`, which every member listed in `members`
+    /// (node id, highest event version it understands) supports. Proposed by the leader's
+    /// upgrade worker only when every member answered; never lowers the version.
+    SetClusterVersion {
+        version: u16,
+        members: Vec<(u64, u16)>,
     },
 }
 
@@ -303,6 +310,19 @@ impl Command {
                 check_text("query", query, AUDIT_QUERY_BYTES_MAX)?;
             }
             Command::DropPayloads { .. } => {}
+            Command::SetClusterVersion { version, members } => {
+                if members.is_empty() || members.len() > CLUSTER_MEMBERS_MAX {
+                    return Err(Rejection::InvalidArgument(format!(
+                        "members: {} entries, expected 1 to {CLUSTER_MEMBERS_MAX}",
+                        members.len()
+                    )));
+                }
+                if let Some((node, supported)) = members.iter().find(|(_, s)| s < version) {
+                    return Err(Rejection::InvalidArgument(format!(
+                        "version {version}: member {node} understands only up to {supported}"
+                    )));
+                }
+            }
             Command::RecordDenials {
                 from_ms,
                 until_ms,
@@ -411,7 +431,9 @@ impl Command {
                 cursors: vec![(cursor::OUTCOMES, org.to_string())],
                 ..Reads::default()
             },
-            Command::RecordAuditRead { .. } | Command::RecordDenials { .. } => Reads::default(),
+            Command::RecordAuditRead { .. }
+            | Command::RecordDenials { .. }
+            | Command::SetClusterVersion { .. } => Reads::default(),
             Command::DropPayloads { .. } => Reads {
                 cursors: vec![(crate::retention::CURSOR, String::new())],
                 ..Reads::default()
@@ -442,6 +464,7 @@ impl Command {
             Command::RecordAuditRead { .. } => "record_audit_read",
             Command::DropPayloads { .. } => "drop_payloads",
             Command::RecordDenials { .. } => "record_denials",
+            Command::SetClusterVersion { .. } => "set_cluster_version",
             Command::ProvisionKeys { .. } => "provision_keys",
         }
     }
@@ -475,7 +498,25 @@ pub fn decide(
     cluster_version: u16,
     ts_ms: u64,
 ) -> Result<Vec<Event>, Rejection> {
+    // The version the gate below checks against: the cluster's, or for a raise the new one
+    // (its proposer checked that every member understands it).
+    let mut ceiling = cluster_version;
     let events = match cmd {
+        Command::SetClusterVersion { version, members } => {
+            if version <= cluster_version {
+                return Err(Rejection::FailedPrecondition(format!(
+                    "the cluster version is already {cluster_version}; it never goes down"
+                )));
+            }
+            if version > EVENT_VERSION_CURRENT {
+                return Err(Rejection::FailedPrecondition(format!(
+                    "cluster version {version} is newer than this build understands \
+                     ({EVENT_VERSION_CURRENT})"
+                )));
+            }
+            ceiling = version;
+            vec![Event::ClusterVersionSet { version, members }]
+        }
         Command::RegisterOrganisation(o) => {
             if facts.organisation(&o.hpio).is_some() {
                 return Err(Rejection::AlreadyExists(format!(
@@ -664,7 +705,7 @@ pub fn decide(
     };
     // The cluster version gate: a variant newer than what every voter understands must not
     // enter the log, or an old follower would stop applying.
-    let supported = cluster_version.min(EVENT_VERSION_CURRENT);
+    let supported = ceiling.min(EVENT_VERSION_CURRENT);
     if let Some(e) = events.iter().find(|e| e.introduced_in() > supported) {
         return Err(Rejection::FailedPrecondition(format!(
             "{} needs cluster version {}, the cluster runs {cluster_version}",
@@ -673,4 +714,69 @@ pub fn decide(
         )));
     }
     Ok(events)
+}
+
+#[cfg(test)]
+mod cluster_version_tests {
+    use super::*;
+
+    fn denials() -> Command {
+        Command::RecordDenials {
+            node: 1,
+            from_ms: 0,
+            until_ms: 1,
+            denials: vec![DenialCount {
+                identity: "cert:00".into(),
+                subject: "nobody".into(),
+                action: "fetch".into(),
+                count: 1,
+            }],
+        }
+    }
+
+    fn raise(version: u16, members: Vec<(u64, u16)>) -> Command {
+        Command::SetClusterVersion { version, members }
+    }
+
+    /// A variant newer than the cluster version never becomes an event; the version rises
+    /// only to what every member reported and this build understands, and never falls.
+    #[test]
+    fn the_cluster_version_gates_new_events_and_only_rises() {
+        let facts = Facts::default();
+        // Denial summaries are version 5: refused by a cluster at 4, taken at 5.
+        assert!(matches!(
+            decide(denials(), &facts, 4, 0),
+            Err(Rejection::FailedPrecondition(_))
+        ));
+        assert!(decide(denials(), &facts, 5, 0).is_ok());
+        // The raise itself is a version-6 event, allowed because it is the raise.
+        let ev = decide(raise(6, vec![(1, 6), (2, 6)]), &facts, 5, 0).expect("raise");
+        assert!(matches!(
+            ev[..],
+            [Event::ClusterVersionSet { version: 6, .. }]
+        ));
+        assert!(
+            decide(raise(5, vec![(1, 6)]), &facts, 5, 0).is_err(),
+            "not a raise"
+        );
+        assert!(
+            decide(raise(6, vec![(1, 6)]), &facts, 6, 0).is_err(),
+            "already there"
+        );
+        assert!(
+            decide(
+                raise(EVENT_VERSION_CURRENT + 1, vec![(1, 99)]),
+                &facts,
+                5,
+                0
+            )
+            .is_err(),
+            "beyond what this build understands"
+        );
+        assert!(
+            raise(6, vec![(1, 6), (2, 5)]).validate().is_err(),
+            "a member lags"
+        );
+        assert!(raise(6, vec![]).validate().is_err(), "no members");
+    }
 }

@@ -17,7 +17,15 @@ use crate::message::{AckStatus, Envelope, FailReason, MessageId};
 
 /// Version of the event model this build writes and understands. A node refuses to apply
 /// an event whose variant was introduced after this.
-pub const EVENT_VERSION_CURRENT: u16 = 5;
+pub const EVENT_VERSION_CURRENT: u16 = 6;
+
+/// The cluster version of a store that has never recorded one: every store made before
+/// the cluster version could advance (event version 5 and older builds), and every new
+/// store until its members agree on more (see [`Event::ClusterVersionSet`]).
+pub const CLUSTER_VERSION_INITIAL: u16 = 5;
+
+/// Members one [`Event::ClusterVersionSet`] may list, at most.
+pub const CLUSTER_MEMBERS_MAX: usize = 64;
 
 /// Version tag of the canonical record encoding (the hashed bytes).
 pub const CANONICAL_RECORD_VERSION: u8 = 1;
@@ -158,6 +166,14 @@ pub enum Event {
         until_ms: u64,
         denials: Vec<DenialCount>,
     },
+    /// The cluster version became `version`: every member (voter or learner) reported that
+    /// it understands events up to at least that version, as `members` records (node id,
+    /// highest version it understands). From the next command on, variants introduced up
+    /// to `version` may enter the log. Since v6.
+    ClusterVersionSet {
+        version: u16,
+        members: Vec<(u64, u16)>,
+    },
 }
 
 /// How often one identity was refused one action in a denial summary.
@@ -196,6 +212,7 @@ impl Event {
             | Event::AuditRead { .. } => 3,
             Event::Reprocessed { .. } | Event::PayloadsDropped { .. } => 4,
             Event::AccessDenied { .. } => 5,
+            Event::ClusterVersionSet { .. } => 6,
         }
     }
 
@@ -223,6 +240,7 @@ impl Event {
             Event::Reprocessed { .. } => "reprocessed",
             Event::PayloadsDropped { .. } => "payloads_dropped",
             Event::AccessDenied { .. } => "access_denied",
+            Event::ClusterVersionSet { .. } => "cluster_version_set",
         }
     }
 
@@ -249,6 +267,7 @@ impl Event {
             | Event::NotificationsRelayed { .. }
             | Event::PayloadsDropped { .. }
             | Event::AccessDenied { .. }
+            | Event::ClusterVersionSet { .. }
             | Event::AuditRead { .. } => None,
         }
     }
@@ -431,6 +450,13 @@ impl Event {
                         .str(&d.subject)
                         .str(&d.action)
                         .u64(d.count);
+                }
+            }
+            Event::ClusterVersionSet { version, members } => {
+                c.u16(22).u16(*version);
+                c.count(members.len());
+                for (node, supported) in members {
+                    c.u64(*node).u16(*supported);
                 }
             }
         }

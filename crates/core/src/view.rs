@@ -242,6 +242,7 @@ pub fn event_reads(event: &Event) -> Reads {
         | Event::OutcomesNotified { .. }
         | Event::PayloadsDropped { .. }
         | Event::AccessDenied { .. }
+        | Event::ClusterVersionSet { .. }
         | Event::AuditRead { .. } => Reads::default(),
         // Which recipients are hosted here and which by a peer.
         Event::Sent { envelope, .. } | Event::Received { envelope, .. } => Reads {
@@ -364,6 +365,8 @@ pub fn fold(event: &Event, seq: u64, ts_ms: u64, facts: &Facts) -> Vec<ViewChang
         }
         // The event store itself is the record of an audit read.
         Event::AuditRead { .. } | Event::AccessDenied { .. } => Vec::new(),
+        // The store keeps the cluster version beside the views (it gates `decide`).
+        Event::ClusterVersionSet { .. } => Vec::new(),
         // The store rewrites the payloads; the views keep only the cursor.
         Event::PayloadsDropped { through_seq, .. } => crate::retention::fold_dropped(*through_seq),
     }

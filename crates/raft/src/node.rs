@@ -50,7 +50,13 @@ pub struct NodeOptions {
     /// isolating the leader and killing it loses acknowledged writes and that the checkers
     /// see it; `sealpost` itself has no way to turn it on.
     pub unsafe_ack_before_commit: bool,
+    /// The highest event version this node tells its peers it understands: the build's
+    /// (`EVENT_VERSION_CURRENT`), or less to stand in for an older build in upgrade tests.
+    pub event_version: u16,
 }
+
+/// How long asking a peer for its [`NodeInfo`](sealpost_proto::v1::NodeInfo) may take.
+pub const NODE_INFO_TIMEOUT_MS: u64 = 2_000;
 
 /// Errors of reads and administration.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +119,8 @@ pub(crate) struct Core {
     pub(crate) raft: Raft<TypeConfig>,
     pub(crate) net: Arc<NetShared>,
     pub(crate) opts: RaftOptions,
+    /// See [`NodeOptions::event_version`].
+    pub(crate) event_version: u16,
     pub(crate) view: StateView,
     /// See [`NodeOptions::unsafe_ack_before_commit`].
     unsafe_ack_before_commit: bool,
@@ -421,6 +429,7 @@ impl RaftNode {
             raft,
             net,
             opts: opts.raft.clone(),
+            event_version: opts.event_version,
             view,
             unsafe_ack_before_commit: opts.unsafe_ack_before_commit,
             heard_leader_ms: std::sync::atomic::AtomicU64::new(0),
@@ -788,6 +797,26 @@ impl RaftNode {
     /// A TLS channel to another node, with this node's identity (for admin fan-out).
     pub fn peer_channel(&self, addr: &str) -> Result<tonic::transport::Channel, String> {
         self.core.net.channel(addr).map_err(|e| e.to_string())
+    }
+
+    /// The highest event version this node understands (see [`NodeOptions::event_version`]).
+    pub fn event_version(&self) -> u16 {
+        self.core.event_version
+    }
+
+    /// Asks the node at `addr` who it is and which event version it understands.
+    pub async fn node_info(&self, addr: &str) -> Result<(NodeId, u16), String> {
+        let channel = self.peer_channel(addr)?;
+        let mut req = tonic::Request::new(sealpost_proto::v1::NodeInfoRequest {});
+        req.set_timeout(std::time::Duration::from_millis(NODE_INFO_TIMEOUT_MS));
+        let info = sealpost_proto::v1::raft_client::RaftClient::new(channel)
+            .info(req)
+            .await
+            .map_err(|s| s.message().to_string())?
+            .into_inner();
+        let version = u16::try_from(info.event_version)
+            .map_err(|_| format!("event version {} is out of range", info.event_version))?;
+        Ok((info.id, version))
     }
 }
 

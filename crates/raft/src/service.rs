@@ -237,6 +237,16 @@ impl RaftRpc for RaftService {
         }))
     }
 
+    async fn info(
+        &self,
+        _req: Request<sealpost_proto::v1::NodeInfoRequest>,
+    ) -> Result<Response<sealpost_proto::v1::NodeInfo>, Status> {
+        Ok(Response::new(sealpost_proto::v1::NodeInfo {
+            id: self.core.id,
+            event_version: u32::from(self.core.event_version),
+        }))
+    }
+
     async fn change_membership(
         &self,
         req: Request<RaftBytes>,

@@ -305,6 +305,31 @@ impl Admin for AdminService {
                 r.addr
             )));
         }
+        // A node joins only if it understands every event the cluster may write: a learner
+        // applies the log as a voter does. (A member already is one: a repeated add, or a
+        // conflicting address, is the membership change's to answer.)
+        let status = self.node.status().map_err(convert::node_error)?;
+        if !status.members.contains_key(&r.id) {
+            let (id, version) = self.node.node_info(&r.addr).await.map_err(|e| {
+                Status::unavailable(format!(
+                    "cannot ask the node at {} for its version (is it running?): {e}",
+                    r.addr
+                ))
+            })?;
+            if id != r.id {
+                return Err(Status::invalid_argument(format!(
+                    "the node at {} is node {id}, not node {}",
+                    r.addr, r.id
+                )));
+            }
+            let cluster_version = status.sm.cluster_version;
+            if version < cluster_version {
+                return Err(Status::failed_precondition(format!(
+                    "node {id} understands events up to version {version}, but the cluster \
+                     runs version {cluster_version}: upgrade it first"
+                )));
+            }
+        }
         let mut index = self
             .node
             .change_membership(MembershipOp::AddLearner {

@@ -195,6 +195,10 @@ pub struct NodeConfig {
     /// none when absent. Bind it to a monitoring network or loopback, not the internet.
     #[serde(default)]
     pub http_listen: Option<String>,
+    /// For rolling-upgrade tests only: report to peers that this node understands events
+    /// only up to this version (at most the build's), as an older build would.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise_event_version: Option<u16>,
     /// The voters of a new cluster. Every initial member lists the same set; a node that
     /// joins later (added as a learner) leaves it empty.
     #[serde(default)]
@@ -246,12 +250,74 @@ pub enum ConfigError {
     #[error("{path} is not a valid node configuration: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("environment variable {name}: {problem}")]
-    Env { name: &'static str, problem: String },
+    Env { name: String, problem: String },
+    #[error("--set {setting}: {problem}")]
+    Flag { setting: String, problem: String },
     #[error("node configuration field {field}: {problem}")]
     Invalid {
         field: &'static str,
         problem: String,
     },
+}
+
+/// Top-level keys of a node configuration that `SEALPOST_*` variables may set (sections
+/// through `__`: `SEALPOST_API__SEND_RATE_PER_ORG_PER_S`). Other `SEALPOST_*` variables
+/// (`SEALPOST_LOG`, `SEALPOST_CLIENT_CONFIG`, ...) belong to other parts and are ignored.
+pub const ENV_KEYS: &[&str] = &[
+    "id",
+    "provider",
+    "data_dir",
+    "listen",
+    "advertise",
+    "http_listen",
+    "initial_members",
+    "peers",
+    "kek",
+    "kek_env",
+    "provider_key",
+    "raft",
+    "api",
+    "messaging",
+    "tls",
+];
+
+/// The configuration key a `SEALPOST_*` variable sets, if any: `SEALPOST_NODE_ID` is `id`;
+/// otherwise the rest of the name in lower case, `__` between a section and its field.
+pub fn env_key(name: &str) -> Option<String> {
+    let rest = name.strip_prefix("SEALPOST_")?;
+    let key = match rest {
+        "NODE_ID" => "id".to_string(),
+        _ => rest.to_ascii_lowercase().replace("__", "."),
+    };
+    let top = key.split('.').next().unwrap_or("");
+    ENV_KEYS.contains(&top).then_some(key)
+}
+
+/// Sets `key` (a dotted path) in `table` to `raw` read as a TOML value (a number, a
+/// boolean, a quoted string, an array); anything else is taken as a plain string.
+fn set_key(table: &mut toml::Table, key: &str, raw: &str) -> Result<(), String> {
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(format!("{key:?} is not a key path"));
+    }
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let (last, sections) = parts
+        .split_last()
+        .ok_or_else(|| "an empty key".to_string())?;
+    let mut at = table;
+    for s in sections {
+        let entry = at
+            .entry((*s).to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        at = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("{s} is not a section, so {key} cannot be set"))?;
+    }
+    at.insert((*last).to_string(), value);
+    Ok(())
 }
 
 fn invalid(field: &'static str, problem: impl Into<String>) -> ConfigError {
@@ -262,17 +328,60 @@ fn invalid(field: &'static str, problem: impl Into<String>) -> ConfigError {
 }
 
 impl NodeConfig {
-    /// Reads the file, applies environment overrides and validates.
+    /// Reads the file, applies the `SEALPOST_*` environment, validates.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_layered(path, std::env::vars(), &[])
+    }
+
+    /// The file, then the environment (`env`: every variable; see [`env_key`] for the ones
+    /// that count), then `sets` (`key.path=value`, the `--set` flags): each layer wins over
+    /// the one before. Then relative paths are taken from the file's folder and the result
+    /// is validated. Every error names the variable, flag or field at fault.
+    pub fn load_layered(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+        sets: &[String],
+    ) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut cfg: NodeConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let parse_err = |message: String| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        cfg.apply_env(|k| std::env::var(k).ok())?;
+            message,
+        };
+        let mut table: toml::Table =
+            toml::from_str(&text).map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
+        let mut overridden = false;
+        let mut env: Vec<(String, String)> = env.into_iter().collect();
+        env.sort();
+        for (name, raw) in env {
+            let Some(key) = env_key(&name) else { continue };
+            set_key(&mut table, &key, &raw)
+                .map_err(|problem| ConfigError::Env { name, problem })?;
+            overridden = true;
+        }
+        for setting in sets {
+            let flag_err = |problem: String| ConfigError::Flag {
+                setting: setting.clone(),
+                problem,
+            };
+            let (key, raw) = setting
+                .split_once('=')
+                .ok_or_else(|| flag_err("expected key.path=value".into()))?;
+            set_key(&mut table, key.trim(), raw.trim()).map_err(flag_err)?;
+            overridden = true;
+        }
+        // With overrides, the merged document is parsed again, so an error still quotes
+        // the offending key and value (its line numbers are then the merged document's).
+        let mut cfg: NodeConfig = if overridden {
+            let merged = toml::to_string(&table).map_err(|e| parse_err(e.to_string()))?;
+            toml::from_str(&merged).map_err(|e: toml::de::Error| {
+                parse_err(format!("after the environment and flags: {e}"))
+            })?
+        } else {
+            toml::from_str(&text).map_err(|e: toml::de::Error| parse_err(e.to_string()))?
+        };
         // Relative paths are relative to the configuration file.
         let base = path.parent().unwrap_or(Path::new("."));
         let mut paths = vec![
@@ -301,30 +410,18 @@ impl NodeConfig {
         Ok(cfg)
     }
 
-    /// Environment overrides: `SEALPOST_NODE_ID`, `SEALPOST_DATA_DIR`, `SEALPOST_LISTEN`,
-    /// `SEALPOST_ADVERTISE`.
-    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        if let Some(v) = get("SEALPOST_NODE_ID") {
-            self.id = v.parse().map_err(|_| ConfigError::Env {
-                name: "SEALPOST_NODE_ID",
-                problem: format!("{v:?} is not a positive integer"),
-            })?;
-        }
-        if let Some(v) = get("SEALPOST_DATA_DIR") {
-            self.data_dir = v.into();
-        }
-        if let Some(v) = get("SEALPOST_LISTEN") {
-            self.listen = v;
-        }
-        if let Some(v) = get("SEALPOST_ADVERTISE") {
-            self.advertise = Some(v);
-        }
-        Ok(())
-    }
-
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.id == 0 {
             return Err(invalid("id", "must be a positive integer"));
+        }
+        if let Some(v) = self.advertise_event_version {
+            let current = sealpost_core::event::EVENT_VERSION_CURRENT;
+            if v == 0 || v > current {
+                return Err(invalid(
+                    "advertise_event_version",
+                    format!("{v} is not between 1 and this build's event version {current}"),
+                ));
+            }
         }
         if let (Some(top), Some(f)) = (&self.provider_key, &self.federation)
             && top != &f.provider_key
@@ -462,6 +559,7 @@ mod tests {
             listen: "127.0.0.1:7001".into(),
             advertise: None,
             http_listen: None,
+            advertise_event_version: None,
             initial_members: vec![Member {
                 id: 1,
                 addr: "127.0.0.1:7001".into(),
@@ -487,22 +585,78 @@ mod tests {
     }
 
     #[test]
-    fn round_trips_and_env_overrides() {
+    fn round_trips() {
         let c = sample();
         let back: NodeConfig = toml::from_str(&c.to_toml()).expect("parse");
         assert_eq!(back, c);
-        let mut c = sample();
-        c.apply_env(|k| (k == "SEALPOST_LISTEN").then(|| "127.0.0.1:9".to_string()))
-            .expect("env");
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect()
+    }
+
+    fn sample_file() -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, sample().to_toml()).expect("write");
+        (dir, path)
+    }
+
+    /// The file, then the environment, then `--set`: each wins over the one before, and
+    /// variables of other parts are left alone.
+    #[test]
+    fn the_environment_overrides_the_file_and_flags_override_both() {
+        let (_dir, path) = sample_file();
+        let vars = env(&[
+            ("SEALPOST_NODE_ID", "7"),
+            (
+                "SEALPOST_INITIAL_MEMBERS",
+                "[{ id = 7, addr = \"127.0.0.1:9\" }]",
+            ),
+            ("SEALPOST_LISTEN", "127.0.0.1:9"),
+            ("SEALPOST_HTTP_LISTEN", "127.0.0.1:9464"),
+            ("SEALPOST_API__SEND_RATE_PER_ORG_PER_S", "20"),
+            ("SEALPOST_API__SEND_BURST_PER_ORG", "40"),
+            ("SEALPOST_LOG", "debug"),
+            ("SEALPOST_CLIENT_CONFIG", "/nowhere"),
+            ("SEALPOST_BIN", "/nowhere"),
+        ]);
+        let sets = ["api.send_rate_per_org_per_s=30".to_string()];
+        let c = NodeConfig::load_layered(&path, vars, &sets).expect("load");
+        assert_eq!(c.id, 7);
         assert_eq!(c.listen, "127.0.0.1:9");
-        let err = c.apply_env(|k| (k == "SEALPOST_NODE_ID").then(|| "x".to_string()));
-        assert!(matches!(
-            err,
-            Err(ConfigError::Env {
-                name: "SEALPOST_NODE_ID",
-                ..
-            })
-        ));
+        assert_eq!(c.http_listen.as_deref(), Some("127.0.0.1:9464"));
+        assert_eq!(c.api.send_rate_per_org_per_s, 30, "the flag wins");
+        assert_eq!(
+            c.api.send_burst_per_org, 40,
+            "the environment wins over the file"
+        );
+        assert_eq!(c.provider, sample().provider, "the file holds the rest");
+    }
+
+    /// A bad value or an unknown key is refused naming the variable, flag and field.
+    #[test]
+    fn bad_overrides_name_what_is_wrong() {
+        let (_dir, path) = sample_file();
+        let load = |vars: &[(&str, &str)], sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| (*s).to_string()).collect();
+            NodeConfig::load_layered(&path, env(vars), &sets)
+                .expect_err("must be refused")
+                .to_string()
+        };
+        let e = load(&[("SEALPOST_NODE_ID", "x")], &[]);
+        assert!(e.contains("id"), "{e}");
+        let e = load(&[("SEALPOST_API__SEND_RATE", "1")], &[]);
+        assert!(e.contains("send_rate"), "{e}");
+        let e = load(&[], &["api.send_burst_per_org"]);
+        assert!(e.contains("--set api.send_burst_per_org"), "{e}");
+        let e = load(&[], &["provider.x=1"]);
+        assert!(e.contains("provider is not a section"), "{e}");
+        let e = load(&[], &["api.send_burst_per_org=many"]);
+        assert!(e.contains("send_burst_per_org"), "{e}");
     }
 
     #[test]

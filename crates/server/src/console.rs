@@ -72,40 +72,35 @@ pub type History = Arc<Mutex<VecDeque<Sample>>>;
 pub fn spawn_sampler(
     raft: RaftNode,
     history: History,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(CONSOLE_SAMPLE_MS));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.changed() => return,
-            }
-            if *stop.borrow() {
-                return;
-            }
-            let Ok(st) = raft.status() else { continue };
-            let commits = &raft.batch_metrics().commit_seconds;
-            let fsyncs = raft.log_fsync_seconds();
-            let sample = Sample {
-                ts_ms: crate::messaging::now_ms(),
-                events: st.sm.event_count,
-                applied_index: st.last_applied_index,
-                commits: commits.count(),
-                commit_seconds: commits.total_seconds(),
-                fsyncs: fsyncs.count(),
-                fsync_seconds: fsyncs.total_seconds(),
-            };
-            let mut h = history
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if h.len() >= CONSOLE_SAMPLES_MAX {
-                h.pop_front();
-            }
-            h.push_back(sample);
-        }
+    crate::spawn_every(Duration::from_millis(CONSOLE_SAMPLE_MS), stop, move || {
+        sample(&raft, &history);
+        std::future::ready(())
     })
+}
+
+/// Appends one sample of the node's counters to `history`.
+fn sample(raft: &RaftNode, history: &History) {
+    let Ok(st) = raft.status() else { return };
+    let commits = &raft.batch_metrics().commit_seconds;
+    let fsyncs = raft.log_fsync_seconds();
+    let sample = Sample {
+        ts_ms: crate::messaging::now_ms(),
+        events: st.sm.event_count,
+        applied_index: st.last_applied_index,
+        commits: commits.count(),
+        commit_seconds: commits.total_seconds(),
+        fsyncs: fsyncs.count(),
+        fsync_seconds: fsyncs.total_seconds(),
+    };
+    let mut h = history
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if h.len() >= CONSOLE_SAMPLES_MAX {
+        h.pop_front();
+    }
+    h.push_back(sample);
 }
 
 /// What the console's handlers share.

@@ -25,6 +25,8 @@
 //! - [`convert`]: protobuf ↔ domain conversions and status codes (the gRPC edge).
 //! - [`crypto_pool`]: the crypto threads sealing and opening run on.
 //! - [`local`]: a provider's cluster of nodes in one process, laid out on disk.
+//! - [`metrics`]: the operations listener (`/metrics`, `/health`, `/ready`); [`console`]:
+//!   the operator console on it; [`upgrade`]: the leader's cluster-version worker.
 
 pub mod admin;
 pub mod audit;
@@ -49,6 +51,7 @@ pub mod relay;
 pub mod relay_worker;
 pub mod retention;
 pub mod tls;
+pub mod upgrade;
 
 pub use config::NodeConfig;
 

@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 
 use crate::config::{ApiLimits, Member, MessagingOptions, NodeConfig};
 use crate::federation::{FederationConfig, PeerSpec, RelayOptions};
-use crate::node::{NodeHandle, ServerError, start, start_with_relay};
+use crate::node::{Listeners, NodeHandle, ServerError, start, start_with_listeners};
 use sealpost_crypto::provider_key::ProviderKey;
 
 /// The provider's receipt-signing key, in `DIR/<provider>/`.
@@ -33,7 +33,8 @@ pub const TRUST_BUNDLE_FILE: &str = "trust-bundle.toml";
 /// A provider laid out on disk with its ports bound, not yet started.
 struct Prepared {
     cluster: LocalCluster,
-    listeners: BTreeMap<NodeId, (TcpListener, Option<TcpListener>)>,
+    /// Per node: client port, relay port (federated), operations listener.
+    listeners: BTreeMap<NodeId, (TcpListener, Option<TcpListener>, TcpListener)>,
 }
 
 impl Prepared {
@@ -50,9 +51,17 @@ impl Prepared {
 
     async fn start(self) -> Result<LocalCluster, LocalError> {
         let mut cluster = self.cluster;
-        for (id, (api, relay)) in self.listeners {
+        for (id, (api, relay, http)) in self.listeners {
             let cfg = cluster.configs[&id].clone();
-            let handle = start_with_relay(cfg, Some(api), relay).await?;
+            let handle = start_with_listeners(
+                cfg,
+                Listeners {
+                    api: Some(api),
+                    relay,
+                    http: Some(http),
+                },
+            )
+            .await?;
             cluster.running.insert(id, handle);
         }
         Ok(cluster)
@@ -68,6 +77,8 @@ fn free_loopback_addr(dir: &Path) -> Result<String, LocalError> {
     let l = std::net::TcpListener::bind((LOCAL_HOST, 0)).map_err(io(dir))?;
     Ok(l.local_addr().map_err(io(dir))?.to_string())
 }
+/// How long a new cluster may take to elect a leader and raise its cluster version.
+pub const NEW_CLUSTER_SETTLE_SECS: u64 = 60;
 /// Attempts to reopen a node's stores while its previous instance is still closing.
 pub const RESTART_ATTEMPTS_MAX: u32 = 100;
 /// Pause between those attempts.
@@ -159,10 +170,26 @@ impl LocalCluster {
         api: ApiLimits,
         messaging: MessagingOptions,
     ) -> Result<Self, LocalError> {
-        Self::prepare(dir, provider, nodes, (raft, api, messaging), None)
+        let cluster = Self::prepare(dir, provider, nodes, (raft, api, messaging), None)
             .await?
             .start()
-            .await
+            .await?;
+        cluster.settle().await?;
+        Ok(cluster)
+    }
+
+    /// Waits until a new cluster has elected a leader and raised its cluster version to
+    /// this build's, so it starts from the same point every time (see [`Self::wait_version`]).
+    async fn settle(&self) -> Result<(), LocalError> {
+        let wait = Duration::from_secs(NEW_CLUSTER_SETTLE_SECS);
+        if self.wait_leader(wait).await.is_none() || !self.wait_version(wait).await {
+            return Err(LocalError::Layout(format!(
+                "the new cluster of {} did not elect a leader and settle its version in \
+                 {NEW_CLUSTER_SETTLE_SECS} s",
+                self.provider
+            )));
+        }
+        Ok(())
     }
 
     /// Creates several providers under `root` (`root/<provider>`, each with its own
@@ -178,6 +205,9 @@ impl LocalCluster {
         let mut out = Vec::with_capacity(prepared.len());
         for p in prepared {
             out.push(p.start().await?);
+        }
+        for c in &out {
+            c.settle().await?;
         }
         Ok(out)
     }
@@ -286,11 +316,11 @@ impl LocalCluster {
         let mut listeners = BTreeMap::new();
         for id in 1..=nodes {
             let relay = if federated { Some(bind().await?) } else { None };
-            listeners.insert(id, (bind().await?, relay));
+            listeners.insert(id, (bind().await?, relay, bind().await?));
         }
         let members: Vec<Member> = listeners
             .iter()
-            .map(|(id, (l, _))| {
+            .map(|(id, (l, _, _))| {
                 l.local_addr().map(|a| Member {
                     id: *id,
                     addr: a.to_string(),
@@ -311,9 +341,14 @@ impl LocalCluster {
                 Some(l) => Some(l.local_addr().map_err(io(dir))?.to_string()),
                 None => None,
             };
+            let http = listeners[&m.id]
+                .2
+                .local_addr()
+                .map_err(io(dir))?
+                .to_string();
             let cfg = cluster.write_node(
                 m.id,
-                &m.addr,
+                (&m.addr, &http),
                 members.clone(),
                 vec![],
                 (&raft, &api, &messaging),
@@ -379,7 +414,7 @@ impl LocalCluster {
     fn write_node(
         &self,
         id: NodeId,
-        addr: &str,
+        (addr, http): (&str, &str),
         initial_members: Vec<Member>,
         peers: Vec<Member>,
         (raft, api, messaging): (&RaftOptions, &ApiLimits, &MessagingOptions),
@@ -400,7 +435,8 @@ impl LocalCluster {
             listen: addr.to_string(),
             advertise: None,
             // Kept across restarts like the node's own port, so scrapers keep finding it.
-            http_listen: Some(free_loopback_addr(&self.dir)?),
+            http_listen: Some(http.to_string()),
+            advertise_event_version: None,
             initial_members,
             peers,
             tls: TlsPaths {
@@ -595,9 +631,13 @@ impl LocalCluster {
             Some(r) => Some(r.local_addr().map_err(io(&self.dir))?.to_string()),
             None => None,
         };
+        let http = TcpListener::bind((LOCAL_HOST, 0))
+            .await
+            .map_err(io(&self.dir))?;
+        let http_addr = http.local_addr().map_err(io(&self.dir))?.to_string();
         let cfg = self.write_node(
             id,
-            &addr,
+            (&addr, &http_addr),
             vec![],
             peers,
             (&template.raft, &template.api, &template.messaging),
@@ -606,7 +646,15 @@ impl LocalCluster {
                 .zip(template.federation.as_ref().map(|f| &f.relay)),
         )?;
         self.configs.insert(id, cfg.clone());
-        let h = start_with_relay(cfg, Some(l), relay).await?;
+        let h = start_with_listeners(
+            cfg,
+            Listeners {
+                api: Some(l),
+                relay,
+                http: Some(http),
+            },
+        )
+        .await?;
         self.running.insert(id, h);
         Ok((id, addr))
     }
@@ -637,9 +685,10 @@ impl LocalCluster {
                 .map_err(io(&self.dir))?;
             l.local_addr().map_err(io(&self.dir))?.to_string()
         };
+        let http = free_loopback_addr(&self.dir)?;
         let cfg = self.write_node(
             id,
-            &addr,
+            (&addr, &http),
             vec![],
             peers,
             (&template.raft, &template.api, &template.messaging),
@@ -653,12 +702,22 @@ impl LocalCluster {
     /// addresses in membership, e.g. to route node-to-node traffic through a proxy). Takes
     /// effect when the node next starts.
     pub fn set_peers(&mut self, id: NodeId, peers: Vec<Member>) -> Result<(), LocalError> {
+        self.update_config(id, |cfg| cfg.peers = peers)
+    }
+
+    /// Changes node `id`'s configuration with `change`, validates and saves it. Takes effect
+    /// when the node next starts.
+    pub fn update_config(
+        &mut self,
+        id: NodeId,
+        change: impl FnOnce(&mut NodeConfig),
+    ) -> Result<(), LocalError> {
         let path = self.config_path(id);
         let cfg = self
             .configs
             .get_mut(&id)
             .ok_or_else(|| LocalError::Layout(format!("no node {id} in this layout")))?;
-        cfg.peers = peers;
+        change(cfg);
         cfg.validate()?;
         write_file(&path, &cfg.to_toml(), false)?;
         Ok(())
@@ -754,6 +813,28 @@ impl LocalCluster {
     }
 
     /// Stops every running node.
+    /// Waits (at most `timeout`) until every running node has committed the cluster version
+    /// this build understands: a new cluster starts at `CLUSTER_VERSION_INITIAL` and its
+    /// leader raises it within a check or two (`crate::upgrade`). Tests that count events
+    /// wait for it, so the raise's event is not counted among theirs.
+    pub async fn wait_version(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let want = sealpost_core::event::EVENT_VERSION_CURRENT;
+        loop {
+            let all = self
+                .running
+                .values()
+                .all(|h| h.raft.status().is_ok_and(|s| s.sm.cluster_version >= want));
+            if all {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn stop_all(&mut self) {
         let ids: Vec<NodeId> = self.running.keys().copied().collect();
         for id in ids {

@@ -253,7 +253,33 @@ pub async fn start_with_relay(
     listener: Option<TcpListener>,
     relay_listener: Option<TcpListener>,
 ) -> Result<NodeHandle, ServerError> {
-    start_inner(cfg, listener, relay_listener, UnsafeBreakage::default()).await
+    start_with_listeners(
+        cfg,
+        Listeners {
+            api: listener,
+            relay: relay_listener,
+            http: None,
+        },
+    )
+    .await
+}
+
+/// Sockets bound before a node starts (tests and `dev` bind port 0 first, so no other
+/// process takes the port in between): the client port, the relay port and the operations
+/// listener. A socket not given is bound from the configuration.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    pub api: Option<TcpListener>,
+    pub relay: Option<TcpListener>,
+    pub http: Option<TcpListener>,
+}
+
+/// [`start`] with any of the node's sockets already bound.
+pub async fn start_with_listeners(
+    cfg: NodeConfig,
+    listeners: Listeners,
+) -> Result<NodeHandle, ServerError> {
+    start_inner(cfg, listeners, UnsafeBreakage::default()).await
 }
 
 /// Guarantees a node can be told to break, so that a test can prove the chaos checkers
@@ -278,7 +304,7 @@ pub async fn start_broken(
         ?breakage,
         "this node is BROKEN ON PURPOSE and will lose acknowledged writes"
     );
-    start_inner(cfg, None, None, breakage).await
+    start_inner(cfg, Listeners::default(), breakage).await
 }
 
 /// The TLS configuration a node connects to its peers with: the provider's CA bundle and
@@ -294,10 +320,14 @@ fn client_tls_of(tls: &sealpost_crypto::tls::TlsMaterial) -> ClientTlsConfig {
 
 async fn start_inner(
     cfg: NodeConfig,
-    listener: Option<TcpListener>,
-    relay_listener: Option<TcpListener>,
+    listeners: Listeners,
     breakage: UnsafeBreakage,
 ) -> Result<NodeHandle, ServerError> {
+    let Listeners {
+        api: listener,
+        relay: relay_listener,
+        http: http_bound,
+    } = listeners;
     let tls = cfg.tls.load()?;
     let kek = match &cfg.kek_env {
         Some(var) => {
@@ -352,6 +382,9 @@ async fn start_inner(
             ..StoreOptions::default()
         },
         unsafe_ack_before_commit: breakage.ack_before_commit,
+        event_version: cfg
+            .advertise_event_version
+            .unwrap_or(sealpost_core::event::EVENT_VERSION_CURRENT),
     })
     .await?;
     if fresh {
@@ -544,9 +577,10 @@ async fn start_inner(
     }
     // The operations listener is bound now, so the console's address is known to the
     // Admin service that mints its tokens; it serves once everything is built.
-    let http_listener = match &cfg.http_listen {
-        Some(a) => Some(bind(a).await?),
-        None => None,
+    let http_listener = match (http_bound, &cfg.http_listen) {
+        (Some(l), _) => Some(l),
+        (None, Some(a)) => Some(bind(a).await?),
+        (None, None) => None,
     };
     let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
     let mut admin_service = AdminService::new(
@@ -568,6 +602,7 @@ async fn start_inner(
         provider_key.clone(),
         guard.clone(),
     );
+    workers.push(crate::upgrade::spawn(raft.clone(), workers_rx.clone()));
     let history = crate::console::History::default();
     workers.push(crate::console::spawn_sampler(
         raft.clone(),

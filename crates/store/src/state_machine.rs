@@ -20,9 +20,7 @@ use sealpost_core::batch::{Batch, BatchOutcome, Outcome};
 use sealpost_core::codec;
 use sealpost_core::command::{Command, Reads, decide};
 use sealpost_core::directory::{Endpoint, Organisation, PublicKeys};
-use sealpost_core::event::{
-    ChainError, ChainVerifier, EVENT_VERSION_CURRENT, Event, EventRecord, GENESIS_HASH, Hash,
-};
+use sealpost_core::event::{ChainError, ChainVerifier, Event, EventRecord, GENESIS_HASH, Hash};
 use sealpost_core::federation::{self, Notification, keys as fed_keys};
 use sealpost_core::ids::{EndpointId, HpiO};
 use sealpost_core::merkle::Frontier;
@@ -168,7 +166,7 @@ impl SmDb {
     fn cluster_version(&self) -> Result<u16> {
         Ok(self
             .get(CF_META, KEY_CLUSTER_VERSION)?
-            .unwrap_or(EVENT_VERSION_CURRENT))
+            .unwrap_or(sealpost_core::event::CLUSTER_VERSION_INITIAL))
     }
 
     pub(crate) fn event(&self, seq: u64) -> Result<Option<EventRecord>> {
@@ -381,7 +379,7 @@ fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<BatchOutcom
         chain: live.chain()?,
         tree: live.frontier()?.unwrap_or_default(),
     };
-    let cluster_version = live.cluster_version()?;
+    let mut cluster_version = live.cluster_version()?;
     let (mut last_applied, mut membership) = live.applied()?;
     let mut facts = Facts::default();
     let mut wb = WriteBatch::default();
@@ -411,7 +409,7 @@ fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<BatchOutcom
                     &mut wb,
                     &mut facts,
                     &mut tip,
-                    cluster_version,
+                    &mut cluster_version,
                     entry.log_id.index,
                     batch,
                 )?;
@@ -623,7 +621,7 @@ fn apply_batch(
     wb: &mut WriteBatch,
     facts: &mut Facts,
     tip: &mut Tip,
-    cluster_version: u16,
+    cluster_version: &mut u16,
     log_index: u64,
     batch: Batch,
 ) -> Result<BatchOutcome> {
@@ -639,7 +637,7 @@ fn apply_batch(
             continue;
         }
         load_facts(live, facts, &p.command.reads())?;
-        match decide(p.command, facts, cluster_version, ts_ms) {
+        match decide(p.command, facts, *cluster_version, ts_ms) {
             Err(r) => outcomes.push(Outcome::Rejected(r)),
             Ok(events) => {
                 let first_seq = chain.next_seq;
@@ -677,6 +675,15 @@ fn apply_batch(
                             dropped = n,
                             "payloads dropped after retention"
                         );
+                    }
+                    if let Event::ClusterVersionSet { version, .. } = &rec.event {
+                        wb.put_cf(
+                            rocks::cf(&live.db, CF_META),
+                            KEY_CLUSTER_VERSION,
+                            codec::encode(version),
+                        );
+                        *cluster_version = *version;
+                        tracing::info!(version, "cluster version raised");
                     }
                     chain.head = rec.hash;
                     chain.next_seq += 1;

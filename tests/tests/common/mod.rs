@@ -15,6 +15,10 @@ use sealpost_server::local::LocalCluster;
 use tempfile::TempDir;
 use tonic::Status;
 
+/// Events a new cluster holds before a test writes anything: its leader's
+/// `cluster_version_set` (`LocalCluster::create*` wait for it).
+pub const SETTLE_EVENTS: u64 = 1;
+
 /// Bound on every wait in these tests.
 pub const WAIT: Duration = Duration::from_secs(30);
 
