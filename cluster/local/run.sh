@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A three-process sealpost cluster on this machine (ports 7101-7103).
+# A three-process sealpost cluster on this machine (ports 7101-7103; /metrics, /health,
+# /ready and the operator console on 9101-9103).
 #   ./run.sh start            create certificates if missing, start the three nodes (alias: up)
 #   ./run.sh status           show the cluster through the CLI
 #   ./run.sh rolling-restart  restart the nodes one at a time, each back and caught up first

@@ -68,6 +68,32 @@ pub struct AdminService {
     provider: String,
 }
 
+/// Longest DNS name accepted in a node address, in bytes.
+const HOST_NAME_BYTES_MAX: usize = 253;
+
+/// Whether `addr` is `host:port` with an IP address (`[v6]:port` too) or a DNS name as host:
+/// a node added to the cluster may be reached by name (a Kubernetes pod's DNS name).
+pub fn is_host_port(addr: &str) -> bool {
+    if addr.parse::<std::net::SocketAddr>().is_ok() {
+        return true;
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return false;
+    };
+    port.parse::<u16>().is_ok_and(|p| p > 0)
+        && !host.is_empty()
+        && host.len() <= HOST_NAME_BYTES_MAX
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
 /// Bytes of one backup chunk (well under the gRPC message limit).
 pub const BACKUP_CHUNK_BYTES: usize = 1024 * 1024;
 /// Backup chunks read ahead of the client, at most.
@@ -299,9 +325,9 @@ impl Admin for AdminService {
         if r.id == 0 {
             return Err(Status::invalid_argument("id: must be a positive integer"));
         }
-        if r.addr.parse::<std::net::SocketAddr>().is_err() {
+        if !is_host_port(&r.addr) {
             return Err(Status::invalid_argument(format!(
-                "addr: {:?} is not host:port",
+                "addr: {:?} is not host:port (an IP address or a DNS name, and a port)",
                 r.addr
             )));
         }
@@ -674,5 +700,34 @@ impl AdminService {
             message_id: id.to_string(),
             attempts,
         })
+    }
+}
+
+#[cfg(test)]
+mod host_port_tests {
+    use super::is_host_port;
+
+    #[test]
+    fn ip_and_dns_hosts_with_a_port_are_addresses() {
+        for ok in [
+            "127.0.0.1:7100",
+            "[::1]:7100",
+            "sealpost-3.sealpost.sealpost.svc:7100",
+            "node-4:1",
+        ] {
+            assert!(is_host_port(ok), "{ok}");
+        }
+        for bad in [
+            "sealpost-3",
+            ":7100",
+            "host:0",
+            "host:99999",
+            "bad_host:7100",
+            "-x.y:1",
+            "a..b:1",
+            "http://x:1",
+        ] {
+            assert!(!is_host_port(bad), "{bad}");
+        }
     }
 }

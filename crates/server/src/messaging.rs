@@ -587,7 +587,7 @@ impl From<Rejected> for Status {
 
 #[tonic::async_trait]
 impl Messaging for MessagingService {
-    #[tracing::instrument(skip_all, fields(node = self.node.id()))]
+    #[tracing::instrument(skip_all, fields(node = self.node.id(), message_id = tracing::field::Empty))]
     async fn send(&self, req: Request<pb::SendRequest>) -> Result<Response<pb::SendReply>, Status> {
         let caller = Caller::of(&req, self.node.id());
         self.send_as(&caller, req.into_inner())
@@ -672,7 +672,7 @@ impl Messaging for MessagingService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    #[tracing::instrument(skip_all, fields(node = self.node.id()))]
+    #[tracing::instrument(skip_all, fields(node = self.node.id(), message_id = %req.get_ref().message_id))]
     async fn fetch(
         &self,
         req: Request<pb::FetchRequest>,
@@ -750,7 +750,7 @@ impl Messaging for MessagingService {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(node = self.node.id()))]
+    #[tracing::instrument(skip_all, fields(node = self.node.id(), message_id = %req.get_ref().message_id))]
     async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckReply>, Status> {
         let caller = Caller::of(&req, self.node.id());
         let org = self.org_for(&caller, Action::Ack)?;
@@ -775,6 +775,7 @@ impl Messaging for MessagingService {
         Ok(Response::new(pb::AckReply { seq }))
     }
 
+    #[tracing::instrument(skip_all, fields(node = self.node.id(), message_id = %req.get_ref().message_id))]
     async fn track(
         &self,
         req: Request<pb::TrackRequest>,
@@ -867,6 +868,7 @@ impl MessagingService {
             Err(dup) => return Ok(dup),
         };
         let id = envelope.header.message_id.clone();
+        tracing::Span::current().record("message_id", tracing::field::display(&id));
         let org = envelope.header.sender.org.clone();
         let command = Command::Send {
             envelope: Box::new(envelope),
