@@ -9,10 +9,10 @@
 //!
 //! A crash can cut the WAL's last record short; that record was never fsynced, so never
 //! acknowledged, and RocksDB drops it on open (see [`crate::rocks`]). What must never be
-//! dropped is an entry this node reported durable: the syncer writes a *durable mark* (the
-//! index the WAL was fsynced through) to its own file at most every
-//! [`LOG_DURABLE_MARK_INTERVAL_MS`] and on close, and a log that opens shorter than its mark
-//! refuses to start, naming both indexes.
+//! dropped is an entry this node reported durable: a marker thread writes a *durable mark*
+//! (the index the WAL was fsynced through, as the syncer reports it) to its own file at most
+//! every [`LOG_DURABLE_MARK_INTERVAL_MS`], the store writes it on close, and a log that opens
+//! shorter than its mark refuses to start, naming both indexes.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -70,6 +70,8 @@ struct Inner {
     /// Appends waiting for the syncer's fsync; `None` once closing.
     sync_tx: Option<SyncSender<LogFlushed<TypeConfig>>>,
     syncer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Writes the durable mark off the syncer's path.
+    marker: Mutex<Option<std::thread::JoinHandle<()>>>,
     sync: Arc<SyncState>,
 }
 
@@ -97,12 +99,11 @@ fn fsync_buckets() -> impl Iterator<Item = f64> {
     exponential_buckets(0.000_1, 2.0, 16)
 }
 
-/// What the durable mark's file says, and when it was last written.
+/// What the durable mark's file says.
 struct Mark {
     on_disk: u64,
     /// Raised by every truncation: a mark computed before one is stale and not written.
     epoch: u64,
-    written_at: Option<Instant>,
 }
 
 /// Reads the durable mark of the log at `path`: 0 when there is none yet.
@@ -147,8 +148,8 @@ fn write_mark(path: &Path, index: u64) -> Result<()> {
 
 impl SyncState {
     /// Records that the WAL is fsynced through `index`, if no truncation happened since
-    /// `epoch` and the last write is at least `min_gap` old.
-    fn advance_mark(&self, index: u64, epoch: u64, min_gap: Duration) {
+    /// `epoch`.
+    fn advance_mark(&self, index: u64, epoch: u64) {
         if self.skip_fsync {
             return;
         }
@@ -156,17 +157,11 @@ impl SyncState {
             .mark
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if mark.epoch != epoch
-            || index <= mark.on_disk
-            || mark.written_at.is_some_and(|t| t.elapsed() < min_gap)
-        {
+        if mark.epoch != epoch || index <= mark.on_disk {
             return;
         }
         match write_mark(&self.path, index) {
-            Ok(()) => {
-                mark.on_disk = index;
-                mark.written_at = Some(Instant::now());
-            }
+            Ok(()) => mark.on_disk = index,
             // The entries are durable either way; only the check at the next start is
             // weaker until a later write succeeds.
             Err(e) => {
@@ -224,12 +219,17 @@ impl Drop for Inner {
         if let Some(h) = handle {
             let _ = h.join();
         }
+        // The syncer's end closed the marker's channel: it ends too.
+        let marker = self.marker.lock().map(|mut h| h.take()).unwrap_or_default();
+        if let Some(h) = marker {
+            let _ = h.join();
+        }
         // Everything written is fsynced now, so the mark can say so: a log found shorter at
         // the next start lost entries after a clean stop.
         if !self.sync.skip_fsync {
             let (epoch, written) = self.sync.mark_point();
             match self.sync.fsync(&self.db) {
-                Ok(()) => self.sync.advance_mark(written, epoch, Duration::ZERO),
+                Ok(()) => self.sync.advance_mark(written, epoch),
                 Err(e) => {
                     tracing::error!(path = %self.path.display(), error = %e, "raft log fsync at close failed")
                 }
@@ -240,7 +240,12 @@ impl Drop for Inner {
 
 /// The syncer thread: waits for an append, takes every other one already waiting (up to
 /// [`LOG_SYNC_GROUP_MAX`]), fsyncs the WAL once, and reports them all durable (or failed).
-fn run_syncer(db: Arc<DB>, state: Arc<SyncState>, rx: Receiver<LogFlushed<TypeConfig>>) {
+fn run_syncer(
+    db: Arc<DB>,
+    state: Arc<SyncState>,
+    rx: Receiver<LogFlushed<TypeConfig>>,
+    mark_tx: SyncSender<(u64, u64)>,
+) {
     let path = &state.path;
     let mut group = Vec::with_capacity(LOG_SYNC_GROUP_MAX);
     while let Ok(first) = rx.recv() {
@@ -278,12 +283,38 @@ fn run_syncer(db: Arc<DB>, state: Arc<SyncState>, rx: Receiver<LogFlushed<TypeCo
             );
         }
         if synced.is_ok() {
-            state.advance_mark(
-                written,
-                epoch,
-                Duration::from_millis(LOG_DURABLE_MARK_INTERVAL_MS),
-            );
+            // The marker thread writes it (never this thread: its fsyncs would delay the
+            // next group). When it is busy, a later group's point gets through instead.
+            let _ = mark_tx.try_send((epoch, written));
         }
+    }
+}
+
+/// The marker thread: writes the durable mark for the newest point the syncer reported, at
+/// most once per [`LOG_DURABLE_MARK_INTERVAL_MS`]; ends when the syncer does.
+fn run_marker(state: Arc<SyncState>, rx: Receiver<(u64, u64)>) {
+    let gap = Duration::from_millis(LOG_DURABLE_MARK_INTERVAL_MS);
+    let mut last_write: Option<Instant> = None;
+    while let Ok(mut point) = rx.recv() {
+        // Wait out the rest of the interval, keeping only the newest point (bounded by the
+        // deadline).
+        if let Some(deadline) = last_write.map(|t| t + gap) {
+            loop {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                match rx.recv_timeout(deadline - now) {
+                    Ok(p) => point = p,
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
+                    // Closing: the store writes the final mark itself.
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            }
+        }
+        let (epoch, index) = point;
+        state.advance_mark(index, epoch);
+        last_write = Some(Instant::now());
     }
 }
 
@@ -330,19 +361,23 @@ impl LogStore {
             skip_fsync,
             wal_lock: Mutex::new(()),
             written: AtomicU64::new(0),
-            mark: Mutex::new(Mark {
-                on_disk,
-                epoch: 0,
-                written_at: None,
-            }),
+            mark: Mutex::new(Mark { on_disk, epoch: 0 }),
             fsync_seconds: Timing::new(fsync_buckets()),
             committed: AtomicU64::new(0),
         });
+        let (mark_tx, mark_rx) = std::sync::mpsc::sync_channel(1);
+        let marker = std::thread::Builder::new()
+            .name("raft-log-mark".into())
+            .spawn({
+                let sync = sync.clone();
+                move || run_marker(sync, mark_rx)
+            })
+            .map_err(Error::io(path))?;
         let syncer = std::thread::Builder::new()
             .name("raft-log-sync".into())
             .spawn({
                 let (db, sync) = (db.clone(), sync.clone());
-                move || run_syncer(db, sync, rx)
+                move || run_syncer(db, sync, rx, mark_tx)
             })
             .map_err(Error::io(path))?;
         let store = Self {
@@ -352,6 +387,7 @@ impl LogStore {
                 bytes_since_purge: AtomicU64::new(0),
                 sync_tx: Some(sync_tx),
                 syncer: Mutex::new(Some(syncer)),
+                marker: Mutex::new(Some(marker)),
                 sync,
             }),
         };
