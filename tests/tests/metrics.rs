@@ -199,3 +199,27 @@ async fn metrics_move_under_load_and_health_answers() {
         ) >= 1.0
     );
 }
+
+/// The operations listener holds at most `HTTP_CONNECTIONS_MAX` connections: one more is
+/// not served while they stay open, and is served as soon as one closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operations_listener_caps_its_connections() {
+    use sealpost_server::metrics::HTTP_CONNECTIONS_MAX;
+    let (_d, c) = cluster(1).await;
+    let addr = c.node(1).and_then(|n| n.http_addr).expect("http address");
+    let mut idle = Vec::new();
+    for _ in 0..HTTP_CONNECTIONS_MAX {
+        idle.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    }
+    // Give the listener time to take every one of them.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let waiting = tokio::spawn(async move { http(addr, "GET", "/health", &[], None).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "served past the connection cap");
+    drop(idle.pop());
+    let (code, _) = tokio::time::timeout(WAIT, waiting)
+        .await
+        .expect("served once a connection closed")
+        .expect("task");
+    assert_eq!(code, 200);
+}

@@ -37,6 +37,9 @@ use crate::tls::ServerTls;
 pub const METRICS_SCAN_KEYS_MAX: usize = 100_000;
 /// Requests the operations listener serves at once, at most; more wait.
 pub const HTTP_REQUESTS_IN_FLIGHT_MAX: usize = 16;
+/// Connections the operations listener holds open at once, at most; more wait in the
+/// listen backlog until one closes.
+pub const HTTP_CONNECTIONS_MAX: usize = 64;
 /// Time one operations request may take.
 pub const HTTP_REQUEST_TIMEOUT_MS: u64 = 10_000;
 /// How far behind the committed index a node may have applied and still be ready.
@@ -425,6 +428,73 @@ async fn ready(State(ops): State<Ops>) -> impl IntoResponse {
     }
 }
 
+/// The operations listener's socket, accepting a connection only while fewer than
+/// [`HTTP_CONNECTIONS_MAX`] are open.
+struct CappedListener {
+    inner: TcpListener,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// An accepted connection holding its slot until it closes.
+struct CappedIo {
+    io: tokio::net::TcpStream,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl axum::serve::Listener for CappedListener {
+    type Io = CappedIo;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let slot = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the connection semaphore is never closed");
+        let (io, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        (CappedIo { io, _slot: slot }, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+impl tokio::io::AsyncRead for CappedIo {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CappedIo {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
 /// The running operations listener.
 pub struct OpsServer {
     pub addr: std::net::SocketAddr,
@@ -458,7 +528,11 @@ impl OpsServer {
             );
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
+            let capped = CappedListener {
+                inner: listener,
+                slots: Arc::new(tokio::sync::Semaphore::new(HTTP_CONNECTIONS_MAX)),
+            };
+            let served = axum::serve(capped, app)
                 .with_graceful_shutdown(async move {
                     let _ = rx.await;
                 })
