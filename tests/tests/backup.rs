@@ -128,13 +128,7 @@ async fn an_online_backup_restores_into_a_new_cluster_with_every_event() {
             .expect("the backup's last event");
         assert_eq!(hex::encode(last.hash), manifest.chain_head, "node {id}");
     }
-    let members = b
-        .node(1)
-        .expect("node")
-        .raft
-        .status()
-        .expect("status")
-        .members;
+    let members = members_of(&b, 1);
     assert_eq!(
         members.keys().copied().collect::<Vec<_>>(),
         vec![1, 2, 3],

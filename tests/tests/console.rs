@@ -24,6 +24,12 @@ async fn get(c: &LocalCluster, node: u64, path: &str, token: &str) -> (u16, serd
     call(ops_addr(c, node), "GET", path, token, None).await
 }
 
+/// POSTs `body` (JSON) to `node`'s resend call with `token`.
+async fn resend(c: &LocalCluster, node: u64, token: &str, body: &str) -> (u16, serde_json::Value) {
+    let path = "/console/api/dead-letters/resend";
+    call(ops_addr(c, node), "POST", path, token, Some(body)).await
+}
+
 async fn call(
     addr: SocketAddr,
     method: &str,
@@ -134,28 +140,14 @@ async fn an_operator_token_opens_the_console_on_every_node_and_resends_a_dead_le
 
     // Resent from the console: recorded under the console's operator.
     let body = serde_json::json!({ "message_id": id, "recipient": lab }).to_string();
-    let (code, resent) = call(
-        ops_addr(&c, 3),
-        "POST",
-        "/console/api/dead-letters/resend",
-        &token,
-        Some(&body),
-    )
-    .await;
+    let (code, resent) = resend(&c, 3, &token, &body).await;
     assert_eq!(code, 200, "{resent}");
     assert_eq!(
         resent["attempts"].as_array().map(Vec::len),
         Some(1),
         "{resent}"
     );
-    let (code, again) = call(
-        ops_addr(&c, 3),
-        "POST",
-        "/console/api/dead-letters/resend",
-        &token,
-        Some(&body),
-    )
-    .await;
+    let (code, again) = resend(&c, 3, &token, &body).await;
     assert_eq!(code, 409, "a failure is re-driven once: {again}");
     let (code, tracked) = get(&c, 1, &format!("/console/api/messages/{id}"), &token).await;
     assert_eq!(code, 200, "{tracked}");
@@ -192,13 +184,6 @@ async fn an_operator_token_opens_the_console_on_every_node_and_resends_a_dead_le
         "{{\"message_id\": \"{}\"}}",
         "x".repeat(sealpost_server::console::CONSOLE_BODY_BYTES_MAX)
     );
-    let (code, _) = call(
-        ops_addr(&c, 1),
-        "POST",
-        "/console/api/dead-letters/resend",
-        &token,
-        Some(&huge),
-    )
-    .await;
+    let (code, _) = resend(&c, 1, &token, &huge).await;
     assert_eq!(code, 413);
 }

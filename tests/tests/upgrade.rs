@@ -131,12 +131,6 @@ async fn the_cluster_version_waits_for_every_member_and_an_old_node_cannot_join(
         .expect_err("an old node must not join");
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
     assert!(err.message().contains("upgrade it first"), "{err}");
-    let members = c
-        .node(1)
-        .expect("node")
-        .raft
-        .status()
-        .expect("status")
-        .members;
+    let members = members_of(&c, 1);
     assert!(!members.contains_key(&4), "{members:?}");
 }

@@ -56,7 +56,6 @@ pub struct Sample {
     pub ts_ms: u64,
     /// Events in the event store.
     pub events: u64,
-    pub applied_index: u64,
     /// Batches committed so far and the seconds they took, summed.
     pub commits: u64,
     pub commit_seconds: f64,
@@ -88,7 +87,6 @@ fn sample(raft: &RaftNode, history: &History) {
     let sample = Sample {
         ts_ms: crate::messaging::now_ms(),
         events: st.sm.event_count,
-        applied_index: st.last_applied_index,
         commits: commits.count(),
         commit_seconds: commits.total_seconds(),
         fsyncs: fsyncs.count(),

@@ -449,3 +449,13 @@ pub async fn with_dead_letter(cid: &str) -> (TempDir, LocalCluster, Client, Stri
     .await;
     (dir, c, gp, id, lab)
 }
+
+/// The members node `id` knows: id → (address, voter).
+pub fn members_of(c: &LocalCluster, id: u64) -> BTreeMap<u64, (String, bool)> {
+    c.node(id)
+        .expect("node")
+        .raft
+        .status()
+        .expect("status")
+        .members
+}
