@@ -183,7 +183,7 @@ impl ViewCf {
     ];
 
     /// The column family's name in the store.
-    pub fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         match self {
             ViewCf::Outbox => "outbox",
             ViewCf::Inbox => "inbox",
@@ -382,13 +382,12 @@ pub(crate) fn fold_endpoint_published(
         published_seq: seq,
         retired_seq: None,
     };
-    let mut out: Vec<ViewChange> = facts
+    let index = facts
         .organisation(&spec.id.org)
         .map(|org| index_keys(&ep, org))
-        .unwrap_or_default()
-        .into_iter()
-        .map(ViewChange::PutIndex)
-        .collect();
+        .unwrap_or_default();
+    let mut out: Vec<ViewChange> = Vec::with_capacity(index.len() + 1);
+    out.extend(index.into_iter().map(ViewChange::PutIndex));
     out.push(ViewChange::PutEndpoint(ep));
     out
 }
@@ -472,11 +471,15 @@ pub fn name_words(name: &str) -> impl Iterator<Item = String> + '_ {
 fn index_keys(ep: &Endpoint, org: &Organisation) -> Vec<Vec<u8>> {
     let id = ep.spec.id.to_string();
     let key = |ns: u8, value: &str| {
-        let mut k = index_prefix(ns, value);
+        let mut k = Vec::with_capacity(value.len() + 2 + id.len());
+        k.push(ns);
+        k.extend_from_slice(value.as_bytes());
+        k.push(index::SEP);
         k.extend_from_slice(id.as_bytes());
+        debug_assert!(k.starts_with(&index_prefix(ns, value)));
         k
     };
-    let mut keys = Vec::new();
+    let mut keys = Vec::with_capacity(16);
     let mut words: Vec<String> = name_words(&ep.spec.display_name)
         .chain(name_words(&org.spec.name))
         .collect();

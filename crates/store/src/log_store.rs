@@ -351,7 +351,7 @@ impl LogStore {
             rocks::Tuning {
                 uncompressed: &[CF_ENTRIES],
                 atomic_flush: false,
-                scratch: false,
+                ..rocks::Tuning::default()
             },
         )?);
         let (sync_tx, rx) = std::sync::mpsc::sync_channel(LOG_SYNCS_PENDING_MAX);

@@ -72,12 +72,25 @@ pub(crate) struct Tuning<'a> {
     /// A scratch database written once and read once (a view rebuild): no compaction, no
     /// compression, large memtables, Bloom filters for the point reads of the fold.
     pub scratch: bool,
+    /// Column families looked up by key while they are being written (a rebuild's fold
+    /// reads organisations and endpoints it wrote a moment ago): a Bloom filter over each
+    /// memtable answers most lookups of absent keys without searching the skip lists (and
+    /// in a scratch database only these column families' tables carry Bloom filters).
+    pub point_reads_while_written: &'a [&'a str],
 }
+
+/// Share of a memtable's size given to its Bloom filter, where one is kept.
+const MEMTABLE_BLOOM_RATIO: f64 = 0.05;
 
 /// Memtable size of a scratch database, in bytes.
 pub const SCRATCH_WRITE_BUFFER_BYTES: usize = 64 * 1024 * 1024;
 
-fn scratch_options(o: &mut Options) {
+/// Block size of a scratch database's tables, in bytes (read once, front to back).
+const SCRATCH_BLOCK_BYTES: usize = 32 * 1024;
+
+/// `point_reads`: the column family is looked up by key while it is written (Bloom filters
+/// in its tables); the others are only walked in key order at the end.
+fn scratch_options(o: &mut Options, point_reads: bool) {
     o.set_disable_auto_compactions(true);
     o.set_compression_type(rocksdb::DBCompressionType::None);
     o.set_write_buffer_size(SCRATCH_WRITE_BUFFER_BYTES);
@@ -86,7 +99,12 @@ fn scratch_options(o: &mut Options) {
     o.set_level_zero_slowdown_writes_trigger(1 << 20);
     o.set_level_zero_stop_writes_trigger(1 << 20);
     let mut t = rocksdb::BlockBasedOptions::default();
-    t.set_bloom_filter(10.0, false);
+    if point_reads {
+        t.set_bloom_filter(10.0, false);
+    }
+    // Written and read back within one rebuild, and removed after it: no block checksums.
+    t.set_checksum_type(rocksdb::ChecksumType::NoChecksum);
+    t.set_block_size(SCRATCH_BLOCK_BYTES);
     o.set_block_based_table_factory(&t);
 }
 
@@ -104,14 +122,18 @@ pub(crate) fn open(path: &Path, cfs: &[&str], create: bool, tuning: Tuning<'_>) 
             o.set_compression_type(rocksdb::DBCompressionType::None);
         }
         if tuning.scratch {
-            scratch_options(&mut o);
+            scratch_options(&mut o, tuning.point_reads_while_written.contains(n));
+        }
+        if tuning.point_reads_while_written.contains(n) {
+            o.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO);
+            o.set_memtable_whole_key_filtering(true);
         }
         ColumnFamilyDescriptor::new(*n, o)
     });
     let mut o = db_options(create);
     o.set_atomic_flush(tuning.atomic_flush);
     if tuning.scratch {
-        scratch_options(&mut o);
+        scratch_options(&mut o, false);
     }
     DB::open_cf_descriptors(&o, path, descs).map_err(Error::rocks(path))
 }

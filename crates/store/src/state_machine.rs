@@ -240,7 +240,7 @@ impl SmDb {
             rocks::Tuning {
                 uncompressed: &[CF_EVENTS],
                 atomic_flush: true,
-                scratch: false,
+                ..rocks::Tuning::default()
             },
         )?;
         let sm = Self {
