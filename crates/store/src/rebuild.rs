@@ -40,7 +40,9 @@ const REBUILD_COMPARE_WORKERS: usize = 2;
 /// Live keys rewritten per write batch while repairing.
 const REPAIR_BATCH_KEYS_MAX: usize = 10_000;
 
-/// The views the fold looks records up in (see `load_facts`).
+/// The views the fold looks records up in (see `load_facts`). Only a speed hint: these
+/// get memtable Bloom filters in the scratch database; a view missing here is still read
+/// correctly, just more slowly.
 const FOLD_READ_CFS: &[&str] = &[
     crate::state_machine::CF_ORGS,
     crate::state_machine::CF_ENDPOINTS,
