@@ -306,6 +306,20 @@ impl MessagingService {
     }
 
     async fn propose(&self, actor: String, command: Command) -> Result<(u64, u64), Rejected> {
+        let committed = self.propose_committed(actor, command).await?;
+        match committed.outcome {
+            Outcome::Applied { first_seq, count } => Ok((first_seq, count)),
+            Outcome::Rejected(r) => Err(Rejected::Rule(r)),
+        }
+    }
+
+    /// Proposes and answers with what the state machine made of it and the log index of
+    /// the entry that carried it (a refusal included).
+    async fn propose_committed(
+        &self,
+        actor: String,
+        command: Command,
+    ) -> Result<sealpost_raft::Committed, Rejected> {
         let proposal = Proposal { actor, command };
         proposal.validate().map_err(Rejected::Rule)?;
         let committed = self.node.propose(proposal).await.map_err(|e| {
@@ -318,10 +332,7 @@ impl MessagingService {
                 e => convert::propose_error(e),
             })
         })?;
-        match committed.outcome {
-            Outcome::Applied { first_seq, count } => Ok((first_seq, count)),
-            Outcome::Rejected(r) => Err(Rejected::Rule(r)),
-        }
+        Ok(committed)
     }
 
     fn message(&self, id: &MessageId) -> Result<MessageStatus, Status> {
@@ -874,8 +885,11 @@ impl MessagingService {
             envelope: Box::new(envelope),
             client_message_id: cid.clone(),
         };
-        match self.propose(caller.actor.clone(), command).await {
-            Ok((seq, _)) => {
+        let committed = self
+            .propose_committed(caller.actor.clone(), command)
+            .await?;
+        match committed.outcome {
+            Outcome::Applied { first_seq: seq, .. } => {
                 tracing::info!(message_id = %id, seq, "sent");
                 Ok(pb::SendReply {
                     message_id: id.to_string(),
@@ -883,14 +897,22 @@ impl MessagingService {
                     duplicate: false,
                 })
             }
-            // A concurrent resend won the race: answer with the original.
-            Err(Rejected::Rule(Rejection::AlreadyExists(m))) => {
+            // The client id is taken: a resend whose first attempt was committed (its
+            // answer lost), or a concurrent resend that won the race. Answer with the
+            // original, read from this node's views once they hold it: this node may be a
+            // follower still catching up (just restarted, say), and the original is in an
+            // entry before the one that refused this send.
+            Outcome::Rejected(Rejection::AlreadyExists(m)) => {
+                self.node
+                    .wait_applied(committed.log_index)
+                    .await
+                    .map_err(convert::node_error)?;
                 match self.duplicate_reply(&org, &cid)? {
                     Some(dup) => Ok(dup),
                     None => Err(Status::already_exists(m)),
                 }
             }
-            Err(e) => Err(e.into()),
+            Outcome::Rejected(r) => Err(Rejected::Rule(r).into()),
         }
     }
 
