@@ -421,6 +421,62 @@ async fn urgent_first_and_a_live_stream() {
     }
 }
 
+/// A resend that reaches a follower whose views do not hold the original yet (its
+/// applies held) answers with the original once the follower has applied it, never with
+/// AlreadyExists: the case of a client retrying at a node that restarted and is catching up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resend_to_a_lagging_follower_answers_with_the_original() {
+    let (_dir, c) = messaging_cluster(3, messaging_opts()).await;
+    let leader = c.wait_leader(WAIT).await.expect("leader");
+    let follower = c
+        .node_ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    let to = endpoint(LAB, "results");
+    let at_leader = org_client(&c, leader, SENDER).await;
+    let at_follower = org_client(&c, follower, SENDER).await;
+    // A thread of its own holds the follower's applies until told to let go.
+    let view = c.node(follower).expect("follower").raft.view().clone();
+    let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let _held = view.hold_applies_for_test();
+        let _ = held_tx.send(());
+        let _ = release_rx.recv_timeout(WAIT);
+    });
+    held_rx
+        .recv_timeout(WAIT)
+        .expect("the follower's applies are held");
+    let first = send_ok(
+        &at_leader,
+        send_request(std::slice::from_ref(&to), b"once", "lagging-id"),
+    )
+    .await;
+    let resend = tokio::spawn({
+        let at_follower = at_follower.clone();
+        let req = send_request(std::slice::from_ref(&to), b"once", "lagging-id");
+        async move { at_follower.messaging().send(req).await }
+    });
+    // The follower cannot answer from its views while they lag: it waits.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !resend.is_finished(),
+        "answered before the follower applied the original"
+    );
+    release_tx.send(()).expect("the holder waits");
+    holder.join().expect("the holder thread");
+    let again = tokio::time::timeout(WAIT, resend)
+        .await
+        .expect("the resend is answered once the follower applies")
+        .expect("resend task")
+        .expect("the resend answers with the original, not AlreadyExists")
+        .into_inner();
+    assert!(again.duplicate);
+    assert_eq!(again.message_id, first.message_id);
+    assert_eq!(again.seq, first.seq);
+}
+
 /// A resend with the same client message id returns the original answer and writes
 /// nothing; and with the leader stopped in the middle of a burst of sends (clients retry
 /// with their client message id), every acknowledged send is routed exactly once.

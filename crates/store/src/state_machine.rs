@@ -1574,6 +1574,13 @@ impl StateView {
         self.shared.live()
     }
 
+    /// Holds this node's applies until the guard is dropped (entries are still appended
+    /// to the Raft log meanwhile): for tests of a follower whose views lag behind the log.
+    #[doc(hidden)]
+    pub fn hold_applies_for_test(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.apply_gate()
+    }
+
     /// Stops applies while held (for a view repair).
     pub(crate) fn apply_gate(&self) -> std::sync::MutexGuard<'_, ()> {
         self.shared
