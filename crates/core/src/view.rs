@@ -438,7 +438,13 @@ pub mod index {
 
 /// The index key prefix for a value in a namespace: scan it to find matching endpoints.
 pub fn index_prefix(namespace: u8, value: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(value.len() + 2);
+    index_prefix_with_room(namespace, value, 0)
+}
+
+/// [`index_prefix`] with room for `more` bytes after it (an index key's endpoint id), so
+/// completing the key does not reallocate it.
+fn index_prefix_with_room(namespace: u8, value: &str, more: usize) -> Vec<u8> {
+    let mut k = Vec::with_capacity(value.len() + 2 + more);
     k.push(namespace);
     k.extend_from_slice(value.as_bytes());
     k.push(index::SEP);
@@ -471,12 +477,8 @@ pub fn name_words(name: &str) -> impl Iterator<Item = String> + '_ {
 fn index_keys(ep: &Endpoint, org: &Organisation) -> Vec<Vec<u8>> {
     let id = ep.spec.id.to_string();
     let key = |ns: u8, value: &str| {
-        let mut k = Vec::with_capacity(value.len() + 2 + id.len());
-        k.push(ns);
-        k.extend_from_slice(value.as_bytes());
-        k.push(index::SEP);
+        let mut k = index_prefix_with_room(ns, value, id.len());
         k.extend_from_slice(id.as_bytes());
-        debug_assert!(k.starts_with(&index_prefix(ns, value)));
         k
     };
     let mut keys = Vec::with_capacity(16);
