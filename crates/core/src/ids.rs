@@ -253,12 +253,33 @@ impl EndpointId {
     }
 }
 
+impl EndpointId {
+    /// The local part as text: the service slug or the HPI-I.
+    pub fn local_str(&self) -> &str {
+        match &self.local {
+            EndpointLocal::Service(s) => s,
+            EndpointLocal::Practitioner(p) => p.as_str(),
+        }
+    }
+
+    /// The id as text, `<HPI-O>/<local>` (as displayed), built in one allocation without
+    /// the formatting machinery: it is the endpoint view's key, made for every endpoint
+    /// event folded.
+    pub fn text(&self) -> String {
+        let (org, local) = (self.org.as_str(), self.local_str());
+        let mut s = String::with_capacity(org.len() + 1 + local.len());
+        s.push_str(org);
+        s.push('/');
+        s.push_str(local);
+        s
+    }
+}
+
 impl fmt::Display for EndpointId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.local {
-            EndpointLocal::Service(s) => write!(f, "{}/{}", self.org, s),
-            EndpointLocal::Practitioner(p) => write!(f, "{}/{}", self.org, p),
-        }
+        f.write_str(self.org.as_str())?;
+        f.write_str("/")?;
+        f.write_str(self.local_str())
     }
 }
 
@@ -284,7 +305,7 @@ impl TryFrom<String> for EndpointId {
 
 impl From<EndpointId> for String {
     fn from(v: EndpointId) -> String {
-        v.to_string()
+        v.text()
     }
 }
 

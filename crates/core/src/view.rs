@@ -6,7 +6,7 @@
 //! for byte, which is why the fold depends only on the event, its sequence number and facts
 //! that earlier events produced.
 
-use std::collections::BTreeMap;
+use foldhash::HashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -20,12 +20,16 @@ use crate::message::{MessageId, MessageStatus};
 /// updated in memory as earlier commands of the same batch change them).
 #[derive(Default, Debug, Clone)]
 pub struct Facts {
-    organisations: BTreeMap<HpiO, Option<Organisation>>,
-    endpoints: BTreeMap<EndpointId, Option<Endpoint>>,
-    messages: BTreeMap<MessageId, Option<MessageStatus>>,
-    client_ids: BTreeMap<(HpiO, String), Option<MessageId>>,
+    // Hash maps (foldhash: fast on short ids, seeded per process): facts are only looked
+    // up and replaced, never walked in order, and a view rebuild keeps tens of thousands
+    // of them (ordered maps compared the shared prefixes of the ids over and over; SipHash
+    // cost as much).
+    organisations: HashMap<HpiO, Option<Organisation>>,
+    endpoints: HashMap<EndpointId, Option<Endpoint>>,
+    messages: HashMap<MessageId, Option<MessageStatus>>,
+    client_ids: HashMap<(HpiO, String), Option<MessageId>>,
     /// Federation cursors: (kind, provider) → sequence.
-    cursors: BTreeMap<(u8, String), Option<u64>>,
+    cursors: HashMap<(u8, String), Option<u64>>,
 }
 
 impl Facts {
@@ -86,6 +90,16 @@ impl Facts {
         self.client_ids.insert((org, client_message_id), value);
     }
 
+    /// Forgets every fact and keeps the maps' memory (a view rebuild starts afresh at each
+    /// barrier of its fold).
+    pub fn clear(&mut self) {
+        self.organisations.clear();
+        self.endpoints.clear();
+        self.messages.clear();
+        self.client_ids.clear();
+        self.cursors.clear();
+    }
+
     pub fn knows_organisation(&self, id: &HpiO) -> bool {
         self.organisations.contains_key(id)
     }
@@ -105,34 +119,56 @@ impl Facts {
 
     /// Applies view changes so later decisions in the same batch see them.
     pub fn absorb(&mut self, changes: &[ViewChange]) {
-        for c in changes {
-            match c {
-                ViewChange::PutOrganisation(o) => {
-                    self.organisations
-                        .insert(o.spec.hpio.clone(), Some(o.clone()));
-                }
-                ViewChange::PutEndpoint(e) => {
-                    self.endpoints.insert(e.spec.id.clone(), Some(e.clone()));
-                }
-                ViewChange::PutMessage(m) => {
-                    self.messages.insert(m.message_id.clone(), Some(m.clone()));
-                }
-                ViewChange::PutIdempotency(org, cid, id) => {
-                    self.client_ids
-                        .insert((org.clone(), cid.clone()), Some(id.clone()));
-                }
-                ViewChange::Put(ViewCf::Peers, k, v) => {
-                    if let (Some((kind, provider)), Some(value)) =
-                        (k.split_first(), crate::federation::decode_cursor(v))
-                    {
-                        self.cursors.insert(
-                            (*kind, String::from_utf8_lossy(provider).into_owned()),
-                            Some(value),
-                        );
-                    }
-                }
-                ViewChange::PutIndex(_) | ViewChange::Put(..) | ViewChange::Delete(..) => {}
+        for c in changes.iter().filter(|c| Self::holds(c)) {
+            self.remember(c.clone());
+        }
+    }
+
+    /// [`Facts::absorb`] for changes no longer needed: their records move into the facts
+    /// instead of being copied (a rebuild absorbs every organisation and endpoint).
+    pub fn absorb_owned(&mut self, changes: Vec<ViewChange>) {
+        for c in changes.into_iter().filter(Self::holds) {
+            self.remember(c);
+        }
+    }
+
+    /// Whether a change is to a record the facts hold.
+    fn holds(c: &ViewChange) -> bool {
+        matches!(
+            c,
+            ViewChange::PutOrganisation(_)
+                | ViewChange::PutEndpoint(_)
+                | ViewChange::PutMessage(_)
+                | ViewChange::PutIdempotency(..)
+                | ViewChange::Put(ViewCf::Peers, ..)
+        )
+    }
+
+    fn remember(&mut self, c: ViewChange) {
+        match c {
+            ViewChange::PutOrganisation(o) => {
+                self.organisations.insert(o.spec.hpio.clone(), Some(o));
             }
+            ViewChange::PutEndpoint(e) => {
+                self.endpoints.insert(e.spec.id.clone(), Some(e));
+            }
+            ViewChange::PutMessage(m) => {
+                self.messages.insert(m.message_id.clone(), Some(m));
+            }
+            ViewChange::PutIdempotency(org, cid, id) => {
+                self.client_ids.insert((org, cid), Some(id));
+            }
+            ViewChange::Put(ViewCf::Peers, k, v) => {
+                if let (Some((kind, provider)), Some(value)) =
+                    (k.split_first(), crate::federation::decode_cursor(&v))
+                {
+                    self.cursors.insert(
+                        (*kind, String::from_utf8_lossy(provider).into_owned()),
+                        Some(value),
+                    );
+                }
+            }
+            ViewChange::PutIndex(_) | ViewChange::Put(..) | ViewChange::Delete(..) => {}
         }
     }
 }
@@ -221,10 +257,9 @@ pub enum ViewChange {
 /// The facts [`fold`] needs for an event.
 pub fn event_reads(event: &Event) -> Reads {
     match event {
-        Event::OrganisationRegistered(o) => Reads {
-            organisations: vec![o.hpio.clone()],
-            ..Reads::default()
-        },
+        // A registration writes its organisation afresh from the event alone (and the
+        // record then joins the facts for what follows), so its fold reads nothing.
+        Event::OrganisationRegistered(_) => Reads::default(),
         Event::EndpointPublished(e) => Reads {
             organisations: vec![e.id.org.clone()],
             ..Reads::default()

@@ -182,73 +182,112 @@ impl ViewSource for ScratchSource<'_> {
     }
 }
 
+/// Column family names a [`SortedWrites`] remembers by address (the fold uses fewer).
+const SORTED_WRITES_SEEN_NAMES_MAX: usize = 32;
+
 /// One chunk's writes to the scratch views, held until the chunk is folded and then
 /// handed to RocksDB sorted by column family and key. The memtable's skip list inserts a
 /// run of ascending keys starting from where the previous insert ended, which costs far
 /// less than the same keys in the fold's order (scattered over the whole key range: that
-/// search was a fifth of a 10M-event rebuild). The sort is stable, so writes to one key
-/// keep their order.
+/// search was a fifth of a 10M-event rebuild). Writes are kept apart by column family as
+/// they come, so only keys of one family are compared, and a family written in key order
+/// already (the directory log, by sequence) is sorted in one pass. The sort is stable, so
+/// writes to one key keep their order. The buffers go back and forth between the folding
+/// and the writing thread, so their memory is reused chunk after chunk.
 struct SortedWrites {
     /// The scratch database's view column families, in [`view_cfs`] order.
     names: Vec<&'static str>,
-    ops: Vec<SortedOp>,
+    /// Column family names met so far, by address and length, with their position.
+    seen: Vec<((usize, usize), usize)>,
+    /// The writes to each column family (indexed as `names`), in the fold's order until
+    /// sorted.
+    ops: Vec<Vec<SortedOp>>,
     /// Keys and values of `ops`, back to back.
     bytes: Vec<u8>,
 }
 
 struct SortedOp {
-    cf: usize,
+    /// The key's first eight bytes (zero-padded), big-endian: ordering by it orders the
+    /// keys where it differs, without reading them from `bytes`.
+    head: u64,
     key: std::ops::Range<usize>,
     /// `None` deletes the key.
     value: Option<std::ops::Range<usize>>,
 }
 
 impl SortedWrites {
-    /// Room for `ops` writes of `bytes` bytes in all (the previous chunk's sizes), so the
-    /// buffers are not copied as they grow.
-    fn with_capacity(ops: usize, bytes: usize) -> Self {
+    fn new() -> Self {
+        let names: Vec<&'static str> = view_cfs().collect();
         Self {
-            names: view_cfs().collect(),
-            ops: Vec::with_capacity(ops),
-            bytes: Vec::with_capacity(bytes),
+            ops: names.iter().map(|_| Vec::new()).collect(),
+            names,
+            seen: Vec::new(),
+            bytes: Vec::new(),
         }
     }
 
-    /// Writes and bytes held.
-    fn sizes(&self) -> (usize, usize) {
-        (self.ops.len(), self.bytes.len())
+    /// Forgets the writes and keeps the buffers' memory.
+    fn clear(&mut self) {
+        self.ops.iter_mut().for_each(Vec::clear);
+        self.bytes.clear();
     }
 
-    fn push(&mut self, cf: &str, key: &[u8], value: Option<&[u8]>) {
-        let Some(cf) = self.names.iter().position(|n| *n == cf) else {
+    /// The position of `cf` in `names`. The fold names column families by a handful of
+    /// constants, so the address of the name finds it in `seen` without comparing text.
+    fn cf_index(&mut self, cf: &str) -> usize {
+        let addr = (cf.as_ptr() as usize, cf.len());
+        if let Some(&(_, i)) = self.seen.iter().find(|(a, _)| *a == addr) {
+            return i;
+        }
+        let Some(i) = self.names.iter().position(|n| *n == cf) else {
             // The fold writes view column families only; this names the one it did not.
             unreachable!("the fold wrote to {cf}, which is not a view");
         };
+        if self.seen.len() < SORTED_WRITES_SEEN_NAMES_MAX {
+            self.seen.push((addr, i));
+        }
+        i
+    }
+
+    fn push(&mut self, cf: &str, key: &[u8], value: Option<&[u8]>) {
+        let cf = self.cf_index(cf);
         let mut stash = |b: &[u8]| {
             let start = self.bytes.len();
             self.bytes.extend_from_slice(b);
             start..self.bytes.len()
         };
+        let mut head = [0u8; 8];
+        let n = key.len().min(8);
+        head[..n].copy_from_slice(&key[..n]);
+        let head = u64::from_be_bytes(head);
         let key = stash(key);
         let value = value.map(stash);
-        self.ops.push(SortedOp { cf, key, value });
+        self.ops[cf].push(SortedOp { head, key, value });
     }
 
-    /// The writes as one batch, sorted by column family and key (a stable sort: writes to
-    /// one key keep their order).
-    fn into_batch(mut self, db: &DB) -> WriteBatch {
+    /// Sorts the writes and returns them as one batch, by column family and key (a stable
+    /// sort: writes to one key keep their order).
+    fn batch(&mut self, db: &DB) -> WriteBatch {
         let bytes = &self.bytes;
-        self.ops.sort_by(|a, b| {
-            a.cf.cmp(&b.cf)
-                .then_with(|| bytes[a.key.clone()].cmp(&bytes[b.key.clone()]))
-        });
-        let handles: Vec<_> = self.names.iter().map(|n| rocks::cf(db, n)).collect();
-        let mut wb = WriteBatch::default();
-        for op in &self.ops {
-            let (cf, key) = (handles[op.cf], &bytes[op.key.clone()]);
-            match &op.value {
-                Some(v) => wb.put_cf(cf, key, &bytes[v.clone()]),
-                None => wb.delete_cf(cf, key),
+        let count: usize = self.ops.iter().map(Vec::len).sum();
+        // Each write adds a tag, a column family id and two lengths to its key and value.
+        let mut wb = WriteBatch::with_capacity_bytes(bytes.len() + count * 16);
+        for (name, ops) in self.names.iter().zip(&mut self.ops) {
+            if ops.is_empty() {
+                continue;
+            }
+            ops.sort_by(|a, b| {
+                a.head
+                    .cmp(&b.head)
+                    .then_with(|| bytes[a.key.clone()].cmp(&bytes[b.key.clone()]))
+            });
+            let cf = rocks::cf(db, name);
+            for op in ops.iter() {
+                let key = &bytes[op.key.clone()];
+                match &op.value {
+                    Some(v) => wb.put_cf(cf, key, &bytes[v.clone()]),
+                    None => wb.delete_cf(cf, key),
+                }
             }
         }
         wb
@@ -278,7 +317,7 @@ fn fold_into(
         load_facts(&ScratchSource(scratch), facts, &event_reads(&rec.event))?;
         let changes = fold(&rec.event, rec.seq, rec.ts_ms, facts);
         write_view_changes(writes, &changes);
-        facts.absorb(&changes);
+        facts.absorb_owned(changes);
     }
     Ok(())
 }
@@ -435,16 +474,18 @@ impl StateView {
             // from the scratch database otherwise; at each barrier every batch has been
             // written and `facts` starts afresh, which bounds its memory.
             // (The writer also sorts each chunk's writes, off the folding thread.)
+            // Each acknowledgement brings the written buffers back for the next chunk.
             let (wb_tx, wb_rx) = std::sync::mpsc::sync_channel::<SortedWrites>(1);
-            let (ack_tx, ack_rx) = std::sync::mpsc::channel::<Result<()>>();
+            let (ack_tx, ack_rx) = std::sync::mpsc::channel::<Result<SortedWrites>>();
             let writer_scratch = &scratch;
             std::thread::Builder::new()
                 .name("rebuild-write".into())
                 .spawn_scoped(s, move || {
-                    for writes in wb_rx {
-                        let r = writer_scratch.write(writes.into_batch(writer_scratch.db()));
+                    for mut writes in wb_rx {
+                        let r = writer_scratch.write(writes.batch(writer_scratch.db()));
+                        writes.clear();
                         let failed = r.is_err();
-                        if ack_tx.send(r).is_err() || failed {
+                        if ack_tx.send(r.map(|()| writes)).is_err() || failed {
                             return;
                         }
                     }
@@ -453,25 +494,26 @@ impl StateView {
             let writer_gone = || Error::Stopped("the rebuild's writer".into());
             let mut facts = Facts::default();
             let (mut outstanding, mut since_barrier) = (0usize, 0usize);
-            let mut last_sizes = (0usize, 0usize);
+            // Buffers written and given back, ready for the next chunk (at most two exist:
+            // one being written, one being filled).
+            let mut spare: Vec<SortedWrites> = Vec::new();
             for chunk in rx {
                 let chunk = chunk?;
                 if since_barrier == REBUILD_CHUNKS_PER_BARRIER {
                     while outstanding > 0 {
-                        ack_rx.recv().map_err(|_| writer_gone())??;
+                        spare.push(ack_rx.recv().map_err(|_| writer_gone())??);
                         outstanding -= 1;
                     }
-                    facts = Facts::default();
+                    facts.clear();
                     since_barrier = 0;
                 }
-                let mut writes = SortedWrites::with_capacity(last_sizes.0, last_sizes.1);
+                let mut writes = spare.pop().unwrap_or_else(SortedWrites::new);
                 fold_into(&scratch, &mut facts, &chunk, &mut writes)?;
-                last_sizes = writes.sizes();
                 wb_tx.send(writes).map_err(|_| writer_gone())?;
                 outstanding += 1;
                 since_barrier += 1;
                 while let Ok(r) = ack_rx.try_recv() {
-                    r?;
+                    spare.push(r?);
                     outstanding -= 1;
                 }
                 events += chunk.len() as u64;
@@ -623,9 +665,9 @@ impl StateView {
             let Some(last) = chunk.last().map(|r| r.seq) else {
                 break;
             };
-            let mut writes = SortedWrites::with_capacity(0, 0);
+            let mut writes = SortedWrites::new();
             fold_into(scratch, &mut Facts::default(), &chunk, &mut writes)?;
-            scratch.write(writes.into_batch(scratch.db()))?;
+            scratch.write(writes.batch(scratch.db()))?;
             seq = last + 1;
         }
         let mut repaired = 0u64;
@@ -685,7 +727,7 @@ mod tests {
     fn sorted_writes_keep_the_last_write_of_each_key() {
         let tmp = tempfile::tempdir().expect("tmp");
         let scratch = Scratch::create(tmp.path()).expect("scratch");
-        let mut w = SortedWrites::with_capacity(0, 0);
+        let mut w = SortedWrites::new();
         w.put("orgs", b"k-b", b"first");
         w.put("dir_index", b"z", b"");
         w.put("orgs", b"k-a", b"1");
@@ -695,7 +737,7 @@ mod tests {
         w.delete("orgs", b"k-c");
         w.put("orgs", b"k-c", b"4");
         w.delete("dir_index", b"z");
-        scratch.write(w.into_batch(scratch.db())).expect("write");
+        scratch.write(w.batch(scratch.db())).expect("write");
         let db = scratch.db();
         let get = |cf: &str, k: &[u8]| db.get_cf(rocks::cf(db, cf), k).expect("get");
         assert_eq!(get("orgs", b"k-a").as_deref(), Some(&b"2"[..]));

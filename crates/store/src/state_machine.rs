@@ -556,7 +556,7 @@ pub(crate) fn load_facts(src: &impl ViewSource, facts: &mut Facts, reads: &Reads
     }
     for e in &reads.endpoints {
         if !facts.knows_endpoint(e) {
-            let v: Option<Endpoint> = src.get(CF_ENDPOINTS, e.to_string().as_bytes())?;
+            let v: Option<Endpoint> = src.get(CF_ENDPOINTS, e.text().as_bytes())?;
             facts.load_endpoint(e.clone(), v);
         }
     }
@@ -594,11 +594,9 @@ pub(crate) fn write_view_changes(sink: &mut impl ViewSink, changes: &[ViewChange
                     &codec::encode(&o.spec.keys),
                 );
             }
-            ViewChange::PutEndpoint(e) => sink.put(
-                CF_ENDPOINTS,
-                e.spec.id.to_string().as_bytes(),
-                &codec::encode(e),
-            ),
+            ViewChange::PutEndpoint(e) => {
+                sink.put(CF_ENDPOINTS, e.spec.id.text().as_bytes(), &codec::encode(e))
+            }
             ViewChange::PutIndex(k) => sink.put(CF_INDEX, k, &[]),
             ViewChange::PutMessage(m) => sink.put(
                 CF_MESSAGES,
@@ -659,7 +657,7 @@ fn apply_batch(
                         codec::encode(&rec),
                     );
                     write_view_changes(&mut BatchSink { db: &live.db, wb }, &changes);
-                    facts.absorb(&changes);
+                    facts.absorb_owned(changes);
                     crate::merkle::append(live, wb, tree, &rec.hash);
                     if let Event::PayloadsDropped {
                         before_ts_ms,
