@@ -516,6 +516,27 @@ pub struct EventRecord {
 }
 
 impl EventRecord {
+    /// Decodes a stored record (the bytes of [`crate::codec::encode`] of a record): the
+    /// same result as [`crate::codec::decode`], and an error of the same kind for the same
+    /// fault, with the record's own fields read directly. Its two hashes are byte arrays, which
+    /// bincode's serde path decodes a byte at a time: about half the decoding time of a
+    /// view rebuild's reader.
+    pub fn decode_stored(bytes: &[u8]) -> Result<Self, crate::codec::CodecError> {
+        // The fields in their declared order: that is the order they are encoded in.
+        let mut f = crate::codec::Fields::new(crate::codec::body(bytes)?);
+        let rec = Self {
+            seq: f.u64("sequence number")?,
+            ts_ms: f.u64("timestamp")?,
+            log_index: f.u64("log index")?,
+            actor: f.string("actor")?,
+            prev_hash: f.array("previous hash")?,
+            event: f.value()?,
+            hash: f.array("hash")?,
+        };
+        f.finish()?;
+        Ok(rec)
+    }
+
     /// Builds the next record of the chain and computes its hash.
     pub fn chain(
         seq: u64,
@@ -668,6 +689,62 @@ mod tests {
                 r
             })
             .collect()
+    }
+
+    /// The direct decoding of a stored record reads exactly what the serde path reads,
+    /// and refuses what it refuses: every truncation, a trailing byte, a wrong version,
+    /// an actor that is not UTF-8.
+    #[test]
+    fn a_stored_record_decodes_directly_as_through_serde() {
+        let mut recs = chain_of(3);
+        recs[1].actor = "cn=node 2, o=sealpost — ü".into();
+        recs[2].actor = String::new();
+        recs.push(EventRecord::chain(
+            u64::MAX,
+            u64::MAX,
+            0,
+            "x".repeat(300),
+            [0xff; HASH_BYTES],
+            Event::AuditRead {
+                query: "q".into(),
+                from_seq: 1,
+                to_seq: 2,
+            },
+        ));
+        for rec in &recs {
+            let bytes = crate::codec::encode(rec);
+            assert_eq!(EventRecord::decode_stored(&bytes).as_ref(), Ok(rec));
+            for cut in 0..bytes.len() {
+                let short = &bytes[..cut];
+                assert!(
+                    EventRecord::decode_stored(short).is_err(),
+                    "{cut} of {} bytes decoded",
+                    bytes.len()
+                );
+                assert!(crate::codec::decode::<EventRecord>(short).is_err());
+            }
+            let mut long = bytes.clone();
+            long.push(0);
+            assert_eq!(
+                EventRecord::decode_stored(&long),
+                Err(crate::codec::CodecError::Trailing(1))
+            );
+            let mut newer = bytes.clone();
+            newer[0] = crate::codec::RECORD_VERSION_CURRENT + 1;
+            assert!(matches!(
+                EventRecord::decode_stored(&newer),
+                Err(crate::codec::CodecError::UnknownVersion { .. })
+            ));
+        }
+        // The actor's bytes start after the version byte and three u64 fields, and after
+        // its own u64 length.
+        let mut bad = crate::codec::encode(&recs[0]);
+        bad[1 + 24 + 8] = 0xff;
+        assert!(matches!(
+            EventRecord::decode_stored(&bad),
+            Err(crate::codec::CodecError::Malformed(_))
+        ));
+        assert!(crate::codec::decode::<EventRecord>(&bad).is_err());
     }
 
     #[test]

@@ -59,7 +59,7 @@ impl SmDb {
         let cf = rocks::cf(&self.db, CF_EVENTS);
         for item in self.db.iterator_cf(cf, IteratorMode::Start) {
             let (_, bytes) = item.map_err(rocks_err(&self.path))?;
-            let rec: EventRecord = codec::decode(&bytes).map_err(|e| Error::Corrupt {
+            let rec = EventRecord::decode_stored(&bytes).map_err(|e| Error::Corrupt {
                 path: self.path.clone(),
                 detail: format!("an event does not decode while building the Merkle tree: {e}"),
             })?;

@@ -338,7 +338,7 @@ fn scan_options(snap: Option<&rocksdb::SnapshotWithThreadMode<'_, DB>>) -> rocks
 }
 
 fn decode(k: &[u8], v: &[u8]) -> Result<EventRecord> {
-    codec::decode(v).map_err(|e| Error::Codec {
+    EventRecord::decode_stored(v).map_err(|e| Error::Codec {
         what: format!("event {}", hex::encode(k)),
         source: e,
     })

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, sync_channel};
 
 use rocksdb::{Direction, IteratorMode};
-use sealpost_core::codec;
 use sealpost_core::event::EventRecord;
 
 use crate::error::{Error, Result};
@@ -117,7 +116,7 @@ impl StateView {
                         let mut items = Vec::with_capacity(page.len());
                         let mut failed = None;
                         for (k, v) in page {
-                            match codec::decode::<EventRecord>(&v) {
+                            match EventRecord::decode_stored(&v) {
                                 Ok(rec) => items.extend(map(&mut state, rec)),
                                 Err(e) => {
                                     failed = Some(Error::Codec {

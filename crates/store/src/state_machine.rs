@@ -474,7 +474,7 @@ fn drop_payloads(
         if seq > through {
             break;
         }
-        let mut rec: EventRecord = codec::decode(&bytes).map_err(|e| Error::Codec {
+        let mut rec = EventRecord::decode_stored(&bytes).map_err(|e| Error::Codec {
             what: format!("event {seq}"),
             source: e,
         })?;
@@ -929,7 +929,7 @@ impl StateView {
             GENESIS_HASH
         } else {
             let raw = read(CF_EVENTS, &(from - 1).to_be_bytes())?;
-            match raw.map(|v| codec::decode::<EventRecord>(&v)) {
+            match raw.map(|v| EventRecord::decode_stored(&v)) {
                 Some(Ok(rec)) => rec.hash,
                 Some(Err(e)) => {
                     return Ok(Err(ChainError::Undecodable {
@@ -956,7 +956,7 @@ impl StateView {
             if seq > to {
                 break;
             }
-            let rec: EventRecord = match codec::decode(&bytes) {
+            let rec = match EventRecord::decode_stored(&bytes) {
                 Ok(r) => r,
                 Err(e) => {
                     return Ok(Err(ChainError::Undecodable {
