@@ -1,12 +1,14 @@
 //! Fuzz target `event_decode`: arbitrary bytes through `sealpost_core::codec::decode` as
 //! each record type the replicated log and the event store hold: `EventRecord` (the hash
 //! chain), `Batch` (a Raft entry's proposals) and `BatchOutcome` (the state machine's
-//! answer). Beyond "no panic" it checks that whatever decodes re-encodes to exactly the
-//! input bytes (the codec has one encoding per value, so a stored record can be read and
-//! written back unchanged), decodes again to the same value, and that `encoded_len`
-//! agrees; for records, that the canonical (hashed) bytes are a function of the value
-//! alone and that a recomputed hash is what `EventRecord::chain` would have stored; for
-//! batches, that the stateless validation and the read sets of every command run.
+//! answer), and through `EventRecord::decode_stored` (the direct decoding every store
+//! reader uses), which must agree with the serde path on every input. Beyond "no panic" it
+//! checks that whatever decodes re-encodes to exactly the input bytes (the codec has one
+//! encoding per value, so a stored record can be read and written back unchanged), decodes
+//! again to the same value, and that `encoded_len` agrees; for records, that the canonical
+//! (hashed) bytes are a function of the value alone and that a recomputed hash is what
+//! `EventRecord::chain` would have stored; for batches, that the stateless validation and
+//! the read sets of every command run.
 
 #![no_main]
 
@@ -66,9 +68,13 @@ fn check_batch(batch: &Batch) {
 }
 
 fuzz_target!(|data: &[u8]| {
+    let direct = EventRecord::decode_stored(data);
     if let Ok(rec) = codec::decode::<EventRecord>(data) {
+        assert_eq!(direct.as_ref(), Ok(&rec), "the direct decoding differs");
         round_trip(&rec, data);
         check_record(&rec);
+    } else {
+        assert!(direct.is_err(), "only the direct decoding accepted the bytes");
     }
     if let Ok(batch) = codec::decode::<Batch>(data) {
         round_trip(&batch, data);
