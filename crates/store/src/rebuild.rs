@@ -207,9 +207,6 @@ struct SortedWrites {
 }
 
 struct SortedOp {
-    /// The key's first eight bytes (zero-padded), big-endian: ordering by it orders the
-    /// keys where it differs, without reading them from `bytes`.
-    head: u64,
     key: std::ops::Range<usize>,
     /// `None` deletes the key.
     value: Option<std::ops::Range<usize>>,
@@ -256,13 +253,9 @@ impl SortedWrites {
             self.bytes.extend_from_slice(b);
             start..self.bytes.len()
         };
-        let mut head = [0u8; 8];
-        let n = key.len().min(8);
-        head[..n].copy_from_slice(&key[..n]);
-        let head = u64::from_be_bytes(head);
         let key = stash(key);
         let value = value.map(stash);
-        self.ops[cf].push(SortedOp { head, key, value });
+        self.ops[cf].push(SortedOp { key, value });
     }
 
     /// Sorts the writes and returns them as one batch, by column family and key (a stable
@@ -276,11 +269,7 @@ impl SortedWrites {
             if ops.is_empty() {
                 continue;
             }
-            ops.sort_by(|a, b| {
-                a.head
-                    .cmp(&b.head)
-                    .then_with(|| bytes[a.key.clone()].cmp(&bytes[b.key.clone()]))
-            });
+            ops.sort_by(|a, b| bytes[a.key.clone()].cmp(&bytes[b.key.clone()]));
             let cf = rocks::cf(db, name);
             for op in ops.iter() {
                 let key = &bytes[op.key.clone()];
@@ -494,8 +483,8 @@ impl StateView {
             let writer_gone = || Error::Stopped("the rebuild's writer".into());
             let mut facts = Facts::default();
             let (mut outstanding, mut since_barrier) = (0usize, 0usize);
-            // Buffers written and given back, ready for the next chunk (at most two exist:
-            // one being written, one being filled).
+            // Buffers written and given back, ready for the next chunk (at most three
+            // exist: one being written, one queued for the writer, one being filled).
             let mut spare: Vec<SortedWrites> = Vec::new();
             for chunk in rx {
                 let chunk = chunk?;

@@ -154,7 +154,7 @@ pub(crate) fn search(live: &SmDb, q: &SearchQuery) -> Result<Vec<SearchHit>> {
         if !seen.insert(id.clone()) {
             continue;
         }
-        let Some(endpoint) = live.get::<Endpoint>(CF_ENDPOINTS, id.to_string().as_bytes())? else {
+        let Some(endpoint) = live.get::<Endpoint>(CF_ENDPOINTS, id.text().as_bytes())? else {
             continue;
         };
         let Some(organisation) = live.get::<Organisation>(CF_ORGS, id.org.as_str().as_bytes())?

@@ -848,9 +848,7 @@ impl StateView {
     }
 
     pub fn endpoint(&self, id: &EndpointId) -> Result<Option<Endpoint>> {
-        self.shared
-            .live()
-            .get(CF_ENDPOINTS, id.to_string().as_bytes())
+        self.shared.live().get(CF_ENDPOINTS, id.text().as_bytes())
     }
 
     pub fn search(&self, q: &SearchQuery) -> Result<Vec<SearchHit>> {
