@@ -115,7 +115,16 @@ async fn send_route_fetch_ack_track() {
     let seqs: Vec<u64> = t.timeline.iter().map(|e| e.seq).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
     assert!(t.timeline[0].actor.ends_with(&format!("@node-{follower}")));
-    assert!(t.timeline[1].actor.starts_with("delivery@node-"));
+    // The node that took the send opened it for the recipient at once: its verdict
+    // committed in the same log entry as the send.
+    assert_eq!(t.timeline[1].actor, format!("delivery@node-{follower}"));
+    assert!(
+        t.timeline[..3]
+            .iter()
+            .all(|e| e.log_index == t.timeline[0].log_index),
+        "{:?}",
+        t.timeline
+    );
 
     // The acknowledged message leaves the inbox; the outbox shows its outcome.
     let inbox = lab

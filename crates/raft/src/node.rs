@@ -550,6 +550,15 @@ impl RaftNode {
         self.proposer.propose(proposal).await
     }
 
+    /// Commits `proposals` together, in one Raft entry and in this order: one result per
+    /// proposal (see [`crate::proposer::ProposerHandle::propose_group`]).
+    pub async fn propose_group(
+        &self,
+        proposals: Vec<Proposal>,
+    ) -> Result<Vec<Result<Committed, ProposeError>>, ProposeError> {
+        self.proposer.propose_group(proposals).await
+    }
+
     /// Proposes ahead of queued client proposals: for the node's own workers, whose
     /// proposals complete earlier writes. Forwarded like any proposal when not leader.
     pub async fn propose_urgent(&self, proposal: Proposal) -> Result<Committed, ProposeError> {

@@ -4,6 +4,10 @@
 //! first and only then drains the queue, so while earlier batches are being committed new
 //! proposals pile up and leave together: under load a batch is as large as the load, with
 //! no added wait. Each batch is capped in count and bytes; a full queue refuses at once.
+//!
+//! A *group* of proposals ([`ProposerHandle::propose_group`]) is never split: its proposals
+//! go into one batch, so one Raft entry, in their order. A send with its delivery verdict
+//! is one such group, and so is a batch a follower forwards.
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -41,12 +45,16 @@ pub enum ProposeError {
     TooLarge { size: usize, limit: usize },
     #[error("this node is shutting down")]
     ShuttingDown,
+    /// Appended last: the variants' order is part of the forwarding protocol.
+    #[error("a group of {count} proposals is more than the batch limit of {limit} proposals")]
+    GroupTooLarge { count: usize, limit: usize },
 }
 
+/// One queued group: one or more proposals that share a batch, and where their results go.
 pub(crate) struct Pending {
-    pub(crate) proposal: Proposal,
+    pub(crate) proposals: Vec<Proposal>,
     bytes: usize,
-    reply: oneshot::Sender<Result<Committed, ProposeError>>,
+    reply: oneshot::Sender<Vec<Result<Committed, ProposeError>>>,
 }
 
 /// What the proposer measures (the metrics listener exports it). Cheap to clone: clones
@@ -83,6 +91,7 @@ pub struct ProposerHandle {
     /// which completes earlier writes (routing what was sent) is never starved by new ones.
     urgent_tx: mpsc::Sender<Pending>,
     batch_bytes_max: usize,
+    batch_proposals_max: usize,
     queue_max: usize,
     metrics: BatchMetrics,
 }
@@ -94,20 +103,49 @@ impl ProposerHandle {
     }
 
     pub async fn propose(&self, proposal: Proposal) -> Result<Committed, ProposeError> {
-        self.enqueue(&self.tx, proposal).await
+        Self::single(self.enqueue(&self.tx, vec![proposal]).await)
     }
 
     /// Like [`Self::propose`], ahead of every queued client proposal.
     pub async fn propose_urgent(&self, proposal: Proposal) -> Result<Committed, ProposeError> {
-        self.enqueue(&self.urgent_tx, proposal).await
+        Self::single(self.enqueue(&self.urgent_tx, vec![proposal]).await)
+    }
+
+    /// Proposes `proposals` as one group: all in the same batch (one Raft entry), in this
+    /// order. One result per proposal; an error before the batch (a full queue, a group
+    /// over the limits) is every proposal's.
+    pub async fn propose_group(
+        &self,
+        proposals: Vec<Proposal>,
+    ) -> Result<Vec<Result<Committed, ProposeError>>, ProposeError> {
+        self.enqueue(&self.tx, proposals).await
+    }
+
+    fn single(
+        results: Result<Vec<Result<Committed, ProposeError>>, ProposeError>,
+    ) -> Result<Committed, ProposeError> {
+        results?.into_iter().next().unwrap_or_else(|| {
+            Err(ProposeError::Unknown(
+                "the batch answered no result for the proposal".into(),
+            ))
+        })
     }
 
     async fn enqueue(
         &self,
         tx: &mpsc::Sender<Pending>,
-        proposal: Proposal,
-    ) -> Result<Committed, ProposeError> {
-        let bytes = codec::encoded_len(&proposal);
+        proposals: Vec<Proposal>,
+    ) -> Result<Vec<Result<Committed, ProposeError>>, ProposeError> {
+        if proposals.is_empty() {
+            return Ok(Vec::new());
+        }
+        if proposals.len() > self.batch_proposals_max {
+            return Err(ProposeError::GroupTooLarge {
+                count: proposals.len(),
+                limit: self.batch_proposals_max,
+            });
+        }
+        let bytes = proposals.iter().map(codec::encoded_len).sum();
         if bytes > self.batch_bytes_max {
             return Err(ProposeError::TooLarge {
                 size: bytes,
@@ -116,7 +154,7 @@ impl ProposerHandle {
         }
         let (reply, rx) = oneshot::channel();
         tx.try_send(Pending {
-            proposal,
+            proposals,
             bytes,
             reply,
         })
@@ -127,7 +165,7 @@ impl ProposerHandle {
             }
             mpsc::error::TrySendError::Closed(_) => ProposeError::ShuttingDown,
         })?;
-        rx.await.map_err(|_| ProposeError::ShuttingDown)?
+        rx.await.map_err(|_| ProposeError::ShuttingDown)
     }
 }
 
@@ -156,6 +194,7 @@ pub(crate) fn start<S: Submit>(opts: &RaftOptions, submit: Arc<S>) -> ProposerHa
         tx,
         urgent_tx,
         batch_bytes_max: opts.batch_bytes_max,
+        batch_proposals_max: opts.batch_proposals_max,
         queue_max: opts.proposal_queue_max,
         metrics: metrics.clone(),
     };
@@ -199,31 +238,35 @@ async fn run<S: Submit>(
                 }
             }
         };
-        let mut bytes = first.bytes;
+        let (mut bytes, mut count) = (first.bytes, first.proposals.len());
         let mut batch = vec![first];
-        let fits = |batch: &Vec<Pending>, bytes: usize, p: &Pending| {
-            batch.len() < opts.batch_proposals_max && bytes + p.bytes <= opts.batch_bytes_max
+        // A group is whole in one batch: it fits, or it starts the next one.
+        let fits = |count: usize, bytes: usize, p: &Pending| {
+            count + p.proposals.len() <= opts.batch_proposals_max
+                && bytes + p.bytes <= opts.batch_bytes_max
         };
         while let Ok(p) = urgent_rx.try_recv().or_else(|_| rx.try_recv()) {
-            if !fits(&batch, bytes, &p) {
+            if !fits(count, bytes, &p) {
                 next = Some(p);
                 break;
             }
             bytes += p.bytes;
+            count += p.proposals.len();
             batch.push(p);
         }
         if next.is_none() && !wait.is_zero() {
             let deadline = tokio::time::Instant::now() + wait;
             while let Ok(Some(p)) = tokio::time::timeout_at(deadline, rx.recv()).await {
-                if !fits(&batch, bytes, &p) {
+                if !fits(count, bytes, &p) {
                     next = Some(p);
                     break;
                 }
                 bytes += p.bytes;
+                count += p.proposals.len();
                 batch.push(p);
             }
         }
-        metrics.proposals.observe(batch.len() as f64);
+        metrics.proposals.observe(count as f64);
         metrics.bytes.observe(bytes as f64);
         let submit = submit.clone();
         let commit_seconds = metrics.commit_seconds.clone();
@@ -237,13 +280,18 @@ async fn run<S: Submit>(
 }
 
 async fn commit<S: Submit>(submit: &S, batch: Vec<Pending>) {
-    let (proposals, replies): (Vec<Proposal>, Vec<_>) =
-        batch.into_iter().map(|p| (p.proposal, p.reply)).unzip();
-    let n = proposals.len();
+    let n: usize = batch.iter().map(|p| p.proposals.len()).sum();
+    let mut proposals = Vec::with_capacity(n);
+    let mut replies = Vec::with_capacity(batch.len());
+    for p in batch {
+        replies.push((p.proposals.len(), p.reply));
+        proposals.extend(p.proposals);
+    }
     match submit.submit(proposals).await {
         Ok(results) if results.len() == n => {
-            for (reply, result) in replies.into_iter().zip(results) {
-                let _ = reply.send(result);
+            let mut results = results.into_iter();
+            for (len, reply) in replies {
+                let _ = reply.send(results.by_ref().take(len).collect());
             }
         }
         Ok(results) => {
@@ -252,13 +300,13 @@ async fn commit<S: Submit>(submit: &S, batch: Vec<Pending>) {
                 results.len()
             ));
             tracing::error!(error = %e, "batch result mismatch");
-            for reply in replies {
-                let _ = reply.send(Err(e.clone()));
+            for (len, reply) in replies {
+                let _ = reply.send(vec![Err(e.clone()); len]);
             }
         }
         Err(e) => {
-            for reply in replies {
-                let _ = reply.send(Err(e.clone()));
+            for (len, reply) in replies {
+                let _ = reply.send(vec![Err(e.clone()); len]);
             }
         }
     }
@@ -338,6 +386,24 @@ mod tests {
         waits
     }
 
+    /// Waits (at most five seconds) until the first batch is submitted and held.
+    async fn first_batch_submitted(rec: &Recorder) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while rec.batches.lock().expect("lock").is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "no batch submitted");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Lets what was queued settle, then releases up to ten held commits in turn.
+    async fn release_held_batches(rec: &Recorder) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        for _ in 0..10 {
+            rec.gate.notify_one();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// A follower forwards up to `forwards_in_flight_max` batches at once (the leader
     /// batches them again); a leader keeps to `proposals_in_flight_max` log entries.
     #[tokio::test]
@@ -377,6 +443,67 @@ mod tests {
         }
     }
 
+    /// A group goes into one batch whole, in its order, even where the proposals queued
+    /// before it leave too little room in the batch being built: it starts the next one.
+    #[tokio::test]
+    async fn a_group_is_never_split_across_batches() {
+        let opts = RaftOptions {
+            proposals_in_flight_max: 1,
+            batch_proposals_max: 3,
+            ..RaftOptions::default()
+        };
+        let rec = Arc::new(Recorder::default());
+        let handle = start(&opts, rec.clone());
+        // Hold the pipeline with a first batch, then queue two singles and a group of two.
+        let mut waits = propose_many(&handle, 1).await;
+        first_batch_submitted(&rec).await;
+        for i in 1..3 {
+            let h = handle.clone();
+            waits.push(tokio::spawn(async move {
+                h.propose(proposal(&format!("client-{i}"))).await
+            }));
+            tokio::task::yield_now().await;
+        }
+        let h = handle.clone();
+        let group = tokio::spawn(async move {
+            h.propose_group(vec![proposal("send"), proposal("verdict")])
+                .await
+        });
+        release_held_batches(&rec).await;
+        for w in waits {
+            w.await.expect("task").expect("committed");
+        }
+        let results = group.await.expect("task").expect("queued");
+        assert_eq!(results.len(), 2);
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        let batches = rec.batches.lock().expect("lock").clone();
+        assert_eq!(
+            batches,
+            vec![
+                vec!["client-0".to_string()],
+                vec!["client-1".to_string(), "client-2".to_string()],
+                vec!["send".to_string(), "verdict".to_string()],
+            ]
+        );
+    }
+
+    /// A group larger than a batch is refused before anything is queued.
+    #[tokio::test]
+    async fn a_group_larger_than_a_batch_is_refused() {
+        let opts = RaftOptions {
+            batch_proposals_max: 2,
+            ..RaftOptions::default()
+        };
+        let rec = Arc::new(Recorder::default());
+        let handle = start(&opts, rec.clone());
+        let e = handle
+            .propose_group(vec![proposal("a"), proposal("b"), proposal("c")])
+            .await
+            .expect_err("too many for one batch");
+        assert_eq!(e, ProposeError::GroupTooLarge { count: 3, limit: 2 });
+        assert!(rec.batches.lock().expect("lock").is_empty());
+    }
+
     /// With the pipeline full of client batches, a worker's urgent proposal goes into the
     /// next batch ahead of every client proposal queued before it.
     #[tokio::test]
@@ -390,20 +517,12 @@ mod tests {
         let handle = start(&opts, rec.clone());
         let mut waits = propose_many(&handle, 5).await;
         // The first batch is in flight; the rest of the clients wait in the queue.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while rec.batches.lock().expect("lock").is_empty() {
-            assert!(tokio::time::Instant::now() < deadline, "no batch submitted");
-            tokio::task::yield_now().await;
-        }
+        first_batch_submitted(&rec).await;
         let h = handle.clone();
         waits.push(tokio::spawn(async move {
             h.propose_urgent(proposal("worker")).await
         }));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        for _ in 0..10 {
-            rec.gate.notify_one();
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        release_held_batches(&rec).await;
         for w in waits {
             w.await.expect("task").expect("committed");
         }

@@ -216,11 +216,14 @@ impl RaftRpc for RaftService {
         }
         let reply = if self.core.raft.metrics().borrow().current_leader == Some(self.core.id) {
             // Through the proposer, so batches forwarded by every follower coalesce with
-            // the leader's own into as few entries as possible.
-            let proposer = &self.proposer;
-            ForwardReply::Done(
-                futures::future::join_all(proposals.into_iter().map(|p| proposer.propose(p))).await,
-            )
+            // the leader's own into as few entries as possible. A forwarded batch stays
+            // whole, as one group: the groups in it (a send with its delivery verdict)
+            // stay whole too.
+            let n = proposals.len();
+            ForwardReply::Done(match self.proposer.propose_group(proposals).await {
+                Ok(results) => results,
+                Err(e) => vec![Err(e); n],
+            })
         } else {
             ForwardReply::NotLeader
         };

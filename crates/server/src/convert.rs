@@ -31,9 +31,9 @@ pub fn rejection(r: Rejection) -> Status {
 
 pub fn propose_error(e: ProposeError) -> Status {
     match e {
-        ProposeError::Overloaded(_) | ProposeError::TooLarge { .. } => {
-            Status::resource_exhausted(e.to_string())
-        }
+        ProposeError::Overloaded(_)
+        | ProposeError::TooLarge { .. }
+        | ProposeError::GroupTooLarge { .. } => Status::resource_exhausted(e.to_string()),
         _ => Status::unavailable(e.to_string()),
     }
 }

@@ -1,8 +1,14 @@
 //! The delivery and deadline worker. It runs on every node and acts only while its node
-//! leads: it opens each recipient's copy of a newly sent message with the receiving
-//! organisation's key, verifies the sender's signature and the digest, and proposes the
-//! verdict (`Decrypted` + `Routed`, or `Failed` with the reason); and it proposes `Expire`
-//! for every deadline found due.
+//! leads: it opens each recipient's copy of a message still waiting for delivery with the
+//! receiving organisation's key, verifies the sender's signature and the digest, and
+//! proposes the verdict (`Decrypted` + `Routed`, or `Failed` with the reason); and it
+//! proposes `Expire` for every deadline found due.
+//!
+//! Most messages never wait: the node that takes a send opens it for the recipients this
+//! provider hosts and commits those verdicts with the send (see `messaging.rs`). The worker
+//! delivers the rest: messages received from peer providers, re-driven recipients, and
+//! sends whose verdict could not be reached there (delivery paused, a local fault, keys
+//! that did not unwrap, a verdict the state machine refused).
 //!
 //! It keeps no queue of its own: the delivery queue and the deadline index are views of
 //! the log, so a restart or a new leader simply scans them again. Otherwise it reads the
@@ -40,6 +46,11 @@ pub const DEADLINE_SCAN_ITEMS_MAX: usize = 1024;
 
 type Key = (MessageId, EndpointId);
 
+/// The actor of the delivery verdicts a node proposes.
+pub fn actor(node: sealpost_store::types::NodeId) -> String {
+    format!("delivery@node-{node}")
+}
+
 struct Worker {
     node: RaftNode,
     keystore: Keystore,
@@ -70,7 +81,7 @@ pub fn spawn(
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     let w = Arc::new(Worker {
-        actor: format!("delivery@node-{}", node.id()),
+        actor: actor(node.id()),
         permits: Arc::new(Semaphore::new(opts.deliveries_in_flight_max)),
         node,
         keystore,
@@ -189,6 +200,12 @@ impl Worker {
 
     async fn deliver_pass(self: &Arc<Self>) {
         let view = self.node.view();
+        // Every queue entry is keyed by the sequence of the event that queued it, so an
+        // entry below the applied tip read now that the scan does not find was queued
+        // and left again: the next pass can start at that tip. Most messages get here
+        // routed already (their verdict committed with their send), and their entries
+        // leave deletion markers that every scan from an older position would walk.
+        let tip = view.applied_next_seq();
         let from = self.scanned_to.load(Ordering::SeqCst);
         let queue = match view.delivery_queue(from, DELIVERY_SCAN_MESSAGES_MAX) {
             Ok(q) => q,
@@ -197,8 +214,14 @@ impl Worker {
                 return;
             }
         };
-        if let Some((last, _)) = queue.last() {
-            self.scanned_to.fetch_max(last + 1, Ordering::SeqCst);
+        match queue.last() {
+            Some((last, _)) if queue.len() >= DELIVERY_SCAN_MESSAGES_MAX => {
+                self.scanned_to.fetch_max(last + 1, Ordering::SeqCst);
+            }
+            last => {
+                let past = last.map_or(0, |(seq, _)| seq + 1);
+                self.scanned_to.fetch_max(tip.max(past), Ordering::SeqCst);
+            }
         }
         for (seq, id) in queue {
             let msg = match view.message(&id) {

@@ -1,6 +1,8 @@
-//! The `Messaging` gRPC service: send (validate, sign and seal on this node, then commit
-//! `Sent`), inbox, follow (a live stream resumable from a cursor), fetch (records `Fetched`,
-//! then opens the envelope with the recipient's key), acknowledge, track and outbox.
+//! The `Messaging` gRPC service: send (validate, sign and seal on this node, open it at
+//! once for the recipients this provider hosts, then commit `Sent` with those delivery
+//! verdicts in one log entry), inbox, follow (a live stream resumable from a cursor), fetch
+//! (records `Fetched`, then opens the envelope with the recipient's key), acknowledge,
+//! track and outbox.
 //!
 //! The caller's organisation comes from its client certificate; a client may send only as
 //! its organisation and read only its organisation's inboxes. Reads take a linearizable
@@ -12,13 +14,13 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::time::Duration;
 
 use sealpost_core::Outcome;
-use sealpost_core::command::{Command, Proposal, Rejection};
+use sealpost_core::command::{Command, DeliveryVerdict, Proposal, Rejection};
 use sealpost_core::directory::{PayloadType, PublicKeys};
 use sealpost_core::event::Event;
 use sealpost_core::ids::{EndpointId, HpiI, HpiO, Ihi};
 use sealpost_core::message::{
-    AckStatus, ENVELOPE_VERSION, Envelope, EnvelopeHeader, MessageId, MessageStatus, Priority,
-    RecipientState, Sender, check_client_message_id, check_note, check_recipients,
+    AckStatus, ENVELOPE_VERSION, Envelope, EnvelopeHeader, FailReason, MessageId, MessageStatus,
+    Priority, RecipientState, Sender, check_client_message_id, check_note, check_recipients,
 };
 use sealpost_core::messaging::check_recipient;
 use sealpost_proto::v1 as pb;
@@ -55,7 +57,8 @@ pub struct MessagingFaults {
     /// Damage the next envelope this node seals, after signing and sealing, before it is
     /// proposed (0 off, 1 ciphertext, 2 signature).
     tamper_next: AtomicU8,
-    /// Stop the delivery worker on this node from routing (deadline handling goes on).
+    /// Stop this node from routing: its delivery worker, and the verdicts its sends carry
+    /// (deadline handling goes on).
     pause_delivery: AtomicBool,
     /// Deliveries that fail on this node as a local fault would (a storage read error, a
     /// key that does not unwrap): nothing is proposed and the worker must try again.
@@ -118,6 +121,9 @@ pub struct MessagingService {
     faults: Arc<MessagingFaults>,
     /// Seals running at once on this node (`MessagingOptions::seals_in_flight_max`).
     seals: Arc<tokio::sync::Semaphore>,
+    /// The actor of the delivery verdicts this node reaches as it sends (the delivery
+    /// worker's).
+    delivery_actor: String,
     guard: Guard,
 }
 
@@ -246,6 +252,7 @@ impl MessagingService {
     ) -> Self {
         Self {
             seals: Arc::new(tokio::sync::Semaphore::new(opts.seals_in_flight_max)),
+            delivery_actor: crate::delivery::actor(node.id()),
             node,
             provider,
             keystore,
@@ -322,17 +329,34 @@ impl MessagingService {
     ) -> Result<sealpost_raft::Committed, Rejected> {
         let proposal = Proposal { actor, command };
         proposal.validate().map_err(Rejected::Rule)?;
-        let committed = self.node.propose(proposal).await.map_err(|e| {
-            Rejected::Status(match e {
-                // The proposer sizes every proposal once; say what it means for a send.
-                ProposeError::TooLarge { size, limit } => Status::resource_exhausted(format!(
-                    "the sealed message is {size} bytes, more than a log entry may carry \
-                         ({limit} bytes); send it to fewer organisations at once"
-                )),
-                e => convert::propose_error(e),
-            })
-        })?;
+        let committed = self
+            .node
+            .propose(proposal)
+            .await
+            .map_err(|e| Rejected::Status(propose_status(e)))?;
         Ok(committed)
+    }
+
+    /// Proposes a group (see [`RaftNode::propose_group`]) and answers with what the state
+    /// machine made of its first proposal, as [`Self::propose_committed`] does.
+    async fn propose_group(
+        &self,
+        group: Vec<Proposal>,
+    ) -> Result<sealpost_raft::Committed, Status> {
+        for p in &group {
+            p.validate().map_err(|r| Status::from(Rejected::Rule(r)))?;
+        }
+        let first = self
+            .node
+            .propose_group(group)
+            .await
+            .and_then(|results| {
+                results.into_iter().next().unwrap_or_else(|| {
+                    Err(ProposeError::Unknown("the group answered no result".into()))
+                })
+            })
+            .map_err(propose_status)?;
+        Ok(first)
     }
 
     fn message(&self, id: &MessageId) -> Result<MessageStatus, Status> {
@@ -412,20 +436,14 @@ impl MessagingService {
         }))
     }
 
-    /// The sender's directory entry and each recipient organisation's public keys, or the
-    /// refusal that names the problem.
+    /// The sender's directory entry, each recipient organisation's public keys and which
+    /// of them this provider hosts, or the refusal that names the problem.
     fn resolve_parties(
         &self,
         from: &HpiO,
         recipients: &[EndpointId],
         payload_type: PayloadType,
-    ) -> Result<
-        (
-            sealpost_core::directory::Organisation,
-            Vec<(HpiO, PublicKeys)>,
-        ),
-        Status,
-    > {
+    ) -> Result<Parties, Status> {
         let view = self.view();
         let sender_org = view
             .organisation(from)
@@ -434,6 +452,7 @@ impl MessagingService {
                 Status::not_found(format!("sender organisation {from} is not registered"))
             })?;
         let mut recipient_keys = Vec::new();
+        let mut hosted = Vec::new();
         for ep in recipients {
             let e = view.endpoint(ep).map_err(convert::store_error)?;
             check_recipient(ep, e.as_ref(), payload_type).map_err(convert::rejection)?;
@@ -444,10 +463,17 @@ impl MessagingService {
                     .ok_or_else(|| {
                         Status::not_found(format!("organisation {} is not registered", ep.org))
                     })?;
+                if org.provider.is_none() {
+                    hosted.push(ep.org.clone());
+                }
                 recipient_keys.push((ep.org.clone(), org.spec.keys.clone()));
             }
         }
-        Ok((sender_org, recipient_keys))
+        Ok(Parties {
+            sender_org,
+            recipient_keys,
+            hosted,
+        })
     }
 
     /// Checks the request, then signs and seals. Everything that can refuse the request
@@ -456,7 +482,7 @@ impl MessagingService {
         &self,
         caller: &Caller,
         r: pb::SendRequest,
-    ) -> Result<Result<(Envelope, String), pb::SendReply>, Status> {
+    ) -> Result<Result<SealedSend, pb::SendReply>, Status> {
         let from = HpiO::parse(r.from_org.trim()).map_err(|e| id_error("from_org", e))?;
         let mine = self.org_for(caller, Action::Send)?;
         if mine != from {
@@ -507,17 +533,20 @@ impl MessagingService {
         if let Some(dup) = self.duplicate_reply(&from, &cid)? {
             return Ok(Err(dup));
         }
-        let (sender_org, recipient_keys) =
-            match self.resolve_parties(&from, &recipients, payload_type) {
-                Ok(p) => p,
-                Err(_) => {
-                    self.barrier().await?;
-                    if let Some(dup) = self.duplicate_reply(&from, &cid)? {
-                        return Ok(Err(dup));
-                    }
-                    self.resolve_parties(&from, &recipients, payload_type)?
+        let Parties {
+            sender_org,
+            recipient_keys,
+            hosted,
+        } = match self.resolve_parties(&from, &recipients, payload_type) {
+            Ok(p) => p,
+            Err(_) => {
+                self.barrier().await?;
+                if let Some(dup) = self.duplicate_reply(&from, &cid)? {
+                    return Ok(Err(dup));
                 }
-            };
+                self.resolve_parties(&from, &recipients, payload_type)?
+            }
+        };
         let sender_keys = self
             .keystore
             .keys(&from, &sender_org.spec.keys.key_id)
@@ -541,6 +570,9 @@ impl MessagingService {
             created_ms: created,
             deliver_by_ms: created.saturating_add(within),
         };
+        let openers = self.openers(&hosted, &recipient_keys);
+        let signing = sender_org.spec.keys.signing;
+        let tamper = self.faults.take_tamper();
         // Sealing is CPU work: keep it off the async workers, and bounded, so a flood of
         // sends waits here instead of crowding out the delivery worker's opening (which
         // would let the delivery backlog grow without limit).
@@ -551,33 +583,124 @@ impl MessagingService {
             .await
             .map_err(|_| Status::unavailable("this node is shutting down"))?;
         let payload = r.payload;
-        let mut envelope = crate::crypto_pool::run(crate::crypto_pool::Lane::Start, move || {
-            let sealed =
-                sealpost_crypto::envelope::seal(header, &sender_keys, &recipient_keys, &payload);
-            drop(permit);
-            sealed
-        })
-        .await
-        .map_err(|e| Status::internal(format!("sealing task failed: {e}")))?
-        .map_err(|e| Status::internal(format!("sealing failed: {e}")))?;
-        match self.faults.take_tamper() {
-            Some(Tamper::Ciphertext) => {
-                if let Some(b) = envelope
-                    .sealed
-                    .first_mut()
-                    .and_then(|c| c.ciphertext.first_mut())
-                {
-                    *b ^= 0x01;
-                }
-            }
-            Some(Tamper::Signature) => {
-                if let Some(b) = envelope.signature.first_mut() {
-                    *b ^= 0x01;
-                }
-            }
-            None => {}
+        let (envelope, opened) =
+            crate::crypto_pool::run(crate::crypto_pool::Lane::Start, move || {
+                let mut envelope = sealpost_crypto::envelope::seal(
+                    header,
+                    &sender_keys,
+                    &recipient_keys,
+                    &payload,
+                )?;
+                drop(payload);
+                tamper_with(&mut envelope, tamper);
+                // Opened at once for the recipients hosted here, as the delivery worker would
+                // open it (the plaintext is dropped, zeroized, at once: only the verdict stays).
+                let opened: Vec<(HpiO, Result<(), FailReason>)> = openers
+                    .iter()
+                    .map(|(org, keys)| {
+                        let r = sealpost_crypto::envelope::open(&envelope, org, keys, &signing)
+                            .map(|_| ())
+                            .map_err(|e| e.reason());
+                        (org.clone(), r)
+                    })
+                    .collect();
+                drop(permit);
+                Ok::<_, sealpost_crypto::Error>((envelope, opened))
+            })
+            .await
+            .map_err(|e| Status::internal(format!("sealing task failed: {e}")))?
+            .map_err(|e| Status::internal(format!("sealing failed: {e}")))?;
+        let ack_by_ms = now_ms().saturating_add(self.opts.ack_window_ms);
+        let verdicts = envelope
+            .header
+            .recipients
+            .iter()
+            .filter_map(|ep| {
+                let (_, r) = opened.iter().find(|(o, _)| o == &ep.org)?;
+                let verdict = match r {
+                    Ok(()) => DeliveryVerdict::Route { ack_by_ms },
+                    Err(reason) => DeliveryVerdict::Fail(*reason),
+                };
+                Some((ep.clone(), verdict))
+            })
+            .collect();
+        Ok(Ok(SealedSend {
+            envelope,
+            cid,
+            verdicts,
+        }))
+    }
+
+    /// The keys to open a new message with on this node, for each recipient organisation
+    /// hosted here, as the delivery worker would: none while delivery is paused or a local
+    /// fault is injected, and none for an organisation whose keys this node cannot unwrap
+    /// or whose published key id is not the one the message is sealed to. What is left
+    /// out here, the delivery worker opens once the send is committed.
+    fn openers(
+        &self,
+        hosted: &[HpiO],
+        recipient_keys: &[(HpiO, PublicKeys)],
+    ) -> Vec<(HpiO, Arc<sealpost_crypto::keys::OrgKeys>)> {
+        if hosted.is_empty() || self.faults.delivery_paused() || self.faults.take_local_fault() {
+            return Vec::new();
         }
-        Ok(Ok((envelope, cid)))
+        hosted
+            .iter()
+            .filter_map(|org| {
+                let (_, published) = recipient_keys.iter().find(|(o, _)| o == org)?;
+                let keys = self.keystore.keys(org, &published.key_id).ok()?;
+                Some((org.clone(), keys))
+            })
+            .collect()
+    }
+}
+
+/// Damages a sealed envelope as the test hook asks (nothing when `None`).
+fn tamper_with(envelope: &mut Envelope, tamper: Option<Tamper>) {
+    match tamper {
+        Some(Tamper::Ciphertext) => {
+            if let Some(b) = envelope
+                .sealed
+                .first_mut()
+                .and_then(|c| c.ciphertext.first_mut())
+            {
+                *b ^= 0x01;
+            }
+        }
+        Some(Tamper::Signature) => {
+            if let Some(b) = envelope.signature.first_mut() {
+                *b ^= 0x01;
+            }
+        }
+        None => {}
+    }
+}
+
+/// What [`MessagingService::resolve_parties`] found.
+struct Parties {
+    sender_org: sealpost_core::directory::Organisation,
+    recipient_keys: Vec<(HpiO, PublicKeys)>,
+    /// The recipient organisations this provider hosts.
+    hosted: Vec<HpiO>,
+}
+
+/// A send ready to propose: the sealed envelope, its client message id, and the delivery
+/// verdicts this node reached for the recipients hosted here.
+struct SealedSend {
+    envelope: Envelope,
+    cid: String,
+    verdicts: Vec<(EndpointId, DeliveryVerdict)>,
+}
+
+/// The answer to a proposal that could not be committed.
+fn propose_status(e: ProposeError) -> Status {
+    match e {
+        // The proposer sizes every proposal once; say what it means for a send.
+        ProposeError::TooLarge { size, limit } => Status::resource_exhausted(format!(
+            "the sealed message is {size} bytes, more than a log entry may carry \
+             ({limit} bytes); send it to fewer organisations at once"
+        )),
+        e => convert::propose_error(e),
     }
 }
 
@@ -866,28 +989,48 @@ impl MessagingService {
         })
     }
 
-    /// Sends for `caller`: validate, sign and seal on this node, commit `Sent`, answer once
-    /// committed; a resend with the same client message id answers with the original.
+    /// Sends for `caller`: validate, sign and seal on this node, open it for the recipients
+    /// hosted here, commit `Sent` with those verdicts, answer once committed; a resend with
+    /// the same client message id answers with the original.
     /// The gRPC `Send` and the MLLP front door both come here.
     pub async fn send_as(
         &self,
         caller: &Caller,
         r: pb::SendRequest,
     ) -> Result<pb::SendReply, Status> {
-        let (envelope, cid) = match self.build_envelope(caller, r).await? {
+        let SealedSend {
+            envelope,
+            cid,
+            verdicts,
+        } = match self.build_envelope(caller, r).await? {
             Ok(v) => v,
             Err(dup) => return Ok(dup),
         };
         let id = envelope.header.message_id.clone();
         tracing::Span::current().record("message_id", tracing::field::display(&id));
         let org = envelope.header.sender.org.clone();
-        let command = Command::Send {
-            envelope: Box::new(envelope),
-            client_message_id: cid.clone(),
+        let send = Proposal {
+            actor: caller.actor.clone(),
+            command: Command::Send {
+                envelope: Box::new(envelope),
+                client_message_id: cid.clone(),
+            },
         };
-        let committed = self
-            .propose_committed(caller.actor.clone(), command)
-            .await?;
+        // The verdicts reached here go into the same Raft entry, right behind the send:
+        // `Sent`, `Decrypted` and `Routed` commit together. A verdict the state machine
+        // refuses (the send itself refused, say) writes nothing, and whatever was not
+        // decided here the delivery worker decides after the commit.
+        let mut group = Vec::with_capacity(1 + verdicts.len());
+        group.push(send);
+        group.extend(verdicts.into_iter().map(|(recipient, verdict)| Proposal {
+            actor: self.delivery_actor.clone(),
+            command: Command::Deliver {
+                message_id: id.clone(),
+                recipient,
+                verdict,
+            },
+        }));
+        let committed = self.propose_group(group).await?;
         match committed.outcome {
             Outcome::Applied { first_seq: seq, .. } => {
                 tracing::info!(message_id = %id, seq, "sent");

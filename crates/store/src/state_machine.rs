@@ -1244,6 +1244,11 @@ impl StateView {
         self.shared.applied_tx.subscribe()
     }
 
+    /// The next event sequence: every event before it is written and readable.
+    pub fn applied_next_seq(&self) -> u64 {
+        *self.shared.applied_tx.borrow()
+    }
+
     pub fn event(&self, seq: u64) -> Result<Option<EventRecord>> {
         self.shared.live().event(seq)
     }
