@@ -632,10 +632,10 @@ impl MessagingService {
     }
 
     /// The keys to open a new message with on this node, for each recipient organisation
-    /// hosted here, as the delivery worker would: none while delivery is paused or a local
-    /// fault is injected, and none for an organisation whose keys this node cannot unwrap
-    /// or whose published key id is not the one the message is sealed to. What is left
-    /// out here, the delivery worker opens once the send is committed.
+    /// hosted here (under the key id the message is sealed to), as the delivery worker
+    /// would open it: none while delivery is paused or a local fault is injected, and none
+    /// for an organisation whose keys this node cannot unwrap. What is left out here, the
+    /// delivery worker opens once the send is committed.
     fn openers(
         &self,
         hosted: &[HpiO],
