@@ -92,6 +92,12 @@ struct SyncState {
     fsync_seconds: Timing,
     /// The committed index openraft last saved.
     committed: AtomicU64,
+    /// The newest point (epoch, entry index) the syncer fsynced through and the marker
+    /// thread has not written yet.
+    reported: Mutex<Option<(u64, u64)>>,
+    /// Set when the store closes: the marker thread stops waiting out its interval.
+    closing: Mutex<bool>,
+    closing_cv: std::sync::Condvar,
 }
 
 /// Bucket bounds of the fsync histogram: 100 µs doubling to about 3.3 s.
@@ -147,6 +153,22 @@ fn write_mark(path: &Path, index: u64) -> Result<()> {
 }
 
 impl SyncState {
+    /// The state of a log at `path` whose durable mark says `on_disk`.
+    fn new(path: &Path, skip_fsync: bool, on_disk: u64) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            skip_fsync,
+            wal_lock: Mutex::new(()),
+            written: AtomicU64::new(0),
+            mark: Mutex::new(Mark { on_disk, epoch: 0 }),
+            fsync_seconds: Timing::new(fsync_buckets()),
+            committed: AtomicU64::new(0),
+            reported: Mutex::new(None),
+            closing: Mutex::new(false),
+            closing_cv: std::sync::Condvar::new(),
+        }
+    }
+
     /// Records that the WAL is fsynced through `index`, if no truncation happened since
     /// `epoch`.
     fn advance_mark(&self, index: u64, epoch: u64) {
@@ -177,6 +199,37 @@ impl SyncState {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         (mark.epoch, self.written.load(Ordering::Acquire))
+    }
+
+    /// Waits until `deadline` or until the store closes; true when it closes.
+    fn wait_closing(&self, deadline: Instant) -> bool {
+        let mut closing = self
+            .closing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Bounded by the deadline: every pass waits until it or returns.
+        loop {
+            if *closing {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            closing = match self.closing_cv.wait_timeout(closing, deadline - now) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+        }
+    }
+
+    /// Tells the marker thread the store is closing.
+    fn close(&self) {
+        *self
+            .closing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+        self.closing_cv.notify_all();
     }
 
     /// Fsyncs the WAL, never while a write is half done.
@@ -219,7 +272,9 @@ impl Drop for Inner {
         if let Some(h) = handle {
             let _ = h.join();
         }
-        // The syncer's end closed the marker's channel: it ends too.
+        // The syncer's end closed the marker's channel, and closing ends its wait: it
+        // ends too.
+        self.sync.close();
         let marker = self.marker.lock().map(|mut h| h.take()).unwrap_or_default();
         if let Some(h) = marker {
             let _ = h.join();
@@ -244,7 +299,7 @@ fn run_syncer(
     db: Arc<DB>,
     state: Arc<SyncState>,
     rx: Receiver<LogFlushed<TypeConfig>>,
-    mark_tx: SyncSender<(u64, u64)>,
+    mark_tx: SyncSender<()>,
 ) {
     let path = &state.path;
     let mut group = Vec::with_capacity(LOG_SYNC_GROUP_MAX);
@@ -284,37 +339,40 @@ fn run_syncer(
         }
         if synced.is_ok() {
             // The marker thread writes it (never this thread: its fsyncs would delay the
-            // next group). When it is busy, a later group's point gets through instead.
-            let _ = mark_tx.try_send((epoch, written));
+            // next group). The newest point replaces an older one not written yet; the
+            // wake-up is dropped when one is already pending.
+            *state
+                .reported
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((epoch, written));
+            let _ = mark_tx.try_send(());
         }
     }
 }
 
 /// The marker thread: writes the durable mark for the newest point the syncer reported, at
-/// most once per [`LOG_DURABLE_MARK_INTERVAL_MS`]; ends when the syncer does.
-fn run_marker(state: Arc<SyncState>, rx: Receiver<(u64, u64)>) {
+/// most once per [`LOG_DURABLE_MARK_INTERVAL_MS`]; ends when the syncer does or the store
+/// closes. While it waits out the interval it takes no wake-up, so the fsyncs in between
+/// (one per commit) do not wake it: at most one is pending when the wait ends.
+fn run_marker(state: Arc<SyncState>, rx: Receiver<()>) {
     let gap = Duration::from_millis(LOG_DURABLE_MARK_INTERVAL_MS);
     let mut last_write: Option<Instant> = None;
-    while let Ok(mut point) = rx.recv() {
-        // Wait out the rest of the interval, keeping only the newest point (bounded by the
-        // deadline).
-        if let Some(deadline) = last_write.map(|t| t + gap) {
-            loop {
-                let now = Instant::now();
-                if now >= deadline {
-                    break;
-                }
-                match rx.recv_timeout(deadline - now) {
-                    Ok(p) => point = p,
-                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
-                    // Closing: the store writes the final mark itself.
-                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
-                }
-            }
+    while rx.recv().is_ok() {
+        if let Some(deadline) = last_write.map(|t| t + gap)
+            && state.wait_closing(deadline)
+        {
+            // Closing: the store writes the final mark itself.
+            return;
         }
-        let (epoch, index) = point;
-        state.advance_mark(index, epoch);
-        last_write = Some(Instant::now());
+        let point = state
+            .reported
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some((epoch, index)) = point {
+            state.advance_mark(index, epoch);
+            last_write = Some(Instant::now());
+        }
     }
 }
 
@@ -356,15 +414,7 @@ impl LogStore {
         )?);
         let (sync_tx, rx) = std::sync::mpsc::sync_channel(LOG_SYNCS_PENDING_MAX);
         let on_disk = read_mark(path)?;
-        let sync = Arc::new(SyncState {
-            path: path.to_path_buf(),
-            skip_fsync,
-            wal_lock: Mutex::new(()),
-            written: AtomicU64::new(0),
-            mark: Mutex::new(Mark { on_disk, epoch: 0 }),
-            fsync_seconds: Timing::new(fsync_buckets()),
-            committed: AtomicU64::new(0),
-        });
+        let sync = Arc::new(SyncState::new(path, skip_fsync, on_disk));
         let (mark_tx, mark_rx) = std::sync::mpsc::sync_channel(1);
         let marker = std::thread::Builder::new()
             .name("raft-log-mark".into())
@@ -880,6 +930,52 @@ mod tests {
             msg.contains("ends at entry 40") && msg.contains("fsynced through entry 50"),
             "{msg}"
         );
+    }
+
+    /// The marker writes the first point at once and then at most once per interval, the
+    /// newest point reported meanwhile (never an older one), and it stops waiting as soon
+    /// as the store closes.
+    #[test]
+    fn the_marker_writes_the_newest_point_once_per_interval_and_stops_on_close() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let state = Arc::new(SyncState::new(dir.path(), false, 0));
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let marker = std::thread::spawn({
+            let state = state.clone();
+            move || run_marker(state, rx)
+        });
+        let report = |index: u64| {
+            *state.reported.lock().expect("lock") = Some((0, index));
+            let _ = tx.try_send(());
+        };
+        let wait_for_mark = |index: u64| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while read_mark(dir.path()).expect("mark") != index {
+                assert!(Instant::now() < deadline, "mark {index} never written");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        report(5);
+        wait_for_mark(5);
+        let written_first = Instant::now();
+        for i in 6..=40 {
+            report(i);
+        }
+        wait_for_mark(40);
+        assert!(
+            written_first.elapsed() >= Duration::from_millis(LOG_DURABLE_MARK_INTERVAL_MS / 2),
+            "the newest point waited out the interval"
+        );
+        // Reported while the marker waits out its interval: closing ends the wait at once,
+        // without writing (the store writes the final mark itself).
+        report(41);
+        std::thread::sleep(Duration::from_millis(20));
+        let closed = Instant::now();
+        state.close();
+        drop(tx);
+        marker.join().expect("marker");
+        assert!(closed.elapsed() < Duration::from_millis(LOG_DURABLE_MARK_INTERVAL_MS / 2));
+        assert_eq!(read_mark(dir.path()).expect("mark"), 40);
     }
 
     /// Raft's own truncation of conflicting entries lowers the mark first, so the shorter
