@@ -51,6 +51,17 @@ pub fn actor(node: sealpost_store::types::NodeId) -> String {
     format!("delivery@node-{node}")
 }
 
+/// The verdict an opening reached: routed, to be acknowledged within `ack_window_ms` from
+/// now, or failed with the reason.
+pub(crate) fn verdict_of(opened: Result<(), FailReason>, ack_window_ms: u64) -> DeliveryVerdict {
+    match opened {
+        Ok(()) => DeliveryVerdict::Route {
+            ack_by_ms: now_ms().saturating_add(ack_window_ms),
+        },
+        Err(reason) => DeliveryVerdict::Fail(reason),
+    }
+}
+
 struct Worker {
     node: RaftNode,
     keystore: Keystore,
@@ -317,10 +328,10 @@ impl Worker {
         })
         .await;
         match opened {
-            Ok(Ok(())) => Some(DeliveryVerdict::Route {
-                ack_by_ms: now_ms().saturating_add(self.opts.ack_window_ms),
-            }),
-            Ok(Err(e)) => fail(e.reason()),
+            Ok(r) => Some(verdict_of(
+                r.map_err(|e| e.reason()),
+                self.opts.ack_window_ms,
+            )),
             Err(e) => local("the opening task failed", &e),
         }
     }

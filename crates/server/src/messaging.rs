@@ -610,17 +610,13 @@ impl MessagingService {
             .await
             .map_err(|e| Status::internal(format!("sealing task failed: {e}")))?
             .map_err(|e| Status::internal(format!("sealing failed: {e}")))?;
-        let ack_by_ms = now_ms().saturating_add(self.opts.ack_window_ms);
         let verdicts = envelope
             .header
             .recipients
             .iter()
             .filter_map(|ep| {
                 let (_, r) = opened.iter().find(|(o, _)| o == &ep.org)?;
-                let verdict = match r {
-                    Ok(()) => DeliveryVerdict::Route { ack_by_ms },
-                    Err(reason) => DeliveryVerdict::Fail(*reason),
-                };
+                let verdict = crate::delivery::verdict_of(*r, self.opts.ack_window_ms);
                 Some((ep.clone(), verdict))
             })
             .collect();

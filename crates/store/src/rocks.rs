@@ -61,7 +61,8 @@ pub(crate) fn db_options(create: bool) -> Options {
 }
 
 /// Whether files under `dir` can be written with `O_DIRECT`: one aligned block is written
-/// and removed again. tmpfs, for one, refuses it.
+/// and removed again. Some file systems refuse it (FUSE ones may, and tmpfs did before
+/// Linux 6.6); RocksDB then keeps buffered writes.
 fn direct_writes_work(dir: &Path) -> bool {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
