@@ -29,6 +29,7 @@ pub mod restore;
 mod rocks;
 pub mod search;
 pub mod snapshot;
+mod sorted_writes;
 pub mod state_machine;
 pub mod timing;
 pub mod types;

@@ -24,9 +24,10 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::rocks::{self, rocks_err};
+use crate::sorted_writes::SortedWrites;
 use crate::state_machine::{
-    CF_EVENTS, CF_META, ChainState, KEY_CHAIN, SM_CFS, SmDb, StateView, ViewSink, ViewSource,
-    load_facts, write_view_changes,
+    CF_EVENTS, CF_META, ChainState, KEY_CHAIN, SM_CFS, SmDb, StateView, ViewSource, load_facts,
+    write_view_changes,
 };
 
 /// Events folded between two writes of the scratch views (and facts cached meanwhile).
@@ -179,117 +180,6 @@ impl ViewSource for ScratchSource<'_> {
         let db = self.0.db();
         db.get_cf(rocks::cf(db, cf), key)
             .map_err(rocks_err(&self.0.path))
-    }
-}
-
-/// Column family names a [`SortedWrites`] remembers by address (the fold uses fewer).
-const SORTED_WRITES_SEEN_NAMES_MAX: usize = 32;
-
-/// One chunk's writes to the scratch views, held until the chunk is folded and then
-/// handed to RocksDB sorted by column family and key. The memtable's skip list inserts a
-/// run of ascending keys starting from where the previous insert ended, which costs far
-/// less than the same keys in the fold's order (scattered over the whole key range: that
-/// search was a fifth of a 10M-event rebuild). Writes are kept apart by column family as
-/// they come, so only keys of one family are compared, and a family written in key order
-/// already (the directory log, by sequence) is sorted in one pass. The sort is stable, so
-/// writes to one key keep their order. The buffers go back and forth between the folding
-/// and the writing thread, so their memory is reused chunk after chunk.
-struct SortedWrites {
-    /// The scratch database's view column families, in [`view_cfs`] order.
-    names: Vec<&'static str>,
-    /// Column family names met so far, by address and length, with their position.
-    seen: Vec<((usize, usize), usize)>,
-    /// The writes to each column family (indexed as `names`), in the fold's order until
-    /// sorted.
-    ops: Vec<Vec<SortedOp>>,
-    /// Keys and values of `ops`, back to back.
-    bytes: Vec<u8>,
-}
-
-struct SortedOp {
-    key: std::ops::Range<usize>,
-    /// `None` deletes the key.
-    value: Option<std::ops::Range<usize>>,
-}
-
-impl SortedWrites {
-    fn new() -> Self {
-        let names: Vec<&'static str> = view_cfs().collect();
-        Self {
-            ops: names.iter().map(|_| Vec::new()).collect(),
-            names,
-            seen: Vec::new(),
-            bytes: Vec::new(),
-        }
-    }
-
-    /// Forgets the writes and keeps the buffers' memory.
-    fn clear(&mut self) {
-        self.ops.iter_mut().for_each(Vec::clear);
-        self.bytes.clear();
-    }
-
-    /// The position of `cf` in `names`. The fold names column families by a handful of
-    /// constants, so the address of the name finds it in `seen` without comparing text.
-    fn cf_index(&mut self, cf: &str) -> usize {
-        let addr = (cf.as_ptr() as usize, cf.len());
-        if let Some(&(_, i)) = self.seen.iter().find(|(a, _)| *a == addr) {
-            return i;
-        }
-        let Some(i) = self.names.iter().position(|n| *n == cf) else {
-            // The fold writes view column families only; this names the one it did not.
-            unreachable!("the fold wrote to {cf}, which is not a view");
-        };
-        if self.seen.len() < SORTED_WRITES_SEEN_NAMES_MAX {
-            self.seen.push((addr, i));
-        }
-        i
-    }
-
-    fn push(&mut self, cf: &str, key: &[u8], value: Option<&[u8]>) {
-        let cf = self.cf_index(cf);
-        let mut stash = |b: &[u8]| {
-            let start = self.bytes.len();
-            self.bytes.extend_from_slice(b);
-            start..self.bytes.len()
-        };
-        let key = stash(key);
-        let value = value.map(stash);
-        self.ops[cf].push(SortedOp { key, value });
-    }
-
-    /// Sorts the writes and returns them as one batch, by column family and key (a stable
-    /// sort: writes to one key keep their order).
-    fn batch(&mut self, db: &DB) -> WriteBatch {
-        let bytes = &self.bytes;
-        let count: usize = self.ops.iter().map(Vec::len).sum();
-        // Each write adds a tag, a column family id and two lengths to its key and value.
-        let mut wb = WriteBatch::with_capacity_bytes(bytes.len() + count * 16);
-        for (name, ops) in self.names.iter().zip(&mut self.ops) {
-            if ops.is_empty() {
-                continue;
-            }
-            ops.sort_by(|a, b| bytes[a.key.clone()].cmp(&bytes[b.key.clone()]));
-            let cf = rocks::cf(db, name);
-            for op in ops.iter() {
-                let key = &bytes[op.key.clone()];
-                match &op.value {
-                    Some(v) => wb.put_cf(cf, key, &bytes[v.clone()]),
-                    None => wb.delete_cf(cf, key),
-                }
-            }
-        }
-        wb
-    }
-}
-
-impl ViewSink for SortedWrites {
-    fn put(&mut self, cf: &str, key: &[u8], value: &[u8]) {
-        self.push(cf, key, Some(value));
-    }
-
-    fn delete(&mut self, cf: &str, key: &[u8]) {
-        self.push(cf, key, None);
     }
 }
 
@@ -709,31 +599,6 @@ pub(crate) fn remove_stale_scratch(root: &Path) {
 mod tests {
     use super::*;
     use crate::state_machine::tests::with_events;
-
-    /// A chunk's writes reach the scratch views sorted, yet every key ends as the fold's
-    /// last write to it left it (put after delete, delete after put, two puts).
-    #[test]
-    fn sorted_writes_keep_the_last_write_of_each_key() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let scratch = Scratch::create(tmp.path()).expect("scratch");
-        let mut w = SortedWrites::new();
-        w.put("orgs", b"k-b", b"first");
-        w.put("dir_index", b"z", b"");
-        w.put("orgs", b"k-a", b"1");
-        w.delete("orgs", b"k-b");
-        w.put("orgs", b"k-a", b"2");
-        w.put("orgs", b"k-c", b"3");
-        w.delete("orgs", b"k-c");
-        w.put("orgs", b"k-c", b"4");
-        w.delete("dir_index", b"z");
-        scratch.write(w.batch(scratch.db())).expect("write");
-        let db = scratch.db();
-        let get = |cf: &str, k: &[u8]| db.get_cf(rocks::cf(db, cf), k).expect("get");
-        assert_eq!(get("orgs", b"k-a").as_deref(), Some(&b"2"[..]));
-        assert_eq!(get("orgs", b"k-b"), None);
-        assert_eq!(get("orgs", b"k-c").as_deref(), Some(&b"4"[..]));
-        assert_eq!(get("dir_index", b"z"), None);
-    }
 
     /// Views written by apply equal the rebuilt ones; a view changed behind the state
     /// machine's back is named, and a repair makes it equal again (and leaves no scratch

@@ -181,10 +181,7 @@ pub(crate) fn build(shared: &Shared) -> Result<Snapshot> {
     }
     let (last_log_id, last_membership) = {
         let ro = rocks::open_read_only(&tmp, SM_CFS)?;
-        let db = SmDb {
-            db: ro,
-            path: tmp.clone(),
-        };
+        let db = SmDb::new(ro, tmp.clone());
         db.applied()?
     };
     let snapshot_id = match &last_log_id {
@@ -294,10 +291,7 @@ pub(crate) fn take_backup(root: &Path) -> Result<BackupFiles> {
     write_atomic(&dir.join(SNAPSHOT_META_FILE), &codec::encode(&snap.meta))?;
     let chain = {
         let ro = rocks::open_read_only(&dir, SM_CFS)?;
-        let db = SmDb {
-            db: ro,
-            path: dir.clone(),
-        };
+        let db = SmDb::new(ro, dir.clone());
         db.chain()?
     };
     Ok(BackupFiles {
