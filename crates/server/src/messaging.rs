@@ -1029,7 +1029,7 @@ impl MessagingService {
         let committed = self.propose_group(group).await?;
         match committed.outcome {
             Outcome::Applied { first_seq: seq, .. } => {
-                tracing::info!(message_id = %id, seq, "sent");
+                tracing::debug!(message_id = %id, seq, "sent");
                 Ok(pb::SendReply {
                     message_id: id.to_string(),
                     seq,
