@@ -103,7 +103,14 @@ pub(crate) struct Tuning<'a> {
     /// memtable answers most lookups of absent keys without searching the skip lists (and
     /// in a scratch database only these column families' tables carry Bloom filters).
     pub point_reads_while_written: &'a [&'a str],
+    /// Column families given [`LARGE_WRITE_BUFFER_BYTES`] memtables: where most of the
+    /// bytes go. With `atomic_flush`, the one that fills first flushes every family, so its
+    /// size sets how often each small view gets another level-0 file to compact.
+    pub large_memtables: &'a [&'a str],
 }
+
+/// Memtable size of the column families in [`Tuning::large_memtables`], in bytes.
+pub const LARGE_WRITE_BUFFER_BYTES: usize = 256 * 1024 * 1024;
 
 /// Share of a memtable's size given to its Bloom filter, where one is kept.
 const MEMTABLE_BLOOM_RATIO: f64 = 0.05;
@@ -146,6 +153,9 @@ pub(crate) fn open(path: &Path, cfs: &[&str], create: bool, tuning: Tuning<'_>) 
         let mut o = db_options(create);
         if tuning.uncompressed.contains(n) {
             o.set_compression_type(rocksdb::DBCompressionType::None);
+        }
+        if tuning.large_memtables.contains(n) {
+            o.set_write_buffer_size(LARGE_WRITE_BUFFER_BYTES);
         }
         if tuning.scratch {
             scratch_options(&mut o, tuning.point_reads_while_written.contains(n));

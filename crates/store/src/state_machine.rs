@@ -285,6 +285,9 @@ impl SmDb {
             rocks::Tuning {
                 uncompressed: &[CF_EVENTS],
                 atomic_flush: true,
+                // The envelopes fill the events memtable first, and every flush gives each
+                // view a small level-0 file: a larger memtable means fewer of them to compact.
+                large_memtables: &[CF_EVENTS],
                 ..rocks::Tuning::default()
             },
         )?;
