@@ -132,7 +132,7 @@ pub(crate) struct SmDb {
     pub(crate) db: DB,
     pub(crate) path: PathBuf,
     /// Where the last apply left the store, kept so the next apply need not read it back
-    /// (four point reads per apply, a tenth of a lightly loaded node's apply). Only the
+    /// (four point reads per apply, a quarter of a lightly loaded node's apply). Only the
     /// apply, under the apply gate, takes and puts it; empty until the first apply and
     /// after a failed one, when it is read from the database again.
     tip: std::sync::Mutex<Option<Tip>>,
