@@ -166,6 +166,7 @@ impl SmDb {
                     last_applied,
                     membership,
                     batch_bytes: 0,
+                    views: SortedWrites::new(),
                 })
             }
         }
@@ -417,6 +418,8 @@ struct Tip {
     membership: StoredMembership,
     /// Bytes of the last apply's write batch (not stored: a hint for sizing the next).
     batch_bytes: usize,
+    /// The apply's view writes (not stored: empty between applies, kept for its buffers).
+    views: SortedWrites,
 }
 
 /// Applies entries to the live database in one write batch and wakes the view watchers.
@@ -431,7 +434,6 @@ fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<BatchOutcom
     let mut facts = Facts::default();
     // Sized like the last apply's batch, so it is not regrown (and copied) write by write.
     let mut wb = WriteBatch::with_capacity_bytes(tip.batch_bytes);
-    let mut views = SortedWrites::new();
     let mut results = Vec::with_capacity(entries.len());
     for entry in entries {
         if let EntryPayload::Normal(b) = &entry.payload
@@ -443,7 +445,7 @@ fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<BatchOutcom
             // A payload drop rewrites events already in the store, so everything applied
             // before it is written first: every replica then reads the same events.
             let mut done = std::mem::take(&mut wb);
-            views.write_into(&live.db, &mut done);
+            tip.views.write_into(&live.db, &mut done);
             write_applied(shared, &live, done, &tip)?;
         }
         tip.last_applied = Some(entry.log_id);
@@ -457,7 +459,6 @@ fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<BatchOutcom
                 let out = apply_batch(
                     &live,
                     &mut wb,
-                    &mut views,
                     &mut facts,
                     &mut tip,
                     entry.log_id.index,
@@ -467,7 +468,7 @@ fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<BatchOutcom
             }
         }
     }
-    views.write_into(&live.db, &mut wb);
+    tip.views.write_into(&live.db, &mut wb);
     tip.batch_bytes = wb.size_in_bytes();
     write_applied(shared, &live, wb, &tip)?;
     live.put_tip(tip);
@@ -647,7 +648,6 @@ pub(crate) fn write_view_changes(sink: &mut impl ViewSink, changes: &[ViewChange
 fn apply_batch(
     live: &SmDb,
     wb: &mut WriteBatch,
-    views: &mut SortedWrites,
     facts: &mut Facts,
     tip: &mut Tip,
     log_index: u64,
@@ -657,6 +657,7 @@ fn apply_batch(
         chain,
         tree,
         cluster_version,
+        views,
         ..
     } = tip;
     // Events of this entry are in the write batch, not yet in the store.
