@@ -41,7 +41,7 @@ pub struct RaftOptions {
     pub leader_wait_ms: u64,
     /// Deadline of a forwarded write or read index request.
     pub forward_timeout_ms: u64,
-    /// Snapshot when this many bytes of log were appended since the last purge.
+    /// Snapshot when this many bytes of log were appended since the last snapshot.
     pub snapshot_log_bytes_max: u64,
     /// Snapshot at least this often when anything was applied since the last one (0: never
     /// by time).

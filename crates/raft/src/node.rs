@@ -769,11 +769,67 @@ async fn election_watchdog(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Triggers a snapshot when the log grew past `snapshot_log_bytes_max` since the last
-/// purge, or `snapshot_interval_secs` passed with new entries applied.
+/// When to snapshot: after `bytes_max` bytes of log were appended since the last snapshot
+/// (or, at first, since the oldest entry the log held when opened), or after `interval`
+/// with new entries applied. Pure, so its decisions are unit-tested.
+///
+/// The size is counted from the last snapshot, not from the last purge: openraft purges only
+/// `snapshot_keep_log_entries` entries behind a snapshot, so under a high rate of large
+/// entries the log behind the newest snapshot can stay over the limit for a long time, and
+/// a policy that looked at it snapshotted on every tick (each one a checkpoint that flushes
+/// every memtable).
+#[derive(Debug)]
+struct SnapshotPacer {
+    bytes_max: u64,
+    interval: Option<Duration>,
+    /// Appended bytes at the last snapshot: 0 at first, so a log opened holding more than
+    /// the limit is snapshotted soon.
+    bytes_at_snapshot: u64,
+    /// The snapshot index seen at the previous tick.
+    seen_snapshot: Option<u64>,
+    last: tokio::time::Instant,
+}
+
+impl SnapshotPacer {
+    fn new(opts: &RaftOptions, now: tokio::time::Instant) -> Self {
+        Self {
+            bytes_max: opts.snapshot_log_bytes_max,
+            interval: (opts.snapshot_interval_secs > 0)
+                .then(|| Duration::from_secs(opts.snapshot_interval_secs)),
+            bytes_at_snapshot: 0,
+            seen_snapshot: None,
+            last: now,
+        }
+    }
+
+    /// Whether to ask for a snapshot now, given the last applied index, the current
+    /// snapshot's index and the log's appended bytes ([`LogStore::bytes_appended`]).
+    fn tick(&mut self, applied: u64, snap: u64, appended: u64, now: tokio::time::Instant) -> bool {
+        // A snapshot this policy did not ask for (one installed from the leader, say) also
+        // starts the count again.
+        if self.seen_snapshot.is_some_and(|s| s != snap) {
+            self.bytes_at_snapshot = appended;
+        }
+        self.seen_snapshot = Some(snap);
+        if applied <= snap {
+            return false;
+        }
+        let by_size = appended.saturating_sub(self.bytes_at_snapshot) >= self.bytes_max;
+        let by_time = self
+            .interval
+            .is_some_and(|i| now.duration_since(self.last) >= i);
+        if by_size || by_time {
+            self.last = now;
+            self.bytes_at_snapshot = appended;
+            return true;
+        }
+        false
+    }
+}
+
+/// Asks openraft for a snapshot whenever the [`SnapshotPacer`] says so.
 async fn snapshot_policy(core: Arc<Core>, log: LogStore, mut stop: watch::Receiver<bool>) {
-    let opts = &core.opts;
-    let mut last = tokio::time::Instant::now();
+    let mut pacer = SnapshotPacer::new(&core.opts, tokio::time::Instant::now());
     loop {
         tokio::select! {
             _ = stop.changed() => return,
@@ -787,17 +843,14 @@ async fn snapshot_policy(core: Arc<Core>, log: LogStore, mut stop: watch::Receiv
                 m.snapshot.map(|l| l.index).unwrap_or(0),
             )
         };
-        if applied <= snap {
-            continue;
-        }
-        let by_size = log.bytes_since_purge() >= opts.snapshot_log_bytes_max;
-        let by_time = opts.snapshot_interval_secs > 0
-            && last.elapsed() >= Duration::from_secs(opts.snapshot_interval_secs);
-        if by_size || by_time {
-            last = tokio::time::Instant::now();
-            if core.raft.trigger().snapshot().await.is_err() {
-                return;
-            }
+        if pacer.tick(
+            applied,
+            snap,
+            log.bytes_appended(),
+            tokio::time::Instant::now(),
+        ) && core.raft.trigger().snapshot().await.is_err()
+        {
+            return;
         }
     }
 }
@@ -885,5 +938,77 @@ mod watchdog_tests {
             "{all:?}"
         );
         assert!(all.len() > 100, "the followers' thresholds differ");
+    }
+}
+
+#[cfg(test)]
+mod snapshot_pacer_tests {
+    use super::*;
+
+    const MIB: u64 = 1024 * 1024;
+
+    fn pacer(bytes_max: u64, interval_secs: u64) -> (SnapshotPacer, tokio::time::Instant) {
+        let opts = RaftOptions {
+            snapshot_log_bytes_max: bytes_max,
+            snapshot_interval_secs: interval_secs,
+            ..RaftOptions::default()
+        };
+        let t0 = tokio::time::Instant::now();
+        (SnapshotPacer::new(&opts, t0), t0)
+    }
+
+    #[test]
+    fn a_log_that_stays_large_behind_its_snapshot_is_snapshotted_once_per_limit() {
+        // 400 KiB entries, purged only 1,000 entries behind a snapshot: the log behind the
+        // newest snapshot holds about 400 MiB however often it is snapshotted.
+        let (mut p, t0) = pacer(256 * MIB, 0);
+        let entry = 400 * 1024;
+        let mut snapshots = Vec::new();
+        let mut snap = 0u64;
+        for index in 1..=3_000u64 {
+            let appended = index * entry;
+            if p.tick(index, snap, appended, t0 + Duration::from_secs(index)) {
+                snapshots.push(index);
+                snap = index;
+            }
+        }
+        // One snapshot per 256 MiB appended (655.36 entries), never one per tick: the count
+        // starts again when the new snapshot is seen, a tick after it was asked for.
+        assert_eq!(snapshots, vec![656, 1313, 1970, 2627], "{snapshots:?}");
+    }
+
+    #[test]
+    fn a_log_opened_over_the_limit_is_snapshotted_at_the_first_tick_with_news() {
+        let (mut p, t0) = pacer(256 * MIB, 0);
+        assert!(
+            !p.tick(10, 10, 300 * MIB, t0),
+            "nothing applied since the snapshot"
+        );
+        assert!(p.tick(11, 10, 300 * MIB, t0));
+        assert!(!p.tick(12, 10, 300 * MIB, t0), "asked already");
+    }
+
+    #[test]
+    fn an_installed_snapshot_starts_the_count_again() {
+        let (mut p, t0) = pacer(100, 0);
+        assert!(!p.tick(5, 0, 60, t0));
+        // A snapshot at 5 arrives from the leader; 60 more bytes are not 100 since it.
+        assert!(!p.tick(9, 5, 60, t0));
+        assert!(!p.tick(9, 5, 120, t0));
+        assert!(p.tick(9, 5, 160, t0));
+    }
+
+    #[test]
+    fn time_alone_triggers_only_with_something_applied() {
+        let (mut p, t0) = pacer(u64::MAX, 60);
+        assert!(!p.tick(3, 0, 0, t0 + Duration::from_secs(59)));
+        assert!(p.tick(3, 0, 0, t0 + Duration::from_secs(60)));
+        assert!(
+            !p.tick(3, 3, 0, t0 + Duration::from_secs(200)),
+            "nothing new applied"
+        );
+        assert!(p.tick(4, 3, 0, t0 + Duration::from_secs(200)));
+        let (mut never, t0) = pacer(u64::MAX, 0);
+        assert!(!never.tick(9, 0, 0, t0 + Duration::from_secs(1_000_000)));
     }
 }

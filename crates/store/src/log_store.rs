@@ -65,8 +65,10 @@ pub struct LogStore {
 struct Inner {
     db: Arc<DB>,
     path: PathBuf,
-    /// Bytes appended since the last purge: the snapshot policy reads it.
-    bytes_since_purge: AtomicU64,
+    /// Bytes of entries appended since this store was opened, plus those it held then;
+    /// never lowered (not by a purge, nor by a truncation): the snapshot policy compares
+    /// it with its value at the last snapshot.
+    bytes_appended: AtomicU64,
     /// Appends waiting for the syncer's fsync; `None` once closing.
     sync_tx: Option<SyncSender<LogFlushed<TypeConfig>>>,
     syncer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -434,7 +436,7 @@ impl LogStore {
             inner: Arc::new(Inner {
                 db,
                 path: path.to_path_buf(),
-                bytes_since_purge: AtomicU64::new(0),
+                bytes_appended: AtomicU64::new(0),
                 sync_tx: Some(sync_tx),
                 syncer: Mutex::new(Some(syncer)),
                 marker: Mutex::new(Some(marker)),
@@ -485,7 +487,7 @@ impl LogStore {
             prev = Some(index);
             bytes += v.len() as u64;
         }
-        self.inner.bytes_since_purge.store(bytes, Ordering::Relaxed);
+        self.inner.bytes_appended.store(bytes, Ordering::Relaxed);
         self.read_meta::<Vote>(KEY_VOTE)?;
         self.read_meta::<Option<LogId>>(KEY_COMMITTED)?;
         let purged = self
@@ -546,9 +548,10 @@ impl LogStore {
         self.inner.sync.committed.load(Ordering::Relaxed)
     }
 
-    /// Bytes of log entries appended since the last purge (approximate after restarts).
-    pub fn bytes_since_purge(&self) -> u64 {
-        self.inner.bytes_since_purge.load(Ordering::Relaxed)
+    /// Bytes of log entries appended since this store was opened, plus the bytes it held
+    /// then; only ever grows (see [`Inner::bytes_appended`]).
+    pub fn bytes_appended(&self) -> u64 {
+        self.inner.bytes_appended.load(Ordering::Relaxed)
     }
 
     /// Number of entries currently held (after purges).
@@ -713,7 +716,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             return Err(StorageIOError::write_logs(&e).into());
         }
         self.inner
-            .bytes_since_purge
+            .bytes_appended
             .fetch_add(bytes, Ordering::Relaxed);
         self.inner.sync.written.fetch_max(last, Ordering::AcqRel);
         let queued = match &self.inner.sync_tx {
@@ -771,7 +774,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.inner
             .write(b, self.inner.synced())
             .map_err(|e| StorageError::from(StorageIOError::write_logs(&e)))?;
-        self.inner.bytes_since_purge.store(0, Ordering::Relaxed);
         Ok(())
     }
 }
