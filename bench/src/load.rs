@@ -5,7 +5,8 @@
 //! was *due*, so a stall of the generator or the system under test shows in the tail
 //! instead of being hidden by fewer sends: no coordinated omission). A warm-up runs first
 //! and is not measured. Latencies go into an hdrhistogram (microseconds); completions are
-//! also counted per [`TIMELINE_INTERVAL_MS`] for the throughput-over-time plot.
+//! also counted per [`TIMELINE_INTERVAL_MS`] for the throughput-over-time plot, with the
+//! longest latency among them, which says when in a phase its tail happened.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -66,6 +67,9 @@ pub struct Outcome {
     pub hist: Histogram<u64>,
     /// Completions per [`TIMELINE_INTERVAL_MS`] of the measured window, by completion time.
     pub interval_counts: Vec<u64>,
+    /// The longest latency (microseconds) among the completions of each interval of
+    /// `interval_counts`; 0 where none completed.
+    pub interval_max_us: Vec<u64>,
 }
 
 impl Outcome {
@@ -87,6 +91,7 @@ struct Recorder {
     first_error: Mutex<Option<String>>,
     hist: Mutex<Histogram<u64>>,
     intervals: Vec<AtomicU64>,
+    interval_max_us: Vec<AtomicU64>,
 }
 
 impl Recorder {
@@ -101,6 +106,7 @@ impl Recorder {
             first_error: Mutex::new(None),
             hist: Mutex::new(new_histogram()),
             intervals: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            interval_max_us: (0..n).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -139,6 +145,9 @@ impl Recorder {
                     if let Some(c) = self.intervals.get(i) {
                         c.fetch_add(1, Ordering::Relaxed);
                     }
+                    if let Some(m) = self.interval_max_us.get(i) {
+                        m.fetch_max(us, Ordering::Relaxed);
+                    }
                 }
             }
             Err(e) => {
@@ -168,6 +177,11 @@ impl Recorder {
                 .intervals
                 .iter()
                 .map(|c| c.load(Ordering::Relaxed))
+                .collect(),
+            interval_max_us: self
+                .interval_max_us
+                .iter()
+                .map(|m| m.load(Ordering::Relaxed))
                 .collect(),
         }
     }
@@ -326,6 +340,15 @@ mod tests {
         assert_eq!(out.hist.len(), out.completed);
         assert!(out.hist.value_at_quantile(0.5) >= 10_000);
         assert_eq!(out.interval_counts.len(), 2);
+        assert_eq!(out.interval_max_us.len(), 2);
+        for (count, max) in out.interval_counts.iter().zip(&out.interval_max_us) {
+            assert!(*count > 0, "{:?}", out.interval_counts);
+            assert!(
+                (10_000..=out.hist.max()).contains(max),
+                "{max} us against {} us at most",
+                out.hist.max()
+            );
+        }
     }
 
     #[tokio::test]
@@ -353,6 +376,11 @@ mod tests {
         assert!(out.completed >= 45, "{}", out.completed);
         // The last of ~50 due in 0.5 s finishes after ~1 s of queued work.
         assert!(out.hist.max() > 300_000, "max {} us", out.hist.max());
+        // The timeline says when: the queue, so the longest latency, grows interval by
+        // interval (by completion time, within the measured window).
+        let maxes = &out.interval_max_us;
+        assert_eq!(maxes.len(), 2);
+        assert!(maxes[0] > 0 && maxes[1] > maxes[0], "{maxes:?}");
     }
 
     #[tokio::test]

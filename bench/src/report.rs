@@ -151,6 +151,10 @@ pub struct TimelinePoint {
     pub t_secs: f64,
     #[serde(deserialize_with = "f64_or_null")]
     pub per_sec: f64,
+    /// The longest latency among the operations that completed in the interval, ms (absent
+    /// in runs recorded before it was measured, and where none completed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ms: Option<f64>,
 }
 
 /// Resource use of one process (a server or the load generator) during a scenario.
@@ -237,8 +241,14 @@ impl Latency {
 
 impl Phase {
     /// Completions counted per interval of `interval_secs` → rates per second, each stamped at
-    /// the end of its interval. Empty when `interval_secs` is not a positive finite number.
-    pub fn timeline_from_counts(counts: &[u64], interval_secs: f64) -> Vec<TimelinePoint> {
+    /// the end of its interval, with the longest latency of each interval from `max_us`
+    /// (microseconds; none where it is 0 or missing). Empty when `interval_secs` is not a
+    /// positive finite number.
+    pub fn timeline_from_counts(
+        counts: &[u64],
+        max_us: &[u64],
+        interval_secs: f64,
+    ) -> Vec<TimelinePoint> {
         if !(interval_secs.is_finite() && interval_secs > 0.0) {
             return Vec::new();
         }
@@ -248,8 +258,21 @@ impl Phase {
             .map(|(i, &count)| TimelinePoint {
                 t_secs: (i + 1) as f64 * interval_secs,
                 per_sec: count as f64 / interval_secs,
+                max_ms: max_us
+                    .get(i)
+                    .filter(|&&us| us > 0 && count > 0)
+                    .map(|&us| us as f64 / 1000.0),
             })
             .collect()
+    }
+
+    /// The interval whose longest latency was the longest: `(t_secs, max_ms)` of it.
+    pub fn slowest_interval(&self) -> Option<(f64, f64)> {
+        self.timeline
+            .iter()
+            .filter_map(|t| Some((t.t_secs, t.max_ms?)))
+            .filter(|(t, ms)| t.is_finite() && ms.is_finite())
+            .max_by(|a, b| a.1.total_cmp(&b.1))
     }
 }
 
@@ -1248,6 +1271,7 @@ mod tests {
                     rate as u64 / 2 - 3,
                     rate as u64 / 2,
                 ],
+                &[9_000, 31_000, 0, 12_000],
                 0.5,
             ),
         }
@@ -1408,12 +1432,44 @@ mod tests {
 
     #[test]
     fn timeline_from_counts() {
-        let t = Phase::timeline_from_counts(&[10, 20, 0], 0.5);
-        let got: Vec<(f64, f64)> = t.iter().map(|p| (p.t_secs, p.per_sec)).collect();
-        assert_eq!(got, vec![(0.5, 20.0), (1.0, 40.0), (1.5, 0.0)]);
-        assert!(Phase::timeline_from_counts(&[1, 2], 0.0).is_empty());
-        assert!(Phase::timeline_from_counts(&[1, 2], f64::NAN).is_empty());
-        assert!(Phase::timeline_from_counts(&[], 1.0).is_empty());
+        let t = Phase::timeline_from_counts(&[10, 20, 0], &[4_500, 12_250, 0], 0.5);
+        let got: Vec<(f64, f64, Option<f64>)> =
+            t.iter().map(|p| (p.t_secs, p.per_sec, p.max_ms)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (0.5, 20.0, Some(4.5)),
+                (1.0, 40.0, Some(12.25)),
+                (1.5, 0.0, None)
+            ]
+        );
+        // Maxima missing (a run recorded before they were measured) are none.
+        assert!(
+            Phase::timeline_from_counts(&[1, 2], &[], 1.0)
+                .iter()
+                .all(|p| p.max_ms.is_none())
+        );
+        assert!(Phase::timeline_from_counts(&[1, 2], &[1, 2], 0.0).is_empty());
+        assert!(Phase::timeline_from_counts(&[1, 2], &[1, 2], f64::NAN).is_empty());
+        assert!(Phase::timeline_from_counts(&[], &[], 1.0).is_empty());
+    }
+
+    #[test]
+    fn the_slowest_interval_is_the_one_with_the_longest_latency() {
+        let mut p = phase("half", LoopKind::Open, 1000.0, None);
+        assert_eq!(p.slowest_interval(), Some((1.0, 31.0)));
+        p.timeline[0].max_ms = Some(f64::NAN);
+        p.timeline[1].max_ms = None;
+        assert_eq!(p.slowest_interval(), Some((2.0, 12.0)));
+        p.timeline.clear();
+        assert_eq!(p.slowest_interval(), None);
+    }
+
+    #[test]
+    fn a_timeline_without_maxima_still_reads() -> anyhow::Result<()> {
+        let old: TimelinePoint = serde_json::from_str(r#"{"t_secs": 0.25, "per_sec": 8.0}"#)?;
+        assert_eq!(old.max_ms, None);
+        Ok(())
     }
 
     fn assert_same_json(a: &serde_json::Value, b: &serde_json::Value, at: &str) {
@@ -1707,8 +1763,9 @@ mod tests {
         log.phases[0].timeline = vec![TimelinePoint {
             t_secs: 1.0,
             per_sec: 5.0,
+            max_ms: Some(f64::NAN),
         }];
-        log.phases[1].timeline = Phase::timeline_from_counts(&[0, 0, 0], 1.0);
+        log.phases[1].timeline = Phase::timeline_from_counts(&[0, 0, 0], &[], 1.0);
         if let Some(l) = &mut log.phases[1].latency {
             l.curve = vec![
                 CurvePoint {
@@ -1761,7 +1818,7 @@ mod tests {
         let mut zeros = sample_run();
         for r in &mut zeros.results {
             for p in &mut r.phases {
-                p.timeline = Phase::timeline_from_counts(&[0], 1.0);
+                p.timeline = Phase::timeline_from_counts(&[0], &[0], 1.0);
                 p.latency = None;
             }
         }

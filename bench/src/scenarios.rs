@@ -108,6 +108,7 @@ fn phase(name: &str, spec: &Spec, o: &Outcome) -> Phase {
         latency: Latency::from_histogram(&o.hist),
         timeline: Phase::timeline_from_counts(
             &o.interval_counts,
+            &o.interval_max_us,
             TIMELINE_INTERVAL_MS as f64 / 1000.0,
         ),
     }
@@ -166,7 +167,13 @@ async fn max_and_half(
                 half.errors
             ));
         }
-        phases.push(phase("half", &spec, &half));
+        let half = phase("half", &spec, &half);
+        if let Some((t, ms)) = half.slowest_interval() {
+            notes.push(format!(
+                "half phase: the longest latency, {ms:.1} ms, ended in the {TIMELINE_INTERVAL_MS} ms up to {t:.2} s into the measured window"
+            ));
+        }
+        phases.push(half);
     } else {
         notes.push(format!(
             "half phase skipped: the open-loop rate {rate:.1}/s is below {OPEN_RATE_MIN}/s"
