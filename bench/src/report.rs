@@ -242,8 +242,8 @@ impl Latency {
 impl Phase {
     /// Completions counted per interval of `interval_secs` → rates per second, each stamped at
     /// the end of its interval, with the longest latency of each interval from `max_us`
-    /// (microseconds; none where it is 0 or missing). Empty when `interval_secs` is not a
-    /// positive finite number.
+    /// (microseconds; none where nothing completed or it is missing). Empty when
+    /// `interval_secs` is not a positive finite number.
     pub fn timeline_from_counts(
         counts: &[u64],
         max_us: &[u64],
@@ -260,7 +260,7 @@ impl Phase {
                 per_sec: count as f64 / interval_secs,
                 max_ms: max_us
                     .get(i)
-                    .filter(|&&us| us > 0 && count > 0)
+                    .filter(|_| count > 0)
                     .map(|&us| us as f64 / 1000.0),
             })
             .collect()

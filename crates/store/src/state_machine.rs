@@ -444,9 +444,7 @@ fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<BatchOutcom
         {
             // A payload drop rewrites events already in the store, so everything applied
             // before it is written first: every replica then reads the same events.
-            let mut done = std::mem::take(&mut wb);
-            tip.views.write_into(&live.db, &mut done);
-            write_applied(shared, &live, done, &tip)?;
+            write_applied(shared, &live, std::mem::take(&mut wb), &mut tip)?;
         }
         tip.last_applied = Some(entry.log_id);
         match entry.payload {
@@ -468,15 +466,15 @@ fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<BatchOutcom
             }
         }
     }
-    tip.views.write_into(&live.db, &mut wb);
-    tip.batch_bytes = wb.size_in_bytes();
-    write_applied(shared, &live, wb, &tip)?;
+    write_applied(shared, &live, wb, &mut tip)?;
     live.put_tip(tip);
     Ok(results)
 }
 
-/// Writes applied entries with the progress that goes with them, and wakes the watchers.
-fn write_applied(shared: &Shared, live: &SmDb, mut wb: WriteBatch, tip: &Tip) -> Result<()> {
+/// Writes applied entries with the view writes held in `tip` and the progress that goes
+/// with them, and wakes the watchers.
+fn write_applied(shared: &Shared, live: &SmDb, mut wb: WriteBatch, tip: &mut Tip) -> Result<()> {
+    tip.views.write_into(&live.db, &mut wb);
     let meta = rocks::cf(&live.db, CF_META);
     wb.put_cf(meta, KEY_LAST_APPLIED, codec::encode(&tip.last_applied));
     wb.put_cf(meta, KEY_MEMBERSHIP, codec::encode(&tip.membership));
@@ -490,6 +488,7 @@ fn write_applied(shared: &Shared, live: &SmDb, mut wb: WriteBatch, tip: &Tip) ->
     } else {
         rocks::Durability::Unlogged
     };
+    tip.batch_bytes = wb.size_in_bytes();
     rocks::write(&live.db, &live.path, wb, durability)?;
     shared.applied_tx.send_replace(tip.chain.next_seq);
     Ok(())
