@@ -78,6 +78,25 @@ pub struct Ctx {
     pub ceiling: Duration,
     /// The open-loop rate of the second phase instead of half the maximum.
     pub rate: Option<f64>,
+    /// Where the nodes keep their Raft logs (`raft_log_dir`) instead of their data folders.
+    pub raft_log_dir: Option<PathBuf>,
+}
+
+impl Ctx {
+    /// Moves the cluster's Raft logs to `--raft-log-dir` (under the scenario's name), if
+    /// given.
+    fn place_logs(&self, cluster: &mut LocalCluster, scenario: &str) -> anyhow::Result<()> {
+        if let Some(root) = &self.raft_log_dir {
+            let dir = root.join(scenario);
+            anyhow::ensure!(
+                !dir.exists(),
+                "{} exists already: give --raft-log-dir a folder without earlier runs",
+                dir.display()
+            );
+            cluster.keep_raft_logs_under(&dir)?;
+        }
+        Ok(())
+    }
 }
 
 impl Ctx {
@@ -154,9 +173,24 @@ async fn max_and_half(
     if rate >= OPEN_RATE_MIN {
         tokio::time::sleep(Duration::from_millis(PHASE_GAP_MS)).await;
         let spec = ctx.spec(format!("{scenario} half"), Mode::Open { rate });
+        let half_before = match admin {
+            Some(a) => Some((
+                leader_log_index(a).await?,
+                serials.load(std::sync::atomic::Ordering::Relaxed),
+            )),
+            None => None,
+        };
         let watch = procs::watch(pids)?;
-        let half = load::drive(op, &spec, serials).await?;
+        let half = load::drive(op, &spec, serials.clone()).await?;
         let used: f64 = procs::costs(&watch)?.iter().map(|p| p.cpu_cores_avg).sum();
+        if let (Some(a), Some((entries_before, ops_before))) = (admin, half_before) {
+            let entries = leader_log_index(a).await?.saturating_sub(entries_before);
+            let ops = serials.load(std::sync::atomic::Ordering::Relaxed) - ops_before;
+            notes.push(format!(
+                "half phase with its warm-up: {ops} operations, {entries} Raft log entries on the leader ({:.1} operations per entry)",
+                ops as f64 / entries.max(1) as f64
+            ));
+        }
         notes.push(format!(
             "half phase: the processes above used {used:.2} of the {} cores together",
             std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -284,7 +318,7 @@ pub async fn log(ctx: &Ctx) -> anyhow::Result<ScenarioResult> {
     let raft = RaftOptions::default();
     let api = bench_api();
     let messaging = LocalCluster::fitting_messaging(&raft, &api);
-    let cluster = LocalCluster::lay_out(
+    let mut cluster = LocalCluster::lay_out(
         &ctx.work.join("log"),
         "bench-log",
         ctx.nodes,
@@ -293,6 +327,7 @@ pub async fn log(ctx: &Ctx) -> anyhow::Result<ScenarioResult> {
         messaging,
     )
     .await?;
+    ctx.place_logs(&mut cluster, "log")?;
     let (mut procs, _leader) = start_provider(ctx, &cluster).await?;
     let addrs: Vec<String> = cluster.addrs().into_values().collect();
     let clients = spread(&cluster, &addrs, ctx.connections, None).await?;
@@ -497,7 +532,7 @@ pub async fn hot_path(ctx: &Ctx, replay: bool) -> anyhow::Result<Vec<ScenarioRes
     let raft = RaftOptions::default();
     let api = bench_api();
     let messaging = LocalCluster::fitting_messaging(&raft, &api);
-    let cluster = LocalCluster::lay_out(
+    let mut cluster = LocalCluster::lay_out(
         &ctx.work.join("hot-path"),
         "bench-hot",
         ctx.nodes,
@@ -506,6 +541,7 @@ pub async fn hot_path(ctx: &Ctx, replay: bool) -> anyhow::Result<Vec<ScenarioRes
         messaging,
     )
     .await?;
+    ctx.place_logs(&mut cluster, "hot-path")?;
     let (mut procs, leader) = start_provider(ctx, &cluster).await?;
     let admin = procs::admin_client(&cluster).await?;
     provision(&admin, 1, None).await?;

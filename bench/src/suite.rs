@@ -71,6 +71,11 @@ pub struct SuiteArgs {
     /// removed afterwards).
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
+    /// Where the nodes keep their Raft logs (each node's `raft_log_dir`, under the
+    /// scenario's name): a file system of its own shows what a dedicated log disk gives.
+    /// Default: in each node's data folder. The folder's scenario subfolders must not exist.
+    #[arg(long)]
+    pub raft_log_dir: Option<PathBuf>,
     /// The sealpost binary the nodes run (default: `sealpost` beside this binary).
     #[arg(long, env = "SEALPOST_BIN")]
     pub sealpost_bin: Option<PathBuf>,
@@ -350,6 +355,7 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<()> {
         duration: secs(pick(a.duration_secs, 10.0, 1.0), "--duration-secs")?,
         ceiling: secs(pick(a.ceiling_secs, 5.0, 1.0), "--ceiling-secs")?,
         rate: a.rate,
+        raft_log_dir: a.raft_log_dir.clone(),
     };
     anyhow::ensure!(
         ctx.duration > Duration::ZERO,
@@ -372,6 +378,12 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<()> {
     let commit = git_commit();
     let mut results = Vec::new();
     let mut notes = Vec::new();
+    if let Some(d) = &ctx.raft_log_dir {
+        notes.push(format!(
+            "the nodes kept their Raft logs under {} (raft_log_dir), not in their data folders",
+            d.display()
+        ));
+    }
     for s in &wanted {
         if *s == "replay" {
             // Runs with the hot path, on its cluster.
@@ -624,6 +636,7 @@ mod tests {
             ceiling_secs: None,
             out: None,
             work_dir: None,
+            raft_log_dir: None,
             sealpost_bin: None,
             peers_dir: PathBuf::from("."),
         }

@@ -682,3 +682,63 @@ async fn a_crashed_node_reapplies_its_log_and_converges() {
     assert_eq!(events, SETTLE_EVENTS + 35);
     c.stop_all().await;
 }
+
+/// A node can keep its Raft log in a folder of its own (`raft_log_dir`): the log is written
+/// there and nowhere in the data folder, survives a restart of the whole cluster, and a
+/// node whose log folder is gone is refused under its old id rather than started empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_raft_log_kept_in_its_own_folder_survives_restarts_and_its_loss_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, logs) = (dir.path().join("prov-a"), dir.path().join("logs"));
+    let api = sealpost_server::config::ApiLimits::default();
+    let messaging = LocalCluster::fitting_messaging(&fast_opts(), &api);
+    let mut laid = LocalCluster::lay_out(&data, "prov-a", 3, fast_opts(), api, messaging)
+        .await
+        .expect("lay out");
+    laid.keep_raft_logs_under(&logs).expect("logs apart");
+    drop(laid);
+
+    let mut c = LocalCluster::open(&data, "prov-a").await.expect("start");
+    c.wait_leader(WAIT).await.expect("a leader is elected");
+    let (_, before, _) = converged(&c).await;
+    let cl = client(&c, 1).await;
+    for s in 1..=20 {
+        register(&cl, s).await.expect("write");
+    }
+    let (_, events, head) = converged(&c).await;
+    assert_eq!(events, before + 20);
+    for id in 1..=3 {
+        let own = logs.join("prov-a").join(format!("node-{id}"));
+        assert!(
+            own.join("raft-log").join("CURRENT").exists(),
+            "node {id}'s log"
+        );
+        assert!(own.join(sealpost_server::node::NODE_ID_FILE).exists());
+        let nd = data.join(format!("node-{id}"));
+        assert!(
+            !nd.join("raft-log").exists(),
+            "node {id} wrote a log in its data folder"
+        );
+        assert!(nd.join("sm").exists());
+    }
+    c.stop_all().await;
+    drop(c);
+
+    let mut c = LocalCluster::open(&data, "prov-a").await.expect("restart");
+    c.wait_leader(WAIT).await.expect("leader after restart");
+    let (_, events_after, head_after) = converged(&c).await;
+    assert_eq!((events_after, head_after), (events, head));
+
+    c.stop_node(3).await.expect("stop node 3");
+    std::fs::remove_dir_all(logs.join("prov-a").join("node-3")).expect("lose node 3's log");
+    let e = c
+        .start_node(3)
+        .await
+        .expect_err("a node without its log is refused");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("lost its data") && msg.contains("node-3"),
+        "unclear refusal: {msg}"
+    );
+    c.stop_all().await;
+}

@@ -186,6 +186,14 @@ pub struct NodeConfig {
     /// The provider this cluster serves; also the Raft cluster name.
     pub provider: String,
     pub data_dir: PathBuf,
+    /// A folder of its own for this node's Raft log (which goes in `raft-log` under it),
+    /// best on a file system of its own, like etcd's `--wal-dir`: the log's fsync, which
+    /// every write waits for, then no longer queues behind the state machine's flushes
+    /// and compactions in a shared file system journal. Default: the log stays in
+    /// `data_dir`. Set it when the node is first started (or restored); moving a log later
+    /// means moving its folder too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft_log_dir: Option<PathBuf>,
     /// Address to bind (host:port).
     pub listen: String,
     /// Address peers and clients use to reach this node; defaults to `listen`.
@@ -267,6 +275,7 @@ pub const ENV_KEYS: &[&str] = &[
     "id",
     "provider",
     "data_dir",
+    "raft_log_dir",
     "listen",
     "advertise",
     "http_listen",
@@ -393,6 +402,9 @@ impl NodeConfig {
         ];
         if let Some(c) = cfg.tls.crl.as_mut() {
             paths.push(c);
+        }
+        if let Some(d) = cfg.raft_log_dir.as_mut() {
+            paths.push(d);
         }
         if let Some(k) = cfg.provider_key.as_mut() {
             paths.push(k);
@@ -556,6 +568,7 @@ mod tests {
             id: 1,
             provider: "prov-a".into(),
             data_dir: "/tmp/x".into(),
+            raft_log_dir: None,
             listen: "127.0.0.1:7001".into(),
             advertise: None,
             http_listen: None,

@@ -432,6 +432,7 @@ impl LocalCluster {
             id,
             provider: self.provider.clone(),
             data_dir: nd.clone(),
+            raft_log_dir: None,
             listen: addr.to_string(),
             advertise: None,
             // Kept across restarts like the node's own port, so scrapers keep finding it.
@@ -489,6 +490,23 @@ impl LocalCluster {
             .iter()
             .map(|(id, c)| (*id, c.advertise_addr()))
             .collect()
+    }
+
+    /// Keeps each node's Raft log under `root/<provider>/node-<id>` instead of its data
+    /// folder (`raft_log_dir`, saved in each `node.toml`). Only before any node has run:
+    /// a log cannot move away from a node that already wrote one.
+    pub fn keep_raft_logs_under(&mut self, root: &Path) -> Result<(), LocalError> {
+        for (id, cfg) in &mut self.configs {
+            if cfg.data_dir.join(crate::node::NODE_ID_FILE).exists() {
+                return Err(LocalError::Layout(format!(
+                    "node {id} has already run; its Raft log stays where it is"
+                )));
+            }
+            cfg.raft_log_dir = Some(node_dir(&root.join(&self.provider), *id));
+            cfg.validate()?;
+            write_file(&cfg.data_dir.join("node.toml"), &cfg.to_toml(), false)?;
+        }
+        Ok(())
     }
 
     /// Gives a node these MLLP listeners (saved in its `node.toml`) and restarts it.

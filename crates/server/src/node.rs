@@ -172,10 +172,16 @@ pub fn restore_node(
             cfg.id
         )));
     }
-    if cfg.data_dir.join(NODE_ID_FILE).exists() {
-        return Err(err(format!(
-            "it already belongs to a node ({NODE_ID_FILE} exists): restore into a new folder"
-        )));
+    for (dir, _) in store_roots(cfg) {
+        if dir.join(NODE_ID_FILE).exists() {
+            return Err(ServerError::DataDir {
+                path: dir.display().to_string(),
+                problem: format!(
+                    "it already belongs to a node ({NODE_ID_FILE} exists): restore into a \
+                     new folder"
+                ),
+            });
+        }
     }
     let members = cfg
         .initial_members
@@ -183,16 +189,71 @@ pub fn restore_node(
         .map(|m| (m.id, m.addr.clone()))
         .collect();
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| err(e.to_string()))?;
-    let restored = sealpost_store::restore::restore_node(backup, &cfg.data_dir, &members)
-        .map_err(|e| err(e.to_string()))?;
-    write_durably(&cfg.data_dir, NODE_ID_FILE, cfg.id.to_string().as_bytes())
-        .map_err(|e| err(e.to_string()))?;
+    let restored = sealpost_store::restore::restore_node(
+        backup,
+        &cfg.data_dir,
+        cfg.raft_log_dir.as_deref(),
+        &members,
+    )
+    .map_err(|e| err(e.to_string()))?;
+    claim_roots(cfg)?;
     Ok(restored)
 }
 
-/// Checks that the data folder belongs to this node id. Returns true when the folder is
-/// new; the caller claims it with [`NODE_ID_FILE`] once the stores exist.
-fn claim_data_dir(dir: &Path, id: u64) -> Result<bool, ServerError> {
+/// Marks every store folder of the node as its own, once its stores exist.
+fn claim_roots(cfg: &NodeConfig) -> Result<(), ServerError> {
+    for (dir, _) in store_roots(cfg) {
+        write_durably(dir, NODE_ID_FILE, format!("{}\n", cfg.id).as_bytes()).map_err(|e| {
+            ServerError::DataDir {
+                path: dir.join(NODE_ID_FILE).display().to_string(),
+                problem: e.to_string(),
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// The folders a node keeps its stores in: the data folder (the state machine, and the
+/// Raft log unless `raft_log_dir` keeps it apart) and the log's own folder, if any. Each
+/// is claimed by a [`NODE_ID_FILE`] naming the node.
+fn store_roots(cfg: &NodeConfig) -> Vec<(&Path, Vec<&'static str>)> {
+    use sealpost_store::{LOG_DIR_NAME, SM_DIR_NAME};
+    match &cfg.raft_log_dir {
+        Some(log) if log != &cfg.data_dir => vec![
+            (cfg.data_dir.as_path(), vec![SM_DIR_NAME]),
+            (log.as_path(), vec![LOG_DIR_NAME]),
+        ],
+        _ => vec![(cfg.data_dir.as_path(), vec![LOG_DIR_NAME, SM_DIR_NAME])],
+    }
+}
+
+/// Checks that every store folder of the node belongs to this node id. Returns true when
+/// they are all new; the caller claims them with [`NODE_ID_FILE`] once the stores exist.
+/// Refuses a mix: a node whose log (or state machine) is gone lost its data.
+fn claim_store_dirs(cfg: &NodeConfig) -> Result<bool, ServerError> {
+    let mut fresh = Vec::new();
+    for (dir, stores) in store_roots(cfg) {
+        fresh.push((dir, claim_dir(dir, cfg.id, &stores)?));
+    }
+    if let (Some((new, _)), Some((old, _))) = (
+        fresh.iter().find(|(_, f)| *f),
+        fresh.iter().find(|(_, f)| !*f),
+    ) {
+        return Err(ServerError::DataDir {
+            path: new.display().to_string(),
+            problem: format!(
+                "it is new but {} belongs to node {}: the node's stores are split; a node \
+                 that lost its data rejoins as a new learner id, never under its old id",
+                old.display(),
+                cfg.id
+            ),
+        });
+    }
+    Ok(fresh.iter().all(|(_, f)| *f))
+}
+
+/// Checks that `dir` belongs to node `id` and holds `stores`, or is new (true).
+fn claim_dir(dir: &Path, id: u64, stores: &[&str]) -> Result<bool, ServerError> {
     let err = |problem: String| ServerError::DataDir {
         path: dir.display().to_string(),
         problem,
@@ -211,17 +272,19 @@ fn claim_data_dir(dir: &Path, id: u64) -> Result<bool, ServerError> {
                      rejoins under a new id"
                 )));
             }
-            if !dir.join("raft-log").exists() || !dir.join("sm").exists() {
+            if let Some(missing) = stores.iter().find(|s| !dir.join(s).exists()) {
                 return Err(err(format!(
-                    "node {id}'s stores are missing; a node that lost its data rejoins as a \
-                     new learner id, never under its old id"
+                    "node {id}'s store {missing} is missing; a node that lost its data \
+                     rejoins as a new learner id, never under its old id"
                 )));
             }
             Ok(false)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if dir.join("raft-log").exists() {
-                return Err(err(format!("it holds stores but no {NODE_ID_FILE} file")));
+            if let Some(held) = stores.iter().find(|s| dir.join(s).exists()) {
+                return Err(err(format!(
+                    "it holds a store ({held}) but no {NODE_ID_FILE} file"
+                )));
             }
             Ok(true)
         }
@@ -365,7 +428,7 @@ async fn start_inner(
         addr: cfg.listen.clone(),
         source,
     })?;
-    let fresh = claim_data_dir(&cfg.data_dir, cfg.id)?;
+    let fresh = claim_store_dirs(&cfg)?;
     let identity = Identity::from_pem(&tls.identity.cert_pem, &tls.identity.key_pem);
     let client_tls = client_tls_of(&tls);
     let raft = RaftNode::start(NodeOptions {
@@ -379,6 +442,7 @@ async fn start_inner(
         store: StoreOptions {
             create: fresh,
             unsafe_skip_fsync: breakage.skip_fsync,
+            log_root: cfg.raft_log_dir.clone(),
             ..StoreOptions::default()
         },
         unsafe_ack_before_commit: breakage.ack_before_commit,
@@ -388,15 +452,7 @@ async fn start_inner(
     })
     .await?;
     if fresh {
-        write_durably(
-            &cfg.data_dir,
-            NODE_ID_FILE,
-            format!("{}\n", cfg.id).as_bytes(),
-        )
-        .map_err(|e| ServerError::DataDir {
-            path: cfg.data_dir.join(NODE_ID_FILE).display().to_string(),
-            problem: e.to_string(),
-        })?;
+        claim_roots(&cfg)?;
     }
 
     let limit = cfg.api.grpc_message_bytes_max;

@@ -34,7 +34,7 @@ pub mod state_machine;
 pub mod timing;
 pub mod types;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub use error::{Error, Result};
 pub use log_store::LogStore;
@@ -59,6 +59,10 @@ pub struct StoreOptions {
     /// only the OS holds them. Only the chaos harness's broken test node sets it, to prove a
     /// power-loss crash catches the loss; `sealpost` itself has no way to turn it on.
     pub unsafe_skip_fsync: bool,
+    /// The folder that holds the Raft log (as [`LOG_DIR_NAME`]) when it is not the node's
+    /// data folder: a file system of its own, so the log's fsyncs do not queue behind the
+    /// state machine's flushes in a shared file system journal.
+    pub log_root: Option<PathBuf>,
 }
 
 impl Default for StoreOptions {
@@ -67,13 +71,21 @@ impl Default for StoreOptions {
             create: true,
             sync_state_machine: false,
             unsafe_skip_fsync: false,
+            log_root: None,
         }
     }
 }
 
-/// Opens both stores of a node under `dir`: `dir/raft-log` and `dir/sm`.
+/// The Raft log's folder name, under the data folder or under [`StoreOptions::log_root`].
+pub const LOG_DIR_NAME: &str = "raft-log";
+/// The state machine's folder name, under the data folder.
+pub const SM_DIR_NAME: &str = "sm";
+
+/// Opens both stores of a node: the state machine in `dir/sm`, the Raft log in
+/// `dir/raft-log` or, with [`StoreOptions::log_root`], in `log_root/raft-log`.
 pub fn open(dir: &Path, opts: &StoreOptions) -> Result<(LogStore, StateMachine)> {
-    let log = LogStore::open_with(&dir.join("raft-log"), opts.create, opts.unsafe_skip_fsync)?;
-    let sm = StateMachine::open(&dir.join("sm"), opts.create, opts.sync_state_machine)?;
+    let log_dir = opts.log_root.as_deref().unwrap_or(dir).join(LOG_DIR_NAME);
+    let log = LogStore::open_with(&log_dir, opts.create, opts.unsafe_skip_fsync)?;
+    let sm = StateMachine::open(&dir.join(SM_DIR_NAME), opts.create, opts.sync_state_machine)?;
     Ok((log, sm))
 }

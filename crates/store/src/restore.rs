@@ -37,10 +37,12 @@ pub struct Restored {
 }
 
 /// Restores `backup` into `node_dir` (which must hold no stores yet) for a cluster of
-/// `members` (node id → address), every one a voter.
+/// `members` (node id → address), every one a voter. The Raft log goes under `log_root`
+/// when the node keeps it apart (see [`crate::StoreOptions::log_root`]).
 pub fn restore_node(
     backup: &Path,
     node_dir: &Path,
+    log_root: Option<&Path>,
     members: &BTreeMap<NodeId, String>,
 ) -> Result<Restored> {
     if members.is_empty() {
@@ -57,7 +59,10 @@ pub fn restore_node(
     let last = meta.last_log_id.ok_or_else(|| {
         Error::Invalid("the backup holds a state machine that applied nothing".into())
     })?;
-    let (log_dir, sm_dir) = (node_dir.join("raft-log"), node_dir.join("sm"));
+    let (log_dir, sm_dir) = (
+        log_root.unwrap_or(node_dir).join(crate::LOG_DIR_NAME),
+        node_dir.join(crate::SM_DIR_NAME),
+    );
     for d in [&log_dir, &sm_dir] {
         if d.exists() {
             return Err(Error::Invalid(format!(
@@ -102,6 +107,9 @@ pub fn restore_node(
         payload: EntryPayload::Membership(Membership::new(vec![voters], nodes)),
     };
     let vote = Vote::new(last.leader_id.term, last.leader_id.node_id);
+    if let Some(root) = log_root {
+        std::fs::create_dir_all(root).map_err(Error::io(root))?;
+    }
     LogStore::open(&log_dir, true)?.seed(last, vote, entry)?;
     Ok(Restored {
         last_log_id: last,
