@@ -221,7 +221,7 @@ impl FaultRecord {
 }
 
 /// The status of the node at `addr`, within 5 s.
-async fn status_of(cluster: &LocalCluster, addr: &str) -> anyhow::Result<pb::NodeStatus> {
+pub async fn status_of(cluster: &LocalCluster, addr: &str) -> anyhow::Result<pb::NodeStatus> {
     let c = sealpost_harness::node_client(cluster, addr).await?;
     tokio::time::timeout(
         Duration::from_secs(5),

@@ -42,6 +42,8 @@ const UNAVAILABLE_TAIL_MS: u64 = 1_000;
 const REPLAY_RECORDS_MAX: usize = 50_000_000;
 /// Writes a fixed scenario sends.
 const SCENARIO_WRITES: u64 = 10;
+/// Times a fixed scenario cuts off the leader before the leader it cut off still leads.
+const ISOLATION_ATTEMPTS_MAX: u32 = 5;
 /// Deadline of one write in a fixed scenario (an isolated leader never answers a correct
 /// node's write).
 const SCENARIO_CALL_TIMEOUT_MS: u64 = 1_500;
@@ -368,9 +370,25 @@ async fn isolated_leader_writes(
     history: &load::History,
 ) -> anyhow::Result<Vec<faults::FaultRecord>> {
     let started = Instant::now();
-    let (leader, term_before, followers) = faults::roles(rig).await?;
-    let addr = rig.cluster.addrs()[&leader].clone();
-    rig.proxy.partition(&[vec![leader], followers.clone()]);
+    let mut cut = None;
+    for _ in 0..ISOLATION_ATTEMPTS_MAX {
+        let (leader, term_before, followers) = faults::roles(rig).await?;
+        let addr = rig.cluster.addrs()[&leader].clone();
+        rig.proxy.partition(&[vec![leader], followers.clone()]);
+        // Leadership can move between reading the roles and the cut (a busy machine
+        // misses a heartbeat); writes sent to a node that no longer leads test nothing.
+        let s = faults::status_of(&rig.cluster, &addr).await?;
+        if s.role == "leader" && s.term == term_before {
+            cut = Some((leader, term_before, followers, addr));
+            break;
+        }
+        rig.proxy.heal();
+    }
+    let Some((leader, term_before, followers, addr)) = cut else {
+        anyhow::bail!(
+            "no leader stayed the leader through its isolation in {ISOLATION_ATTEMPTS_MAX} attempts"
+        );
+    };
     sends_to(rig, &addr, SCENARIO_WRITES, history).await?;
     rig.procs.kill(leader)?;
     // The majority elects a leader of its own while the old one is down.

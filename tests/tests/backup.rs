@@ -86,7 +86,7 @@ async fn an_online_backup_restores_into_a_new_cluster_with_every_event() {
     a.stop_all().await;
     let dir_b = tempfile::tempdir().expect("tmp");
     let b_root = dir_b.path().join("prov-a");
-    let laid = LocalCluster::lay_out(
+    let mut laid = LocalCluster::lay_out(
         &b_root,
         "prov-a",
         3,
@@ -96,6 +96,9 @@ async fn an_online_backup_restores_into_a_new_cluster_with_every_event() {
     )
     .await
     .expect("a new layout");
+    // The new cluster keeps its Raft logs apart (raft_log_dir): the restore seeds them there.
+    let b_logs = dir_b.path().join("logs");
+    laid.keep_raft_logs_under(&b_logs).expect("logs apart");
     for f in ["kek", PROVIDER_KEY_FILE] {
         std::fs::copy(a.dir.join(f), b_root.join(f)).expect("the provider's secrets");
     }
@@ -104,6 +107,12 @@ async fn an_online_backup_restores_into_a_new_cluster_with_every_event() {
         let r = sealpost_server::node::restore_node(&cfg, &out).expect("restore");
         assert_eq!(r.event_count, manifest.event_count);
         assert_eq!(hex::encode(r.chain_head), manifest.chain_head);
+        let log = b_logs.join("prov-a").join(format!("node-{id}"));
+        assert!(
+            log.join("raft-log").join("CURRENT").exists(),
+            "node {id}'s log"
+        );
+        assert!(!cfg.data_dir.join("raft-log").exists());
         // Twice is refused: the folder now holds stores.
         let again = sealpost_server::node::restore_node(&cfg, &out).expect_err("twice");
         assert!(
