@@ -650,6 +650,21 @@ mod tests {
         assert_eq!(c.provider, sample().provider, "the file holds the rest");
     }
 
+    /// `raft_log_dir` comes from the environment like `data_dir`, a relative one is taken
+    /// from the configuration file's folder, and the file round-trips with it.
+    #[test]
+    fn the_raft_log_dir_is_read_from_the_environment_relative_to_the_file() {
+        let (dir, path) = sample_file();
+        let vars = env(&[("SEALPOST_RAFT_LOG_DIR", "wal")]);
+        let c = NodeConfig::load_layered(&path, vars, &[]).expect("load");
+        assert_eq!(c.raft_log_dir, Some(dir.path().join("wal")));
+        let back: NodeConfig = toml::from_str(&c.to_toml()).expect("parse");
+        assert_eq!(back.raft_log_dir, c.raft_log_dir);
+        let unset = NodeConfig::load_layered(&path, env(&[]), &[]).expect("load");
+        assert_eq!(unset.raft_log_dir, None);
+        assert!(!unset.to_toml().contains("raft_log_dir"));
+    }
+
     /// A bad value or an unknown key is refused naming the variable, flag and field.
     #[test]
     fn bad_overrides_name_what_is_wrong() {
