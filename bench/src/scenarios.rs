@@ -97,9 +97,7 @@ impl Ctx {
         }
         Ok(())
     }
-}
 
-impl Ctx {
     fn spec(&self, label: String, mode: Mode) -> Spec {
         Spec {
             label,
@@ -150,21 +148,11 @@ async fn max_and_half(
             clients: ctx.clients,
         },
     );
-    let entries_before = match admin {
-        Some(a) => Some(leader_log_index(a).await?),
-        None => None,
-    };
+    let counted = EntryCount::start(admin, &serials).await?;
     let watch = procs::watch(pids)?;
     let max = load::drive(op.clone(), &spec, serials.clone()).await?;
     let processes = procs::costs(&watch)?;
-    if let (Some(a), Some(before)) = (admin, entries_before) {
-        let entries = leader_log_index(a).await?.saturating_sub(before);
-        let ops = serials.load(std::sync::atomic::Ordering::Relaxed) - 1;
-        notes.push(format!(
-            "max phase with its warm-up: {ops} operations, {entries} Raft log entries on the leader ({:.1} operations per entry)",
-            ops as f64 / entries.max(1) as f64
-        ));
-    }
+    notes.extend(EntryCount::note(counted, admin, &serials, "max").await?);
     if let Some(e) = &max.first_error {
         notes.push(format!("max phase: {} errors, the first: {e}", max.errors));
     }
@@ -173,24 +161,11 @@ async fn max_and_half(
     if rate >= OPEN_RATE_MIN {
         tokio::time::sleep(Duration::from_millis(PHASE_GAP_MS)).await;
         let spec = ctx.spec(format!("{scenario} half"), Mode::Open { rate });
-        let half_before = match admin {
-            Some(a) => Some((
-                leader_log_index(a).await?,
-                serials.load(std::sync::atomic::Ordering::Relaxed),
-            )),
-            None => None,
-        };
+        let counted = EntryCount::start(admin, &serials).await?;
         let watch = procs::watch(pids)?;
         let half = load::drive(op, &spec, serials.clone()).await?;
         let used: f64 = procs::costs(&watch)?.iter().map(|p| p.cpu_cores_avg).sum();
-        if let (Some(a), Some((entries_before, ops_before))) = (admin, half_before) {
-            let entries = leader_log_index(a).await?.saturating_sub(entries_before);
-            let ops = serials.load(std::sync::atomic::Ordering::Relaxed) - ops_before;
-            notes.push(format!(
-                "half phase with its warm-up: {ops} operations, {entries} Raft log entries on the leader ({:.1} operations per entry)",
-                ops as f64 / entries.max(1) as f64
-            ));
-        }
+        notes.extend(EntryCount::note(counted, admin, &serials, "half").await?);
         notes.push(format!(
             "half phase: the processes above used {used:.2} of the {} cores together",
             std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -214,6 +189,46 @@ async fn max_and_half(
         ));
     }
     Ok((phases, processes, notes))
+}
+
+/// Where a phase started: the leader's last log index and the next operation serial, so
+/// its end can say how many operations each Raft entry carried (batching).
+struct EntryCount {
+    index: u64,
+    serial: u64,
+}
+
+impl EntryCount {
+    /// `None` without an admin client (a scenario that does not count entries).
+    async fn start(admin: Option<&Client>, serials: &AtomicU64) -> anyhow::Result<Option<Self>> {
+        Ok(match admin {
+            Some(a) => Some(Self {
+                index: leader_log_index(a).await?,
+                serial: serials.load(std::sync::atomic::Ordering::Relaxed),
+            }),
+            None => None,
+        })
+    }
+
+    /// The note for `phase`, which started at `from`.
+    async fn note(
+        from: Option<Self>,
+        admin: Option<&Client>,
+        serials: &AtomicU64,
+        phase: &str,
+    ) -> anyhow::Result<Option<String>> {
+        let (Some(from), Some(a)) = (from, admin) else {
+            return Ok(None);
+        };
+        let entries = leader_log_index(a).await?.saturating_sub(from.index);
+        let ops = serials
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .saturating_sub(from.serial);
+        Ok(Some(format!(
+            "{phase} phase with its warm-up: {ops} operations, {entries} Raft log entries on the leader ({:.1} operations per entry)",
+            ops as f64 / entries.max(1) as f64
+        )))
+    }
 }
 
 /// The leader's last log index, to count the entries a phase wrote (batching).

@@ -107,9 +107,6 @@ pub fn restore_node(
         payload: EntryPayload::Membership(Membership::new(vec![voters], nodes)),
     };
     let vote = Vote::new(last.leader_id.term, last.leader_id.node_id);
-    if let Some(root) = log_root {
-        std::fs::create_dir_all(root).map_err(Error::io(root))?;
-    }
     LogStore::open(&log_dir, true)?.seed(last, vote, entry)?;
     Ok(Restored {
         last_log_id: last,
