@@ -2,8 +2,9 @@
 //! machine (not through Raft: organisations registered and their endpoints published, in
 //! entries of `--batch` commands), then the replay rate (events read, decoded and turned
 //! into audit records with their canonical bytes, per second, and the stored megabytes per
-//! second behind them) and the time to rebuild every view from the event store and compare
-//! it with the live one.
+//! second behind them), the time to read one message's history (a message sent, routed and
+//! fetched after the generated events) by a scan and through its timeline view, and the
+//! time to rebuild every view from the event store and compare it with the live one.
 
 use std::time::{Duration, Instant};
 
@@ -11,9 +12,13 @@ use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, EntryPayload};
 use sealpost_core::Batch;
 use sealpost_core::codec;
-use sealpost_core::command::{Command, Proposal};
+use sealpost_core::command::{Command, DeliveryVerdict, Proposal};
 use sealpost_core::directory::{AuState, EndpointSpec, OrganisationSpec, PayloadType, PublicKeys};
 use sealpost_core::ids::{EndpointId, HpiO};
+use sealpost_core::message::{
+    ENVELOPE_VERSION, Envelope, EnvelopeHeader, MessageId, Priority, SealedCopy, Sender,
+    payload_digest,
+};
 use sealpost_store::StateMachine;
 use sealpost_store::rebuild::RebuildPhase;
 use sealpost_store::types::{Entry, LogId};
@@ -80,22 +85,7 @@ pub async fn run(a: AuditArgs) -> anyhow::Result<()> {
             payload_types: vec![PayloadType::Hl7Result, PayloadType::Text],
         }));
         if commands.len() >= a.batch || serial == orgs {
-            let entry = Entry {
-                log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-                payload: EntryPayload::Normal(Batch {
-                    ts_ms: 1_800_000_000_000 + index,
-                    proposals: commands
-                        .drain(..)
-                        .map(|command| Proposal {
-                            actor: "bench".into(),
-                            command,
-                        })
-                        .collect(),
-                }),
-            };
-            sm.apply(vec![entry])
-                .await
-                .map_err(|e| anyhow::anyhow!("apply: {e}"))?;
+            apply(&mut sm, index, commands.drain(..)).await?;
             index += 1;
         }
     }
@@ -108,8 +98,13 @@ pub async fn run(a: AuditArgs) -> anyhow::Result<()> {
         total as f64 / generated.as_secs_f64()
     );
 
+    if !reuse {
+        add_message(&mut sm, index).await?;
+    }
+    let view = sm.view();
     if !a.no_replay {
         replay(&view)?;
+        message_history(&view)?;
     }
     if !a.no_rebuild {
         // CPU time is steadier than wall time on a shared machine: both are reported.
@@ -146,6 +141,124 @@ pub async fn run(a: AuditArgs) -> anyhow::Result<()> {
             .collect();
         println!("view keys: {}", sizes.join(", "));
     }
+    Ok(())
+}
+
+/// The message whose history the scenario reads (the last thing in the store).
+fn traced_message() -> anyhow::Result<MessageId> {
+    Ok(MessageId::new(
+        "bench-audit",
+        "01890a5d-ac96-774b-bcce-000000000001",
+    )?)
+}
+
+/// Sends one message from organisation 1 to organisation 2's reception, routes it and
+/// records a fetch, in the entry at `index` (shapes only: deciding does not open envelopes).
+async fn add_message(sm: &mut StateMachine, index: u64) -> anyhow::Result<()> {
+    let to = EndpointId::service(HpiO::from_serial(2), "reception")?;
+    let id = traced_message()?;
+    let created_ms = 1_800_000_000_000 + index;
+    let send = Command::Send {
+        envelope: Box::new(Envelope {
+            header: EnvelopeHeader {
+                version: ENVELOPE_VERSION,
+                message_id: id.clone(),
+                sender: Sender {
+                    org: HpiO::from_serial(1),
+                    practitioner: None,
+                },
+                sender_key_id: "k1".into(),
+                recipients: vec![to.clone()],
+                payload_type: PayloadType::Text,
+                priority: Priority::Routine,
+                patient: None,
+                payload_digest: payload_digest(b"bench"),
+                payload_bytes: 4096,
+                created_ms,
+                deliver_by_ms: created_ms + 86_400_000,
+            },
+            signature: vec![0; 64],
+            sealed: vec![SealedCopy {
+                org: to.org.clone(),
+                key_id: "k1".into(),
+                enc: vec![0; 32],
+                ciphertext: vec![0; 4096 + 16],
+            }],
+        }),
+        client_message_id: "bench-audit-1".into(),
+    };
+    let deliver = Command::Deliver {
+        message_id: id.clone(),
+        recipient: to.clone(),
+        verdict: DeliveryVerdict::Route {
+            ack_by_ms: created_ms + 86_400_000,
+        },
+    };
+    let fetch = Command::Fetch {
+        message_id: id,
+        recipient: to,
+    };
+    apply(sm, index, [send, deliver, fetch]).await
+}
+
+/// Applies `commands` as the entry at `index` (its time: 1_800_000_000_000 ms + `index`).
+async fn apply(
+    sm: &mut StateMachine,
+    index: u64,
+    commands: impl IntoIterator<Item = Command>,
+) -> anyhow::Result<()> {
+    let entry = Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(Batch {
+            ts_ms: 1_800_000_000_000 + index,
+            proposals: commands
+                .into_iter()
+                .map(|command| Proposal {
+                    actor: "bench".into(),
+                    command,
+                })
+                .collect(),
+        }),
+    };
+    sm.apply(vec![entry])
+        .await
+        .map_err(|e| anyhow::anyhow!("apply: {e}"))?;
+    Ok(())
+}
+
+/// One message's history two ways: the scan a replay filtered by message did before (every
+/// event read and decoded, the message's kept), and the message's timeline view.
+fn message_history(view: &sealpost_store::StateView) -> anyhow::Result<()> {
+    let id = traced_message()?;
+    let started = Instant::now();
+    let mut scanned = Vec::new();
+    view.replay_ordered(
+        1,
+        0,
+        |_: &mut (), rec| (rec.event.message_id() == Some(&id)).then_some(rec.seq),
+        |seq| {
+            scanned.push(seq);
+            true
+        },
+    )?;
+    let scan = started.elapsed();
+    let started = Instant::now();
+    let mut indexed = Vec::new();
+    view.for_each_message_event(&id, (1, u64::MAX), 1024, |rec| {
+        indexed.push(rec.seq);
+        true
+    })?;
+    let timeline = started.elapsed();
+    anyhow::ensure!(
+        scanned == indexed,
+        "the timeline gave events {indexed:?}, the scan {scanned:?}"
+    );
+    println!(
+        "one message's history ({} events, the newest in the store): {:.3} s by a scan of every event, {:.3} ms through its timeline view",
+        indexed.len(),
+        scan.as_secs_f64(),
+        timeline.as_secs_f64() * 1e3
+    );
     Ok(())
 }
 

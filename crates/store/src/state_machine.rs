@@ -1413,9 +1413,29 @@ impl StateView {
 
     /// The events of one message, in order. At most `limit`.
     pub fn message_events(&self, id: &MessageId, limit: usize) -> Result<Vec<EventRecord>> {
+        self.message_events_between(id, 1, u64::MAX, limit)
+    }
+
+    /// The events of one message whose sequence numbers are in `from..=to`, in order, found
+    /// through the `msg_events` view (no scan of the event store). At most `limit`: a caller
+    /// reading them all asks again from the last one's sequence plus one.
+    pub fn message_events_between(
+        &self,
+        id: &MessageId,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>> {
         let live = self.shared.live();
         let prefix = keys::msg_event_prefix(id);
-        let rows = live.prefix_scan(ViewCf::MsgEvents.name(), &prefix, None, false, limit)?;
+        let start = keys::msg_event(id, from);
+        let rows = live.prefix_scan(
+            ViewCf::MsgEvents.name(),
+            &prefix,
+            Some(&start),
+            false,
+            limit,
+        )?;
         let mut out = Vec::with_capacity(rows.len());
         for (k, _) in rows {
             let seq = k
@@ -1426,6 +1446,9 @@ impl StateView {
                     path: live.path.clone(),
                     detail: format!("timeline key {} is malformed", hex::encode(&k)),
                 })?;
+            if seq > to {
+                break;
+            }
             let rec = live.event(seq)?.ok_or_else(|| Error::Corrupt {
                 path: live.path.clone(),
                 detail: format!("message {id} names event {seq}, which is missing"),
@@ -1433,6 +1456,39 @@ impl StateView {
             out.push(rec);
         }
         Ok(out)
+    }
+
+    /// Hands `each` the events of one message whose sequence numbers are in `from..=to`, in
+    /// order, read from the `msg_events` view `page_events` at a time (so a replay of one
+    /// message's history reads that history alone); stops early when `each` returns false.
+    pub fn for_each_message_event(
+        &self,
+        id: &MessageId,
+        (from, to): (u64, u64),
+        page_events: usize,
+        mut each: impl FnMut(EventRecord) -> bool,
+    ) -> Result<()> {
+        let page_events = page_events.max(1);
+        let mut next = from;
+        // Every full page moves `next` past its last event and sequence numbers only grow,
+        // so this ends after the message's last event in the range.
+        while next <= to {
+            let page = self.message_events_between(id, next, to, page_events)?;
+            let full = page.len() == page_events;
+            let Some(last) = page.last().map(|r| r.seq) else {
+                return Ok(());
+            };
+            for rec in page {
+                if !each(rec) {
+                    return Ok(());
+                }
+            }
+            if !full || last >= to {
+                return Ok(());
+            }
+            next = last + 1;
+        }
+        Ok(())
     }
 
     /// A federation cursor (see `sealpost_core::federation::cursor`).
@@ -1996,6 +2052,74 @@ pub(crate) mod tests {
         ];
         entries.extend((0..n).map(|i| entry(4 + u64::from(i), vec![send(i, 1_700_000_000_000)])));
         entries
+    }
+
+    /// One message's events come from its timeline view: exactly those a scan of the whole
+    /// event store finds for it, in order, for any range and page size, and `each` can stop.
+    #[test]
+    fn a_message_history_is_read_from_its_timeline_in_pages() {
+        use sealpost_core::command::DeliveryVerdict;
+        let mut entries = desk_and_sends(2);
+        let first = MessageId::new("prov-a", "01890a5d-ac96-774b-bcce-000000000000").expect("id");
+        let desk = EndpointId::service(HpiO::from_serial(2), "desk").expect("ep");
+        let deliver = Command::Deliver {
+            message_id: first.clone(),
+            recipient: desk.clone(),
+            verdict: DeliveryVerdict::Route {
+                ack_by_ms: 1_800_000_000_000,
+            },
+        };
+        let fetch = || Command::Fetch {
+            message_id: first.clone(),
+            recipient: desk.clone(),
+        };
+        // The first message's events interleaved with the other messages' sends.
+        entries.push(entry(6, vec![deliver, send(7, 1_700_000_000_000)]));
+        entries.push(entry(7, vec![fetch(), send(8, 1_700_000_000_000), fetch()]));
+        entries.push(entry(8, vec![fetch()]));
+        let dir = tempfile::tempdir().expect("tmp");
+        let sm = StateMachine::open(dir.path(), true, true).expect("open");
+        sm.apply_entries(entries).expect("apply");
+        let view = sm.view();
+        let all = view.events(1, 1_000).expect("events");
+        let scanned = |from: u64, to: u64| -> Vec<u64> {
+            all.iter()
+                .filter(|r| r.seq >= from && r.seq <= to && r.event.message_id() == Some(&first))
+                .map(|r| r.seq)
+                .collect()
+        };
+        let newest = all.last().expect("events").seq;
+        assert_eq!(
+            scanned(1, newest).len(),
+            6,
+            "sent, decrypted, routed and three fetches"
+        );
+        for page in [1, 2, 4, 100] {
+            for (from, to) in [
+                (1, newest),
+                (1, 1),
+                (4, 7),
+                (5, newest),
+                (newest, newest),
+                (9, 3),
+            ] {
+                let mut read = Vec::new();
+                view.for_each_message_event(&first, (from, to), page, |r| {
+                    assert_eq!(r.event.message_id(), Some(&first));
+                    read.push(r.seq);
+                    true
+                })
+                .expect("read");
+                assert_eq!(read, scanned(from, to), "page {page}, {from}..={to}");
+            }
+        }
+        let mut taken = 0;
+        view.for_each_message_event(&first, (1, newest), 2, |_| {
+            taken += 1;
+            taken < 3
+        })
+        .expect("read");
+        assert_eq!(taken, 3, "stops when asked");
     }
 
     /// A payload drop rewrites exactly the old sends' ciphertexts, keeps every hash, and
