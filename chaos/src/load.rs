@@ -223,7 +223,11 @@ pub fn desk() -> String {
     format!("{}/results", HpiO::from_serial(2))
 }
 
-/// Registers the two messaging organisations and the desk (retrying across nodes).
+/// Registers the two messaging organisations and the desk (retrying across nodes), then
+/// reads them back from every node at a linearizable read index. A broken node under test
+/// may acknowledge a registration it then loses (an election at start-up drops it), and a
+/// scenario that began without its organisations would test nothing: a missing one is
+/// registered again.
 pub async fn provision(admin: &[Client]) -> anyhow::Result<()> {
     let mut last = String::new();
     // Bounded: a few rounds over the nodes.
@@ -256,7 +260,25 @@ pub async fn provision(admin: &[Client]) -> anyhow::Result<()> {
                     payload_types: vec!["TEXT".into()],
                 }))
                 .await,
-            )
+            )?;
+            for node in admin {
+                for serial in [1u64, 2] {
+                    timed(
+                        node.directory()
+                            .get_organisation(pb::GetOrganisationRequest {
+                                hpio: HpiO::from_serial(serial).to_string(),
+                                ..Default::default()
+                            }),
+                    )
+                    .await?;
+                }
+                timed(node.directory().get_endpoint(pb::GetEndpointRequest {
+                    id: desk(),
+                    ..Default::default()
+                }))
+                .await?;
+            }
+            Ok(())
         }
         .await;
         match r {

@@ -320,13 +320,15 @@ fn fault_kinds(spec: &str) -> anyhow::Result<Vec<faults::FaultKind>> {
 }
 
 /// Sends `count` messages through the node at `addr` alone, each with a short deadline,
-/// and keeps the acknowledged ones in `history`.
+/// and keeps the acknowledged ones in `history`; returns why the first that failed failed
+/// (the scenario's record names it).
 async fn sends_to(
     rig: &rig::Rig,
     addr: &str,
     count: u64,
     history: &load::History,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<String>> {
+    let mut first_failure = None;
     let c = sealpost_harness::org_client(
         &rig.cluster,
         "chaos-org-1",
@@ -354,12 +356,19 @@ async fn sends_to(
                     l.push(reply.into_inner().message_id);
                 }
             }
-            _ => {
+            Ok(Err(status)) => {
                 history.failed.fetch_add(1, Ordering::Relaxed);
+                first_failure
+                    .get_or_insert_with(|| format!("{:?}: {}", status.code(), status.message()));
+            }
+            Err(_) => {
+                history.failed.fetch_add(1, Ordering::Relaxed);
+                first_failure
+                    .get_or_insert_with(|| format!("no answer in {SCENARIO_CALL_TIMEOUT_MS} ms"));
             }
         }
     }
-    Ok(())
+    Ok(first_failure)
 }
 
 /// `isolated-leader-writes`: the leader is cut off from every peer through the proxy, sent
@@ -389,7 +398,7 @@ async fn isolated_leader_writes(
             "no leader stayed the leader through its isolation in {ISOLATION_ATTEMPTS_MAX} attempts"
         );
     };
-    sends_to(rig, &addr, SCENARIO_WRITES, history).await?;
+    let failure = sends_to(rig, &addr, SCENARIO_WRITES, history).await?;
     rig.procs.kill(leader)?;
     // The majority elects a leader of its own while the old one is down.
     sealpost_harness::wait_ready(
@@ -405,7 +414,8 @@ async fn isolated_leader_writes(
         faults::FaultKind::PartitionLeader,
         leader,
         format!(
-            "leader {leader} isolated from {followers:?}, sent {SCENARIO_WRITES} writes, killed, restarted"
+            "leader {leader} isolated from {followers:?}, sent {SCENARIO_WRITES} writes{}, killed, restarted",
+            failure.map_or_else(String::new, |f| format!(" (the first that failed: {f})"))
         ),
         0,
         healed.duration_since(started).as_millis() as u64,
@@ -422,7 +432,7 @@ async fn power_loss_after_writes(
     let started = Instant::now();
     let (leader, term_before, _) = faults::roles(rig).await?;
     let addr = rig.cluster.addrs()[&leader].clone();
-    sends_to(rig, &addr, SCENARIO_WRITES, history).await?;
+    let failure = sends_to(rig, &addr, SCENARIO_WRITES, history).await?;
     let fs = rig
         .lazyfs
         .as_ref()
@@ -439,8 +449,11 @@ async fn power_loss_after_writes(
         faults::FaultKind::PowerLoss,
         leader,
         format!(
-            "{SCENARIO_WRITES} writes, then all nodes crashed; {} unsynced bytes in {} writes to {} files dropped",
-            dropped.dropped_bytes, dropped.dropped_writes, dropped.files_touched
+            "{SCENARIO_WRITES} writes{}, then all nodes crashed; {} unsynced bytes in {} writes to {} files dropped",
+            failure.map_or_else(String::new, |f| format!(" (the first that failed: {f})")),
+            dropped.dropped_bytes,
+            dropped.dropped_writes,
+            dropped.files_touched
         ),
         healed.duration_since(started).as_millis() as u64,
         0,

@@ -212,18 +212,42 @@ impl Filter {
     }
 }
 
+/// Streams the events in `from..=to` that pass `filter`: read and decoded on worker
+/// threads, handed on in order; a full channel (a slow client) holds the pipeline back, a
+/// closed one (the client went away) stops it.
+fn replay_scan(
+    view: &StateView,
+    (from, to): (u64, u64),
+    filter: &Filter,
+    tx: &mpsc::Sender<Result<pb::AuditEvent, Status>>,
+) {
+    let replayed = view.replay_ordered(
+        from,
+        to,
+        |headers: &mut Headers, rec| {
+            let header = headers.of(view, &rec);
+            filter
+                .matches(&rec, header.as_ref())
+                .then(|| event_to_pb(&rec, header.as_ref()))
+        },
+        |event| tx.blocking_send(Ok(event)).is_ok(),
+    );
+    if let Err(e) = replayed {
+        let _ = tx.blocking_send(Err(convert::store_error(e)));
+    }
+}
+
 /// Streams the events of message `id` in `from..=to` that pass `filter`, read from the
 /// message's timeline view a page at a time; stops when the client goes away.
 fn replay_message(
     view: &StateView,
     id: &MessageId,
-    from: u64,
-    to: u64,
+    range: (u64, u64),
     filter: &Filter,
     tx: &mpsc::Sender<Result<pb::AuditEvent, Status>>,
 ) {
     let mut headers = Headers::default();
-    let read = view.for_each_message_event(id, (from, to), REPLAY_MESSAGE_PAGE_EVENTS, |rec| {
+    let read = view.for_each_message_event(id, range, REPLAY_MESSAGE_PAGE_EVENTS, |rec| {
         let header = headers.of(view, &rec);
         !filter.matches(&rec, header.as_ref())
             || tx
@@ -431,28 +455,19 @@ impl Audit for AuditService {
         };
         let (tx, rx) = mpsc::channel(REPLAY_BUFFER_EVENTS);
         let from = r.from_seq.max(1);
-        if let Some(id) = filter.message_id.clone() {
-            // One message's history: its events come from the message's timeline view, so
-            // the replay reads those alone however large the store is.
-            tokio::task::spawn_blocking(move || replay_message(&view, &id, from, to, &filter, &tx));
-            return Ok(Response::new(ReceiverStream::new(rx)));
-        }
-        // Read and decoded on worker threads, handed on in order; a full channel (a slow
-        // client) holds the pipeline back, a closed one (the client went away) stops it.
         tokio::task::spawn_blocking(move || {
-            let replayed = view.replay_ordered(
-                from,
-                to,
-                |headers: &mut Headers, rec| {
-                    let header = headers.of(&view, &rec);
-                    filter
-                        .matches(&rec, header.as_ref())
-                        .then(|| event_to_pb(&rec, header.as_ref()))
+            // A time window reads its own part of the store (events are in time order).
+            match view.narrow_to_window((from, to), filter.since_ms, filter.until_ms) {
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(convert::store_error(e)));
+                }
+                Ok((from, to)) if from > to => {}
+                // One message's history: its events come from the message's timeline
+                // view, so the replay reads those alone however large the store is.
+                Ok((from, to)) => match filter.message_id.clone() {
+                    Some(id) => replay_message(&view, &id, (from, to), &filter, &tx),
+                    None => replay_scan(&view, (from, to), &filter, &tx),
                 },
-                |event| tx.blocking_send(Ok(event)).is_ok(),
-            );
-            if let Err(e) = replayed {
-                let _ = tx.blocking_send(Err(convert::store_error(e)));
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))

@@ -29,6 +29,55 @@ const REPLAY_PAGES_QUEUED_MAX: usize = 4;
 type RawPage = (u64, Vec<(Box<[u8]>, Box<[u8]>)>);
 
 impl StateView {
+    /// The part of `from..=to` whose events fall in the time window `since_ms..=until_ms`
+    /// (0: no bound on that side), found by binary search: events are stored in sequence
+    /// order with never-decreasing timestamps, so a window of a long history is read alone
+    /// instead of filtered out of a scan from the start. `from > to` in the answer: no event
+    /// is in the window. A missing event (the search relies on a dense store) answers the
+    /// range unchanged, which a filtered scan then narrows anyway.
+    pub fn narrow_to_window(
+        &self,
+        (from, to): (u64, u64),
+        since_ms: u64,
+        until_ms: u64,
+    ) -> Result<(u64, u64)> {
+        let (mut from, mut to) = (from.max(1), to);
+        if from > to {
+            return Ok((from, to));
+        }
+        let live = self.shared_live();
+        let ts_of = |seq: u64| -> Result<Option<u64>> { Ok(live.event(seq)?.map(|r| r.ts_ms)) };
+        if since_ms > 0 {
+            // The first event at or after `since_ms`: in lo..=hi, or hi + 1 if none.
+            let (mut lo, mut hi) = (from, to.saturating_add(1));
+            // Each pass halves hi - lo, so this ends within 64 passes.
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                match ts_of(mid)? {
+                    Some(ts) if ts < since_ms => lo = mid + 1,
+                    Some(_) => hi = mid,
+                    None => return Ok((from, to)),
+                }
+            }
+            from = lo;
+        }
+        if until_ms > 0 && from <= to {
+            // One past the last event at or before `until_ms`.
+            let (mut lo, mut hi) = (from, to.saturating_add(1));
+            // Each pass halves hi - lo, so this ends within 64 passes.
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                match ts_of(mid)? {
+                    Some(ts) if ts <= until_ms => lo = mid + 1,
+                    Some(_) => hi = mid,
+                    None => return Ok((from, to)),
+                }
+            }
+            to = lo - 1;
+        }
+        Ok((from, to))
+    }
+
     /// Replays events `from..=to` (`to` 0: the newest at the start) of one snapshot:
     /// `map` runs on the decoding workers (its `W` is each worker's own state) and returns
     /// what to hand on, or `None` to skip the record; `each` receives the results in
@@ -172,7 +221,58 @@ fn recv<T>(rx: &Receiver<T>) -> Option<T> {
 
 #[cfg(test)]
 mod tests {
-    use crate::state_machine::tests::with_events;
+    use crate::state_machine::tests::{entry, org, with_entries, with_events};
+
+    /// The window's part of a range is exactly the events a filter over the range keeps,
+    /// with several events sharing a timestamp, windows outside the store and empty ones.
+    #[test]
+    fn a_time_window_narrows_to_exactly_its_events() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        // Entry i (its time 1_700_000_000_000 + i ms) holds i % 3 + 1 registrations.
+        let mut serial = 0;
+        let entries = (2..40u64)
+            .map(|i| {
+                let orgs = (0..=i % 3)
+                    .map(|_| {
+                        serial += 1;
+                        org(serial)
+                    })
+                    .collect();
+                entry(i, orgs)
+            })
+            .collect();
+        let sm = with_entries(tmp.path(), entries);
+        let view = sm.view();
+        let all = view.events(1, 1_000).expect("events");
+        let newest = all.last().expect("events").seq;
+        let t0 = 1_700_000_000_000;
+        let kept = |(from, to): (u64, u64), since: u64, until: u64| -> Vec<u64> {
+            all.iter()
+                .filter(|r| r.seq >= from && r.seq <= to)
+                .filter(|r| r.ts_ms >= since && (until == 0 || r.ts_ms <= until))
+                .map(|r| r.seq)
+                .collect()
+        };
+        let mut windows = vec![(0, 0), (t0 + 100, 0), (0, t0 - 1), (t0 + 9, t0 + 8)];
+        for a in [t0, t0 + 2, t0 + 5, t0 + 17, t0 + 39] {
+            for b in [t0 + 2, t0 + 6, t0 + 30, t0 + 50] {
+                windows.push((a, b));
+                windows.push((a, 0));
+                windows.push((0, b));
+            }
+        }
+        for range in [(1, newest), (5, 20), (1, 1), (newest, newest), (9, 3)] {
+            for &(since, until) in &windows {
+                let (from, to) = view.narrow_to_window(range, since, until).expect("narrow");
+                let narrowed: Vec<u64> = (from..=to).collect();
+                assert_eq!(
+                    narrowed,
+                    kept(range, since, until),
+                    "range {range:?}, window {since}..={until}"
+                );
+            }
+        }
+    }
 
     /// Records come back in sequence order across pages and workers, filtered by `map`;
     /// a range stops where asked; a caller that stops early ends the pipeline.

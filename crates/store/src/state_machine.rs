@@ -1730,14 +1730,23 @@ pub(crate) mod tests {
 
     /// A state machine with `n` organisations registered, one per entry.
     pub(crate) fn with_events(root: &Path, n: u64) -> StateMachine {
+        with_entries(
+            root,
+            (0..n).map(|i| entry(i + 2, vec![org(i + 1)])).collect(),
+        )
+    }
+
+    /// A state machine that applied a one-voter membership as entry 1, then `entries`.
+    pub(crate) fn with_entries(root: &Path, entries: Vec<Entry>) -> StateMachine {
         let sm = StateMachine::open(root, true, true).expect("open");
-        let mut entries = vec![Entry {
+        let n = entries.len();
+        let mut all = vec![Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
             payload: EntryPayload::Membership(Membership::new(vec![BTreeSet::from([1u64])], None)),
         }];
-        entries.extend((0..n).map(|i| entry(i + 2, vec![org(i + 1)])));
-        let out = sm.apply_entries(entries).expect("apply");
-        assert_eq!(out.len() as u64, n + 1);
+        all.extend(entries);
+        let out = sm.apply_entries(all).expect("apply");
+        assert_eq!(out.len(), n + 1);
         sm
     }
 
