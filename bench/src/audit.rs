@@ -15,7 +15,7 @@ use sealpost_core::Batch;
 use sealpost_core::codec;
 use sealpost_core::command::{Command, DeliveryVerdict, Proposal};
 use sealpost_core::directory::{AuState, EndpointSpec, OrganisationSpec, PayloadType, PublicKeys};
-use sealpost_core::ids::{EndpointId, HpiO};
+use sealpost_core::ids::{EndpointId, HpiO, Ihi};
 use sealpost_core::message::{
     ENVELOPE_VERSION, Envelope, EnvelopeHeader, MessageId, Priority, SealedCopy, Sender,
     payload_digest,
@@ -154,6 +154,11 @@ fn traced_message() -> anyhow::Result<MessageId> {
     )?)
 }
 
+/// The patient the traced message is about (no other message names them).
+fn traced_patient() -> Ihi {
+    Ihi::from_serial(77)
+}
+
 /// Sends one message from organisation 1 to organisation 2's reception, routes it and
 /// records a fetch, in the entry at `index` (shapes only: deciding does not open envelopes).
 async fn add_message(sm: &mut StateMachine, index: u64) -> anyhow::Result<()> {
@@ -173,7 +178,7 @@ async fn add_message(sm: &mut StateMachine, index: u64) -> anyhow::Result<()> {
                 recipients: vec![to.clone()],
                 payload_type: PayloadType::Text,
                 priority: Priority::Routine,
-                patient: None,
+                patient: Some(traced_patient()),
                 payload_digest: payload_digest(b"bench"),
                 payload_bytes: 4096,
                 created_ms,
@@ -255,11 +260,19 @@ fn message_history(view: &sealpost_store::StateView) -> anyhow::Result<()> {
         scanned == indexed,
         "the timeline gave events {indexed:?}, the scan {scanned:?}"
     );
+    let started = Instant::now();
+    let about = view.patient_event_seqs(&traced_patient(), (1, u64::MAX))?;
+    let patient = started.elapsed();
+    anyhow::ensure!(
+        about.as_ref() == Some(&indexed),
+        "the patient index gave events {about:?}, the message's timeline {indexed:?}"
+    );
     println!(
-        "one message's history ({} events, the newest in the store): {:.3} s by a scan of every event, {:.3} ms through its timeline view",
+        "one message's history ({} events, the newest in the store): {:.3} s by a scan of every event, {:.3} ms through its timeline view; its patient's events: {:.3} ms through the patient index and the timeline",
         indexed.len(),
         scan.as_secs_f64(),
-        timeline.as_secs_f64() * 1e3
+        timeline.as_secs_f64() * 1e3,
+        patient.as_secs_f64() * 1e3
     );
     Ok(())
 }

@@ -96,6 +96,24 @@ fn wait_for(
     }
 }
 
+/// Every node answers and names the same leader, which alone says it leads. "Some node
+/// leads" is not yet a settled cluster: every initial member calls `initialize`, so a first
+/// election can unseat its winner once, and a CLI call sent in between fails.
+fn settled(s: &serde_json::Value) -> bool {
+    let nodes = s["nodes"].as_array().cloned().unwrap_or_default();
+    let Some(leader) = nodes.first().and_then(|n| n["leader_id"].as_u64()) else {
+        return false;
+    };
+    leader != 0
+        && nodes
+            .iter()
+            .all(|n| n["reachable"] != false && n["leader_id"].as_u64() == Some(leader))
+        && nodes.iter().filter(|n| n["role"] == "leader").count() == 1
+        && nodes
+            .iter()
+            .any(|n| n["role"] == "leader" && n["id"].as_u64() == Some(leader))
+}
+
 fn node_lines(lines: &[String]) -> Vec<String> {
     lines
         .iter()
@@ -115,11 +133,7 @@ fn dev_cluster_serves_the_cli_stops_and_restarts_nodes_and_resumes_from_disk() {
         "two providers of three: {lines:?}"
     );
 
-    let s = wait_for(&data, "a leader", |s| {
-        s["nodes"]
-            .as_array()
-            .is_some_and(|n| n.iter().any(|x| x["role"] == "leader"))
-    });
+    let s = wait_for(&data, "one leader every node names", settled);
     assert_eq!(s["nodes"].as_array().map(Vec::len), Some(3));
 
     // The demo directory is there, searchable by any profile.
@@ -275,11 +289,7 @@ fn dev_walkthrough_sends_receives_acknowledges_and_tracks() {
     let tmp = tempfile::tempdir().expect("tmp");
     let data = tmp.path().join("data");
     let (_dev, lines) = start_dev(&data);
-    wait_for(&data, "a leader", |s| {
-        s["nodes"]
-            .as_array()
-            .is_some_and(|n| n.iter().any(|x| x["role"] == "leader"))
-    });
+    wait_for(&data, "one leader every node names", settled);
     let referral = tmp.path().join("referral.hl7");
     let body = b"MSH|^~\\&|GP|NORTHSIDE|CARD|FITZROY|20261126||REF^I12|1|P|2.5\r";
     std::fs::write(&referral, body).expect("write referral");
@@ -461,11 +471,7 @@ fn audit_export_verifies_offline_and_catches_tampering() {
     let tmp = tempfile::tempdir().expect("tmp");
     let data = tmp.path().join("data");
     let (_dev, _) = start_dev(&data);
-    wait_for(&data, "a leader", |s| {
-        s["nodes"]
-            .as_array()
-            .is_some_and(|n| n.iter().any(|x| x["role"] == "leader"))
-    });
+    wait_for(&data, "one leader every node names", settled);
     let out = tmp.path().join("export");
     let exported = ok_json(
         &data,
@@ -608,11 +614,7 @@ fn audit_checkpoints_and_proofs_verify_and_forgeries_fail() {
     let tmp = tempfile::tempdir().expect("tmp");
     let data = tmp.path().join("data");
     let (_dev, _) = start_dev(&data);
-    wait_for(&data, "a leader", |s| {
-        s["nodes"]
-            .as_array()
-            .is_some_and(|n| n.iter().any(|x| x["role"] == "leader"))
-    });
+    wait_for(&data, "one leader every node names", settled);
     let p = |name: &str| tmp.path().join(name).to_str().expect("utf-8").to_string();
     let (c1, c2) = (p("c1.json"), p("c2.json"));
     let first = ok_json(&data, &["audit", "checkpoint", "--out", &c1, "--json"]);
@@ -920,11 +922,7 @@ fn directory_import_loads_skips_and_reports_and_only_operators_write() {
     let tmp = tempfile::tempdir().expect("tmp");
     let data = tmp.path().join("data");
     let (_dev, _lines) = start_dev(&data);
-    wait_for(&data, "a leader", |s| {
-        s["nodes"]
-            .as_array()
-            .is_some_and(|n| n.iter().any(|x| x["role"] == "leader"))
-    });
+    wait_for(&data, "one leader every node names", settled);
     let new_org = sealpost_core::ids::HpiO::from_serial(4242);
     let file = tmp.path().join("directory.jsonl");
     std::fs::write(

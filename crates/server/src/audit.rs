@@ -237,6 +237,40 @@ fn replay_scan(
     }
 }
 
+/// Streams the events numbered `seqs` (in order) that pass `filter`, one point read each;
+/// stops when the client goes away.
+fn replay_seqs(
+    view: &StateView,
+    seqs: &[u64],
+    filter: &Filter,
+    tx: &mpsc::Sender<Result<pb::AuditEvent, Status>>,
+) {
+    let mut headers = Headers::default();
+    for &seq in seqs {
+        let rec = match view.event(seq) {
+            Ok(Some(rec)) => rec,
+            Ok(None) => {
+                let _ = tx.blocking_send(Err(Status::internal(format!(
+                    "event {seq} is named by a message's timeline but is not stored"
+                ))));
+                return;
+            }
+            Err(e) => {
+                let _ = tx.blocking_send(Err(convert::store_error(e)));
+                return;
+            }
+        };
+        let header = headers.of(view, &rec);
+        if filter.matches(&rec, header.as_ref())
+            && tx
+                .blocking_send(Ok(event_to_pb(&rec, header.as_ref())))
+                .is_err()
+        {
+            return;
+        }
+    }
+}
+
 /// Streams the events of message `id` in `from..=to` that pass `filter`, read from the
 /// message's timeline view a page at a time; stops when the client goes away.
 fn replay_message(
@@ -456,17 +490,25 @@ impl Audit for AuditService {
         let (tx, rx) = mpsc::channel(REPLAY_BUFFER_EVENTS);
         let from = r.from_seq.max(1);
         tokio::task::spawn_blocking(move || {
-            // A time window reads its own part of the store (events are in time order).
+            // A time window reads its own part of the store (events are in time order); a
+            // message's or a patient's history is read through the indexes.
             match view.narrow_to_window((from, to), filter.since_ms, filter.until_ms) {
                 Err(e) => {
                     let _ = tx.blocking_send(Err(convert::store_error(e)));
                 }
                 Ok((from, to)) if from > to => {}
-                // One message's history: its events come from the message's timeline
-                // view, so the replay reads those alone however large the store is.
-                Ok((from, to)) => match filter.message_id.clone() {
-                    Some(id) => replay_message(&view, &id, (from, to), &filter, &tx),
-                    None => replay_scan(&view, (from, to), &filter, &tx),
+                Ok((from, to)) => match (&filter.message_id, &filter.patient) {
+                    (Some(id), _) => replay_message(&view, id, (from, to), &filter, &tx),
+                    // A patient's history: their messages from the patient index, then
+                    // those messages' events (a scan when there are very many).
+                    (None, Some(patient)) => match view.patient_event_seqs(patient, (from, to)) {
+                        Ok(Some(seqs)) => replay_seqs(&view, &seqs, &filter, &tx),
+                        Ok(None) => replay_scan(&view, (from, to), &filter, &tx),
+                        Err(e) => {
+                            let _ = tx.blocking_send(Err(convert::store_error(e)));
+                        }
+                    },
+                    (None, None) => replay_scan(&view, (from, to), &filter, &tx),
                 },
             }
         });

@@ -12,10 +12,13 @@ use std::sync::mpsc::{Receiver, sync_channel};
 
 use rocksdb::{Direction, IteratorMode};
 use sealpost_core::event::EventRecord;
+use sealpost_core::ids::Ihi;
+use sealpost_core::messaging::keys;
+use sealpost_core::view::ViewCf;
 
 use crate::error::{Error, Result};
 use crate::rocks::{self, rocks_err};
-use crate::state_machine::{CF_EVENTS, StateView};
+use crate::state_machine::{CF_EVENTS, StateView, prefix_bounds};
 
 /// Records per page handed to a decoding worker.
 pub const REPLAY_PAGE_RECORDS: usize = 1024;
@@ -23,6 +26,12 @@ pub const REPLAY_PAGE_RECORDS: usize = 1024;
 pub const REPLAY_DECODE_WORKERS: usize = 2;
 /// Bytes RocksDB reads ahead of the replay's iterator.
 pub const REPLAY_READAHEAD_BYTES: usize = 4 * 1024 * 1024;
+/// Messages about one patient a replay filtered by patient looks up through the indexes
+/// at most; beyond that it scans.
+pub const REPLAY_PATIENT_MESSAGES_MAX: usize = 100_000;
+/// Events of those messages it gathers at most (their sequence numbers, 8 bytes each);
+/// beyond that it scans.
+pub const REPLAY_PATIENT_EVENTS_MAX: usize = 1_000_000;
 /// Pages read ahead of the decoders, and decoded pages waiting to be handed on.
 const REPLAY_PAGES_QUEUED_MAX: usize = 4;
 
@@ -76,6 +85,66 @@ impl StateView {
             to = lo - 1;
         }
         Ok((from, to))
+    }
+
+    /// The sequence numbers of the events in `from..=to` of every message about `patient`,
+    /// in order: the messages from the patient index of `msg_index`, their events from each
+    /// one's timeline (`msg_events`), so a patient's history is read without a scan of the
+    /// store. `None` when there are more than [`REPLAY_PATIENT_MESSAGES_MAX`] messages or
+    /// [`REPLAY_PATIENT_EVENTS_MAX`] events: then a scan is the cheaper way.
+    pub fn patient_event_seqs(
+        &self,
+        patient: &Ihi,
+        (from, to): (u64, u64),
+    ) -> Result<Option<Vec<u64>>> {
+        let live = self.shared_live();
+        let corrupt = |detail: String| Error::Corrupt {
+            path: live.path.clone(),
+            detail,
+        };
+        let prefix = keys::index_prefix(keys::INDEX_PATIENT, patient.as_str());
+        let index = rocks::cf(&live.db, ViewCf::MsgIndex.name());
+        let timeline = rocks::cf(&live.db, ViewCf::MsgEvents.name());
+        let mut seqs = Vec::new();
+        // Both loops walk keys under a prefix, each bounded by the limits above.
+        for (messages, item) in live
+            .db
+            .iterator_cf_opt(index, prefix_bounds(&prefix), IteratorMode::Start)
+            .enumerate()
+        {
+            if messages >= REPLAY_PATIENT_MESSAGES_MAX {
+                return Ok(None);
+            }
+            let (_, id) = item.map_err(rocks_err(&live.path))?;
+            let id = sealpost_core::message::MessageId::parse(&String::from_utf8_lossy(&id))
+                .map_err(|e| corrupt(format!("msg_index names no message id: {e}")))?;
+            let events = keys::msg_event_prefix(&id);
+            let start = keys::msg_event(&id, from);
+            for item in live.db.iterator_cf_opt(
+                timeline,
+                prefix_bounds(&events),
+                IteratorMode::From(&start, Direction::Forward),
+            ) {
+                let (k, _) = item.map_err(rocks_err(&live.path))?;
+                let seq = k
+                    .get(events.len()..)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| {
+                        corrupt(format!("timeline key {} is malformed", hex::encode(&k)))
+                    })?;
+                if seq > to {
+                    break;
+                }
+                if seqs.len() >= REPLAY_PATIENT_EVENTS_MAX {
+                    return Ok(None);
+                }
+                seqs.push(seq);
+            }
+        }
+        seqs.sort_unstable();
+        seqs.dedup();
+        Ok(Some(seqs))
     }
 
     /// Replays events `from..=to` (`to` 0: the newest at the start) of one snapshot:

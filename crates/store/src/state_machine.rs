@@ -1147,7 +1147,7 @@ fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Read options that bound an iterator to the keys under `prefix` on both sides.
-fn prefix_bounds(prefix: &[u8]) -> rocksdb::ReadOptions {
+pub(crate) fn prefix_bounds(prefix: &[u8]) -> rocksdb::ReadOptions {
     let mut ro = rocksdb::ReadOptions::default();
     if !prefix.is_empty() {
         ro.set_iterate_lower_bound(prefix.to_vec());
@@ -1691,6 +1691,8 @@ impl StateView {
 pub(crate) mod tests {
     use std::collections::BTreeSet;
 
+    use sealpost_core::ids::Ihi;
+
     use openraft::{CommittedLeaderId, EntryPayload, Membership};
     use sealpost_core::command::{Command, Proposal};
     use sealpost_core::directory::{AuState, OrganisationSpec, PublicKeys};
@@ -2005,6 +2007,11 @@ pub(crate) mod tests {
     /// A send to organisation 2's desk with a 200-byte payload (shapes only: decide does
     /// not open envelopes).
     fn send(n: u32, created_ms: u64) -> Command {
+        send_about(n, created_ms, None)
+    }
+
+    /// [`send`], about `patient`.
+    fn send_about(n: u32, created_ms: u64, patient: Option<Ihi>) -> Command {
         use sealpost_core::message::{
             ENVELOPE_VERSION, Envelope, EnvelopeHeader, Priority, SealedCopy, Sender,
             payload_digest,
@@ -2027,7 +2034,7 @@ pub(crate) mod tests {
                     recipients: vec![to.clone()],
                     payload_type: sealpost_core::directory::PayloadType::Text,
                     priority: Priority::Routine,
-                    patient: None,
+                    patient,
                     payload_digest: payload_digest(b"x"),
                     payload_bytes: 200,
                     created_ms,
@@ -2061,6 +2068,71 @@ pub(crate) mod tests {
         ];
         entries.extend((0..n).map(|i| entry(4 + u64::from(i), vec![send(i, 1_700_000_000_000)])));
         entries
+    }
+
+    /// A patient's history is their messages' events, from the patient index and each
+    /// message's timeline: exactly those a scan keeps, in order, for any range.
+    #[test]
+    fn a_patient_history_is_read_through_the_indexes() {
+        use sealpost_core::command::DeliveryVerdict;
+        let (p, q) = (Ihi::from_serial(31), Ihi::from_serial(32));
+        let t = 1_700_000_000_000;
+        let mut entries = desk_and_sends(0);
+        entries.push(entry(4, vec![send_about(0, t, Some(p.clone()))]));
+        entries.push(entry(
+            5,
+            vec![send_about(1, t, Some(q.clone())), send(2, t)],
+        ));
+        entries.push(entry(6, vec![send_about(3, t, Some(p.clone()))]));
+        let id = |n: u32| {
+            MessageId::new("prov-a", &format!("01890a5d-ac96-774b-bcce-{n:012x}")).expect("id")
+        };
+        let desk = EndpointId::service(HpiO::from_serial(2), "desk").expect("ep");
+        let deliver = |n: u32| Command::Deliver {
+            message_id: id(n),
+            recipient: desk.clone(),
+            verdict: DeliveryVerdict::Route {
+                ack_by_ms: 1_800_000_000_000,
+            },
+        };
+        entries.push(entry(7, vec![deliver(0), deliver(1)]));
+        entries.push(entry(8, vec![deliver(3), deliver(2)]));
+        let dir = tempfile::tempdir().expect("tmp");
+        let sm = StateMachine::open(dir.path(), true, true).expect("open");
+        sm.apply_entries(entries).expect("apply");
+        let view = sm.view();
+        let all = view.events(1, 1_000).expect("events");
+        let newest = all.last().expect("events").seq;
+        let about = |ihi: &Ihi, (from, to): (u64, u64)| -> Vec<u64> {
+            let ids: Vec<MessageId> = [0, 1, 2, 3]
+                .into_iter()
+                .filter(|&n| match (n, ihi) {
+                    (0 | 3, x) => x == &p,
+                    (1, x) => x == &q,
+                    _ => false,
+                })
+                .map(id)
+                .collect();
+            all.iter()
+                .filter(|r| r.seq >= from && r.seq <= to)
+                .filter(|r| r.event.message_id().is_some_and(|m| ids.contains(m)))
+                .map(|r| r.seq)
+                .collect()
+        };
+        assert_eq!(
+            about(&p, (1, newest)).len(),
+            6,
+            "two messages, three events each"
+        );
+        for ihi in [&p, &q, &Ihi::from_serial(33)] {
+            for range in [(1, newest), (1, 4), (5, newest), (newest, newest), (6, 2)] {
+                assert_eq!(
+                    view.patient_event_seqs(ihi, range).expect("read"),
+                    Some(about(ihi, range)),
+                    "{ihi}, {range:?}"
+                );
+            }
+        }
     }
 
     /// One message's events come from its timeline view: exactly those a scan of the whole
