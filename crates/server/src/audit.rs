@@ -2,7 +2,8 @@
 //! its readable fields, the exact canonical bytes its hash covers (for exports that
 //! auditors verify offline) and the context of its message (sender, patient, payload
 //! type, outcome) for audit records; optionally filtered by time, message, organisation,
-//! practitioner, patient and kind. Served to operators and auditors only (a client
+//! practitioner, patient and kind. A time window, a message or a patient is read through
+//! the store's order and indexes, not by scanning every event. Served to operators and auditors only (a client
 //! certificate that names no organisation): an organisation's client would otherwise see
 //! every organisation's message metadata. Every replay is first recorded as an
 //! `AuditRead` event (who asked for what), so reading the audit trail is itself audited.
@@ -237,6 +238,21 @@ fn replay_scan(
     }
 }
 
+/// Sends `rec` on when it passes `filter`; false when the client has gone away.
+fn send_if_matches(
+    view: &StateView,
+    headers: &mut Headers,
+    filter: &Filter,
+    tx: &mpsc::Sender<Result<pb::AuditEvent, Status>>,
+    rec: &EventRecord,
+) -> bool {
+    let header = headers.of(view, rec);
+    !filter.matches(rec, header.as_ref())
+        || tx
+            .blocking_send(Ok(event_to_pb(rec, header.as_ref())))
+            .is_ok()
+}
+
 /// Streams the events numbered `seqs` (in order) that pass `filter`, one point read each;
 /// stops when the client goes away.
 fn replay_seqs(
@@ -260,12 +276,7 @@ fn replay_seqs(
                 return;
             }
         };
-        let header = headers.of(view, &rec);
-        if filter.matches(&rec, header.as_ref())
-            && tx
-                .blocking_send(Ok(event_to_pb(&rec, header.as_ref())))
-                .is_err()
-        {
+        if !send_if_matches(view, &mut headers, filter, tx, &rec) {
             return;
         }
     }
@@ -282,11 +293,7 @@ fn replay_message(
 ) {
     let mut headers = Headers::default();
     let read = view.for_each_message_event(id, range, REPLAY_MESSAGE_PAGE_EVENTS, |rec| {
-        let header = headers.of(view, &rec);
-        !filter.matches(&rec, header.as_ref())
-            || tx
-                .blocking_send(Ok(event_to_pb(&rec, header.as_ref())))
-                .is_ok()
+        send_if_matches(view, &mut headers, filter, tx, &rec)
     });
     if let Err(e) = read {
         let _ = tx.blocking_send(Err(convert::store_error(e)));

@@ -3,7 +3,9 @@
 //! into what the caller streams (`map`, with per-worker state such as a cache), and the
 //! calling thread hands the results on strictly in sequence order. Every queue is bounded,
 //! so memory stays at a few pages however large the store; the caller stops the whole
-//! pipeline by returning false.
+//! pipeline by returning false. Also what lets a replay skip that scan: the part of a range
+//! inside a time window (a binary search on the events' never-decreasing timestamps) and the
+//! events of one patient's messages (through the patient index and the messages' timelines).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
