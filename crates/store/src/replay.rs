@@ -20,7 +20,7 @@ use sealpost_core::view::ViewCf;
 
 use crate::error::{Error, Result};
 use crate::rocks::{self, rocks_err};
-use crate::state_machine::{CF_EVENTS, StateView, prefix_bounds};
+use crate::state_machine::{CF_EVENTS, StateView, prefix_bounds, seq_suffix};
 
 /// Records per page handed to a decoding worker.
 pub const REPLAY_PAGE_RECORDS: usize = 1024;
@@ -57,34 +57,32 @@ impl StateView {
             return Ok((from, to));
         }
         let live = self.shared_live();
-        let ts_of = |seq: u64| -> Result<Option<u64>> { Ok(live.event(seq)?.map(|r| r.ts_ms)) };
-        if since_ms > 0 {
-            // The first event at or after `since_ms`: in lo..=hi, or hi + 1 if none.
-            let (mut lo, mut hi) = (from, to.saturating_add(1));
-            // Each pass halves hi - lo, so this ends within 64 passes.
+        // The first sequence number in `lo..hi` whose event's time is not `before` the
+        // bound (`hi` if none); `None` if an event is missing. Each pass halves `hi - lo`,
+        // so this ends within 64 passes.
+        let first_not = |mut lo: u64, mut hi: u64, before: &dyn Fn(u64) -> bool| {
             while lo < hi {
                 let mid = lo + (hi - lo) / 2;
-                match ts_of(mid)? {
-                    Some(ts) if ts < since_ms => lo = mid + 1,
+                match live.event(mid)? {
+                    Some(r) if before(r.ts_ms) => lo = mid + 1,
                     Some(_) => hi = mid,
-                    None => return Ok((from, to)),
+                    None => return Ok(None),
                 }
             }
-            from = lo;
+            Ok::<_, Error>(Some(lo))
+        };
+        let end = to.saturating_add(1);
+        if since_ms > 0 {
+            match first_not(from, end, &|ts| ts < since_ms)? {
+                Some(first) => from = first,
+                None => return Ok((from, to)),
+            }
         }
         if until_ms > 0 && from <= to {
-            // One past the last event at or before `until_ms`.
-            let (mut lo, mut hi) = (from, to.saturating_add(1));
-            // Each pass halves hi - lo, so this ends within 64 passes.
-            while lo < hi {
-                let mid = lo + (hi - lo) / 2;
-                match ts_of(mid)? {
-                    Some(ts) if ts <= until_ms => lo = mid + 1,
-                    Some(_) => hi = mid,
-                    None => return Ok((from, to)),
-                }
+            match first_not(from, end, &|ts| ts <= until_ms)? {
+                Some(past) => to = past - 1,
+                None => return Ok((from, to)),
             }
-            to = lo - 1;
         }
         Ok((from, to))
     }
@@ -128,13 +126,7 @@ impl StateView {
                 IteratorMode::From(&start, Direction::Forward),
             ) {
                 let (k, _) = item.map_err(rocks_err(&live.path))?;
-                let seq = k
-                    .get(events.len()..)
-                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                    .map(u64::from_be_bytes)
-                    .ok_or_else(|| {
-                        corrupt(format!("timeline key {} is malformed", hex::encode(&k)))
-                    })?;
+                let seq = seq_suffix(&live.path, &k)?;
                 if seq > to {
                     break;
                 }

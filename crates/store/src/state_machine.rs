@@ -1239,7 +1239,7 @@ impl SmDb {
 }
 
 /// The big-endian sequence number at the end of a view key.
-fn seq_suffix(path: &Path, k: &[u8]) -> Result<u64> {
+pub(crate) fn seq_suffix(path: &Path, k: &[u8]) -> Result<u64> {
     k.len()
         .checked_sub(8)
         .and_then(|at| k.get(at..))
@@ -1438,14 +1438,7 @@ impl StateView {
         )?;
         let mut out = Vec::with_capacity(rows.len());
         for (k, _) in rows {
-            let seq = k
-                .get(prefix.len()..)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map(u64::from_be_bytes)
-                .ok_or_else(|| Error::Corrupt {
-                    path: live.path.clone(),
-                    detail: format!("timeline key {} is malformed", hex::encode(&k)),
-                })?;
+            let seq = seq_suffix(&live.path, &k)?;
             if seq > to {
                 break;
             }
