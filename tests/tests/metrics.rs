@@ -2,8 +2,10 @@
 //! `/ready` and `/metrics` over plain HTTP on loopback, and the metrics scraped before and
 //! after a load of sends move as they must: events, the committed and applied indexes, WAL
 //! fsyncs, batches and gRPC answers go up; the receiving organisation's inbox depth is the
-//! number of messages routed to it and falls as they are acknowledged; a refusal shows up
-//! under its status code and in the authorization counter; one leader, known by everyone.
+//! number of messages routed to it and falls as they are acknowledged; each store's WAL,
+//! memtable and table-file bytes are reported, and a snapshot's flush grows the state
+//! machine's table files; a refusal shows up under its status code and in the
+//! authorization counter; one leader, known by everyone.
 
 mod common;
 
@@ -158,6 +160,35 @@ async fn metrics_move_under_load_and_health_answers() {
         })
         .await;
     }
+
+    // Each store's sizes: the sends are in the Raft log's WAL on every node, and in the
+    // state machine's memtables (whose writes skip the WAL) until a snapshot flushes them
+    // into table files.
+    let store = |name: &str, store: &str| format!("sealpost_{name}{{store=\"{store}\"}}");
+    for id in c.node_ids() {
+        let m = scrape(&c, id).await;
+        let wal = value(&m, &store("store_wal_bytes", "raft_log"));
+        assert!(
+            wal > (SENDS * 64) as f64,
+            "node {id}: raft log WAL {wal} bytes"
+        );
+        let mem = value(&m, &store("store_memtable_bytes", "state_machine"));
+        assert!(mem > 0.0, "node {id}: state machine memtables {mem} bytes");
+        value(&m, &store("store_sst_bytes", "raft_log"));
+        value(&m, &store("store_wal_bytes", "state_machine"));
+    }
+    let sst = store("store_sst_bytes", "state_machine");
+    let sst_before = value(&scrape(&c, leader).await, &sst);
+    c.node(leader)
+        .expect("leader")
+        .raft
+        .snapshot()
+        .await
+        .expect("snapshot");
+    scrape_until(&c, leader, "the snapshot's flush writes table files", |m| {
+        m.get(&sst).copied().unwrap_or(0.0) > sst_before
+    })
+    .await;
 
     // The lab acknowledges a third: its inbox depth falls by as many.
     let lab = org_client(&c, leader, LAB).await;

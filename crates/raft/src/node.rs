@@ -482,6 +482,11 @@ impl RaftNode {
         self.log.fsync_seconds()
     }
 
+    /// What this node's Raft log database holds on disk and in memory.
+    pub fn log_disk_usage(&self) -> Result<sealpost_store::DiskUsage, sealpost_store::Error> {
+        self.log.disk_usage()
+    }
+
     /// The committed index this node's log last saved.
     pub fn committed_index(&self) -> u64 {
         self.log.committed_index()

@@ -293,6 +293,42 @@ impl Collector for NodeCollector {
                 i64::from(st.sm.cluster_version),
             )?;
         }
+        // Each store's sizes, or none of its gauges when they cannot be read.
+        let stores = [
+            ("raft_log", self.raft.log_disk_usage()),
+            ("state_machine", self.raft.view().disk_usage()),
+        ];
+        let sizes: Vec<(&str, sealpost_store::DiskUsage)> = stores
+            .into_iter()
+            .filter_map(|(name, u)| u.ok().map(|u| (name, u)))
+            .collect();
+        type Field = fn(&sealpost_store::DiskUsage) -> u64;
+        let families: [(&str, &str, Field); 3] = [
+            (
+                "store_sst_bytes",
+                "Bytes of table (SST) files of a store's database, by store",
+                |u| u.sst_bytes,
+            ),
+            (
+                "store_wal_bytes",
+                "Bytes of write-ahead log files of a store's database, by store",
+                |u| u.wal_bytes,
+            ),
+            (
+                "store_memtable_bytes",
+                "Bytes of memtables (memory) of a store's database, by store",
+                |u| u.memtable_bytes,
+            ),
+        ];
+        for (name, help, field) in families {
+            gauges_by(
+                e,
+                (name, help, "store"),
+                sizes
+                    .iter()
+                    .map(|(store, u)| (*store, i64::try_from(field(u)).unwrap_or(i64::MAX))),
+            )?;
+        }
         let replication = self.raft.raft().metrics().borrow().replication.clone();
         if let Some(r) = replication {
             let lag: Vec<(String, i64)> = r

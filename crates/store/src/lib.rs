@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 pub use error::{Error, Result};
 pub use log_store::LogStore;
 pub use message_search::{MessageQuery, MessageSearch, StatusFilter};
-pub use rocks::scan_all;
+pub use rocks::{DiskUsage, scan_all};
 pub use search::{SearchHit, SearchQuery};
 pub use state_machine::{ChainCheck, QueueDepths, SmStatus, StateMachine, StateView, TreeHead};
 pub use types::{NodeId, SnapshotFiles, TypeConfig};

@@ -554,6 +554,11 @@ impl LogStore {
         self.inner.bytes_appended.load(Ordering::Relaxed)
     }
 
+    /// What the log's database holds on disk and in memory.
+    pub fn disk_usage(&self) -> Result<rocks::DiskUsage> {
+        rocks::disk_usage(&self.inner.db, &self.inner.path, &[CF_ENTRIES, CF_META])
+    }
+
     /// Number of entries currently held (after purges).
     pub fn entry_count(&self) -> Result<u64> {
         let first = self.first_index()?;

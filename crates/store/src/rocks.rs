@@ -221,6 +221,53 @@ pub(crate) fn write(
     db.write_opt(batch, &wo).map_err(Error::rocks(path))
 }
 
+/// Files one database folder is expected to hold at most; [`disk_usage`] stops counting
+/// WAL files beyond this many directory entries.
+pub const DISK_USAGE_DIR_ENTRIES_MAX: usize = 100_000;
+
+/// What one RocksDB database holds, in bytes: on disk (table files, write-ahead log) and in
+/// memory (memtables).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiskUsage {
+    /// Table (SST) files of every column family, including files a compaction replaced
+    /// that are still held open (`rocksdb.total-sst-files-size`).
+    pub sst_bytes: u64,
+    /// Write-ahead log files (`*.log`) in the database folder.
+    pub wal_bytes: u64,
+    /// Memtables of every column family, active and waiting to be flushed
+    /// (`rocksdb.size-all-mem-tables`).
+    pub memtable_bytes: u64,
+}
+
+/// The sizes of the database `db` at `path`, whose column families are `cfs`.
+pub(crate) fn disk_usage(db: &DB, path: &Path, cfs: &[&str]) -> Result<DiskUsage> {
+    let mut u = DiskUsage::default();
+    for name in cfs {
+        let Some(cf) = db.cf_handle(name) else {
+            continue;
+        };
+        let prop = |p: &rocksdb::properties::PropName| {
+            db.property_int_value_cf(cf, p)
+                .map(Option::unwrap_or_default)
+                .map_err(Error::rocks(path))
+        };
+        u.sst_bytes += prop(rocksdb::properties::TOTAL_SST_FILES_SIZE)?;
+        u.memtable_bytes += prop(rocksdb::properties::SIZE_ALL_MEM_TABLES)?;
+    }
+    let entries = std::fs::read_dir(path).map_err(Error::io(path))?;
+    for entry in entries.take(DISK_USAGE_DIR_ENTRIES_MAX) {
+        // A file removed between the listing and its metadata (an old WAL) is skipped.
+        let Ok(entry) = entry else { continue };
+        if entry.path().extension().is_some_and(|x| x == "log")
+            && let Ok(meta) = entry.metadata()
+            && meta.is_file()
+        {
+            u.wal_bytes += meta.len();
+        }
+    }
+    Ok(u)
+}
+
 /// Error mapper for RocksDB calls on the database at `path`.
 pub(crate) fn rocks_err(path: &Path) -> impl FnOnce(rocksdb::Error) -> Error {
     Error::rocks(path)
@@ -256,5 +303,44 @@ mod tests {
         assert!(direct_writes_work(dir.path()), "{}", dir.path().display());
         assert!(!direct_writes_work(&dir.path().join("missing")));
         assert_eq!(std::fs::read_dir(dir.path()).expect("read_dir").count(), 0);
+    }
+
+    /// Logged writes show as WAL and memtable bytes and no table files; a flush moves them
+    /// into table files of the family written, and a family the database lacks is skipped.
+    #[test]
+    fn disk_usage_follows_writes_into_the_wal_memtables_and_table_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        let db = open(&path, &["a", "b"], true, Tuning::default()).expect("open");
+        let empty = disk_usage(&db, &path, &["a", "b", "missing"]).expect("usage");
+        assert_eq!(empty.sst_bytes, 0, "{empty:?}");
+        let mut batch = rocksdb::WriteBatch::default();
+        // Pseudo-random values (xorshift), which compression cannot shrink much.
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for i in 0..200u32 {
+            let v: Vec<u8> = (0..1000)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x >> 56) as u8
+                })
+                .collect();
+            batch.put_cf(cf(&db, "a"), i.to_be_bytes(), v);
+        }
+        write(&db, &path, batch, Durability::Logged).expect("write");
+        let written = disk_usage(&db, &path, &["a", "b", "missing"]).expect("usage");
+        assert!(written.wal_bytes >= 200_000, "{written:?}");
+        assert!(written.memtable_bytes >= 200_000, "{written:?}");
+        assert_eq!(written.sst_bytes, 0, "{written:?}");
+        db.flush_cf(cf(&db, "a")).expect("flush");
+        let flushed = disk_usage(&db, &path, &["a", "b"]).expect("usage");
+        assert!(flushed.sst_bytes >= 100_000, "{flushed:?}");
+        assert!(
+            flushed.memtable_bytes < written.memtable_bytes,
+            "{flushed:?}"
+        );
+        let only_b = disk_usage(&db, &path, &["b"]).expect("usage");
+        assert_eq!(only_b.sst_bytes, 0, "{only_b:?}");
     }
 }

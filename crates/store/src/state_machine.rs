@@ -1489,6 +1489,14 @@ impl StateView {
         self.shared.live().cursor(kind, provider)
     }
 
+    /// What the live state-machine database (the event store and the views) holds on disk
+    /// and in memory. Snapshots are left out: their files are hard links to the live
+    /// database's, so counting them would count the same blocks twice.
+    pub fn disk_usage(&self) -> Result<crate::rocks::DiskUsage> {
+        let live = self.shared.live();
+        crate::rocks::disk_usage(&live.db, &live.path, SM_CFS)
+    }
+
     /// Queue depths for the metrics listener: undelivered inbox entries per organisation,
     /// messages waiting per relay destination, and dead letters. Each count walks keys, at
     /// most `scan_keys_max` per column family; `truncated` says a count stopped there.
