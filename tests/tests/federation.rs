@@ -337,6 +337,53 @@ async fn a_provider_that_was_down_gets_everything_once_in_order() {
     assert_eq!(inbox.items.len(), ids.len(), "each message routed once");
 }
 
+/// B's nodes under their storage floor refuse A's relays (ResourceExhausted), so the
+/// message waits in A's relay queue; once B has room it is relayed and routed exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_under_its_storage_floor_gets_the_message_once_it_has_room() {
+    let f = federation(messaging_opts(), messaging_opts()).await;
+    let set_free_at_b = |free: Option<u64>| {
+        for id in f.b.node_ids() {
+            f.b.node(id)
+                .expect("running")
+                .floor
+                .set_free_bytes_for_test(free);
+        }
+    };
+    set_free_at_b(Some(0));
+    let gp = org_client(&f.a, 1, SENDER).await;
+    let to = endpoint(LAB, "results");
+    let sent = send_ok(
+        &gp,
+        send(std::slice::from_ref(&to), b"while B is full", "full-1", 0),
+    )
+    .await;
+    // Refused at B until the floor lifts: wait until A's relay worker has tried.
+    let refused = || {
+        f.b.node_ids()
+            .into_iter()
+            .map(|id| f.b.node(id).expect("running").floor.refused_total())
+            .sum::<u64>()
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while refused() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "B was never asked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(count(&track(&gp, &sent.message_id).await, "relayed"), 0);
+    set_free_at_b(None);
+    track_until(&gp, &sent.message_id, "relayed", |r| {
+        count(r, "relayed") == 1
+    })
+    .await;
+    let lab = org_client(&f.b, 1, LAB).await;
+    let at_b = track_until(&lab, &sent.message_id, "routed at B", |r| {
+        count(r, "routed") == 1
+    })
+    .await;
+    assert_eq!(count(&at_b, "received"), 1);
+}
+
 /// A's leader stops while messages are being relayed: the new leader resumes from the
 /// relay queue; B answers repeats with the original receipts, so nothing is lost and
 /// nothing arrives twice.

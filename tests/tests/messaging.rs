@@ -32,11 +32,7 @@ fn routed(endpoint: String) -> impl Fn(&pb::TrackReply) -> bool {
 async fn send_route_fetch_ack_track() {
     let (_dir, c) = messaging_cluster(3, messaging_opts()).await;
     let leader = c.wait_leader(WAIT).await.expect("leader");
-    let follower = c
-        .node_ids()
-        .into_iter()
-        .find(|i| *i != leader)
-        .expect("a follower");
+    let follower = a_follower(&c, leader);
     let other = c
         .node_ids()
         .into_iter()
@@ -134,16 +130,88 @@ async fn send_route_fetch_ack_track() {
         .expect("inbox")
         .into_inner();
     assert!(inbox.items.is_empty());
-    let out = sender
-        .messaging()
-        .outbox(pb::OutboxRequest::default())
-        .await
-        .expect("outbox")
-        .into_inner();
+    let out = outbox(&sender).await;
     assert_eq!(out.messages.len(), 1);
     assert_eq!(out.messages[0].recipients[0].outcome, "accepted");
     converged(&c).await;
     assert_views_rebuild(&c);
+}
+
+/// A cluster whose disks fill past the storage floor refuses new sends with
+/// ResourceExhausted naming the floor, and writes nothing for them; a message it accepted
+/// before is still answered on resend, fetched and acknowledged to one final outcome. With
+/// room again, the refused send goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_the_storage_floor_new_sends_are_refused_and_accepted_ones_complete() {
+    let (_dir, c) = messaging_cluster(3, messaging_opts()).await;
+    let leader = c.wait_leader(WAIT).await.expect("leader");
+    let follower = a_follower(&c, leader);
+    let sender = org_client(&c, follower, SENDER).await;
+    let lab = org_client(&c, leader, LAB).await;
+    let to = endpoint(LAB, "results");
+    let before = send_request(std::slice::from_ref(&to), b"before", "floor-1");
+    let accepted = send_ok(&sender, before.clone()).await;
+    track_until(&sender, &accepted.message_id, "routed", routed(to.clone())).await;
+
+    let set_free = |free: Option<u64>| {
+        for id in c.node_ids() {
+            c.node(id)
+                .expect("running")
+                .floor
+                .set_free_bytes_for_test(free);
+        }
+    };
+    set_free(Some(1024));
+    let after = send_request(std::slice::from_ref(&to), b"after", "floor-2");
+    let err = sender
+        .messaging()
+        .send(after.clone())
+        .await
+        .expect_err("refused under the floor");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
+    assert!(
+        err.message().contains("1024 bytes free")
+            && err.message().contains("api.storage_free_bytes_min"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(c.node(follower).expect("follower").floor.refused_total(), 1);
+    // A resend of what was accepted writes nothing, so it is answered.
+    let again = send_ok(&sender, before).await;
+    assert!(again.duplicate);
+    assert_eq!(again.message_id, accepted.message_id);
+    // The accepted message is fetched and acknowledged.
+    let fetched = lab
+        .messaging()
+        .fetch(pb::FetchRequest {
+            message_id: accepted.message_id.clone(),
+            recipient: String::new(),
+        })
+        .await
+        .expect("fetch under the floor")
+        .into_inner();
+    assert_eq!(fetched.payload, b"before");
+    lab.messaging()
+        .ack(pb::AckRequest {
+            message_id: accepted.message_id.clone(),
+            recipient: String::new(),
+            status: "accepted".into(),
+            note: String::new(),
+        })
+        .await
+        .expect("ack under the floor");
+    track_until(&sender, &accepted.message_id, "acked", is_final).await;
+    assert_eq!(
+        outbox(&sender).await.messages.len(),
+        1,
+        "the refused send wrote nothing"
+    );
+
+    set_free(None);
+    let sent = send_ok(&sender, after).await;
+    assert!(!sent.duplicate);
+    track_until(&sender, &sent.message_id, "routed", routed(to)).await;
+    assert_eq!(outbox(&sender).await.messages.len(), 2);
 }
 
 /// Every file byte and every RocksDB key and value of every node, as one list of
@@ -437,11 +505,7 @@ async fn urgent_first_and_a_live_stream() {
 async fn a_resend_to_a_lagging_follower_answers_with_the_original() {
     let (_dir, c) = messaging_cluster(3, messaging_opts()).await;
     let leader = c.wait_leader(WAIT).await.expect("leader");
-    let follower = c
-        .node_ids()
-        .into_iter()
-        .find(|id| *id != leader)
-        .expect("a follower");
+    let follower = a_follower(&c, leader);
     let to = endpoint(LAB, "results");
     let at_leader = org_client(&c, leader, SENDER).await;
     let at_follower = org_client(&c, follower, SENDER).await;

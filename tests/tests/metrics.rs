@@ -176,6 +176,17 @@ async fn metrics_move_under_load_and_health_answers() {
         assert!(mem > 0.0, "node {id}: state machine memtables {mem} bytes");
         value(&m, &store("store_sst_bytes", "raft_log"));
         value(&m, &store("store_wal_bytes", "state_machine"));
+        // The storage floor: the free space it compares, the floor, and no refusal.
+        assert!(value(&m, "sealpost_storage_free_bytes") > 0.0, "node {id}");
+        assert_eq!(
+            value(&m, "sealpost_storage_free_bytes_min"),
+            sealpost_server::config::ApiLimits::default().storage_free_bytes_min as f64
+        );
+        assert_eq!(
+            value(&m, "sealpost_storage_refused_total"),
+            0.0,
+            "node {id}"
+        );
     }
     let sst = store("store_sst_bytes", "state_machine");
     let sst_before = value(&scrape(&c, leader).await, &sst);

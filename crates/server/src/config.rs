@@ -47,6 +47,10 @@ pub struct ApiLimits {
     /// The bucket's size: messages one organisation may send at once before the rate
     /// applies.
     pub send_burst_per_org: u32,
+    /// Free bytes the file systems of this node's store folders must keep: below it, new
+    /// messages (sends, relays from peers) get ResourceExhausted while messages already
+    /// accepted still complete. 0 turns the floor off.
+    pub storage_free_bytes_min: u64,
 }
 
 impl Default for ApiLimits {
@@ -62,6 +66,7 @@ impl Default for ApiLimits {
             denial_summary_ms: 10_000,
             send_rate_per_org_per_s: 500,
             send_burst_per_org: 1_000,
+            storage_free_bytes_min: 1024 * 1024 * 1024,
         }
     }
 }

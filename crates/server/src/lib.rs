@@ -21,7 +21,8 @@
 //! - [`listener`]: the TCP listener with its connection cap, and TLS handshakes off the
 //!   accept loop; [`tls`]: the reloading TLS configuration and handshake counters;
 //!   [`authz`]: who may call what, denials counted and summarised into the log, and the
-//!   per-organisation send rate.
+//!   per-organisation send rate; [`storage_floor`]: new messages refused while the
+//!   store folders' file systems are nearly full.
 //! - [`convert`]: protobuf ↔ domain conversions and status codes (the gRPC edge).
 //! - [`crypto_pool`]: the crypto threads sealing and opening run on.
 //! - [`local`]: a provider's cluster of nodes in one process, laid out on disk.
@@ -50,6 +51,7 @@ pub mod node;
 pub mod relay;
 pub mod relay_worker;
 pub mod retention;
+pub mod storage_floor;
 pub mod tls;
 pub mod upgrade;
 

@@ -110,6 +110,7 @@ impl MessagingFaults {
 
 pub use crate::authz::Caller;
 use crate::authz::{Action, Guard};
+use crate::storage_floor::StorageFloor;
 
 /// The `sealpost.v1.Messaging` service of one node.
 #[derive(Clone)]
@@ -125,6 +126,8 @@ pub struct MessagingService {
     /// worker's).
     delivery_actor: String,
     guard: Guard,
+    /// New sends are refused while this node's storage is low.
+    floor: StorageFloor,
 }
 
 fn keystore_status(e: KeystoreError) -> Status {
@@ -248,9 +251,10 @@ impl MessagingService {
         keystore: Keystore,
         opts: MessagingOptions,
         faults: Arc<MessagingFaults>,
-        guard: Guard,
+        (guard, floor): (Guard, StorageFloor),
     ) -> Self {
         Self {
+            floor,
             seals: Arc::new(tokio::sync::Semaphore::new(opts.seals_in_flight_max)),
             delivery_actor: crate::delivery::actor(node.id()),
             node,
@@ -533,6 +537,9 @@ impl MessagingService {
         if let Some(dup) = self.duplicate_reply(&from, &cid)? {
             return Ok(Err(dup));
         }
+        // After the resend check: a resend is answered however full the disk, since it
+        // writes nothing.
+        self.floor.admit()?;
         let Parties {
             sender_org,
             recipient_keys,

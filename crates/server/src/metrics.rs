@@ -30,6 +30,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::authz::Guard;
+use crate::storage_floor::StorageFloor;
 use crate::tls::ServerTls;
 
 /// Keys a queue-depth count walks per column family and scrape, at most; past it the
@@ -73,7 +74,7 @@ impl std::fmt::Debug for Metrics {
 
 impl Metrics {
     /// Registers everything one node exports.
-    pub fn new(raft: &RaftNode, tls: &ServerTls, guard: &Guard) -> Self {
+    pub fn new(raft: &RaftNode, tls: &ServerTls, (guard, floor): (&Guard, &StorageFloor)) -> Self {
         let mut registry = Registry::with_prefix("sealpost");
         let family = Family::<CodeLabel, Counter>::default();
         registry.register(
@@ -115,6 +116,7 @@ impl Metrics {
             raft: raft.clone(),
             tls: tls.clone(),
             guard: guard.clone(),
+            floor: floor.clone(),
             started: Instant::now(),
         }));
         Self {
@@ -152,6 +154,7 @@ struct NodeCollector {
     raft: RaftNode,
     tls: ServerTls,
     guard: Guard,
+    floor: StorageFloor,
     started: Instant,
 }
 
@@ -329,6 +332,27 @@ impl Collector for NodeCollector {
                     .map(|(store, u)| (*store, i64::try_from(field(u)).unwrap_or(i64::MAX))),
             )?;
         }
+        // The free space the storage floor compares (read now), or no gauge if unreadable.
+        if let Ok(free) = self.floor.free_bytes_now() {
+            gauge(
+                e,
+                "storage_free_bytes",
+                "Free bytes on the fullest file system of this node's store folders",
+                i64::try_from(free).unwrap_or(i64::MAX),
+            )?;
+        }
+        gauge(
+            e,
+            "storage_free_bytes_min",
+            "The storage floor: below it new messages are refused (0: off)",
+            i64::try_from(self.floor.floor_bytes()).unwrap_or(i64::MAX),
+        )?;
+        counter(
+            e,
+            "storage_refused",
+            "New messages refused because the storage was under its floor",
+            self.floor.refused_total(),
+        )?;
         let replication = self.raft.raft().metrics().borrow().replication.clone();
         if let Some(r) = replication {
             let lag: Vec<(String, i64)> = r

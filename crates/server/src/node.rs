@@ -31,6 +31,7 @@ use crate::keystore::Keystore;
 use crate::messaging::{MessagingFaults, MessagingService};
 use crate::relay::RelayService;
 use crate::relay_worker::{LastErrors, RelayContext, RelayFaults};
+use crate::storage_floor::StorageFloor;
 
 /// Name of the file that records which node id owns a data folder.
 pub const NODE_ID_FILE: &str = "NODE_ID";
@@ -71,6 +72,8 @@ pub struct NodeHandle {
     pub tls: crate::tls::ServerTls,
     /// Authorization state: denial and rate-limit counts, and a summary on demand.
     pub guard: Guard,
+    /// The storage floor new messages must clear (its refusals, and a test hook).
+    pub floor: StorageFloor,
     /// The operations listener's address (`/metrics`, `/health`, `/ready`), when
     /// `http_listen` is set.
     pub http_addr: Option<SocketAddr>,
@@ -456,6 +459,13 @@ async fn start_inner(
     }
 
     let limit = cfg.api.grpc_message_bytes_max;
+    let floor = StorageFloor::new(
+        store_roots(&cfg)
+            .into_iter()
+            .map(|(dir, _)| dir.to_path_buf())
+            .collect(),
+        cfg.api.storage_free_bytes_min,
+    );
     let guard = Guard::new(
         cfg.id,
         RateLimit {
@@ -492,7 +502,7 @@ async fn start_inner(
         keystore.clone(),
         cfg.messaging.clone(),
         faults.clone(),
-        guard.clone(),
+        (guard.clone(), floor.clone()),
     );
     let messaging = MessagingServer::new(messaging_service.clone())
         .max_decoding_message_size(limit)
@@ -566,8 +576,8 @@ async fn start_inner(
             cfg.provider.clone(),
             bundle.clone(),
             key.clone(),
-            cfg.messaging.payload_bytes_max,
-            cfg.raft.batch_bytes_max,
+            (cfg.messaging.payload_bytes_max, cfg.raft.batch_bytes_max),
+            floor.clone(),
         ))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
@@ -694,7 +704,7 @@ async fn start_inner(
             Ok(req)
         },
     );
-    let metrics = crate::metrics::Metrics::new(&raft, &grpc_tls, &guard);
+    let metrics = crate::metrics::Metrics::new(&raft, &grpc_tls, (&guard, &floor));
     let counting = metrics.clone();
     // TLS is terminated by `listener::tls_incoming`, not tonic, so the configuration can
     // change (rotation, revocation) while the node runs.
@@ -757,6 +767,7 @@ async fn start_inner(
         relay_faults,
         tls: grpc_tls,
         guard,
+        floor,
         http_addr,
         metrics,
         http,

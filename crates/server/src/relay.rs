@@ -30,6 +30,7 @@ use tonic::{Request, Response, Status};
 use crate::convert;
 use crate::federation::TrustBundle;
 use crate::messaging::{load_envelope, now_ms};
+use crate::storage_floor::StorageFloor;
 
 /// Most message ids one status question may name.
 pub const STATUS_IDS_MAX: usize = 256;
@@ -44,6 +45,8 @@ pub struct RelayService {
     payload_bytes_max: u64,
     /// Largest `Receive` proposal: the Raft batch limit less room for the rest of it.
     proposal_bytes_max: usize,
+    /// Relays are refused (and retried by the peer) while this node's storage is low.
+    floor: StorageFloor,
 }
 
 impl RelayService {
@@ -52,8 +55,8 @@ impl RelayService {
         provider: String,
         bundle: Arc<TrustBundle>,
         key: Arc<ProviderKey>,
-        payload_bytes_max: u64,
-        raft_batch_bytes_max: usize,
+        (payload_bytes_max, raft_batch_bytes_max): (u64, usize),
+        floor: StorageFloor,
     ) -> Self {
         Self {
             node,
@@ -64,6 +67,7 @@ impl RelayService {
             proposal_bytes_max: raft_batch_bytes_max
                 .saturating_sub(RECEIVE_OVERHEAD_BYTES)
                 .max(1),
+            floor,
         }
     }
 
@@ -197,6 +201,7 @@ impl Relay for RelayService {
         req: Request<pb::DeliverRequest>,
     ) -> Result<Response<pb::DeliverReply>, Status> {
         let peer = self.peer(&req)?;
+        self.floor.admit()?;
         let items = req.into_inner().envelopes;
         if items.is_empty() || items.len() > RELAY_BATCH_MESSAGES_MAX {
             return Err(Status::invalid_argument(format!(

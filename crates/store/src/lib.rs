@@ -17,7 +17,9 @@
 //!   audit search over messages (the `msg_index` view).
 //! - [`types`]: the openraft type configuration.
 //! - [`timing`]: a duration histogram whose count and sum the node can read.
-//! - [`rocks`]: how RocksDB is opened (paranoid checks, a torn final WAL record dropped).
+//! - [`rocks`]: how RocksDB is opened (paranoid checks, a torn final WAL record dropped),
+//!   and what each database holds on disk and in memory ([`DiskUsage`]).
+//! - [`space`]: free space on the file systems the stores live on.
 
 pub mod error;
 pub mod log_store;
@@ -30,6 +32,7 @@ mod rocks;
 pub mod search;
 pub mod snapshot;
 mod sorted_writes;
+pub mod space;
 pub mod state_machine;
 pub mod timing;
 pub mod types;

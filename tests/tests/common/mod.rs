@@ -126,6 +126,14 @@ pub async fn register_retrying(c: &Client, serial: u64) -> Result<(), Status> {
     Err(last.unwrap_or_else(|| Status::unavailable("no attempt")))
 }
 
+/// A node of `c` other than `leader`.
+pub fn a_follower(c: &LocalCluster, leader: u64) -> u64 {
+    c.node_ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("a follower")
+}
+
 /// (applied index, event count, chain head) of every running node.
 pub fn progress(c: &LocalCluster) -> BTreeMap<u64, (u64, u64, [u8; 32])> {
     c.running_ids()
@@ -328,13 +336,19 @@ pub fn timeline(r: &pb::TrackReply) -> Vec<String> {
     r.timeline.iter().map(|e| e.event.clone()).collect()
 }
 
-/// The id of the newest message the client's organisation sent.
-pub async fn newest_sent(c: &Client) -> String {
+/// The first page of the client's organisation's outbox, newest first.
+pub async fn outbox(c: &Client) -> pb::OutboxReply {
     c.messaging()
         .outbox(pb::OutboxRequest::default())
         .await
         .expect("outbox")
         .into_inner()
+}
+
+/// The id of the newest message the client's organisation sent.
+pub async fn newest_sent(c: &Client) -> String {
+    outbox(c)
+        .await
         .messages
         .first()
         .map(|m| m.message_id.clone())
