@@ -55,7 +55,8 @@ async fn publish_referred_to(c: &LocalCluster) {
 }
 
 /// A 3-node provider whose node 1 serves MLLP on loopback for the sender organisation, and
-/// whose hospital publishes the sample's referred-to practitioner.
+/// whose hospital publishes the sample's referred-to practitioner; every node has applied
+/// everything when it returns.
 async fn provider() -> (TempDir, LocalCluster, String) {
     let (dir, mut c) = messaging_cluster(3, messaging_opts()).await;
     publish_referred_to(&c).await;
@@ -69,6 +70,9 @@ async fn provider() -> (TempDir, LocalCluster, String) {
     .await
     .expect("MLLP listener");
     c.wait_leader(WAIT).await.expect("leader");
+    // Node 1 restarted to take the listener and re-applies its log: let it catch up, so
+    // its sends find the directory in its own views instead of each taking a read index.
+    converged(&c).await;
     let addr = c.node(1).expect("node 1").mllp_addrs[0].to_string();
     (dir, c, addr)
 }
