@@ -307,6 +307,45 @@ async fn a_partitioned_old_leader_refuses_linearizable_reads() {
     c.stop_all().await;
 }
 
+/// A leader whose rounds of leadership confirmation fall short (as when heartbeats miss
+/// their deadline on a busy machine) serves a linearizable read by trying another round;
+/// one whose every round falls short refuses with Unavailable and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_linearizable_read_tries_another_round_when_one_falls_short() {
+    use sealpost_raft::node::READ_CONFIRM_ATTEMPTS_MAX;
+    let (_dir, mut c) = cluster(3).await;
+    let leader = c.wait_leader(WAIT).await.expect("leader");
+    let cl = client(&c, leader).await;
+    register(&cl, 1).await.expect("write");
+    let faults = c.node(leader).expect("leader").raft.faults().clone();
+    let read = || {
+        let mut directory = cl.directory();
+        async move {
+            directory
+                .get_organisation(pb::GetOrganisationRequest {
+                    hpio: HpiO::from_serial(1).to_string(),
+                    consistency: pb::Consistency::Linearizable as i32,
+                })
+                .await
+        }
+    };
+    // Two rounds falling short in a row still end in an answer.
+    faults.fail_read_confirmations(2);
+    let got = read().await.expect("served after more rounds");
+    assert_eq!(got.into_inner().hpio, HpiO::from_serial(1).to_string());
+    faults.fail_read_confirmations(READ_CONFIRM_ATTEMPTS_MAX);
+    let err = read().await.expect_err("every round fell short");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(
+        err.message()
+            .contains(&format!("after {READ_CONFIRM_ATTEMPTS_MAX} rounds")),
+        "{}",
+        err.message()
+    );
+    read().await.expect("served again once rounds succeed");
+    c.stop_all().await;
+}
+
 /// Every acknowledged write survives a restart of the whole cluster from disk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_cluster_restart_keeps_every_acknowledged_event() {

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -47,10 +47,13 @@ pub type SnapshotHeader = (
 );
 
 /// Fault injection for chaos and partition tests: an isolated node neither sends nor
-/// accepts Raft traffic, as if its network cable were pulled.
+/// accepts Raft traffic, as if its network cable were pulled; and leadership
+/// confirmations of linearizable reads that fail as if their round of heartbeats had
+/// missed its deadline.
 #[derive(Clone, Default)]
 pub struct Faults {
     isolated: Arc<AtomicBool>,
+    read_confirmations_failing: Arc<AtomicU32>,
 }
 
 impl Faults {
@@ -60,6 +63,18 @@ impl Faults {
 
     pub fn is_isolated(&self) -> bool {
         self.isolated.load(Ordering::SeqCst)
+    }
+
+    /// The next `n` leadership confirmations on this node fail with too few answers.
+    pub fn fail_read_confirmations(&self, n: u32) {
+        self.read_confirmations_failing.store(n, Ordering::SeqCst);
+    }
+
+    /// Takes one failure set by [`Self::fail_read_confirmations`], if any is left.
+    pub(crate) fn take_read_confirmation_failure(&self) -> bool {
+        self.read_confirmations_failing
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
     }
 }
 

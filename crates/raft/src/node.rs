@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, Raft, ServerState};
 use sealpost_core::batch::{Batch, Outcome};
 use sealpost_core::codec;
@@ -27,6 +27,10 @@ use crate::service::RaftService;
 
 /// Attempts a write makes when leadership moves under it.
 pub const WRITE_ATTEMPTS_MAX: u32 = 5;
+/// Rounds of heartbeats a linearizable read may take to confirm this node's leadership.
+pub const READ_CONFIRM_ATTEMPTS_MAX: u32 = 3;
+/// Pause between two such rounds, in milliseconds.
+pub const READ_CONFIRM_RETRY_MS: u64 = 20;
 /// How often the snapshot policy looks at the log.
 pub const SNAPSHOT_POLICY_TICK_MS: u64 = 1_000;
 
@@ -247,19 +251,54 @@ impl Core {
         }
     }
 
-    /// A read index confirmed by a quorum; this node must be the leader.
+    /// A read index confirmed by a quorum; this node must be the leader. openraft gives
+    /// the round of heartbeats that confirms leadership one heartbeat interval: a round
+    /// that misses it on a busy machine is tried again, up to [`READ_CONFIRM_ATTEMPTS_MAX`]
+    /// rounds within the forward timeout (as etcd retries its ReadIndex), so a slow moment
+    /// is not an error for the client; a leader cut off from the others still fails.
     pub(crate) async fn read_index_local(&self) -> Result<u64, NodeError> {
-        match tokio::time::timeout(self.opts.forward_timeout(), self.raft.get_read_log_id()).await {
-            Ok(Ok((read, _applied))) => Ok(read.map(|l| l.index).unwrap_or(0)),
-            Ok(Err(e)) => Err(NodeError::Unavailable(format!(
-                "this node cannot serve a linearizable read: {e}"
-            ))),
-            Err(_) => Err(NodeError::Unavailable(
-                "this node could not confirm its leadership with a quorum in time; \
-                 it may be partitioned from the cluster"
-                    .into(),
-            )),
+        let deadline = tokio::time::Instant::now() + self.opts.forward_timeout();
+        let mut short = String::new();
+        for attempt in 0..READ_CONFIRM_ATTEMPTS_MAX {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(READ_CONFIRM_RETRY_MS)).await;
+            }
+            let confirmed = if self.net.faults.take_read_confirmation_failure() {
+                Err(None)
+            } else {
+                match tokio::time::timeout_at(deadline, self.raft.get_read_log_id()).await {
+                    Ok(Ok((read, _applied))) => Ok(read.map(|l| l.index).unwrap_or(0)),
+                    Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
+                        Err(Some(e.to_string()))
+                    }
+                    Ok(Err(e)) => {
+                        return Err(NodeError::Unavailable(format!(
+                            "this node cannot serve a linearizable read: {e}"
+                        )));
+                    }
+                    Err(_) => break,
+                }
+            };
+            match confirmed {
+                Ok(index) => return Ok(index),
+                Err(why) => {
+                    short = why.unwrap_or_else(|| "too few members answered (injected)".into());
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
         }
+        Err(NodeError::Unavailable(if short.is_empty() {
+            "this node could not confirm its leadership with a quorum in time; \
+             it may be partitioned from the cluster"
+                .into()
+        } else {
+            format!(
+                "this node cannot serve a linearizable read: {short} \
+                 (after {READ_CONFIRM_ATTEMPTS_MAX} rounds); it may be partitioned from the cluster"
+            )
+        }))
     }
 
     pub(crate) async fn membership_local(&self, op: MembershipOp) -> Result<u64, NodeError> {
