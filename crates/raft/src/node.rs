@@ -258,46 +258,40 @@ impl Core {
     /// is not an error for the client; a leader cut off from the others still fails.
     pub(crate) async fn read_index_local(&self) -> Result<u64, NodeError> {
         let deadline = tokio::time::Instant::now() + self.opts.forward_timeout();
-        let mut short = String::new();
+        // Why the last round fell short; `None` once the deadline passed.
+        let mut short = None;
         for attempt in 0..READ_CONFIRM_ATTEMPTS_MAX {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(READ_CONFIRM_RETRY_MS)).await;
             }
-            let confirmed = if self.net.faults.take_read_confirmation_failure() {
-                Err(None)
-            } else {
-                match tokio::time::timeout_at(deadline, self.raft.get_read_log_id()).await {
-                    Ok(Ok((read, _applied))) => Ok(read.map(|l| l.index).unwrap_or(0)),
-                    Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
-                        Err(Some(e.to_string()))
-                    }
-                    Ok(Err(e)) => {
-                        return Err(NodeError::Unavailable(format!(
-                            "this node cannot serve a linearizable read: {e}"
-                        )));
-                    }
-                    Err(_) => break,
-                }
-            };
-            match confirmed {
-                Ok(index) => return Ok(index),
-                Err(why) => {
-                    short = why.unwrap_or_else(|| "too few members answered (injected)".into());
-                }
+            if self.net.faults.take_read_confirmation_failure() {
+                short = Some("too few members answered (injected)".to_string());
+                continue;
             }
-            if tokio::time::Instant::now() >= deadline {
-                break;
+            match tokio::time::timeout_at(deadline, self.raft.get_read_log_id()).await {
+                Ok(Ok((read, _applied))) => return Ok(read.map(|l| l.index).unwrap_or(0)),
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
+                    short = Some(e.to_string());
+                }
+                Ok(Err(e)) => {
+                    return Err(NodeError::Unavailable(format!(
+                        "this node cannot serve a linearizable read: {e}"
+                    )));
+                }
+                Err(_) => {
+                    short = None;
+                    break;
+                }
             }
         }
-        Err(NodeError::Unavailable(if short.is_empty() {
-            "this node could not confirm its leadership with a quorum in time; \
-             it may be partitioned from the cluster"
-                .into()
-        } else {
-            format!(
-                "this node cannot serve a linearizable read: {short} \
+        Err(NodeError::Unavailable(match short {
+            Some(why) => format!(
+                "this node cannot serve a linearizable read: {why} \
                  (after {READ_CONFIRM_ATTEMPTS_MAX} rounds); it may be partitioned from the cluster"
-            )
+            ),
+            None => "this node could not confirm its leadership with a quorum in time; \
+                     it may be partitioned from the cluster"
+                .into(),
         }))
     }
 

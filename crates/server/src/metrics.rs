@@ -333,7 +333,7 @@ impl Collector for NodeCollector {
             )?;
         }
         // The free space the storage floor compares (read now), or no gauge if unreadable.
-        if let Ok(free) = self.floor.free_bytes_now() {
+        if let Ok(Some(free)) = self.floor.free_bytes_now() {
             gauge(
                 e,
                 "storage_free_bytes",

@@ -66,12 +66,12 @@ impl StorageFloor {
         }
     }
 
-    /// The least free space over the folders, read now.
-    pub fn free_bytes_now(&self) -> Result<u64, sealpost_store::Error> {
+    /// The least free space over the folders, read now; `None` when there are none.
+    pub fn free_bytes_now(&self) -> Result<Option<u64>, sealpost_store::Error> {
         let least = sealpost_store::space::least_free_bytes(
             self.inner.folders.iter().map(PathBuf::as_path),
         )?;
-        Ok(least.map_or(UNKNOWN, |(free, _)| free))
+        Ok(least.map(|(free, _)| free))
     }
 
     /// The reading shared by requests: taken again once it is older than the interval.
@@ -87,7 +87,7 @@ impl StorageFloor {
         let at = i.read_at_ms.load(Ordering::Acquire);
         if at == UNKNOWN || now_ms.saturating_sub(at) >= STORAGE_CHECK_INTERVAL_MS {
             let free = match self.free_bytes_now() {
-                Ok(free) => free,
+                Ok(free) => free.unwrap_or(UNKNOWN),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the free space of the store folders; the storage floor admits");
                     UNKNOWN
