@@ -70,6 +70,9 @@ pub struct Outcome {
     /// The longest latency (microseconds) among the completions of each interval of
     /// `interval_counts`; 0 where none completed.
     pub interval_max_us: Vec<u64>,
+    /// When the measured window began, milliseconds since the Unix epoch: to match an
+    /// interval of the timeline against the nodes' logs.
+    pub from_unix_ms: u64,
 }
 
 impl Outcome {
@@ -92,6 +95,7 @@ struct Recorder {
     hist: Mutex<Histogram<u64>>,
     intervals: Vec<AtomicU64>,
     interval_max_us: Vec<AtomicU64>,
+    from_unix_ms: u64,
 }
 
 impl Recorder {
@@ -107,6 +111,7 @@ impl Recorder {
             hist: Mutex::new(new_histogram()),
             intervals: (0..n).map(|_| AtomicU64::new(0)).collect(),
             interval_max_us: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            from_unix_ms: unix_ms_at(from),
         }
     }
 
@@ -183,8 +188,18 @@ impl Recorder {
                 .iter()
                 .map(|m| m.load(Ordering::Relaxed))
                 .collect(),
+            from_unix_ms: self.from_unix_ms,
         }
     }
+}
+
+/// `at` (now or later) as milliseconds since the Unix epoch.
+fn unix_ms_at(at: Instant) -> u64 {
+    let ahead = at.saturating_duration_since(Instant::now());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (now + ahead).as_millis() as u64
 }
 
 pub fn new_histogram() -> Histogram<u64> {
@@ -327,9 +342,22 @@ mod tests {
             warmup: Duration::from_millis(200),
             duration: Duration::from_millis(500),
         };
+        let unix_ms = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("the clock is past 1970")
+                .as_millis() as u64
+        };
+        let before = unix_ms();
         let out = drive(sleeper(10), &spec, Arc::new(AtomicU64::new(0)))
             .await
             .expect("phase");
+        // The measured window began after the warm-up, and before the phase ended.
+        assert!(
+            (before + 190..unix_ms() - 490).contains(&out.from_unix_ms),
+            "window from {} ms, phase started at {before} ms",
+            out.from_unix_ms
+        );
         // 4 clients x 500 ms / ~10 ms each: about 200, certainly not the warm-up's too.
         assert!(
             out.completed > 40 && out.completed < 260,

@@ -113,6 +113,10 @@ pub struct Phase {
     pub latency: Option<Latency>,
     /// Completions per interval over the measured window.
     pub timeline: Vec<TimelinePoint>,
+    /// When the measured window began, milliseconds since the Unix epoch (absent in runs
+    /// recorded before it was kept): `t_secs` of the timeline counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_unix_ms: Option<u64>,
 }
 
 /// Latency percentiles in milliseconds.
@@ -1274,6 +1278,7 @@ mod tests {
                 &[9_000, 31_000, 0, 12_000],
                 0.5,
             ),
+            from_unix_ms: None,
         }
     }
 

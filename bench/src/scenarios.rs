@@ -128,6 +128,7 @@ fn phase(name: &str, spec: &Spec, o: &Outcome) -> Phase {
             &o.interval_max_us,
             TIMELINE_INTERVAL_MS as f64 / 1000.0,
         ),
+        from_unix_ms: Some(o.from_unix_ms),
     }
 }
 
@@ -178,8 +179,12 @@ async fn max_and_half(
         }
         let half = phase("half", &spec, &half);
         if let Some((t, ms)) = half.slowest_interval() {
+            let at = half.from_unix_ms.map_or_else(String::new, |from| {
+                let end = from + (t * 1000.0) as u64;
+                format!(" (at {})", sealpost_core::calendar::utc_iso(end))
+            });
             notes.push(format!(
-                "half phase: the longest latency, {ms:.1} ms, ended in the {TIMELINE_INTERVAL_MS} ms up to {t:.2} s into the measured window"
+                "half phase: the longest latency, {ms:.1} ms, ended in the {TIMELINE_INTERVAL_MS} ms up to {t:.2} s into the measured window{at}"
             ));
         }
         phases.push(half);
@@ -647,6 +652,7 @@ async fn replay_from(
             throughput_per_sec: records as f64 / secs.max(1e-9),
             latency: None,
             timeline: Vec::new(),
+            from_unix_ms: None,
         }],
         processes,
         notes: vec![format!(
@@ -779,6 +785,7 @@ pub async fn crypto(ctx: &Ctx) -> anyhow::Result<ScenarioResult> {
             throughput_per_sec: total as f64 / secs.max(1e-9),
             latency: None,
             timeline: Vec::new(),
+            from_unix_ms: None,
         }],
         processes,
         notes: vec![format!(

@@ -501,6 +501,7 @@ mod tests {
                 curve: Vec::new(),
             }),
             timeline: Vec::new(),
+            from_unix_ms: None,
         }
     }
 
