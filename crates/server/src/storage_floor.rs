@@ -68,10 +68,7 @@ impl StorageFloor {
 
     /// The least free space over the folders, read now; `None` when there are none.
     pub fn free_bytes_now(&self) -> Result<Option<u64>, sealpost_store::Error> {
-        let least = sealpost_store::space::least_free_bytes(
-            self.inner.folders.iter().map(PathBuf::as_path),
-        )?;
-        Ok(least.map(|(free, _)| free))
+        sealpost_store::space::least_free_bytes(self.inner.folders.iter().map(PathBuf::as_path))
     }
 
     /// The reading shared by requests: taken again once it is older than the interval.
