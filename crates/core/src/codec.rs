@@ -30,19 +30,20 @@ fn config() -> impl bincode::config::Config {
         .with_limit::<{ 256 * 1024 * 1024 }>()
 }
 
-/// Encodes a record with the current version byte.
+/// Encodes a record with the current version byte, into a buffer of exactly its size.
+///
+/// The size comes from a first pass that only counts bytes. Growing the buffer instead
+/// copied a large record (a Raft entry carrying a hundred envelopes) several times over as
+/// it doubled, and each doubling beyond a few hundred kilobytes touched fresh pages the
+/// kernel had to zero first: at 16 KiB payloads that regrowth was a tenth of the copying
+/// in the benchmark's profile (BENCHMARKS.md, session 29).
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut out = Vec::with_capacity(ENCODE_START_BYTES);
+    let mut out = Vec::with_capacity(encoded_len(value));
     out.push(RECORD_VERSION_CURRENT);
     bincode::serde::encode_into_std_write(value, &mut out, config())
         .expect("encoding into a Vec cannot fail for sealpost's own types");
     out
 }
-
-/// Room an encoding starts with, in bytes: most records (directory entries, message
-/// status) fit, so encoding one does not grow the buffer step by step from one byte (that
-/// regrowth was a tenth of a view rebuild's folding thread). Larger records grow as before.
-const ENCODE_START_BYTES: usize = 256;
 
 /// The length [`encode`] would produce, computed without allocating the bytes.
 pub fn encoded_len<T: Serialize>(value: &T) -> usize {
@@ -134,6 +135,59 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// Serde glue for a `Vec<u8>` field (`#[serde(with = "codec::byte_string")]`): written as
+/// one byte string, exactly as `serde_bytes` writes it, so stored records and messages on
+/// the wire are unchanged; read by borrowing the bytes from the record and copying them
+/// once. bincode's owned byte-buffer path (which `serde_bytes` takes) zero-fills a new
+/// buffer before copying into it, a second pass over every envelope decoded.
+pub mod byte_string {
+    use serde::de::{Deserializer, Error, SeqAccess, Visitor};
+    use serde::ser::Serializer;
+
+    /// Elements a sequence-shaped byte string (from a self-describing format such as JSON)
+    /// may reserve room for up front; longer ones still decode, growing as they go.
+    const SEQ_RESERVE_BYTES_MAX: usize = 64 * 1024;
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_bytes(ByteString)
+    }
+
+    struct ByteString;
+
+    impl<'de> Visitor<'de> for ByteString {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a byte string")
+        }
+
+        fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+
+        fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+
+        fn visit_str<E: Error>(self, v: &str) -> Result<Vec<u8>, E> {
+            Ok(v.as_bytes().to_vec())
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut out =
+                Vec::with_capacity(seq.size_hint().unwrap_or(0).min(SEQ_RESERVE_BYTES_MAX));
+            while let Some(b) = seq.next_element::<u8>()? {
+                out.push(b);
+            }
+            Ok(out)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +209,50 @@ mod tests {
         assert_eq!(decode::<u64>(&long), Err(CodecError::Trailing(1)));
         assert!(matches!(
             decode::<u64>(&[1, 0]),
+            Err(CodecError::Malformed(_))
+        ));
+    }
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Ours {
+        #[serde(with = "super::byte_string")]
+        b: Vec<u8>,
+        n: u16,
+    }
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Theirs {
+        #[serde(with = "serde_bytes")]
+        b: Vec<u8>,
+        n: u16,
+    }
+
+    /// The byte-string glue writes what `serde_bytes` wrote, so records stored by earlier
+    /// builds read back unchanged, and the other way round.
+    #[test]
+    fn byte_strings_keep_serde_bytes_layout() {
+        for len in [0usize, 1, 300, 70_000] {
+            let b: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let ours = Ours { b: b.clone(), n: 9 };
+            let theirs = Theirs { b, n: 9 };
+            let bytes = encode(&ours);
+            assert_eq!(bytes, encode(&theirs), "{len} bytes");
+            assert_eq!(decode::<Ours>(&encode(&theirs)).as_ref(), Ok(&ours));
+            assert_eq!(decode::<Theirs>(&bytes), Ok(theirs));
+            let json = serde_json::to_string(&ours).expect("json");
+            assert_eq!(
+                serde_json::from_str::<Ours>(&json).expect("json back"),
+                ours
+            );
+        }
+        // A length running past the record's end is an error, not a huge allocation.
+        let mut cut = encode(&Ours {
+            b: vec![1; 10],
+            n: 1,
+        });
+        cut.truncate(cut.len() - 5);
+        assert!(matches!(
+            decode::<Ours>(&cut),
             Err(CodecError::Malformed(_))
         ));
     }

@@ -46,7 +46,7 @@ pub enum Command {
     /// wrapped under the provider's key-encryption key.
     ProvisionOrganisation {
         spec: OrganisationSpec,
-        #[serde(with = "serde_bytes")]
+        #[serde(with = "crate::codec::byte_string")]
         wrapped: Vec<u8>,
     },
     /// Commits a signed, sealed message.
@@ -138,7 +138,7 @@ pub enum Command {
     ProvisionKeys {
         org: HpiO,
         keys: PublicKeys,
-        #[serde(with = "serde_bytes")]
+        #[serde(with = "crate::codec::byte_string")]
         wrapped: Vec<u8>,
     },
     /// A node's summary of the calls it refused for lack of permission in a period.

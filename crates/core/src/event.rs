@@ -56,7 +56,7 @@ pub enum Event {
     KeysProvisioned {
         org: HpiO,
         key_id: String,
-        #[serde(with = "serde_bytes")]
+        #[serde(with = "crate::codec::byte_string")]
         wrapped: Vec<u8>,
     },
     /// A signed, sealed message was accepted from a sender. Since v2.

@@ -61,7 +61,7 @@ pub struct TransportReceipt {
     /// When the receiving provider committed it (its clock), ms since the Unix epoch.
     pub ts_ms: u64,
     /// The receiving provider's Ed25519 signature over [`Self::signed_bytes`].
-    #[serde(with = "serde_bytes")]
+    #[serde(with = "crate::codec::byte_string")]
     pub signature: Vec<u8>,
 }
 

@@ -313,11 +313,11 @@ pub struct SealedCopy {
     /// The key id of the recipient organisation's encryption key.
     pub key_id: String,
     /// HPKE encapsulated key.
-    #[serde(with = "serde_bytes")]
+    #[serde(with = "crate::codec::byte_string")]
     pub enc: Vec<u8>,
     /// Stored and sent as one byte string (not a sequence of numbers), so large payloads
     /// encode and decode at memory speed.
-    #[serde(with = "serde_bytes")]
+    #[serde(with = "crate::codec::byte_string")]
     pub ciphertext: Vec<u8>,
 }
 
@@ -371,7 +371,7 @@ impl SealedCopy {
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Envelope {
     pub header: EnvelopeHeader,
-    #[serde(with = "serde_bytes")]
+    #[serde(with = "crate::codec::byte_string")]
     pub signature: Vec<u8>,
     pub sealed: Vec<SealedCopy>,
 }

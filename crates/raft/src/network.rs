@@ -381,7 +381,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             let fit = entries_that_fit(&rpc.entries, budget);
             return Err(openraft::error::PayloadTooLarge::new_entries_hint(fit).into());
         }
-        let mut req = tonic::Request::new(RaftBytes { data });
+        let mut req = tonic::Request::new(RaftBytes { data: data.into() });
         req.set_timeout(option.hard_ttl());
         let resp = client
             .append_entries(req)
@@ -399,7 +399,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         let mut client = self.client()?;
         let mut req = tonic::Request::new(RaftBytes {
-            data: codec::encode(&rpc),
+            data: codec::encode(&rpc).into(),
         });
         req.set_timeout(option.hard_ttl());
         let resp = client.vote(req).await.map_err(|s| status_error(&s))?;

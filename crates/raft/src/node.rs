@@ -184,7 +184,7 @@ impl Core {
         leader: NodeId,
         call: LeaderCall,
         payload: Vec<u8>,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<bytes::Bytes, String> {
         let addr = self
             .address_of(leader)
             .ok_or_else(|| format!("the address of leader {leader} is unknown"))?;
@@ -192,7 +192,9 @@ impl Core {
             return Err("this node is isolated by fault injection".into());
         }
         let mut client = self.net.client(&addr).map_err(|e| e.to_string())?;
-        let mut req = tonic::Request::new(RaftBytes { data: payload });
+        let mut req = tonic::Request::new(RaftBytes {
+            data: payload.into(),
+        });
         req.set_timeout(self.opts.forward_timeout());
         let resp = match call {
             LeaderCall::Forward => client.forward(req).await,

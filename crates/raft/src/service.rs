@@ -182,7 +182,7 @@ impl RaftRpc for RaftService {
         self.core.heard_leader();
         let res = self.core.raft.append_entries(rpc).await;
         Ok(Response::new(RaftBytes {
-            data: codec::encode(&res),
+            data: codec::encode(&res).into(),
         }))
     }
 
@@ -191,7 +191,7 @@ impl RaftRpc for RaftService {
         let rpc: VoteRequest<NodeId> = Self::decode(&req.into_inner().data)?;
         let res = self.core.raft.vote(rpc).await;
         Ok(Response::new(RaftBytes {
-            data: codec::encode(&res),
+            data: codec::encode(&res).into(),
         }))
     }
 
@@ -202,7 +202,7 @@ impl RaftRpc for RaftService {
         self.check_reachable()?;
         let data = self.receive_snapshot(req.into_inner()).await?;
         self.core.heard_leader();
-        Ok(Response::new(RaftBytes { data }))
+        Ok(Response::new(RaftBytes { data: data.into() }))
     }
 
     async fn forward(&self, req: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
@@ -228,7 +228,7 @@ impl RaftRpc for RaftService {
             ForwardReply::NotLeader
         };
         Ok(Response::new(RaftBytes {
-            data: codec::encode(&reply),
+            data: codec::encode(&reply).into(),
         }))
     }
 
@@ -236,7 +236,7 @@ impl RaftRpc for RaftService {
         self.check_reachable()?;
         let res: Result<u64, NodeError> = self.core.read_index_local().await;
         Ok(Response::new(RaftBytes {
-            data: codec::encode(&res),
+            data: codec::encode(&res).into(),
         }))
     }
 
@@ -258,7 +258,7 @@ impl RaftRpc for RaftService {
         let op: MembershipOp = Self::decode(&req.into_inner().data)?;
         let res = self.core.membership_local(op).await;
         Ok(Response::new(RaftBytes {
-            data: codec::encode(&res),
+            data: codec::encode(&res).into(),
         }))
     }
 }
