@@ -19,6 +19,35 @@ use sealpost_server::local::LocalCluster;
 pub const STOP_WAIT_MS: u64 = 10_000;
 /// Bytes of a failed node's log quoted in an error.
 pub const LOG_TAIL_BYTES: usize = 2_000;
+/// Bytes at the end of a node's log searched for the error or panic it exited with.
+pub const EXIT_SEARCH_BYTES: usize = 256 * 1024;
+
+/// What to show of the log of a node that exited: from the last line saying why (an
+/// `Error: ` line, as a binary returning an error prints it, or a panic's line), at most
+/// [`LOG_TAIL_BYTES`] of it; the log's end when no such line is found. The plain end of
+/// the log is often nothing but the backtrace that follows the reason.
+pub fn exit_excerpt(log: &[u8]) -> String {
+    let from = log.len().saturating_sub(EXIT_SEARCH_BYTES);
+    let window = &log[from..];
+    let reason = window
+        .split_inclusive(|&b| b == b'\n')
+        .scan(0usize, |at, line| {
+            let start = *at;
+            *at += line.len();
+            Some((start, line))
+        })
+        .filter(|(_, line)| {
+            line.starts_with(b"Error: ") || line.windows(12).any(|w| w == b" panicked at")
+        })
+        .map(|(start, _)| start)
+        .last();
+    let bytes = match reason {
+        Some(start) => &window[start..window.len().min(start + LOG_TAIL_BYTES)],
+        None => &log[log.len().saturating_sub(LOG_TAIL_BYTES)..],
+    };
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 /// Pause between two polls of a cluster's status while waiting for a leader.
 pub const READY_POLL_MS: u64 = 100;
 
@@ -239,12 +268,11 @@ impl NodeProcs {
             let Some(c) = &mut n.child else { continue };
             if let Some(status) = c.try_wait().map_err(io("waiting for", &n.config))? {
                 let log = std::fs::read(&n.log).unwrap_or_default();
-                let tail = &log[log.len().saturating_sub(LOG_TAIL_BYTES)..];
                 return Err(Error::Exited {
                     name: n.name.clone(),
                     status: status.to_string(),
                     log: n.log.clone(),
-                    tail: String::from_utf8_lossy(tail).into_owned(),
+                    tail: exit_excerpt(&log),
                 });
             }
         }
@@ -534,6 +562,23 @@ impl Watch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_exit_excerpt_starts_at_the_reason_not_in_the_backtrace() {
+        let backtrace = "      7: some::frame\n                 at src/x.rs:1:1\n".repeat(200);
+        let log = format!(
+            "INFO started\nError: the raft log is corrupt\n\nStack backtrace:\n{backtrace}"
+        );
+        let e = exit_excerpt(log.as_bytes());
+        assert!(e.starts_with("Error: the raft log is corrupt"), "{e}");
+        assert!(e.len() <= LOG_TAIL_BYTES);
+        let panic = format!("INFO x\nthread 'main' panicked at src/a.rs:3:5:\nboom\n{backtrace}");
+        assert!(exit_excerpt(panic.as_bytes()).starts_with("thread 'main' panicked at src/a.rs"));
+        // Without a reason, the end of the log as before.
+        let plain = "x".repeat(3 * LOG_TAIL_BYTES);
+        assert_eq!(exit_excerpt(plain.as_bytes()), "x".repeat(LOG_TAIL_BYTES));
+        assert_eq!(exit_excerpt(b""), "");
+    }
 
     #[test]
     fn reads_this_process() {
