@@ -1,7 +1,8 @@
 //! The storage codec: every stored record is one version byte followed by its bincode
 //! encoding. bincode is not self-describing, so the version byte is what lets a later
-//! build read (or refuse, clearly) what an earlier one wrote. Callers use only these two
-//! functions, so the codec can be swapped without touching them.
+//! build read (or refuse, clearly) what an earlier one wrote. Callers use only `encode`
+//! and `decode` (and `byte_string` on their byte fields), so the codec can be swapped
+//! without touching them.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

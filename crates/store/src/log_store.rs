@@ -734,8 +734,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Sized up front: a batch grown put by put copies everything it holds each time
         // its buffer doubles.
         let mut batch = WriteBatch::with_capacity_bytes(
-            usize::try_from(bytes).unwrap_or(usize::MAX)
-                + encoded.len() * WRITE_BATCH_RECORD_OVERHEAD_BYTES,
+            usize::try_from(bytes)
+                .unwrap_or(usize::MAX)
+                .saturating_add(encoded.len() * WRITE_BATCH_RECORD_OVERHEAD_BYTES),
         );
         for (index, v) in &encoded {
             batch.put_cf(cf, key(*index), v);
