@@ -613,17 +613,7 @@ async fn idempotent_resend_and_leader_stop_mid_burst() {
                             break;
                         }
                         Err(s) if attempts < 100 => {
-                            assert!(
-                                matches!(
-                                    s.code(),
-                                    tonic::Code::Unavailable
-                                        | tonic::Code::Unknown
-                                        | tonic::Code::Internal
-                                        | tonic::Code::Cancelled
-                                        | tonic::Code::DeadlineExceeded
-                                ),
-                                "{s}"
-                            );
+                            assert!(sealpost_client::retry_may_help(&s), "{s}");
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }
                         Err(s) => panic!("send {cid} never acknowledged: {s}"),

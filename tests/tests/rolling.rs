@@ -15,7 +15,6 @@ use std::time::Duration;
 use common::*;
 use sealpost_client::{Client, Profile};
 use sealpost_core::ids::HpiO;
-use tonic::Code;
 
 /// Sends the load makes at most (it stops earlier, when the restarts are done).
 const LOAD_SENDS_MAX: usize = 3_000;
@@ -30,18 +29,6 @@ struct LoadReport {
     acked: BTreeMap<String, String>,
     retries: u64,
     failures: Vec<String>,
-}
-
-/// Errors a client meets while a node restarts or a new leader is elected.
-fn retryable(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Unknown
-            | Code::Cancelled
-            | Code::Aborted
-    )
 }
 
 async fn run_load(profile: Profile, lab: String, stop: Arc<AtomicBool>) -> LoadReport {
@@ -81,7 +68,7 @@ async fn run_load(profile: Profile, lab: String, stop: Arc<AtomicBool>) -> LoadR
                     report.acked.insert(cid, r.into_inner().message_id);
                     break;
                 }
-                Err(s) if retryable(s.code()) => {
+                Err(s) if sealpost_client::retry_may_help(&s) => {
                     // The node may be gone: connect again (to whichever node answers).
                     client = None;
                     report.retries += 1;

@@ -121,3 +121,101 @@ impl Client {
             .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
     }
 }
+
+/// Start of the message tonic gives a call whose HTTP/2 stream or connection failed under
+/// it (tonic's `Status::from_hyper_error` and `from_h2_error`).
+const TRANSPORT_FAILURE_PREFIX: &str = "h2 protocol error";
+
+/// Whether a failed call may succeed if made again (to the same node or, after
+/// [`Client::connect`], to another): the node went away, no leader was known, the deadline
+/// passed, or the connection broke while the call was in flight. The outcome of such a
+/// call is unknown, so a send is retried with the same client message id, which the
+/// provider turns into the first send's answer rather than a second message.
+///
+/// A reset connection reaches the caller as `Internal` (the gRPC mapping of an HTTP/2
+/// `INTERNAL_ERROR` or `NO_ERROR` reset), so `Internal` counts only when the transport
+/// raised it; an `Internal` answered by a node is a fault a retry does not cure.
+/// `ResourceExhausted` (a rate limit, a full disk) is not counted either: it asks the
+/// caller to back off, not to retry at once.
+pub fn retry_may_help(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    match status.code() {
+        Code::Unavailable
+        | Code::DeadlineExceeded
+        | Code::Unknown
+        | Code::Cancelled
+        | Code::Aborted => true,
+        Code::Internal => status.message().starts_with(TRANSPORT_FAILURE_PREFIX),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sealpost_proto::v1::SendRequest;
+    use tonic::Code;
+
+    /// Accepts one HTTP/2 connection on loopback and resets every stream on it with
+    /// `reason`, as a node does to its calls when it goes away mid-call.
+    async fn resetting_server(reason: h2::Reason) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
+            let Ok(mut conn) = h2::server::handshake(socket).await else {
+                return;
+            };
+            while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                respond.send_reset(reason);
+            }
+        });
+        addr
+    }
+
+    async fn call_reset_with(reason: h2::Reason) -> tonic::Status {
+        let addr = resetting_server(reason).await;
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect over loopback");
+        MessagingClient::new(channel)
+            .send(SendRequest::default())
+            .await
+            .expect_err("the stream was reset")
+    }
+
+    #[tokio::test]
+    async fn a_stream_reset_under_a_call_may_be_retried() {
+        for reason in [h2::Reason::INTERNAL_ERROR, h2::Reason::NO_ERROR] {
+            let status = call_reset_with(reason).await;
+            assert_eq!(status.code(), Code::Internal, "{reason:?}: {status}");
+            assert!(retry_may_help(&status), "{reason:?}: {status}");
+        }
+        let refused = call_reset_with(h2::Reason::REFUSED_STREAM).await;
+        assert!(retry_may_help(&refused), "{refused}");
+    }
+
+    #[test]
+    fn an_answer_from_a_node_is_retried_only_when_it_says_so() {
+        for code in [Code::Unavailable, Code::DeadlineExceeded, Code::Aborted] {
+            assert!(retry_may_help(&tonic::Status::new(code, "no leader")));
+        }
+        for code in [
+            Code::Internal,
+            Code::InvalidArgument,
+            Code::PermissionDenied,
+            Code::NotFound,
+            Code::FailedPrecondition,
+            Code::ResourceExhausted,
+        ] {
+            let status = tonic::Status::new(code, "sealing failed");
+            assert!(!retry_may_help(&status), "{status}");
+        }
+    }
+}
