@@ -152,14 +152,14 @@ async fn fetch_and_ack(lab: &Client, id: &str, recipient: &str) -> Vec<u8> {
     got.payload
 }
 
-/// Sends, resending with the same client message id (so at most once) while the
-/// provider has no leader (bounded by [`WAIT`]).
+/// Sends, resending with the same client message id (so at most once) while a retry may
+/// help: no leader at the provider, or a call cut off (bounded by [`WAIT`]).
 async fn send_retrying(c: &Client, req: pb::SendRequest) -> pb::SendReply {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         match c.messaging().send(req.clone()).await {
             Ok(r) => return r.into_inner(),
-            Err(s) if s.code() == tonic::Code::Unavailable => {
+            Err(s) if sealpost_client::retry_may_help(&s) => {
                 assert!(
                     tokio::time::Instant::now() < deadline,
                     "send never landed: {s:?}"

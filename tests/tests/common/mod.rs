@@ -116,7 +116,7 @@ pub async fn register_retrying(c: &Client, serial: u64) -> Result<(), Status> {
         match register(c, serial).await {
             Ok(_) => return Ok(()),
             Err(s) if s.code() == tonic::Code::AlreadyExists && last.is_some() => return Ok(()),
-            Err(s) if s.code() == tonic::Code::Unavailable => {
+            Err(s) if sealpost_client::retry_may_help(&s) => {
                 last = Some(s);
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
