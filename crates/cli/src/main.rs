@@ -209,12 +209,33 @@ fn describe(e: &anyhow::Error) -> String {
     out
 }
 
+/// The runtime threads `sealpost node` asks for in its configuration (`worker_threads`),
+/// read before the runtime starts; `None`: one per core, as for every other command.
+fn runtime_workers(cli: &Cli) -> anyhow::Result<Option<usize>> {
+    match &cli.command {
+        Command::Node { config, set, .. } => {
+            let cfg = sealpost_server::NodeConfig::load_layered(config, std::env::vars(), set)
+                .with_context(|| format!("loading {}", config.display()))?;
+            Ok(cfg.worker_threads)
+        }
+        _ => Ok(None),
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let workers = match runtime_workers(&cli) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("error: {}", describe(&e));
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

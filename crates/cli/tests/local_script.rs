@@ -18,6 +18,18 @@ fn script(arg: &str) -> Output {
         .expect("run cluster/local/run.sh")
 }
 
+/// The body of a plain HTTP/1.0 GET from a node's operations listener on loopback.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).expect("connect to the listener");
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    write!(conn, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("request");
+    let mut out = String::new();
+    conn.read_to_string(&mut out).expect("response");
+    out
+}
+
 /// Stops the processes and removes their folder however the test ends.
 struct Cleanup;
 
@@ -58,6 +70,21 @@ fn three_processes_elect_a_leader_and_serve_the_cli() {
         1,
         "{v}"
     );
+
+    // Each node runs the one runtime thread its configuration asks for (`worker_threads`):
+    // the three share this machine.
+    for n in 1..=3 {
+        let metrics = http_get(&format!("127.0.0.1:910{n}"), "/metrics");
+        assert!(
+            metrics.lines().any(|l| l == "sealpost_runtime_workers 1"),
+            "node {n}: {}",
+            metrics
+                .lines()
+                .filter(|l| l.contains("runtime_workers"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
 
     let reg = Command::new(BIN)
         .args([

@@ -183,6 +183,9 @@ impl MessagingOptions {
     }
 }
 
+/// Most runtime threads a node may be configured with (`worker_threads`).
+pub const WORKER_THREADS_MAX: usize = 1024;
+
 /// One node's configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -199,6 +202,15 @@ pub struct NodeConfig {
     /// means moving its folder too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raft_log_dir: Option<PathBuf>,
+    /// Threads of the node's async runtime (gRPC, Raft, the workers); the crypto threads
+    /// are apart. Default: one per core. Nodes that share a machine (a local cluster, the
+    /// benchmark) do better with the cores divided among them: an idle runtime thread is
+    /// woken to look for work whenever another has more than it can run, and across
+    /// processes on a busy machine those wake-ups cost more CPU than the work they find
+    /// (BENCHMARKS.md, session 30). Read by `sealpost node` when it starts; a node started
+    /// inside another program runs on that program's runtime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_threads: Option<usize>,
     /// Address to bind (host:port).
     pub listen: String,
     /// Address peers and clients use to reach this node; defaults to `listen`.
@@ -281,6 +293,7 @@ pub const ENV_KEYS: &[&str] = &[
     "provider",
     "data_dir",
     "raft_log_dir",
+    "worker_threads",
     "listen",
     "advertise",
     "http_listen",
@@ -431,6 +444,14 @@ impl NodeConfig {
         if self.id == 0 {
             return Err(invalid("id", "must be a positive integer"));
         }
+        if let Some(n) = self.worker_threads
+            && !(1..=WORKER_THREADS_MAX).contains(&n)
+        {
+            return Err(invalid(
+                "worker_threads",
+                format!("{n} is not between 1 and {WORKER_THREADS_MAX}"),
+            ));
+        }
         if let Some(v) = self.advertise_event_version {
             let current = sealpost_core::event::EVENT_VERSION_CURRENT;
             if v == 0 || v > current {
@@ -574,6 +595,7 @@ mod tests {
             provider: "prov-a".into(),
             data_dir: "/tmp/x".into(),
             raft_log_dir: None,
+            worker_threads: None,
             listen: "127.0.0.1:7001".into(),
             advertise: None,
             http_listen: None,
@@ -668,6 +690,28 @@ mod tests {
         let unset = NodeConfig::load_layered(&path, env(&[]), &[]).expect("load");
         assert_eq!(unset.raft_log_dir, None);
         assert!(!unset.to_toml().contains("raft_log_dir"));
+    }
+
+    #[test]
+    fn worker_threads_are_set_by_flag_or_environment_and_bounded() {
+        let (_dir, path) = sample_file();
+        let unset = NodeConfig::load_layered(&path, env(&[]), &[]).expect("load");
+        assert_eq!(unset.worker_threads, None);
+        assert!(!unset.to_toml().contains("worker_threads"));
+        let c = NodeConfig::load_layered(&path, env(&[("SEALPOST_WORKER_THREADS", "3")]), &[])
+            .expect("load");
+        assert_eq!(c.worker_threads, Some(3));
+        let back: NodeConfig = toml::from_str(&c.to_toml()).expect("parse");
+        assert_eq!(back.worker_threads, Some(3));
+        let c = NodeConfig::load_layered(&path, env(&[]), &["worker_threads=1".to_string()])
+            .expect("load");
+        assert_eq!(c.worker_threads, Some(1));
+        for bad in ["0", "1025"] {
+            let e = NodeConfig::load_layered(&path, env(&[]), &[format!("worker_threads={bad}")])
+                .expect_err("out of range")
+                .to_string();
+            assert!(e.contains("worker_threads") && e.contains(bad), "{e}");
+        }
     }
 
     /// A bad value or an unknown key is refused naming the variable, flag and field.

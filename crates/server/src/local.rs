@@ -20,7 +20,7 @@ use sealpost_raft::RaftOptions;
 use sealpost_store::types::NodeId;
 use tokio::net::TcpListener;
 
-use crate::config::{ApiLimits, Member, MessagingOptions, NodeConfig};
+use crate::config::{ApiLimits, Member, MessagingOptions, NodeConfig, WORKER_THREADS_MAX};
 use crate::federation::{FederationConfig, PeerSpec, RelayOptions};
 use crate::node::{Listeners, NodeHandle, ServerError, start, start_with_listeners};
 use sealpost_crypto::provider_key::ProviderKey;
@@ -128,6 +128,13 @@ impl std::fmt::Debug for LocalCluster {
             .field("running", &self.running.keys().collect::<Vec<_>>())
             .finish()
     }
+}
+
+/// Runtime threads for each of `nodes` nodes sharing this machine: its cores divided among
+/// them, at least one each (see [`NodeConfig::worker_threads`]).
+pub fn shared_machine_workers(nodes: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    (cores / nodes.max(1)).clamp(1, WORKER_THREADS_MAX)
 }
 
 fn node_dir(dir: &Path, id: NodeId) -> PathBuf {
@@ -433,6 +440,10 @@ impl LocalCluster {
             provider: self.provider.clone(),
             data_dir: nd.clone(),
             raft_log_dir: None,
+            // Every node of a local cluster runs on this machine.
+            worker_threads: Some(shared_machine_workers(
+                initial_members.len().max(peers.len() + 1),
+            )),
             listen: addr.to_string(),
             advertise: None,
             // Kept across restarts like the node's own port, so scrapers keep finding it.
@@ -860,5 +871,19 @@ impl LocalCluster {
                 h.stop().await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_on_one_machine_share_its_cores_with_at_least_one_thread_each() {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        assert_eq!(shared_machine_workers(1), cores);
+        assert_eq!(shared_machine_workers(0), cores);
+        assert_eq!(shared_machine_workers(cores * 2), 1);
+        assert_eq!(shared_machine_workers(2), (cores / 2).max(1));
     }
 }

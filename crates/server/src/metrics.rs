@@ -225,6 +225,14 @@ impl Collector for NodeCollector {
             self.started.elapsed().as_secs() as i64,
         )?;
         gauge(e, "node_id", "This node's id", self.raft.id() as i64)?;
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            gauge(
+                e,
+                "runtime_workers",
+                "Threads of the async runtime this node runs on (worker_threads)",
+                i64::try_from(rt.metrics().num_workers()).unwrap_or(i64::MAX),
+            )?;
+        }
         // A status that cannot be read (a store error) leaves the Raft gauges out; /health
         // reports the error itself.
         if let Ok(st) = self.raft.status() {
