@@ -257,6 +257,25 @@ fn sealpost_system(nodes: u64) -> String {
     format!("sealpost {} ({nodes} nodes)", env!("CARGO_PKG_VERSION"))
 }
 
+/// How many runtime threads the cluster's nodes ran with, for the report's notes.
+fn runtime_note(cluster: &LocalCluster) -> String {
+    let nodes = cluster.node_ids().len();
+    let workers = cluster
+        .node_ids()
+        .first()
+        .and_then(|id| cluster.config(*id))
+        .and_then(|c| c.worker_threads);
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    match workers {
+        Some(n) => format!(
+            "each node ran {n} async runtime thread(s) (worker_threads: this machine's {cores} cores divided among the cluster's {nodes} nodes), its crypto threads apart"
+        ),
+        None => format!(
+            "each node ran one async runtime thread per core ({cores}), its crypto threads apart"
+        ),
+    }
+}
+
 const SEALPOST_DURABILITY: &str = "Acknowledged once in the Raft log of a majority of \
     nodes, each of which fsynced it first (group commit: one fsync covers every append \
     waiting).";
@@ -373,10 +392,13 @@ pub async fn log(ctx: &Ctx) -> anyhow::Result<ScenarioResult> {
         phases,
         processes,
         notes: [
-            vec![format!(
-                "one event per write: a directory registration of {} bytes",
-                log_value_bytes()
-            )],
+            vec![
+                format!(
+                    "one event per write: a directory registration of {} bytes",
+                    log_value_bytes()
+                ),
+                runtime_note(&cluster),
+            ],
             notes,
         ]
         .concat(),
@@ -589,10 +611,13 @@ pub async fn hot_path(ctx: &Ctx, replay: bool) -> anyhow::Result<Vec<ScenarioRes
         phases,
         processes,
         notes: [
-            vec![format!(
-                "{} B payloads, one recipient organisation; a message counts when the receiver's inbox stream (on the leader) reports it routed",
-                ctx.payload_bytes
-            )],
+            vec![
+                format!(
+                    "{} B payloads, one recipient organisation; a message counts when the receiver's inbox stream (on the leader) reports it routed",
+                    ctx.payload_bytes
+                ),
+                runtime_note(&cluster),
+            ],
             notes,
         ]
         .concat(),
@@ -723,10 +748,13 @@ pub async fn relay(ctx: &Ctx) -> anyhow::Result<ScenarioResult> {
         phases,
         processes,
         notes: [
-            vec![format!(
-                "{} B payloads sent at provider A; a message counts when B's receiver stream reports it routed",
-                ctx.payload_bytes
-            )],
+            vec![
+                format!(
+                    "{} B payloads sent at provider A; a message counts when B's receiver stream reports it routed",
+                    ctx.payload_bytes
+                ),
+                runtime_note(&a),
+            ],
             notes,
         ]
         .concat(),
