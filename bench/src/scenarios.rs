@@ -259,7 +259,7 @@ fn sealpost_system(nodes: u64) -> String {
 
 /// How many runtime threads the cluster's nodes ran with, for the report's notes.
 fn runtime_note(cluster: &LocalCluster) -> String {
-    let nodes = cluster.node_ids().len();
+    let on_machine = cluster.nodes_on_machine();
     let workers = cluster
         .node_ids()
         .first()
@@ -268,7 +268,7 @@ fn runtime_note(cluster: &LocalCluster) -> String {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     match workers {
         Some(n) => format!(
-            "each node ran {n} async runtime thread(s) (worker_threads: this machine's {cores} cores divided among the cluster's {nodes} nodes), its crypto threads apart"
+            "each node ran {n} async runtime thread(s) (worker_threads: this machine's {cores} cores divided among its {on_machine} nodes), its crypto threads apart"
         ),
         None => format!(
             "each node ran one async runtime thread per core ({cores}), its crypto threads apart"

@@ -119,6 +119,9 @@ pub struct LocalCluster {
     ca: DevCa,
     configs: BTreeMap<NodeId, NodeConfig>,
     running: BTreeMap<NodeId, NodeHandle>,
+    /// Nodes sharing this machine, every provider's when laid out as a federation: each
+    /// node's `worker_threads` is the machine's cores divided among them.
+    on_machine: usize,
 }
 
 impl std::fmt::Debug for LocalCluster {
@@ -275,6 +278,17 @@ impl LocalCluster {
                 .await?,
             );
         }
+        // Every provider's nodes share this machine: divide its cores among all of them.
+        let on_machine = usize::try_from(nodes)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(providers.len());
+        for me in &mut prepared {
+            me.cluster.on_machine = on_machine;
+            for cfg in me.cluster.configs.values_mut() {
+                cfg.worker_threads = Some(shared_machine_workers(on_machine));
+                write_file(&cfg.data_dir.join("node.toml"), &cfg.to_toml(), false)?;
+            }
+        }
         for me in &prepared {
             let mut bundle = crate::federation::TrustBundleFile::default();
             for other in prepared
@@ -341,6 +355,7 @@ impl LocalCluster {
             ca,
             configs: BTreeMap::new(),
             running: BTreeMap::new(),
+            on_machine: usize::try_from(nodes).unwrap_or(usize::MAX),
         };
         let relay_opts = relay;
         for m in &members {
@@ -404,12 +419,14 @@ impl LocalCluster {
                 dir.display()
             )));
         }
+        let on_machine = configs.len();
         let mut cluster = Self {
             provider: provider.to_string(),
             dir: dir.to_path_buf(),
             ca,
             configs,
             running: BTreeMap::new(),
+            on_machine,
         };
         let ids: Vec<NodeId> = cluster.configs.keys().copied().collect();
         for id in ids {
@@ -442,7 +459,9 @@ impl LocalCluster {
             raft_log_dir: None,
             // Every node of a local cluster runs on this machine.
             worker_threads: Some(shared_machine_workers(
-                initial_members.len().max(peers.len() + 1),
+                self.on_machine
+                    .max(initial_members.len())
+                    .max(peers.len() + 1),
             )),
             listen: addr.to_string(),
             advertise: None,
@@ -485,6 +504,11 @@ impl LocalCluster {
 
     pub fn running_ids(&self) -> Vec<NodeId> {
         self.running.keys().copied().collect()
+    }
+
+    /// Nodes sharing this machine (every provider's, for a federation laid out together).
+    pub fn nodes_on_machine(&self) -> usize {
+        self.on_machine
     }
 
     pub fn node_ids(&self) -> Vec<NodeId> {
@@ -885,5 +909,52 @@ mod tests {
         assert_eq!(shared_machine_workers(0), cores);
         assert_eq!(shared_machine_workers(cores * 2), 1);
         assert_eq!(shared_machine_workers(2), (cores / 2).max(1));
+    }
+
+    /// Each node's saved configuration asks for its share of the machine: a provider's
+    /// three nodes share it, and two federated providers' six do.
+    #[tokio::test]
+    async fn laid_out_nodes_get_their_share_of_the_cores_in_their_saved_configuration() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let raft = RaftOptions::default();
+        let api = ApiLimits::default();
+        let one = LocalCluster::lay_out(
+            &dir.path().join("one"),
+            "prov-one",
+            3,
+            raft.clone(),
+            api.clone(),
+            MessagingOptions::default(),
+        )
+        .await
+        .expect("lay out");
+        let fed = LocalCluster::lay_out_federation(
+            &dir.path().join("fed"),
+            &[
+                ("prov-a".to_string(), MessagingOptions::default()),
+                ("prov-b".to_string(), MessagingOptions::default()),
+            ],
+            3,
+            (raft, api, RelayOptions::default()),
+        )
+        .await
+        .expect("lay out a federation");
+        for (cluster, on_machine) in std::iter::once((&one, 3)).chain(fed.iter().map(|c| (c, 6))) {
+            assert_eq!(
+                cluster.nodes_on_machine(),
+                on_machine,
+                "{}",
+                cluster.provider
+            );
+            for id in cluster.node_ids() {
+                let saved = NodeConfig::load(&cluster.config_path(id)).expect("saved config");
+                assert_eq!(
+                    saved.worker_threads,
+                    Some(shared_machine_workers(on_machine)),
+                    "{} node {id}",
+                    cluster.provider
+                );
+            }
+        }
     }
 }
