@@ -209,14 +209,14 @@ fn describe(e: &anyhow::Error) -> String {
     out
 }
 
-/// The runtime threads `sealpost node` asks for in its configuration (`worker_threads`),
-/// read before the runtime starts; `None`: one per core, as for every other command.
-fn runtime_workers(cli: &Cli) -> anyhow::Result<Option<usize>> {
+/// The configuration `sealpost node` runs with, loaded before the runtime starts: its
+/// `worker_threads` sizes the runtime. `None` for every other command.
+fn node_config(cli: &Cli) -> anyhow::Result<Option<sealpost_server::NodeConfig>> {
     match &cli.command {
         Command::Node { config, set, .. } => {
-            let cfg = sealpost_server::NodeConfig::load_layered(config, std::env::vars(), set)
-                .with_context(|| format!("loading {}", config.display()))?;
-            Ok(cfg.worker_threads)
+            sealpost_server::NodeConfig::load_layered(config, std::env::vars(), set)
+                .with_context(|| format!("loading {}", config.display()))
+                .map(Some)
         }
         _ => Ok(None),
     }
@@ -224,13 +224,14 @@ fn runtime_workers(cli: &Cli) -> anyhow::Result<Option<usize>> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let workers = match runtime_workers(&cli) {
-        Ok(w) => w,
+    let node_cfg = match node_config(&cli) {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("error: {}", describe(&e));
             return std::process::ExitCode::FAILURE;
         }
     };
+    let workers = node_cfg.as_ref().and_then(|c| c.worker_threads);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = workers {
         builder.worker_threads(n);
@@ -242,7 +243,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli)) {
+    match rt.block_on(run(cli, node_cfg)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", describe(&e));
@@ -251,19 +252,15 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs the command; `node_cfg` is [`node_config`]'s answer for it.
+async fn run(cli: Cli, node_cfg: Option<sealpost_server::NodeConfig>) -> anyhow::Result<()> {
     match cli.command {
         Command::Dev(args) => {
             init_tracing();
             dev::run(args).await
         }
-        Command::Node {
-            config,
-            set,
-            dump_config,
-        } => {
-            let cfg = sealpost_server::NodeConfig::load_layered(&config, std::env::vars(), &set)
-                .with_context(|| format!("loading {}", config.display()))?;
+        Command::Node { dump_config, .. } => {
+            let cfg = node_cfg.context("the node configuration was not loaded")?;
             if dump_config {
                 print!("{}", cfg.to_toml());
                 return Ok(());

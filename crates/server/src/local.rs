@@ -133,6 +133,11 @@ impl std::fmt::Debug for LocalCluster {
     }
 }
 
+/// The nodes on this machine when one provider's `nodes` are laid out alone.
+fn alone(nodes: u64) -> usize {
+    usize::try_from(nodes).unwrap_or(usize::MAX)
+}
+
 /// Runtime threads for each of `nodes` nodes sharing this machine: its cores divided among
 /// them, at least one each (see [`NodeConfig::worker_threads`]).
 pub fn shared_machine_workers(nodes: usize) -> usize {
@@ -180,10 +185,16 @@ impl LocalCluster {
         api: ApiLimits,
         messaging: MessagingOptions,
     ) -> Result<Self, LocalError> {
-        let cluster = Self::prepare(dir, provider, nodes, (raft, api, messaging), None)
-            .await?
-            .start()
-            .await?;
+        let cluster = Self::prepare(
+            dir,
+            provider,
+            (nodes, alone(nodes)),
+            (raft, api, messaging),
+            None,
+        )
+        .await?
+        .start()
+        .await?;
         cluster.settle().await?;
         Ok(cluster)
     }
@@ -233,11 +244,15 @@ impl LocalCluster {
         api: ApiLimits,
         messaging: MessagingOptions,
     ) -> Result<Self, LocalError> {
-        Ok(
-            Self::prepare(dir, provider, nodes, (raft, api, messaging), None)
-                .await?
-                .cluster,
+        Ok(Self::prepare(
+            dir,
+            provider,
+            (nodes, alone(nodes)),
+            (raft, api, messaging),
+            None,
         )
+        .await?
+        .cluster)
     }
 
     /// Lays out federated providers like [`Self::create_federation`] and starts nothing.
@@ -265,29 +280,20 @@ impl LocalCluster {
         nodes: u64,
         (raft, api, relay): (RaftOptions, ApiLimits, RelayOptions),
     ) -> Result<Vec<Prepared>, LocalError> {
+        // Every provider's nodes share this machine: its cores are divided among all of them.
+        let on_machine = alone(nodes).saturating_mul(providers.len());
         let mut prepared = Vec::with_capacity(providers.len());
         for (p, messaging) in providers {
             prepared.push(
                 Self::prepare(
                     &root.join(p),
                     p,
-                    nodes,
+                    (nodes, on_machine),
                     (raft.clone(), api.clone(), messaging.clone()),
                     Some(relay.clone()),
                 )
                 .await?,
             );
-        }
-        // Every provider's nodes share this machine: divide its cores among all of them.
-        let on_machine = usize::try_from(nodes)
-            .unwrap_or(usize::MAX)
-            .saturating_mul(providers.len());
-        for me in &mut prepared {
-            me.cluster.on_machine = on_machine;
-            for cfg in me.cluster.configs.values_mut() {
-                cfg.worker_threads = Some(shared_machine_workers(on_machine));
-                write_file(&cfg.data_dir.join("node.toml"), &cfg.to_toml(), false)?;
-            }
         }
         for me in &prepared {
             let mut bundle = crate::federation::TrustBundleFile::default();
@@ -306,10 +312,12 @@ impl LocalCluster {
     /// Lays out a provider (CA, KEK, provider key and relay ports when `relay` is given,
     /// node folders and configurations on freshly bound loopback ports) without starting
     /// it.
+    /// `on_machine`: the nodes sharing this machine, these and any other provider's laid
+    /// out beside them.
     async fn prepare(
         dir: &Path,
         provider: &str,
-        nodes: u64,
+        (nodes, on_machine): (u64, usize),
         (raft, api, messaging): (RaftOptions, ApiLimits, MessagingOptions),
         relay: Option<RelayOptions>,
     ) -> Result<Prepared, LocalError> {
@@ -355,7 +363,7 @@ impl LocalCluster {
             ca,
             configs: BTreeMap::new(),
             running: BTreeMap::new(),
-            on_machine: usize::try_from(nodes).unwrap_or(usize::MAX),
+            on_machine,
         };
         let relay_opts = relay;
         for m in &members {
