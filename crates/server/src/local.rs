@@ -185,16 +185,10 @@ impl LocalCluster {
         api: ApiLimits,
         messaging: MessagingOptions,
     ) -> Result<Self, LocalError> {
-        let cluster = Self::prepare(
-            dir,
-            provider,
-            (nodes, alone(nodes)),
-            (raft, api, messaging),
-            None,
-        )
-        .await?
-        .start()
-        .await?;
+        let cluster = Self::prepare_alone(dir, provider, nodes, (raft, api, messaging))
+            .await?
+            .start()
+            .await?;
         cluster.settle().await?;
         Ok(cluster)
     }
@@ -244,15 +238,11 @@ impl LocalCluster {
         api: ApiLimits,
         messaging: MessagingOptions,
     ) -> Result<Self, LocalError> {
-        Ok(Self::prepare(
-            dir,
-            provider,
-            (nodes, alone(nodes)),
-            (raft, api, messaging),
-            None,
+        Ok(
+            Self::prepare_alone(dir, provider, nodes, (raft, api, messaging))
+                .await?
+                .cluster,
         )
-        .await?
-        .cluster)
     }
 
     /// Lays out federated providers like [`Self::create_federation`] and starts nothing.
@@ -312,6 +302,16 @@ impl LocalCluster {
     /// Lays out a provider (CA, KEK, provider key and relay ports when `relay` is given,
     /// node folders and configurations on freshly bound loopback ports) without starting
     /// it.
+    /// [`Self::prepare`] for one provider, alone on this machine and not federated.
+    async fn prepare_alone(
+        dir: &Path,
+        provider: &str,
+        nodes: u64,
+        options: (RaftOptions, ApiLimits, MessagingOptions),
+    ) -> Result<Prepared, LocalError> {
+        Self::prepare(dir, provider, (nodes, alone(nodes)), options, None).await
+    }
+
     /// `on_machine`: the nodes sharing this machine, these and any other provider's laid
     /// out beside them.
     async fn prepare(
