@@ -1,16 +1,16 @@
 //! Fuzz target `send_request_decode`: arbitrary bytes as the protobuf of a gRPC
-//! `sealpost.v1.SendRequest`, then the stateless checks the server's `send_as` runs on its
-//! fields before sealing, which all live in the core crate: HPI-O, HPI-I and IHI parsing
-//! (trimmed, optional ones skipped when blank), endpoint ids, the recipient list, payload
-//! type, priority and client message id. The server crate itself is not a dependency (it
-//! needs RocksDB), so its order of checks is mirrored here.
+//! `sealpost.v1.SendRequest`, then the stateless checks a node's `send_as` runs on its
+//! fields before sealing: `sealpost_core::send_form`'s `sender` and `check`, the very
+//! functions the server calls (HPI-O, HPI-I and IHI parsing, trimmed, optional ones skipped
+//! when blank; endpoint ids, the recipient list, payload type, priority, client message id
+//! and the delivery window).
 //!
 //! Beyond "no panic" it checks: a decoded request re-encodes and decodes to the same
-//! request; every accepted id is exactly the text given and parses again from its own
-//! text; accepted payload types and priorities parse from their names; and a request the
-//! edge accepts builds a header that sealing's own validation accepts and a `Send`
-//! proposal that the state machine's stateless validation accepts, and that proposal
-//! survives the storage codec unchanged.
+//! request; the checks refuse exactly what each field's own parser refuses; every accepted
+//! id is exactly the text given and parses again from its own text; accepted payload types
+//! and priorities parse from their names; and a request the edge accepts builds a header
+//! that sealing's own validation accepts and a `Send` proposal that the state machine's
+//! stateless validation accepts, and that proposal survives the storage codec unchanged.
 
 #![no_main]
 
@@ -25,22 +25,24 @@ use sealpost_core::message::{
     PAYLOAD_BYTES_DEFAULT_MAX, Priority, SIGNATURE_BYTES, SealedCopy, Sender,
     check_client_message_id, check_recipients, payload_digest,
 };
+use sealpost_core::send_form::{self, SendForm, SendFormError, SendLimits};
 use sealpost_fuzz::{CREATED_MS, PROVIDER};
 use sealpost_proto::v1::SendRequest;
 
-/// The server's defaults for `deliver_within_ms` (0 in a request) and its upper limit.
-const DELIVER_WITHIN_MS_DEFAULT: u64 = 24 * 3600 * 1000;
-const DELIVER_WITHIN_MS_MAX: u64 = 30 * 24 * 3600 * 1000;
-/// Stands in for the UUID the server generates when no client message id is given.
+/// A node's default limits (its configuration's defaults).
+const LIMITS: SendLimits = SendLimits {
+    payload_bytes_max: PAYLOAD_BYTES_DEFAULT_MAX,
+    deliver_within_ms_default: 24 * 3600 * 1000,
+    deliver_within_ms_max: 30 * 24 * 3600 * 1000,
+};
+/// Stands in for the UUID a node generates when no client message id is given.
 const GENERATED_ID: &str = "01890a5d-ac96-774b-bcce-b30209900099";
 
-/// An optional identifier: blank is absent, anything else must parse.
-fn optional<T>(s: &str, parse: impl Fn(&str) -> Result<T, IdError>) -> Result<Option<T>, IdError> {
+/// Whether an optional identifier passes its parser: blank is absent, anything else
+/// (trimmed) must parse.
+fn optional_ok<T>(s: &str, parse: impl Fn(&str) -> Result<T, IdError>) -> bool {
     let s = s.trim();
-    if s.is_empty() {
-        return Ok(None);
-    }
-    parse(s).map(Some)
+    s.is_empty() || parse(s).is_ok()
 }
 
 fn check_hpio(text: &str, id: &HpiO) {
@@ -56,64 +58,74 @@ fuzz_target!(|data: &[u8]| {
         SendRequest::decode(req.encode_to_vec().as_slice()).expect("a re-encoded request decodes");
     assert_eq!(again, req);
 
-    // Every check runs, so each is exercised whatever the others say; the server stops at
-    // the first refusal, in this order.
-    let from = HpiO::parse(req.from_org.trim());
+    let from = send_form::sender(&req.from_org);
+    assert_eq!(from.is_ok(), HpiO::parse(req.from_org.trim()).is_ok());
     if let Ok(id) = &from {
         check_hpio(req.from_org.trim(), id);
     }
-    let practitioner = optional(&req.from_practitioner, HpiI::parse);
-    if let Ok(Some(p)) = &practitioner {
+    let checked = send_form::check(
+        &SendForm {
+            from_practitioner: &req.from_practitioner,
+            patient_ihi: &req.patient_ihi,
+            to: &req.to,
+            payload_type: &req.payload_type,
+            priority: &req.priority,
+            client_message_id: &req.client_message_id,
+            deliver_within_ms: req.deliver_within_ms,
+            payload_bytes: req.payload.len() as u64,
+        },
+        &LIMITS,
+    );
+    // The checks refuse exactly what the fields' own parsers and limits refuse.
+    let recipients: Vec<Result<EndpointId, IdError>> =
+        req.to.iter().map(|t| EndpointId::parse(t)).collect();
+    let fields_ok = req.payload.len() as u64 <= LIMITS.payload_bytes_max
+        && optional_ok(&req.from_practitioner, HpiI::parse)
+        && optional_ok(&req.patient_ihi, Ihi::parse)
+        && recipients.iter().all(Result::is_ok)
+        && check_recipients(&recipients.iter().flatten().cloned().collect::<Vec<_>>()).is_ok()
+        && req.payload_type.parse::<PayloadType>().is_ok()
+        && req.priority.parse::<Priority>().is_ok()
+        && (req.client_message_id.trim().is_empty()
+            || check_client_message_id(&req.client_message_id).is_ok())
+        && req.deliver_within_ms <= LIMITS.deliver_within_ms_max;
+    assert_eq!(checked.is_ok(), fields_ok, "{checked:?}");
+    if let Err(SendFormError::PayloadTooLarge { bytes, max }) = &checked {
+        assert_eq!((*bytes, *max), (req.payload.len() as u64, LIMITS.payload_bytes_max));
+    }
+
+    let (Ok(from), Ok(checked)) = (from, checked) else {
+        return;
+    };
+    if let Some(p) = &checked.practitioner {
         assert_eq!(p.as_str(), req.from_practitioner.trim());
         assert_eq!(HpiI::parse(p.as_str()).as_ref(), Ok(p));
     }
-    let patient = optional(&req.patient_ihi, Ihi::parse);
-    if let Ok(Some(p)) = &patient {
+    if let Some(p) = &checked.patient {
         assert_eq!(p.as_str(), req.patient_ihi.trim());
         assert_eq!(Ihi::parse(p.as_str()).as_ref(), Ok(p));
     }
-    let recipients: Vec<Result<EndpointId, IdError>> =
-        req.to.iter().map(|t| EndpointId::parse(t)).collect();
-    for (text, parsed) in req.to.iter().zip(&recipients) {
-        if let Ok(ep) = parsed {
-            assert_eq!(&ep.to_string(), text);
-            assert_eq!(EndpointId::parse(&ep.to_string()).as_ref(), Ok(ep));
-            check_hpio(ep.org.as_str(), &ep.org);
-        }
+    assert_eq!(checked.recipients.len(), req.to.len());
+    for (text, ep) in req.to.iter().zip(&checked.recipients) {
+        assert_eq!(&ep.to_string(), text);
+        assert_eq!(EndpointId::parse(&ep.to_string()).as_ref(), Ok(ep));
+        check_hpio(ep.org.as_str(), &ep.org);
     }
-    let payload_type = req.payload_type.parse::<PayloadType>();
-    if let Ok(pt) = payload_type {
-        assert!(pt.as_str().eq_ignore_ascii_case(req.payload_type.trim()));
-        assert_eq!(pt.as_str().parse::<PayloadType>(), Ok(pt));
-    }
-    let priority = req.priority.parse::<Priority>();
-    if let Ok(p) = priority {
-        assert_eq!(p.as_str().parse::<Priority>(), Ok(p));
-    }
-    let cid = if req.client_message_id.trim().is_empty() {
-        GENERATED_ID.to_string()
-    } else {
-        req.client_message_id.clone()
-    };
-    let cid_ok = check_client_message_id(&cid).is_ok();
-    let within = match req.deliver_within_ms {
-        0 => Some(DELIVER_WITHIN_MS_DEFAULT),
-        v if v > DELIVER_WITHIN_MS_MAX => None,
-        v => Some(v),
-    };
-
-    let (Ok(from), Ok(practitioner), Ok(patient), Ok(payload_type), Ok(priority), Some(within)) =
-        (from, practitioner, patient, payload_type, priority, within)
-    else {
-        return;
-    };
-    let Ok(recipients) = recipients.into_iter().collect::<Result<Vec<_>, _>>() else {
-        return;
-    };
-    let recipients_ok = check_recipients(&recipients).is_ok();
-    if !recipients_ok || !cid_ok || req.payload.len() as u64 > PAYLOAD_BYTES_DEFAULT_MAX {
-        return;
-    }
+    let payload_type = checked.payload_type;
+    assert!(payload_type.as_str().eq_ignore_ascii_case(req.payload_type.trim()));
+    assert_eq!(payload_type.as_str().parse::<PayloadType>(), Ok(payload_type));
+    let priority = checked.priority;
+    assert_eq!(priority.as_str().parse::<Priority>(), Ok(priority));
+    let cid = checked
+        .client_message_id
+        .unwrap_or_else(|| GENERATED_ID.to_string());
+    assert!(check_client_message_id(&cid).is_ok());
+    let (practitioner, patient, recipients, within) = (
+        checked.practitioner,
+        checked.patient,
+        checked.recipients,
+        checked.deliver_within_ms,
+    );
 
     // Accepted at the edge: what sealing and the state machine check must agree.
     let header = EnvelopeHeader {

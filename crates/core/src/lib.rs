@@ -13,6 +13,8 @@
 //! - [`message`]: envelope v1 (signed header, sealed copies), message ids, lifecycle states.
 //! - [`messaging`]: the message lifecycle: send, delivery and deadline decisions, its fold
 //!   and the messaging view key layouts.
+//! - [`send_form`]: the stateless checks of a send request's fields, shared by a node's
+//!   edge and the fuzz target.
 //! - [`retention`]: dropping old payloads (as an event) while the chain still verifies.
 //! - [`federation`]: provider ids, transport receipts, delivery notifications, peer
 //!   directory changes, and the decisions and folds of the federation events.
@@ -38,6 +40,7 @@ pub mod merkle;
 pub mod message;
 pub mod messaging;
 pub mod retention;
+pub mod send_form;
 pub mod view;
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use sealpost_core::directory::{
     PayloadType, PublicKeys,
 };
 use sealpost_core::ids::{EndpointId, HpiO, IdError};
+use sealpost_core::send_form::SendFormError;
 use sealpost_proto::v1 as pb;
 use sealpost_raft::{NodeError, ProposeError};
 use tonic::Status;
@@ -18,6 +19,15 @@ pub fn id_error(field: &str, e: IdError) -> Status {
 
 pub fn field_error(e: FieldError) -> Status {
     Status::invalid_argument(e.to_string())
+}
+
+/// A send's refused field: over the size limit is ResourceExhausted (stating the limit),
+/// anything else InvalidArgument naming the field.
+pub fn send_form_error(e: SendFormError) -> Status {
+    match e {
+        SendFormError::PayloadTooLarge { .. } => Status::resource_exhausted(e.to_string()),
+        _ => Status::invalid_argument(e.to_string()),
+    }
 }
 
 pub fn rejection(r: Rejection) -> Status {

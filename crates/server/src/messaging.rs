@@ -17,12 +17,13 @@ use sealpost_core::Outcome;
 use sealpost_core::command::{Command, DeliveryVerdict, Proposal, Rejection};
 use sealpost_core::directory::{PayloadType, PublicKeys};
 use sealpost_core::event::Event;
-use sealpost_core::ids::{EndpointId, HpiI, HpiO, Ihi};
+use sealpost_core::ids::{EndpointId, HpiO};
 use sealpost_core::message::{
     AckStatus, ENVELOPE_VERSION, Envelope, EnvelopeHeader, FailReason, MessageId, MessageStatus,
-    Priority, RecipientState, Sender, check_client_message_id, check_note, check_recipients,
+    RecipientState, Sender, check_note,
 };
 use sealpost_core::messaging::check_recipient;
+use sealpost_core::send_form::{self, SendForm, SendLimits};
 use sealpost_proto::v1 as pb;
 use sealpost_proto::v1::messaging_server::Messaging;
 use sealpost_raft::{ProposeError, RaftNode};
@@ -32,7 +33,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::config::MessagingOptions;
-use crate::convert::{self, field_error, id_error};
+use crate::convert::{self, field_error, id_error, send_form_error};
 use crate::keystore::{Keystore, KeystoreError};
 
 /// Most events a track answer lists.
@@ -487,7 +488,7 @@ impl MessagingService {
         caller: &Caller,
         r: pb::SendRequest,
     ) -> Result<Result<SealedSend, pb::SendReply>, Status> {
-        let from = HpiO::parse(r.from_org.trim()).map_err(|e| id_error("from_org", e))?;
+        let from = send_form::sender(&r.from_org).map_err(send_form_error)?;
         let mine = self.org_for(caller, Action::Send)?;
         if mine != from {
             return Err(self.guard.deny(
@@ -497,38 +498,28 @@ impl MessagingService {
             ));
         }
         self.guard.admit_send(caller, &mine)?;
-        if r.payload.len() as u64 > self.opts.payload_bytes_max {
-            return Err(Status::resource_exhausted(format!(
-                "payload is {} bytes, the limit is {} bytes",
-                r.payload.len(),
-                self.opts.payload_bytes_max
-            )));
-        }
-        let practitioner = opt("from_practitioner", &r.from_practitioner, HpiI::parse)?;
-        let patient = opt("patient_ihi", &r.patient_ihi, Ihi::parse)?;
-        let recipients =
-            r.to.iter()
-                .map(|t| convert::endpoint_id("to", t))
-                .collect::<Result<Vec<_>, _>>()?;
-        check_recipients(&recipients).map_err(field_error)?;
-        let payload_type: PayloadType = convert::payload_type(&r.payload_type)?;
-        let priority: Priority = r.priority.parse().map_err(field_error)?;
-        let cid = if r.client_message_id.trim().is_empty() {
-            uuid::Uuid::now_v7().to_string()
-        } else {
-            r.client_message_id.clone()
-        };
-        check_client_message_id(&cid).map_err(field_error)?;
-        let within = match r.deliver_within_ms {
-            0 => self.opts.deliver_within_ms_default,
-            v if v > self.opts.deliver_within_ms_max => {
-                return Err(Status::invalid_argument(format!(
-                    "deliver_within_ms: {v} is more than the limit of {} ms",
-                    self.opts.deliver_within_ms_max
-                )));
-            }
-            v => v,
-        };
+        let checked = send_form::check(
+            &SendForm {
+                from_practitioner: &r.from_practitioner,
+                patient_ihi: &r.patient_ihi,
+                to: &r.to,
+                payload_type: &r.payload_type,
+                priority: &r.priority,
+                client_message_id: &r.client_message_id,
+                deliver_within_ms: r.deliver_within_ms,
+                payload_bytes: r.payload.len() as u64,
+            },
+            &SendLimits {
+                payload_bytes_max: self.opts.payload_bytes_max,
+                deliver_within_ms_default: self.opts.deliver_within_ms_default,
+                deliver_within_ms_max: self.opts.deliver_within_ms_max,
+            },
+        )
+        .map_err(send_form_error)?;
+        let cid = checked
+            .client_message_id
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let (recipients, payload_type) = (checked.recipients, checked.payload_type);
 
         // Fast path: the node's applied state. A miss or a refusal there is checked again
         // at a linearizable read index, so a directory change or an earlier send made
@@ -565,17 +556,17 @@ impl MessagingService {
                 .map_err(field_error)?,
             sender: Sender {
                 org: from,
-                practitioner,
+                practitioner: checked.practitioner,
             },
             sender_key_id: sender_org.spec.keys.key_id.clone(),
             recipients,
             payload_type,
-            priority,
-            patient,
+            priority: checked.priority,
+            patient: checked.patient,
             payload_digest: [0; 32],
             payload_bytes: 0,
             created_ms: created,
-            deliver_by_ms: created.saturating_add(within),
+            deliver_by_ms: created.saturating_add(checked.deliver_within_ms),
         };
         let openers = self.openers(&hosted, &recipient_keys);
         let signing = sender_org.spec.keys.signing;
