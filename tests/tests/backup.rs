@@ -3,7 +3,8 @@
 //! restored into a new cluster (new nodes, new ports, new CA, the same provider and KEK),
 //! which elects a leader among its own nodes, holds every backed-up event with the same
 //! chain head, serves the old messages and takes new ones; a restore into a folder that
-//! already holds stores, or for another provider's configuration, is refused.
+//! already holds stores, for another provider's configuration, or with a KEK other than
+//! the backed-up provider's, is refused.
 
 mod common;
 
@@ -99,6 +100,34 @@ async fn an_online_backup_restores_into_a_new_cluster_with_every_event() {
     // The new cluster keeps its Raft logs apart (raft_log_dir): the restore seeds them there.
     let b_logs = dir_b.path().join("logs");
     laid.keep_raft_logs_under(&b_logs).expect("logs apart");
+    // With the new layout's own KEK, not the backed-up provider's, the restore is refused
+    // before it writes anything, naming both KEK ids.
+    let cfg1 = NodeConfig::load(&laid.config_path(1)).expect("config");
+    let kek_id = |p: &std::path::Path| sealpost_crypto::kek::Kek::load(p).expect("a KEK").id_hex();
+    let err = sealpost_server::node::restore_node(&cfg1, &out)
+        .expect_err("another KEK")
+        .to_string();
+    assert!(
+        err.contains("the configured KEK does not fit the backup"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("wrapped by KEK {}", kek_id(&a.dir.join("kek")))),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("the loaded KEK is {}", kek_id(&cfg1.kek))),
+        "{err}"
+    );
+    assert!(
+        !cfg1.data_dir.join("sm").exists()
+            && !b_logs
+                .join("prov-a")
+                .join("node-1")
+                .join("raft-log")
+                .exists(),
+        "the refused restore left no stores"
+    );
     for f in ["kek", PROVIDER_KEY_FILE] {
         std::fs::copy(a.dir.join(f), b_root.join(f)).expect("the provider's secrets");
     }

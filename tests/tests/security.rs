@@ -4,7 +4,8 @@
 //! restart); organisations are confined to their own mail, auditors and operators never
 //! fetch a payload, and every refusal is PermissionDenied and ends up counted in an
 //! `AccessDenied` summary in the log; a flooding organisation is held to its send rate by
-//! count while the others are all admitted.
+//! count while the others are all admitted; a node given another KEK than the one its
+//! stored organisation keys are wrapped under stops before it serves, naming both.
 
 mod common;
 
@@ -725,5 +726,44 @@ async fn a_leader_with_a_rotated_certificate_reconnects_with_it_and_its_old_one_
             0
         );
     }
+    converged(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_given_another_kek_stops_before_serving_and_names_both_kek_ids() {
+    let (dir, mut c) = messaging_cluster(3, messaging_opts()).await;
+    let right = c.config(3).expect("node 3").kek.clone();
+    let right_id = sealpost_crypto::kek::Kek::load(&right)
+        .expect("the provider's KEK")
+        .id_hex();
+    // Node 3 has applied the provider-held organisations before it stops.
+    converged(&c).await;
+    c.stop_node(3).await.expect("stop node 3");
+
+    let other = dir.path().join("another-kek");
+    let other_kek = sealpost_crypto::kek::Kek::generate().expect("a KEK");
+    other_kek.save(&other).expect("save it");
+    c.update_config(3, |cfg| cfg.kek = other.clone())
+        .expect("node 3 configured with another KEK");
+    let err = c
+        .start_node(3)
+        .await
+        .expect_err("a node with another KEK does not start")
+        .to_string();
+    assert!(
+        err.contains("the configured KEK does not fit this node's store"),
+        "{err}"
+    );
+    assert!(err.contains(&format!("wrapped by KEK {right_id}")), "{err}");
+    assert!(
+        err.contains(&format!("the loaded KEK is {}", other_kek.id_hex())),
+        "{err}"
+    );
+    assert!(c.node(3).is_none(), "node 3 is not running");
+
+    // Given its provider's KEK again, it starts and serves.
+    c.update_config(3, |cfg| cfg.kek = right.clone())
+        .expect("node 3 configured with its KEK");
+    c.start_node(3).await.expect("node 3 starts with its KEK");
     converged(&c).await;
 }

@@ -31,6 +31,33 @@ pub enum KeystoreError {
     },
 }
 
+/// Keystore entries a node looks through, at most, for provider-held keys to check its KEK
+/// against ([`check_kek`]).
+pub const KEK_CHECK_KEYS_SCANNED_MAX: usize = 10_000;
+
+/// Checks that `kek` unwraps the provider-held keys in `view`: the first key set in key
+/// order (every one is wrapped under the same KEK), unwrapped and dropped (zeroized) at
+/// once. A node runs it before it serves, and a restore before it writes the Raft log, so
+/// a node given another provider's KEK, or a stale one, stops with an error naming both
+/// KEK ids instead of failing every send later. Returns the organisation whose keys were
+/// checked, or `None` while the store holds no provider-held keys.
+pub fn check_kek(kek: &Kek, view: &StateView) -> Result<Option<HpiO>, KeystoreError> {
+    let Some((org, key_id, wrapped)) = view.first_wrapped_keys(KEK_CHECK_KEYS_SCANNED_MAX)? else {
+        return Ok(None);
+    };
+    match kek.unwrap(&org, &key_id, &wrapped) {
+        Ok(keys) => {
+            drop(keys);
+            Ok(Some(org))
+        }
+        Err(source) => Err(KeystoreError::Unwrap {
+            org,
+            key_id,
+            source: Box::new(source),
+        }),
+    }
+}
+
 /// Unwrapped key sets by (organisation, key id).
 type KeyCache = HashMap<(HpiO, String), Arc<OrgKeys>>;
 

@@ -27,7 +27,7 @@ use crate::authz::{Action, Caller, Guard, RateLimit};
 use crate::config::NodeConfig;
 use crate::directory::DirectoryService;
 use crate::federation::TrustBundle;
-use crate::keystore::Keystore;
+use crate::keystore::{Keystore, check_kek};
 use crate::messaging::{MessagingFaults, MessagingService};
 use crate::relay::RelayService;
 use crate::relay_worker::{LastErrors, RelayContext, RelayFaults};
@@ -54,6 +54,9 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
     #[error("federation: {0}")]
     Federation(#[from] crate::config::ConfigError),
+    /// The configured KEK does not unwrap the organisation keys in the node's store.
+    #[error("the configured KEK does not fit this node's store: {0}")]
+    Kek(#[from] crate::keystore::KeystoreError),
 }
 
 /// A running node. Dropping it does not stop it: call [`NodeHandle::stop`].
@@ -152,9 +155,30 @@ fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// The provider's key-encryption key as `cfg` gives it: the file `kek`, or the hex in the
+/// environment variable `kek_env`.
+fn load_kek(cfg: &NodeConfig) -> Result<sealpost_crypto::kek::Kek, ServerError> {
+    Ok(match &cfg.kek_env {
+        Some(var) => {
+            let hex = zeroize::Zeroizing::new(std::env::var(var).map_err(|_| {
+                ServerError::DataDir {
+                    path: format!("${var}"),
+                    problem:
+                        "kek_env names this environment variable, which is not set (or not UTF-8)"
+                            .into(),
+                }
+            })?);
+            sealpost_crypto::kek::Kek::from_hex(&hex, &format!("${var}"))?
+        }
+        None => sealpost_crypto::kek::Kek::load(&cfg.kek)?,
+    })
+}
+
 /// Restores `backup` (a checked backup folder) into the stores of the node `cfg`
 /// describes, for a new cluster whose voters are `cfg.initial_members`, and marks the
-/// folder as this node's. The node must never have run: its stores must not exist.
+/// folder as this node's. The node must never have run: its stores must not exist. The
+/// configured KEK must unwrap the backed-up organisations' keys ([`check_kek`]): otherwise
+/// nothing is written.
 pub fn restore_node(
     cfg: &NodeConfig,
     backup: &Path,
@@ -191,12 +215,18 @@ pub fn restore_node(
         .iter()
         .map(|m| (m.id, m.addr.clone()))
         .collect();
+    let kek = load_kek(cfg)?;
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| err(e.to_string()))?;
     let restored = sealpost_store::restore::restore_node(
         backup,
         &cfg.data_dir,
         cfg.raft_log_dir.as_deref(),
         &members,
+        &|view| {
+            check_kek(&kek, view)
+                .map(drop)
+                .map_err(|e| format!("the configured KEK does not fit the backup: {e}"))
+        },
     )
     .map_err(|e| err(e.to_string()))?;
     claim_roots(cfg)?;
@@ -395,20 +425,7 @@ async fn start_inner(
         http: http_bound,
     } = listeners;
     let tls = cfg.tls.load()?;
-    let kek = match &cfg.kek_env {
-        Some(var) => {
-            let hex = zeroize::Zeroizing::new(std::env::var(var).map_err(|_| {
-                ServerError::DataDir {
-                    path: format!("${var}"),
-                    problem:
-                        "kek_env names this environment variable, which is not set (or not UTF-8)"
-                            .into(),
-                }
-            })?);
-            sealpost_crypto::kek::Kek::from_hex(&hex, &format!("${var}"))?
-        }
-        None => sealpost_crypto::kek::Kek::load(&cfg.kek)?,
-    };
+    let kek = load_kek(&cfg)?;
     let provider_key = match cfg.provider_key_path() {
         Some(p) => Some(Arc::new(sealpost_crypto::provider_key::ProviderKey::load(
             p,
@@ -456,6 +473,17 @@ async fn start_inner(
     .await?;
     if fresh {
         claim_roots(&cfg)?;
+    }
+    // Before serving: a node given the wrong KEK stops here, naming both KEK ids.
+    match check_kek(&kek, raft.view()) {
+        Ok(Some(org)) => {
+            tracing::debug!(%org, kek = %kek.id_hex(), "the KEK unwraps the stored keys")
+        }
+        Ok(None) => {}
+        Err(e) => {
+            raft.shutdown().await;
+            return Err(e.into());
+        }
     }
 
     let limit = cfg.api.grpc_message_bytes_max;

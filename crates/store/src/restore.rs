@@ -23,7 +23,7 @@ use openraft::{BasicNode, EntryPayload, Membership};
 use crate::error::{Error, Result};
 use crate::log_store::LogStore;
 use crate::snapshot::{self, SNAPSHOT_META_FILE};
-use crate::state_machine::StateMachine;
+use crate::state_machine::{StateMachine, StateView};
 use crate::types::{Entry, LogId, NodeId, Vote};
 
 /// What a restore put in place.
@@ -39,11 +39,16 @@ pub struct Restored {
 /// Restores `backup` into `node_dir` (which must hold no stores yet) for a cluster of
 /// `members` (node id → address), every one a voter. The Raft log goes under `log_root`
 /// when the node keeps it apart (see [`crate::StoreOptions::log_root`]).
+///
+/// `check` looks at the restored state machine before the Raft log is written (the node
+/// checks that its KEK unwraps the organisations' keys): when it refuses, with the
+/// problem, the restored state machine is removed again and nothing is left in `node_dir`.
 pub fn restore_node(
     backup: &Path,
     node_dir: &Path,
     log_root: Option<&Path>,
     members: &BTreeMap<NodeId, String>,
+    check: &dyn Fn(&StateView) -> std::result::Result<(), String>,
 ) -> Result<Restored> {
     if members.is_empty() {
         return Err(Error::Invalid(
@@ -92,6 +97,11 @@ pub fn restore_node(
                     status.last_applied
                 ),
             });
+        }
+        if let Err(problem) = check(&sm.view()) {
+            drop(sm);
+            std::fs::remove_dir_all(&sm_dir).map_err(Error::io(&sm_dir))?;
+            return Err(Error::Invalid(problem));
         }
         status
     };

@@ -1650,6 +1650,43 @@ impl StateView {
             .get(ViewCf::Keystore.name(), &keys::published_keys(org, key_id))
     }
 
+    /// The first provider-held (wrapped) key set in the keystore, in key order: its
+    /// organisation, key id and wrapped blob. Looks at most `keys_scanned_max` keystore
+    /// entries (organisations holding their own keys have published keys only).
+    pub fn first_wrapped_keys(
+        &self,
+        keys_scanned_max: usize,
+    ) -> Result<Option<(HpiO, String, Vec<u8>)>> {
+        let live = self.shared.live();
+        let cf = rocks::cf(&live.db, ViewCf::Keystore.name());
+        for item in live
+            .db
+            .iterator_cf(cf, IteratorMode::Start)
+            .take(keys_scanned_max)
+        {
+            let (k, v) = item.map_err(rocks_err(&live.path))?;
+            // `organisation, 0, key id` (wrapped) or `organisation, 1, key id` (published);
+            // an HPI-O is digits, so the first 0 or 1 byte is the separator.
+            let Some(at) = k.iter().position(|b| *b <= 1) else {
+                continue;
+            };
+            if k[at] != 0 {
+                continue;
+            }
+            let (Ok(org), Ok(key_id)) = (
+                std::str::from_utf8(&k[..at]).map(HpiO::parse),
+                std::str::from_utf8(&k[at + 1..]),
+            ) else {
+                continue;
+            };
+            let Ok(org) = org else {
+                continue;
+            };
+            return Ok(Some((org, key_id.to_string(), v.to_vec())));
+        }
+        Ok(None)
+    }
+
     pub fn wrapped_keys(&self, org: &HpiO, key_id: &str) -> Result<Option<Vec<u8>>> {
         let live = self.shared.live();
         live.db
