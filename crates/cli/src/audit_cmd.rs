@@ -624,11 +624,64 @@ pub enum AdminCmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// A KEK rotation's last step: wrap every organisation key set the provider holds under
+    /// the connected node's current KEK (`kek`), unwrapping each with the previous KEK it
+    /// names (`previous_keks`). Run it once every node has both; then drop the old KEK.
+    RewrapKeys {
+        /// Count the key sets by the KEK they are wrapped under; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 pub async fn admin(opts: &ClientOpts, cmd: AdminCmd) -> anyhow::Result<()> {
     match cmd {
         AdminCmd::RebuildViews { repair } => rebuild_views(opts, repair).await,
+        AdminCmd::RewrapKeys { dry_run } => {
+            let (client, _) = connect_profile(opts).await?;
+            let r = client
+                .admin()
+                .rewrap_keys(pb::RewrapKeysRequest { dry_run })
+                .await
+                .map_err(status_err("rewrap keys"))?
+                .into_inner();
+            let by_kek = r
+                .before
+                .iter()
+                .map(|k| format!("{} under {}", k.key_sets, k.kek_id))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let text = if dry_run {
+                format!(
+                    "{} key sets ({}); the current KEK is {}; dry run: nothing re-wrapped",
+                    r.key_sets,
+                    if by_kek.is_empty() { "none" } else { &by_kek },
+                    r.current_kek_id
+                )
+            } else {
+                format!(
+                    "{} key sets ({} before); re-wrapped {} under the current KEK {}",
+                    r.key_sets,
+                    if by_kek.is_empty() { "none" } else { &by_kek },
+                    r.rewrapped,
+                    r.current_kek_id
+                )
+            };
+            crate::output::Out::new(opts.json).message(
+                &text,
+                serde_json::json!({
+                    "current_kek_id": r.current_kek_id,
+                    "key_sets": r.key_sets,
+                    "before": r.before.iter().map(|k| serde_json::json!({
+                        "kek_id": k.kek_id,
+                        "key_sets": k.key_sets,
+                    })).collect::<Vec<_>>(),
+                    "rewrapped": r.rewrapped,
+                    "dry_run": dry_run,
+                }),
+            );
+            Ok(())
+        }
         AdminCmd::Backup { out } => {
             let (client, _) = connect_profile(opts).await?;
             let out_fmt = crate::output::Out::new(opts.json);

@@ -92,6 +92,10 @@ pub struct CertsArgs {
     /// Whom the certificate `--csr` makes is for: an HPI-O, `operator` or `auditor`.
     #[arg(long)]
     csr_for: Option<String>,
+    /// A KEK rotation's first step: write a new key-encryption key to this file (which
+    /// must not exist) and print its id. The provider's `kek` in `--out` is left as it is.
+    #[arg(long)]
+    new_kek: Option<PathBuf>,
 }
 
 /// An organisation (HPI-O) or a client role, as `--clients` and `--csr-for` name them.
@@ -731,6 +735,17 @@ pub async fn control(dir: &Path, command: &str) -> anyhow::Result<String> {
 pub fn certs(args: CertsArgs) -> anyhow::Result<()> {
     let out = &args.out;
     std::fs::create_dir_all(out)?;
+    if let Some(path) = &args.new_kek {
+        if path.exists() {
+            anyhow::bail!(
+                "{} already exists: a new KEK goes into a new file",
+                path.display()
+            );
+        }
+        let kek = sealpost_crypto::kek::Kek::generate()?;
+        kek.save(path)?;
+        println!("new KEK {} in {}", kek.id_hex(), path.display());
+    }
     let ca_cert = out.join("ca.pem");
     let ca_key = out.join("ca-key.pem");
     let ca = if ca_cert.exists() {

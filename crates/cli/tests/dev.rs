@@ -912,6 +912,36 @@ fn certs_sign_a_csr_and_revoke_into_the_crl() {
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );
+    // A new KEK for a rotation: a file of its own, its id printed; never over a file.
+    let new_kek = tmp.path().join("kek-2");
+    let made = run(&["--new-kek", new_kek.to_str().expect("utf-8")]);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let kek = sealpost_crypto::kek::Kek::load(&new_kek).expect("a KEK file");
+    let old = sealpost_crypto::kek::Kek::load(&out.join("kek")).expect("the provider's KEK");
+    assert_ne!(kek.id_hex(), old.id_hex());
+    assert!(
+        String::from_utf8_lossy(&made.stdout).contains(&format!("new KEK {}", kek.id_hex())),
+        "{}",
+        String::from_utf8_lossy(&made.stdout)
+    );
+    let twice = run(&["--new-kek", new_kek.to_str().expect("utf-8")]);
+    assert!(!twice.status.success());
+    assert!(
+        String::from_utf8_lossy(&twice.stderr).contains("already exists"),
+        "{}",
+        String::from_utf8_lossy(&twice.stderr)
+    );
+    assert_eq!(
+        sealpost_crypto::kek::Kek::load(&new_kek)
+            .expect("still the KEK")
+            .id_hex(),
+        kek.id_hex(),
+        "the file was not replaced"
+    );
 }
 
 /// `directory import` loads organisations and endpoints from JSON Lines: existing entries

@@ -9,7 +9,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::directory::{
-    EndpointSpec, FieldError, NOTE_BYTES_MAX, OrganisationSpec, PublicKeys, check_text,
+    EndpointSpec, FieldError, NOTE_BYTES_MAX, OrganisationSpec, PublicKeys, SHORT_TEXT_BYTES_MAX,
+    check_text,
 };
 use crate::event::{CLUSTER_MEMBERS_MAX, DenialCount, EVENT_VERSION_CURRENT, Event};
 use crate::federation::{
@@ -155,7 +156,21 @@ pub enum Command {
         version: u16,
         members: Vec<(u64, u16)>,
     },
+    /// A KEK rotation: one key set of an organisation hosted here, wrapped again under the
+    /// provider's current key-encryption key; it replaces the blob wrapped under an older
+    /// KEK (the key pair itself is unchanged). Since event version
+    /// [`REWRAP_KEYS_SINCE_VERSION`]: proposed only once the cluster runs it.
+    RewrapKeys {
+        org: HpiO,
+        key_id: String,
+        #[serde(with = "crate::codec::byte_string")]
+        wrapped: Vec<u8>,
+    },
 }
+
+/// The cluster version from which [`Command::RewrapKeys`] may be proposed: an older node
+/// cannot decode that command in a log entry.
+pub const REWRAP_KEYS_SINCE_VERSION: u16 = 7;
 
 /// Most (identity, action) pairs one denial summary carries; a node folds the rest into
 /// one entry.
@@ -249,6 +264,12 @@ impl Command {
             Command::RotateKeys { keys, .. } => keys.validate()?,
             Command::ProvisionKeys { keys, wrapped, .. } => {
                 keys.validate()?;
+                check_wrapped(wrapped)?;
+            }
+            Command::RewrapKeys {
+                key_id, wrapped, ..
+            } => {
+                check_text("key_id", key_id, SHORT_TEXT_BYTES_MAX)?;
                 check_wrapped(wrapped)?;
             }
             Command::ProvisionOrganisation { spec, wrapped } => {
@@ -373,7 +394,9 @@ impl Command {
                 endpoints: vec![id.clone()],
                 ..Reads::default()
             },
-            Command::RotateKeys { org, .. } | Command::ProvisionKeys { org, .. } => Reads {
+            Command::RotateKeys { org, .. }
+            | Command::ProvisionKeys { org, .. }
+            | Command::RewrapKeys { org, .. } => Reads {
                 organisations: vec![org.clone()],
                 ..Reads::default()
             },
@@ -466,6 +489,7 @@ impl Command {
             Command::RecordDenials { .. } => "record_denials",
             Command::SetClusterVersion { .. } => "set_cluster_version",
             Command::ProvisionKeys { .. } => "provision_keys",
+            Command::RewrapKeys { .. } => "rewrap_keys",
         }
     }
 }
@@ -702,6 +726,31 @@ pub fn decide(
                 Event::KeysRotated { org, keys },
             ]
         }
+        Command::RewrapKeys {
+            org,
+            key_id,
+            wrapped,
+        } => {
+            if cluster_version < REWRAP_KEYS_SINCE_VERSION {
+                return Err(Rejection::FailedPrecondition(format!(
+                    "rewrap_keys needs cluster version {REWRAP_KEYS_SINCE_VERSION}, the \
+                     cluster runs {cluster_version}"
+                )));
+            }
+            match facts.organisation(&org) {
+                None => {
+                    return Err(Rejection::NotFound(format!(
+                        "organisation {org} is not registered"
+                    )));
+                }
+                Some(o) if !o.is_local() => return Err(hosted_elsewhere(o)),
+                Some(_) => vec![Event::KeysProvisioned {
+                    org,
+                    key_id,
+                    wrapped,
+                }],
+            }
+        }
     };
     // The cluster version gate: a variant newer than what every voter understands must not
     // enter the log, or an old follower would stop applying.
@@ -778,5 +827,52 @@ mod cluster_version_tests {
             "a member lags"
         );
         assert!(raise(6, vec![]).validate().is_err(), "no members");
+    }
+
+    /// A re-wrap replaces the key set's wrapped blob (a `KeysProvisioned` for the same key
+    /// id) of an organisation hosted here, once the cluster runs version 7; below it, for an
+    /// unknown organisation or for one a peer hosts, it is refused.
+    #[test]
+    fn a_rewrap_records_the_new_blob_only_for_a_hosted_organisation_from_version_7() {
+        use crate::directory::{Organisation, OrganisationSpec};
+        let org = |serial: u64, provider: Option<&str>| Organisation {
+            spec: OrganisationSpec::sample(serial),
+            registered_seq: 1,
+            keys_seq: 1,
+            provider: provider.map(str::to_string),
+        };
+        let mut facts = Facts::default();
+        facts.load_organisation(HpiO::from_serial(1), Some(org(1, None)));
+        facts.load_organisation(HpiO::from_serial(2), Some(org(2, Some("prov-b"))));
+        let rewrap = |serial: u64| Command::RewrapKeys {
+            org: HpiO::from_serial(serial),
+            key_id: "k1".into(),
+            wrapped: vec![7; 93],
+        };
+        rewrap(1).validate().expect("a valid re-wrap");
+        let events = decide(rewrap(1), &facts, REWRAP_KEYS_SINCE_VERSION, 0).expect("taken");
+        assert_eq!(
+            events,
+            vec![Event::KeysProvisioned {
+                org: HpiO::from_serial(1),
+                key_id: "k1".into(),
+                wrapped: vec![7; 93],
+            }]
+        );
+        for (cmd, version, why) in [
+            (rewrap(1), REWRAP_KEYS_SINCE_VERSION - 1, "an older cluster"),
+            (rewrap(2), REWRAP_KEYS_SINCE_VERSION, "hosted by a peer"),
+            (rewrap(3), REWRAP_KEYS_SINCE_VERSION, "not registered"),
+        ] {
+            assert!(decide(cmd, &facts, version, 0).is_err(), "{why}");
+        }
+        let empty = Command::RewrapKeys {
+            org: HpiO::from_serial(1),
+            key_id: "k1".into(),
+            wrapped: Vec::new(),
+        };
+        assert!(empty.validate().is_err(), "no blob");
+        assert_eq!(rewrap(1).kind(), "rewrap_keys");
+        const { assert!(REWRAP_KEYS_SINCE_VERSION <= EVENT_VERSION_CURRENT) };
     }
 }

@@ -16,8 +16,9 @@ use crate::ids::{EndpointId, EndpointLocal, HpiO};
 use crate::message::{AckStatus, Envelope, FailReason, MessageId};
 
 /// Version of the event model this build writes and understands. A node refuses to apply
-/// an event whose variant was introduced after this.
-pub const EVENT_VERSION_CURRENT: u16 = 6;
+/// an event whose variant was introduced after this. Version 7 added no event, but a
+/// command (`RewrapKeys`) older builds cannot decode in a log entry.
+pub const EVENT_VERSION_CURRENT: u16 = 7;
 
 /// The cluster version of a store that has never recorded one: every store made before
 /// the cluster version could advance (event version 5 and older builds), and every new

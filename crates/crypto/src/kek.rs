@@ -47,6 +47,15 @@ impl std::fmt::Debug for Kek {
     }
 }
 
+/// The id (16 hex characters) of the KEK a wrapped key blob names, when the blob is in the
+/// wrap format this build reads.
+pub fn wrapped_by(wrapped: &[u8]) -> Option<String> {
+    if wrapped.len() != WRAPPED_BYTES || wrapped.first() != Some(&WRAP_VERSION) {
+        return None;
+    }
+    wrapped.get(1..1 + KEK_ID_BYTES).map(hex::encode)
+}
+
 fn wrap_aad(org: &HpiO, key_id: &str) -> Vec<u8> {
     let mut aad = Vec::with_capacity(WRAP_AAD_LABEL.len() + org.as_str().len() + 1 + key_id.len());
     aad.extend_from_slice(WRAP_AAD_LABEL);
@@ -258,6 +267,20 @@ mod tests {
             assert!(matches!(err, Error::WrappedKeysDamaged { .. }), "{err}");
             assert!(err.to_string().contains("do not authenticate"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_wrapped_blob_names_its_kek() {
+        let (a, b) = (Kek::generate().expect("kek"), Kek::generate().expect("kek"));
+        let org = HpiO::from_serial(7);
+        let keys = OrgKeys::generate("k1").expect("keys");
+        let wrapped = a.wrap(&org, &keys).expect("wrap");
+        assert_eq!(wrapped_by(&wrapped), Some(a.id_hex()));
+        assert_ne!(wrapped_by(&wrapped), Some(b.id_hex()));
+        assert_eq!(wrapped_by(&wrapped[1..]), None, "too short");
+        let mut other_version = wrapped.clone();
+        other_version[0] = WRAP_VERSION + 1;
+        assert_eq!(wrapped_by(&other_version), None);
     }
 
     #[test]

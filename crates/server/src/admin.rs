@@ -2,8 +2,9 @@
 //! membership changes, snapshots, a full hash-chain check, the dead letters (failed
 //! recipients, with the reason and the last error known) for operators, and a check that
 //! every view equals its rebuild from the event store, and the re-drive (`Reprocess`) of a
-//! failed recipient hosted here. Everything but status is for operators only (a client
-//! certificate that names no organisation).
+//! failed recipient hosted here, and a KEK rotation's re-wrap of the organisations' key sets
+//! (`RewrapKeys`). Everything but status is for operators only (a client certificate that
+//! names no organisation).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,9 +22,10 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::authz::{Action, Caller, Guard};
 use crate::convert;
+use crate::keystore::Keystore;
 use crate::relay_worker::LastErrors;
 use sealpost_core::Outcome;
-use sealpost_core::command::{Command, Proposal};
+use sealpost_core::command::{Command, Proposal, REWRAP_KEYS_SINCE_VERSION};
 use sealpost_core::ids::EndpointId;
 use sealpost_core::message::FailReason;
 use sealpost_core::message::MessageId;
@@ -66,7 +68,19 @@ pub struct AdminService {
     console: Option<(Arc<ConsoleTokens>, String)>,
     /// The provider this cluster serves (named in backups).
     provider: String,
+    /// The node's keystore, for the re-wrap of a KEK rotation.
+    keystore: Option<Keystore>,
 }
+
+/// Keystore entries a re-wrap looks through, at most (each organisation has published
+/// keys besides its wrapped ones).
+pub const REWRAP_KEYSTORE_KEYS_SCANNED_MAX: usize = 1_000_000;
+
+/// Key sets one re-wrap handles, at most.
+pub const REWRAP_KEY_SETS_MAX: usize = 100_000;
+
+/// Re-wrapped key sets committed in one Raft entry, at most.
+pub const REWRAP_PROPOSALS_PER_ENTRY_MAX: usize = 64;
 
 /// Longest DNS name accepted in a node address, in bytes.
 const HOST_NAME_BYTES_MAX: usize = 253;
@@ -212,7 +226,14 @@ impl AdminService {
             reprocess_deliver_within_ms,
             console: None,
             provider: String::new(),
+            keystore: None,
         }
+    }
+
+    /// Lets operators re-wrap the organisations' key sets under this node's current KEK.
+    pub fn with_keystore(mut self, keystore: Keystore) -> Self {
+        self.keystore = Some(keystore);
+        self
     }
 
     /// Names the provider in the backups this service streams.
@@ -531,6 +552,16 @@ impl Admin for AdminService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
+    async fn rewrap_keys(
+        &self,
+        req: Request<pb::RewrapKeysRequest>,
+    ) -> Result<Response<pb::RewrapKeysReply>, Status> {
+        let caller = self.operator_only(&req)?;
+        Ok(Response::new(
+            self.rewrap_keys_as(&caller, req.get_ref().dry_run).await?,
+        ))
+    }
+
     async fn console_token(
         &self,
         req: Request<pb::ConsoleTokenRequest>,
@@ -699,6 +730,131 @@ impl AdminService {
         Ok(pb::ReprocessReply {
             message_id: id.to_string(),
             attempts,
+        })
+    }
+
+    /// A KEK rotation's re-wrap (see `Admin.RewrapKeys`): every provider-held key set not
+    /// wrapped under this node's current KEK is unwrapped with the KEK it names and wrapped
+    /// again under the current one. Every stale set must unwrap before anything is proposed,
+    /// so a node missing a previous KEK refuses, naming it, and writes nothing.
+    pub(crate) async fn rewrap_keys_as(
+        &self,
+        caller: &Caller,
+        dry_run: bool,
+    ) -> Result<pb::RewrapKeysReply, Status> {
+        let Some(keystore) = &self.keystore else {
+            return Err(Status::failed_precondition(
+                "this node holds no keystore to re-wrap",
+            ));
+        };
+        // Every key set committed before the call.
+        self.node
+            .linearizable_barrier()
+            .await
+            .map_err(convert::node_error)?;
+        let view = self.node.view().clone();
+        let (sets, more) = tokio::task::spawn_blocking(move || {
+            view.wrapped_key_sets(REWRAP_KEYSTORE_KEYS_SCANNED_MAX, REWRAP_KEY_SETS_MAX)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("reading the keystore stopped: {e}")))?
+        .map_err(convert::store_error)?;
+        if more {
+            return Err(Status::resource_exhausted(format!(
+                "the keystore holds more than {REWRAP_KEY_SETS_MAX} key sets (or \
+                 {REWRAP_KEYSTORE_KEYS_SCANNED_MAX} entries), the most one re-wrap handles"
+            )));
+        }
+        let current = keystore.kek().id_hex();
+        let mut before = std::collections::BTreeMap::<String, u64>::new();
+        for (_, _, wrapped) in &sets {
+            let named = sealpost_crypto::kek::wrapped_by(wrapped)
+                .unwrap_or_else(|| "unreadable".to_string());
+            *before.entry(named).or_default() += 1;
+        }
+        let key_sets = sets.len() as u64;
+        let stale: Vec<_> = sets
+            .into_iter()
+            .filter(|(_, _, w)| {
+                sealpost_crypto::kek::wrapped_by(w).as_deref() != Some(current.as_str())
+            })
+            .collect();
+        let mut rewrapped = 0;
+        if !dry_run && !stale.is_empty() {
+            let version = self
+                .node
+                .status()
+                .map_err(convert::node_error)?
+                .sm
+                .cluster_version;
+            if version < REWRAP_KEYS_SINCE_VERSION {
+                return Err(Status::failed_precondition(format!(
+                    "a re-wrap needs cluster version {REWRAP_KEYS_SINCE_VERSION}, the cluster \
+                     runs {version}: upgrade every node first"
+                )));
+            }
+            let mut proposals = Vec::with_capacity(stale.len());
+            for (org, key_id, wrapped) in stale {
+                let keys = keystore
+                    .keks()
+                    .unwrap(&org, &key_id, &wrapped)
+                    .map_err(|e| {
+                        Status::failed_precondition(format!(
+                            "nothing was re-wrapped: {e}; give this node that KEK under \
+                             previous_keks"
+                        ))
+                    })?;
+                let wrapped = keystore
+                    .kek()
+                    .wrap(&org, &keys)
+                    .map_err(|e| Status::internal(format!("wrapping keys failed: {e}")))?;
+                drop(keys);
+                proposals.push(Proposal {
+                    actor: caller.actor.clone(),
+                    command: Command::RewrapKeys {
+                        org,
+                        key_id,
+                        wrapped,
+                    },
+                });
+            }
+            let total = proposals.len();
+            let mut left = proposals.into_iter();
+            // Bounded: one round per REWRAP_PROPOSALS_PER_ENTRY_MAX key sets.
+            loop {
+                let group: Vec<Proposal> =
+                    left.by_ref().take(REWRAP_PROPOSALS_PER_ENTRY_MAX).collect();
+                if group.is_empty() {
+                    break;
+                }
+                for r in self
+                    .node
+                    .propose_group(group)
+                    .await
+                    .map_err(convert::propose_error)?
+                {
+                    match r.map_err(convert::propose_error)?.outcome {
+                        Outcome::Applied { .. } => rewrapped += 1,
+                        Outcome::Rejected(rej) => return Err(convert::rejection(rej)),
+                    }
+                }
+            }
+            tracing::info!(
+                identity = %caller.identity,
+                rewrapped,
+                total,
+                kek = %current,
+                "key sets re-wrapped under the current KEK"
+            );
+        }
+        Ok(pb::RewrapKeysReply {
+            current_kek_id: current,
+            key_sets,
+            before: before
+                .into_iter()
+                .map(|(kek_id, key_sets)| pb::KekKeySets { kek_id, key_sets })
+                .collect(),
+            rewrapped,
         })
     }
 }

@@ -239,6 +239,11 @@ pub struct NodeConfig {
     /// names the variable, never the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kek_env: Option<String>,
+    /// During a KEK rotation: the provider's previous KEK files, which still unwrap the key
+    /// sets wrapped under them until `sealpost admin rewrap-keys` has wrapped every one
+    /// under the current KEK (`kek`). At most [`crate::keystore::PREVIOUS_KEKS_MAX`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_keks: Vec<PathBuf>,
     /// The provider's Ed25519 signing key (the same file on every node): it signs audit
     /// checkpoints and, with federation, transport receipts. Without it (and without
     /// `federation.provider_key`) the node serves no checkpoints.
@@ -301,6 +306,7 @@ pub const ENV_KEYS: &[&str] = &[
     "peers",
     "kek",
     "kek_env",
+    "previous_keks",
     "provider_key",
     "raft",
     "api",
@@ -431,6 +437,7 @@ impl NodeConfig {
             paths.push(&mut f.provider_key);
             paths.push(&mut f.trust_bundle);
         }
+        paths.extend(cfg.previous_keks.iter_mut());
         for p in paths {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -450,6 +457,16 @@ impl NodeConfig {
             return Err(invalid(
                 "worker_threads",
                 format!("{n} is not between 1 and {WORKER_THREADS_MAX}"),
+            ));
+        }
+        let previous_max = crate::keystore::PREVIOUS_KEKS_MAX;
+        if self.previous_keks.len() > previous_max {
+            return Err(invalid(
+                "previous_keks",
+                format!(
+                    "lists {} files, the limit is {previous_max}",
+                    self.previous_keks.len()
+                ),
             ));
         }
         if let Some(v) = self.advertise_event_version {
@@ -613,6 +630,7 @@ mod tests {
             },
             kek: "kek".into(),
             kek_env: None,
+            previous_keks: Vec::new(),
             provider_key: None,
             raft: RaftOptions::default(),
             api: ApiLimits::default(),
@@ -712,6 +730,39 @@ mod tests {
                 .to_string();
             assert!(e.contains("worker_threads") && e.contains(bad), "{e}");
         }
+    }
+
+    /// A KEK rotation's previous KEKs: relative to the file, settable by flag, round-trip,
+    /// absent from the file when none, and bounded.
+    #[test]
+    fn previous_keks_are_relative_to_the_file_and_bounded() {
+        let (dir, path) = sample_file();
+        let unset = NodeConfig::load_layered(&path, env(&[]), &[]).expect("load");
+        assert!(unset.previous_keks.is_empty());
+        assert!(!unset.to_toml().contains("previous_keks"));
+        let c = NodeConfig::load_layered(
+            &path,
+            env(&[]),
+            &["previous_keks=[\"old-kek\", \"/abs/kek\"]".to_string()],
+        )
+        .expect("load");
+        assert_eq!(
+            c.previous_keks,
+            vec![dir.path().join("old-kek"), PathBuf::from("/abs/kek")]
+        );
+        let back: NodeConfig = toml::from_str(&c.to_toml()).expect("parse");
+        assert_eq!(back.previous_keks, c.previous_keks);
+        let five = format!(
+            "previous_keks=[{}]",
+            ["\"k\""; crate::keystore::PREVIOUS_KEKS_MAX + 1].join(", ")
+        );
+        let e = NodeConfig::load_layered(&path, env(&[]), &[five])
+            .expect_err("too many")
+            .to_string();
+        assert!(
+            e.contains("previous_keks") && e.contains("limit is 4"),
+            "{e}"
+        );
     }
 
     /// A bad value or an unknown key is refused naming the variable, flag and field.

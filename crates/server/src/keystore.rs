@@ -2,7 +2,9 @@
 //! views only as blobs wrapped under the provider's key-encryption key (KEK), unwrapped on
 //! first use with the KEK file this node was given and cached in memory (zeroized when
 //! dropped). Any node can therefore seal and open for any organisation of its provider,
-//! and the KEK itself never enters the log.
+//! and the KEK itself never enters the log. During a KEK rotation a node also holds the
+//! previous KEKs ([`KekRing`]): each blob names the KEK it was wrapped under, and the
+//! re-wrap (`Admin.RewrapKeys`) wraps every key set under the current one again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,17 +37,18 @@ pub enum KeystoreError {
 /// against ([`check_kek`]).
 pub const KEK_CHECK_KEYS_SCANNED_MAX: usize = 10_000;
 
-/// Checks that `kek` unwraps the provider-held keys in `view`: the first key set in key
-/// order (every one is wrapped under the same KEK), unwrapped and dropped (zeroized) at
-/// once. A node runs it before it serves, and a restore before it writes the Raft log, so
+/// Checks that `keks` unwrap the provider-held keys in `view`: the first key set in key
+/// order (outside a rotation every one is wrapped under the same KEK), unwrapped with the
+/// KEK it names and dropped (zeroized) at once. A node runs it before it serves, and a restore before it writes the Raft log, so
 /// a node given another provider's KEK, or a stale one, stops with an error naming both
 /// KEK ids instead of failing every send later. Returns the organisation whose keys were
 /// checked, or `None` while the store holds no provider-held keys.
-pub fn check_kek(kek: &Kek, view: &StateView) -> Result<Option<HpiO>, KeystoreError> {
-    let Some((org, key_id, wrapped)) = view.first_wrapped_keys(KEK_CHECK_KEYS_SCANNED_MAX)? else {
+pub fn check_kek(keks: &KekRing, view: &StateView) -> Result<Option<HpiO>, KeystoreError> {
+    let (sets, _) = view.wrapped_key_sets(KEK_CHECK_KEYS_SCANNED_MAX, 1)?;
+    let Some((org, key_id, wrapped)) = sets.into_iter().next() else {
         return Ok(None);
     };
-    match kek.unwrap(&org, &key_id, &wrapped) {
+    match keks.unwrap(&org, &key_id, &wrapped) {
         Ok(keys) => {
             drop(keys);
             Ok(Some(org))
@@ -58,13 +61,53 @@ pub fn check_kek(kek: &Kek, view: &StateView) -> Result<Option<HpiO>, KeystoreEr
     }
 }
 
+/// Previous KEKs a node may hold besides the current one, at most (during a rotation).
+pub const PREVIOUS_KEKS_MAX: usize = 4;
+
+/// The provider's current KEK, which wraps every new key set, and the previous ones a node
+/// still holds while a rotation re-wraps the key sets they wrapped.
+pub struct KekRing {
+    pub current: Kek,
+    pub previous: Vec<Kek>,
+}
+
+impl KekRing {
+    /// A ring of the current KEK alone.
+    pub fn single(current: Kek) -> Self {
+        Self {
+            current,
+            previous: Vec::new(),
+        }
+    }
+
+    /// The KEK a wrapped blob names, among those held; the current one when none matches
+    /// (its unwrap then names both ids).
+    pub fn for_blob(&self, wrapped: &[u8]) -> &Kek {
+        let named = sealpost_crypto::kek::wrapped_by(wrapped);
+        self.previous
+            .iter()
+            .find(|k| named.as_deref() == Some(k.id_hex().as_str()))
+            .unwrap_or(&self.current)
+    }
+
+    /// Unwraps `wrapped` with the KEK it names.
+    pub fn unwrap(
+        &self,
+        org: &HpiO,
+        key_id: &str,
+        wrapped: &[u8],
+    ) -> Result<OrgKeys, sealpost_crypto::Error> {
+        self.for_blob(wrapped).unwrap(org, key_id, wrapped)
+    }
+}
+
 /// Unwrapped key sets by (organisation, key id).
 type KeyCache = HashMap<(HpiO, String), Arc<OrgKeys>>;
 
 /// Unwrapped organisation keys, on demand. Cheap to clone.
 #[derive(Clone)]
 pub struct Keystore {
-    kek: Arc<Kek>,
+    keks: Arc<KekRing>,
     view: StateView,
     cache: Arc<Mutex<KeyCache>>,
 }
@@ -72,22 +115,28 @@ pub struct Keystore {
 impl std::fmt::Debug for Keystore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Keystore")
-            .field("kek", &self.kek.id_hex())
+            .field("kek", &self.keks.current.id_hex())
             .finish_non_exhaustive()
     }
 }
 
 impl Keystore {
-    pub fn new(kek: Kek, view: StateView) -> Self {
+    pub fn new(keks: KekRing, view: StateView) -> Self {
         Self {
-            kek: Arc::new(kek),
+            keks: Arc::new(keks),
             view,
             cache: Arc::default(),
         }
     }
 
+    /// The current KEK: it wraps every new key set.
     pub fn kek(&self) -> &Kek {
-        &self.kek
+        &self.keks.current
+    }
+
+    /// Every KEK this node holds.
+    pub fn keks(&self) -> &KekRing {
+        &self.keks
     }
 
     /// The private keys of `org` named `key_id`.
@@ -108,7 +157,7 @@ impl Keystore {
                     org: org.clone(),
                     key_id: key_id.to_string(),
                 })?;
-        let keys = Arc::new(self.kek.unwrap(org, key_id, &wrapped).map_err(|source| {
+        let keys = Arc::new(self.keks.unwrap(org, key_id, &wrapped).map_err(|source| {
             KeystoreError::Unwrap {
                 org: org.clone(),
                 key_id: key_id.to_string(),

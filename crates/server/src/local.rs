@@ -486,6 +486,7 @@ impl LocalCluster {
             },
             kek: self.dir.join("kek"),
             kek_env: None,
+            previous_keks: Vec::new(),
             // (A folder made before every provider had a signing key has none.)
             provider_key: Some(self.dir.join(PROVIDER_KEY_FILE)).filter(|p| p.exists()),
             raft: raft.clone(),

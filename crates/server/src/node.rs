@@ -27,7 +27,7 @@ use crate::authz::{Action, Caller, Guard, RateLimit};
 use crate::config::NodeConfig;
 use crate::directory::DirectoryService;
 use crate::federation::TrustBundle;
-use crate::keystore::{Keystore, check_kek};
+use crate::keystore::{KekRing, Keystore, check_kek};
 use crate::messaging::{MessagingFaults, MessagingService};
 use crate::relay::RelayService;
 use crate::relay_worker::{LastErrors, RelayContext, RelayFaults};
@@ -155,10 +155,11 @@ fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// The provider's key-encryption key as `cfg` gives it: the file `kek`, or the hex in the
-/// environment variable `kek_env`.
-fn load_kek(cfg: &NodeConfig) -> Result<sealpost_crypto::kek::Kek, ServerError> {
-    Ok(match &cfg.kek_env {
+/// The provider's key-encryption keys as `cfg` gives them: the current one from the file
+/// `kek` (or the hex in the environment variable `kek_env`), and the `previous_keks` files
+/// a rotation still needs.
+fn load_kek(cfg: &NodeConfig) -> Result<KekRing, ServerError> {
+    let current = match &cfg.kek_env {
         Some(var) => {
             let hex = zeroize::Zeroizing::new(std::env::var(var).map_err(|_| {
                 ServerError::DataDir {
@@ -171,7 +172,13 @@ fn load_kek(cfg: &NodeConfig) -> Result<sealpost_crypto::kek::Kek, ServerError> 
             sealpost_crypto::kek::Kek::from_hex(&hex, &format!("${var}"))?
         }
         None => sealpost_crypto::kek::Kek::load(&cfg.kek)?,
-    })
+    };
+    let previous = cfg
+        .previous_keks
+        .iter()
+        .map(|p| sealpost_crypto::kek::Kek::load(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(KekRing { current, previous })
 }
 
 /// Restores `backup` (a checked backup folder) into the stores of the node `cfg`
@@ -477,7 +484,7 @@ async fn start_inner(
     // Before serving: a node given the wrong KEK stops here, naming both KEK ids.
     match check_kek(&kek, raft.view()) {
         Ok(Some(org)) => {
-            tracing::debug!(%org, kek = %kek.id_hex(), "the KEK unwraps the stored keys")
+            tracing::debug!(%org, kek = %kek.current.id_hex(), "the KEK unwraps the stored keys")
         }
         Ok(None) => {}
         Err(e) => {
@@ -514,7 +521,9 @@ async fn start_inner(
         });
     }
     // Console tokens are keyed from the KEK, so every node of the provider verifies them.
-    let console_tokens = Arc::new(sealpost_crypto::console_token::ConsoleTokens::new(&kek));
+    let console_tokens = Arc::new(sealpost_crypto::console_token::ConsoleTokens::new(
+        &kek.current,
+    ));
     let keystore = Keystore::new(kek, raft.view().clone());
     let faults = std::sync::Arc::new(MessagingFaults::default());
     let directory = DirectoryServer::new(DirectoryService::new(
@@ -573,7 +582,7 @@ async fn start_inner(
     ));
     workers.push(crate::delivery::spawn(
         raft.clone(),
-        keystore,
+        keystore.clone(),
         cfg.messaging.clone(),
         faults.clone(),
         bundle.clone(),
@@ -685,7 +694,8 @@ async fn start_inner(
         cfg.messaging.deliver_within_ms_default,
         guard.clone(),
     )
-    .with_provider(cfg.provider.clone());
+    .with_provider(cfg.provider.clone())
+    .with_keystore(keystore);
     if let Some(a) = http_addr {
         admin_service =
             admin_service.with_console(console_tokens.clone(), format!("http://{a}/console/"));

@@ -118,6 +118,9 @@ pub struct TreeHead {
     pub root: Hash,
 }
 
+/// A provider-held key set in the keystore: organisation, key id and the wrapped blob.
+pub type WrappedKeySet = (HpiO, String, Vec<u8>);
+
 /// A snapshot of the state machine's progress, for cluster status.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SmStatus {
@@ -1650,20 +1653,22 @@ impl StateView {
             .get(ViewCf::Keystore.name(), &keys::published_keys(org, key_id))
     }
 
-    /// The first provider-held (wrapped) key set in the keystore, in key order: its
-    /// organisation, key id and wrapped blob. Looks at most `keys_scanned_max` keystore
-    /// entries (organisations holding their own keys have published keys only).
-    pub fn first_wrapped_keys(
+    /// The provider-held (wrapped) key sets in the keystore, in key order: organisation, key
+    /// id and wrapped blob; at most `sets_max` of them, looking at most `keys_scanned_max`
+    /// keystore entries (an organisation has published keys besides any wrapped ones).
+    /// The second value says whether entries were left unscanned.
+    pub fn wrapped_key_sets(
         &self,
         keys_scanned_max: usize,
-    ) -> Result<Option<(HpiO, String, Vec<u8>)>> {
+        sets_max: usize,
+    ) -> Result<(Vec<WrappedKeySet>, bool)> {
         let live = self.shared.live();
         let cf = rocks::cf(&live.db, ViewCf::Keystore.name());
-        for item in live
-            .db
-            .iterator_cf(cf, IteratorMode::Start)
-            .take(keys_scanned_max)
-        {
+        let mut out = Vec::new();
+        for (scanned, item) in live.db.iterator_cf(cf, IteratorMode::Start).enumerate() {
+            if scanned >= keys_scanned_max || out.len() >= sets_max {
+                return Ok((out, true));
+            }
             let (k, v) = item.map_err(rocks_err(&live.path))?;
             // `organisation, 0, key id` (wrapped) or `organisation, 1, key id` (published);
             // an HPI-O is digits, so the first 0 or 1 byte is the separator.
@@ -1673,18 +1678,15 @@ impl StateView {
             if k[at] != 0 {
                 continue;
             }
-            let (Ok(org), Ok(key_id)) = (
+            let (Ok(Ok(org)), Ok(key_id)) = (
                 std::str::from_utf8(&k[..at]).map(HpiO::parse),
                 std::str::from_utf8(&k[at + 1..]),
             ) else {
                 continue;
             };
-            let Ok(org) = org else {
-                continue;
-            };
-            return Ok(Some((org, key_id.to_string(), v.to_vec())));
+            out.push((org, key_id.to_string(), v.to_vec()));
         }
-        Ok(None)
+        Ok((out, false))
     }
 
     pub fn wrapped_keys(&self, org: &HpiO, key_id: &str) -> Result<Option<Vec<u8>>> {
