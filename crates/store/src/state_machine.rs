@@ -1656,7 +1656,8 @@ impl StateView {
     /// The provider-held (wrapped) key sets in the keystore, in key order: organisation, key
     /// id and wrapped blob; at most `sets_max` of them, looking at most `keys_scanned_max`
     /// keystore entries (an organisation has published keys besides any wrapped ones).
-    /// The second value says whether entries were left unscanned.
+    /// The second value says whether more key sets may remain (past `sets_max`, or in
+    /// entries left unscanned).
     pub fn wrapped_key_sets(
         &self,
         keys_scanned_max: usize,
@@ -1666,7 +1667,7 @@ impl StateView {
         let cf = rocks::cf(&live.db, ViewCf::Keystore.name());
         let mut out = Vec::new();
         for (scanned, item) in live.db.iterator_cf(cf, IteratorMode::Start).enumerate() {
-            if scanned >= keys_scanned_max || out.len() >= sets_max {
+            if scanned >= keys_scanned_max {
                 return Ok((out, true));
             }
             let (k, v) = item.map_err(rocks_err(&live.path))?;
@@ -1684,6 +1685,9 @@ impl StateView {
             ) else {
                 continue;
             };
+            if out.len() >= sets_max {
+                return Ok((out, true));
+            }
             out.push((org, key_id.to_string(), v.to_vec()));
         }
         Ok((out, false))
