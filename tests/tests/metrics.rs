@@ -5,7 +5,8 @@
 //! number of messages routed to it and falls as they are acknowledged; each store's WAL,
 //! memtable and table-file bytes are reported, and a snapshot's flush grows the state
 //! machine's table files; a refusal shows up under its status code and in the
-//! authorization counter; one leader, known by everyone.
+//! authorization counter; one leader, known by everyone. With `http_tls` the listener
+//! speaks HTTPS only, with the node's certificate, to clients that hold just the CA.
 
 mod common;
 
@@ -264,4 +265,79 @@ async fn the_operations_listener_caps_its_connections() {
         .expect("served once a connection closed")
         .expect("task");
     assert_eq!(code, 200);
+}
+
+/// A TLS client of the provider's CA, presenting no certificate of its own.
+fn ca_only_connector(ca_pem: &std::path::Path) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca_pem).expect("the CA file") {
+        roots.add(c.expect("a CA certificate")).expect("added");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_http_tls_the_operations_listener_serves_https_only() {
+    let (_d, mut c) = cluster(1).await;
+    c.stop_node(1).await.expect("stop");
+    c.update_config(1, |cfg| cfg.http_tls = true)
+        .expect("http_tls");
+    c.start_node(1).await.expect("start");
+    c.wait_leader(WAIT).await.expect("a leader");
+    let addr = c.node(1).expect("node 1").http_addr.expect("http_listen");
+
+    // With the CA, and no certificate of its own, a client reads every page.
+    let tls = ca_only_connector(&c.dir.join("ca.pem"));
+    for (path, needle) in [
+        ("/metrics", "sealpost_runtime_workers"),
+        ("/health", ""),
+        ("/ready", "ready"),
+    ] {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let stream = tls
+            .connect(
+                rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
+                tcp,
+            )
+            .await
+            .expect("a handshake with the node's certificate");
+        let (code, body) = http_over(stream, addr, "GET", path, &[], None).await;
+        assert_eq!(code, 200, "{path}: {body}");
+        assert!(body.contains(needle), "{path}: {body}");
+    }
+
+    // Plain HTTP gets no HTTP answer.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut raw = Vec::new();
+        let _ = tokio::time::timeout(WAIT, (&mut s).take(4096).read_to_end(&mut raw)).await;
+        assert!(
+            !raw.starts_with(b"HTTP/"),
+            "{:?}",
+            String::from_utf8_lossy(&raw)
+        );
+    }
+
+    // Console tokens name the console over HTTPS.
+    let minted = client(&c, 1)
+        .await
+        .admin()
+        .console_token(pb::ConsoleTokenRequest::default())
+        .await
+        .expect("a console token")
+        .into_inner();
+    assert_eq!(minted.console_url, format!("https://{addr}/console/"));
 }

@@ -113,6 +113,25 @@ pub fn server_config(
     material: &TlsMaterial,
     alpn: &[&[u8]],
 ) -> Result<std::sync::Arc<rustls::ServerConfig>> {
+    server_config_with(material, alpn, ClientCerts::Required)
+}
+
+/// Whether a server asks its clients for certificates of the CA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientCerts {
+    /// Every client presents one (the client and MLLP ports).
+    Required,
+    /// A client may present one, which is then checked, or none (the operations listener,
+    /// which Prometheus and browsers reach with the CA only; the console has its tokens).
+    Optional,
+}
+
+/// [`server_config`] with the given client certificate policy.
+pub fn server_config_with(
+    material: &TlsMaterial,
+    alpn: &[&[u8]],
+    client_certs: ClientCerts,
+) -> Result<std::sync::Arc<rustls::ServerConfig>> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
     let bad = |problem: String| Error::BadFile {
@@ -132,15 +151,19 @@ pub fn server_config(
         .map_err(|e| bad(format!("CRL: {e}")))?;
     // Only the client's own certificate is checked against the CRLs (the chain is one CA
     // deep), and a certificate of a CA that published no CRL here is not refused for it.
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+    let mut builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
         std::sync::Arc::new(roots),
         provider.clone(),
     )
     .with_crls(crls)
     .only_check_end_entity_revocation()
-    .allow_unknown_revocation_status()
-    .build()
-    .map_err(|e| bad(format!("client verifier: {e}")))?;
+    .allow_unknown_revocation_status();
+    if client_certs == ClientCerts::Optional {
+        builder = builder.allow_unauthenticated();
+    }
+    let verifier = builder
+        .build()
+        .map_err(|e| bad(format!("client verifier: {e}")))?;
     let certs = CertificateDer::pem_slice_iter(material.identity.cert_pem.as_bytes())
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| bad(format!("certificate: {e}")))?;
@@ -179,6 +202,7 @@ fn stamp(paths: &TlsPaths) -> Stamp {
 pub struct ReloadingServerTls {
     paths: TlsPaths,
     alpn: Vec<Vec<u8>>,
+    client_certs: ClientCerts,
     current: std::sync::RwLock<(std::sync::Arc<rustls::ServerConfig>, Stamp)>,
 }
 
@@ -193,9 +217,15 @@ impl std::fmt::Debug for ReloadingServerTls {
 impl ReloadingServerTls {
     /// Loads the files now; fails when they do not make a configuration.
     pub fn load(paths: TlsPaths, alpn: &[&[u8]]) -> Result<Self> {
+        Self::load_with(paths, alpn, ClientCerts::Required)
+    }
+
+    /// [`Self::load`] with the given client certificate policy.
+    pub fn load_with(paths: TlsPaths, alpn: &[&[u8]], client_certs: ClientCerts) -> Result<Self> {
         let before = stamp(&paths);
-        let config = server_config(&paths.load()?, alpn)?;
+        let config = server_config_with(&paths.load()?, alpn, client_certs)?;
         Ok(Self {
+            client_certs,
             alpn: alpn.iter().map(|p| p.to_vec()).collect(),
             current: std::sync::RwLock::new((config, before)),
             paths,
@@ -223,7 +253,7 @@ impl ReloadingServerTls {
             return Ok(false);
         }
         let alpn: Vec<&[u8]> = self.alpn.iter().map(|p| p.as_slice()).collect();
-        let config = server_config(&self.paths.load()?, &alpn);
+        let config = server_config_with(&self.paths.load()?, &alpn, self.client_certs);
         let mut g = match self.current.write() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),

@@ -220,6 +220,10 @@ pub struct NodeConfig {
     /// none when absent. Bind it to a monitoring network or loopback, not the internet.
     #[serde(default)]
     pub http_listen: Option<String>,
+    /// Serve the operations listener over HTTPS with the node's certificate (`[tls]`,
+    /// re-read when the files change); clients need the CA, not a certificate of their own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub http_tls: bool,
     /// For rolling-upgrade tests only: report to peers that this node understands events
     /// only up to this version (at most the build's), as an older build would.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -302,6 +306,7 @@ pub const ENV_KEYS: &[&str] = &[
     "listen",
     "advertise",
     "http_listen",
+    "http_tls",
     "initial_members",
     "peers",
     "kek",
@@ -616,6 +621,7 @@ mod tests {
             listen: "127.0.0.1:7001".into(),
             advertise: None,
             http_listen: None,
+            http_tls: false,
             advertise_event_version: None,
             initial_members: vec![Member {
                 id: 1,
@@ -730,6 +736,21 @@ mod tests {
                 .to_string();
             assert!(e.contains("worker_threads") && e.contains(bad), "{e}");
         }
+    }
+
+    /// `http_tls` is off unless set (and then absent from the file), settable by the
+    /// environment, and round-trips.
+    #[test]
+    fn http_tls_is_off_by_default_and_set_by_the_environment() {
+        let (_dir, path) = sample_file();
+        let unset = NodeConfig::load_layered(&path, env(&[]), &[]).expect("load");
+        assert!(!unset.http_tls);
+        assert!(!unset.to_toml().contains("http_tls"));
+        let c = NodeConfig::load_layered(&path, env(&[("SEALPOST_HTTP_TLS", "true")]), &[])
+            .expect("load");
+        assert!(c.http_tls);
+        let back: NodeConfig = toml::from_str(&c.to_toml()).expect("parse");
+        assert!(back.http_tls);
     }
 
     /// A KEK rotation's previous KEKs: relative to the file, settable by flag, round-trip,

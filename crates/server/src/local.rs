@@ -475,6 +475,7 @@ impl LocalCluster {
             advertise: None,
             // Kept across restarts like the node's own port, so scrapers keep finding it.
             http_listen: Some(http.to_string()),
+            http_tls: false,
             advertise_event_version: None,
             initial_members,
             peers,

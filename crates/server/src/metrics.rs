@@ -1,5 +1,5 @@
-//! The node's operations listener: plain HTTP on `http_listen`, apart from the client port,
-//! serving `/metrics` (Prometheus text), `/health` (the process serves and its stores are
+//! The node's operations listener: HTTP on `http_listen` (HTTPS with the node's certificate
+//! when `http_tls` is set), apart from the client port, serving `/metrics` (Prometheus text), `/health` (the process serves and its stores are
 //! readable) and `/ready` (this node knows a leader and has applied what it was told is
 //! committed, within a margin). Nothing here carries a payload, a key or a patient name:
 //! the labels are node ids, organisation ids (HPI-Os), provider names and status codes.
@@ -578,6 +578,79 @@ impl tokio::io::AsyncWrite for CappedIo {
     }
 }
 
+/// The operations listener with TLS: a task accepts connections (while fewer than
+/// [`HTTP_CONNECTIONS_MAX`] are open) and runs each handshake in a task of its own, bounded
+/// by the TLS layer's handshake time limit, so a slow client holds up no other; completed
+/// connections wait here for the HTTP server.
+struct TlsListener {
+    done: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<CappedIo>,
+        std::net::SocketAddr,
+    )>,
+    addr: std::net::SocketAddr,
+    acceptor: JoinHandle<()>,
+}
+
+impl TlsListener {
+    fn start(inner: TcpListener, tls: crate::tls::ServerTls) -> std::io::Result<Self> {
+        let addr = inner.local_addr()?;
+        let (tx, done) = tokio::sync::mpsc::channel(HTTP_CONNECTIONS_MAX);
+        let slots = Arc::new(tokio::sync::Semaphore::new(HTTP_CONNECTIONS_MAX));
+        let acceptor = tokio::spawn(async move {
+            // Ends when the HTTP server drops the listener (the receiver) and the task is
+            // aborted, or the socket fails.
+            loop {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let (io, peer) = match inner.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "the operations listener's accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let (tls, tx) = (tls.clone(), tx.clone());
+                tokio::spawn(async move {
+                    if let Ok(stream) = tls.accept(CappedIo { io, _slot: slot }).await {
+                        let _ = tx.send((stream, peer)).await;
+                    }
+                });
+            }
+        });
+        Ok(Self {
+            done,
+            addr,
+            acceptor,
+        })
+    }
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<CappedIo>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.done.recv().await {
+            Some(c) => c,
+            // The acceptor holds a sender until it stops, and it stops only when this
+            // listener is dropped: never reached while serving.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.addr)
+    }
+}
+
 /// The running operations listener.
 pub struct OpsServer {
     pub addr: std::net::SocketAddr,
@@ -587,12 +660,13 @@ pub struct OpsServer {
 
 impl OpsServer {
     /// Serves `/metrics`, `/health`, `/ready` and the routes of `more` (the console) on
-    /// `listener` until [`Self::stop`].
+    /// `listener` until [`Self::stop`]: over TLS when `tls` is given.
     pub fn start(
         listener: TcpListener,
         raft: RaftNode,
         metrics: Metrics,
         more: Router,
+        tls: Option<crate::tls::ServerTls>,
     ) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let app = Router::new()
@@ -610,20 +684,36 @@ impl OpsServer {
                     .timeout(Duration::from_millis(HTTP_REQUEST_TIMEOUT_MS)),
             );
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let capped = CappedListener {
-                inner: listener,
-                slots: Arc::new(tokio::sync::Semaphore::new(HTTP_CONNECTIONS_MAX)),
-            };
-            let served = axum::serve(capped, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.await;
+        let stopped = async move {
+            let _ = rx.await;
+        };
+        let task = match tls {
+            None => {
+                let capped = CappedListener {
+                    inner: listener,
+                    slots: Arc::new(tokio::sync::Semaphore::new(HTTP_CONNECTIONS_MAX)),
+                };
+                tokio::spawn(async move {
+                    let served = axum::serve(capped, app)
+                        .with_graceful_shutdown(stopped)
+                        .await;
+                    if let Err(e) = served {
+                        tracing::error!(error = %e, "the operations listener failed");
+                    }
                 })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "the operations listener failed");
             }
-        });
+            Some(tls) => {
+                let secured = TlsListener::start(listener, tls)?;
+                tokio::spawn(async move {
+                    let served = axum::serve(secured, app)
+                        .with_graceful_shutdown(stopped)
+                        .await;
+                    if let Err(e) = served {
+                        tracing::error!(error = %e, "the operations listener failed");
+                    }
+                })
+            }
+        };
         Ok(Self {
             addr,
             stop: Some(tx),

@@ -686,6 +686,22 @@ async fn start_inner(
         (None, None) => None,
     };
     let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
+    // With `http_tls`, the node's certificate; a client certificate is optional there.
+    let http_tls = if cfg.http_tls && http_listener.is_some() {
+        let t = crate::tls::ServerTls::load_with(
+            &cfg.tls,
+            &[b"http/1.1"],
+            sealpost_crypto::tls::ClientCerts::Optional,
+        )?;
+        workers.push(t.spawn_reloader(
+            Duration::from_millis(cfg.api.tls_reload_ms),
+            workers_rx.clone(),
+        ));
+        Some(t)
+    } else {
+        None
+    };
+    let http_scheme = if http_tls.is_some() { "https" } else { "http" };
     let mut admin_service = AdminService::new(
         raft.clone(),
         Duration::from_millis(cfg.api.member_status_timeout_ms),
@@ -697,8 +713,10 @@ async fn start_inner(
     .with_provider(cfg.provider.clone())
     .with_keystore(keystore);
     if let Some(a) = http_addr {
-        admin_service =
-            admin_service.with_console(console_tokens.clone(), format!("http://{a}/console/"));
+        admin_service = admin_service.with_console(
+            console_tokens.clone(),
+            format!("{http_scheme}://{a}/console/"),
+        );
     }
     let audit_service = crate::audit::AuditService::new(
         raft.clone(),
@@ -787,6 +805,7 @@ async fn start_inner(
                 raft.clone(),
                 metrics.clone(),
                 crate::console::router(console),
+                http_tls,
             )
             .map_err(|source| ServerError::Bind {
                 addr: cfg.http_listen.clone().unwrap_or_default(),

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rustls::CertificateError;
-use sealpost_crypto::tls::{ReloadingServerTls, TlsPaths};
+use sealpost_crypto::tls::{ClientCerts, ReloadingServerTls, TlsPaths};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::server::TlsStream;
 
@@ -121,8 +121,21 @@ impl std::fmt::Debug for ServerTls {
 impl ServerTls {
     /// Loads the files; `alpn` lists the application protocols offered (`h2` for gRPC).
     pub fn load(paths: &TlsPaths, alpn: &[&[u8]]) -> Result<Self, sealpost_crypto::Error> {
+        Self::load_with(paths, alpn, ClientCerts::Required)
+    }
+
+    /// [`Self::load`] with the given client certificate policy.
+    pub fn load_with(
+        paths: &TlsPaths,
+        alpn: &[&[u8]],
+        client_certs: ClientCerts,
+    ) -> Result<Self, sealpost_crypto::Error> {
         Ok(Self {
-            config: Arc::new(ReloadingServerTls::load(paths.clone(), alpn)?),
+            config: Arc::new(ReloadingServerTls::load_with(
+                paths.clone(),
+                alpn,
+                client_certs,
+            )?),
             stats: Arc::default(),
             on_change: Arc::default(),
         })
