@@ -651,6 +651,26 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
+/// Serves `app` on `listener` in a task until `stopped` completes.
+fn serve_on<L>(
+    listener: L,
+    app: Router,
+    stopped: impl std::future::Future<Output = ()> + Send + 'static,
+) -> JoinHandle<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(stopped)
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the operations listener failed");
+        }
+    })
+}
+
 /// The running operations listener.
 pub struct OpsServer {
     pub addr: std::net::SocketAddr,
@@ -688,31 +708,15 @@ impl OpsServer {
             let _ = rx.await;
         };
         let task = match tls {
-            None => {
-                let capped = CappedListener {
+            None => serve_on(
+                CappedListener {
                     inner: listener,
                     slots: Arc::new(tokio::sync::Semaphore::new(HTTP_CONNECTIONS_MAX)),
-                };
-                tokio::spawn(async move {
-                    let served = axum::serve(capped, app)
-                        .with_graceful_shutdown(stopped)
-                        .await;
-                    if let Err(e) = served {
-                        tracing::error!(error = %e, "the operations listener failed");
-                    }
-                })
-            }
-            Some(tls) => {
-                let secured = TlsListener::start(listener, tls)?;
-                tokio::spawn(async move {
-                    let served = axum::serve(secured, app)
-                        .with_graceful_shutdown(stopped)
-                        .await;
-                    if let Err(e) = served {
-                        tracing::error!(error = %e, "the operations listener failed");
-                    }
-                })
-            }
+                },
+                app,
+                stopped,
+            ),
+            Some(tls) => serve_on(TlsListener::start(listener, tls)?, app, stopped),
         };
         Ok(Self {
             addr,
