@@ -39,10 +39,11 @@ pub const KEK_CHECK_KEYS_SCANNED_MAX: usize = 10_000;
 
 /// Checks that `keks` unwrap the provider-held keys in `view`: the first key set in key
 /// order (outside a rotation every one is wrapped under the same KEK), unwrapped with the
-/// KEK it names and dropped (zeroized) at once. A node runs it before it serves, and a restore before it writes the Raft log, so
-/// a node given another provider's KEK, or a stale one, stops with an error naming both
-/// KEK ids instead of failing every send later. Returns the organisation whose keys were
-/// checked, or `None` while the store holds no provider-held keys.
+/// KEK it names and dropped (zeroized) at once. A node runs it before it serves, and a
+/// restore before it writes the Raft log, so a node given another provider's KEK, or a
+/// stale one, stops with an error naming both KEK ids instead of failing every send later.
+/// Returns the organisation whose keys were checked, or `None` while the store holds no
+/// provider-held keys.
 pub fn check_kek(keks: &KekRing, view: &StateView) -> Result<Option<HpiO>, KeystoreError> {
     let (sets, _) = view.wrapped_key_sets(KEK_CHECK_KEYS_SCANNED_MAX, 1)?;
     let Some((org, key_id, wrapped)) = sets.into_iter().next() else {
@@ -72,14 +73,6 @@ pub struct KekRing {
 }
 
 impl KekRing {
-    /// A ring of the current KEK alone.
-    pub fn single(current: Kek) -> Self {
-        Self {
-            current,
-            previous: Vec::new(),
-        }
-    }
-
     /// The KEK a wrapped blob names, among those held; the current one when none matches
     /// (its unwrap then names both ids).
     pub fn for_blob(&self, wrapped: &[u8]) -> &Kek {
@@ -173,5 +166,39 @@ impl Keystore {
         }
         cache.insert(k, keys.clone());
         Ok(keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A blob opens with whichever held KEK it names; a blob naming a KEK not held is tried
+    /// with the current one, whose error names both.
+    #[test]
+    fn each_blob_opens_with_the_kek_it_names() {
+        let kek = || Kek::generate().expect("a KEK");
+        let (old, new, lost) = (kek(), kek(), kek());
+        let org = HpiO::from_serial(3);
+        let keys = OrgKeys::generate("k1").expect("keys");
+        let under = |k: &Kek| k.wrap(&org, &keys).expect("wrap");
+        let (by_old, by_new, by_lost) = (under(&old), under(&new), under(&lost));
+        let lost_id = lost.id_hex();
+        let ring = KekRing {
+            current: new,
+            previous: vec![old],
+        };
+        for blob in [&by_old, &by_new] {
+            let opened = ring.unwrap(&org, "k1", blob).expect("opens");
+            assert_eq!(opened.public_keys(), keys.public_keys());
+        }
+        let err = ring
+            .unwrap(&org, "k1", &by_lost)
+            .expect_err("a KEK not held")
+            .to_string();
+        assert!(
+            err.contains(&lost_id) && err.contains(&ring.current.id_hex()),
+            "{err}"
+        );
     }
 }
