@@ -1,6 +1,7 @@
 //! A KEK rotation end to end, as OPERATIONS.md gives it: every node is restarted in turn
 //! with a new KEK as `kek` and the old one under `previous_keks` (a node given the new KEK
-//! alone refuses to start, since its stored keys name the old one); `sealpost admin
+//! alone refuses to start, since its stored keys name the old one; `cluster status` shows
+//! each node's KEKs); `sealpost admin
 //! rewrap-keys` counts the key sets by KEK on a dry run, then wraps each again under the new
 //! KEK, committed as `keys_provisioned` events, and a second run finds nothing left; every
 //! node then runs without the old KEK, and messages sealed before the rotation (to the key
@@ -41,6 +42,21 @@ async fn restart_with(c: &mut LocalCluster, kek: &Path, previous: &[PathBuf]) {
         c.start_node(id).await.expect("start with the KEKs");
         c.wait_leader(WAIT).await.expect("a leader");
     }
+}
+
+/// Each member's KEK and previous KEKs, as `cluster status` reports them.
+async fn keks_reported(c: &LocalCluster) -> Vec<(String, Vec<String>)> {
+    let r = client(c, 1)
+        .await
+        .admin()
+        .status(pb::StatusRequest { all_members: true })
+        .await
+        .expect("status")
+        .into_inner();
+    r.members
+        .into_iter()
+        .map(|n| (n.kek_id, n.previous_kek_ids))
+        .collect()
 }
 
 fn keys_provisioned(c: &LocalCluster) -> usize {
@@ -134,6 +150,11 @@ async fn a_kek_rotation_rewraps_every_key_set_and_old_messages_open_without_the_
 
     // Every node gets the new KEK and keeps the old one; node 3 starts again with both.
     restart_with(&mut c, &new, std::slice::from_ref(&old)).await;
+    assert_eq!(
+        keks_reported(&c).await,
+        vec![(new_id.clone(), vec![old_id.clone()]); 3],
+        "cluster status shows each node's KEKs"
+    );
 
     // A dry run counts the key sets (three organisations, the lab twice) and changes nothing.
     let events_before = keys_provisioned(&c);
@@ -169,6 +190,7 @@ async fn a_kek_rotation_rewraps_every_key_set_and_old_messages_open_without_the_
     // Without the old KEK anywhere: every node starts, the old messages open, and a new
     // message goes through.
     restart_with(&mut c, &new, &[]).await;
+    assert_eq!(keks_reported(&c).await, vec![(new_id.clone(), vec![]); 3]);
     assert_eq!(fetch(&c, LAB, &first).await, b"before both");
     assert_eq!(fetch(&c, LAB, &second).await, b"after the key rotation");
     let gp = org_client(&c, 3, SENDER).await;

@@ -31,6 +31,7 @@ fn node_json(n: &pb::NodeStatus) -> Value {
         "chain_head": n.chain_head, "snapshot_index": n.snapshot_index,
         "purged_index": n.purged_index, "log_entries": n.log_entries,
         "cluster_version": n.cluster_version, "reachable": n.reachable, "error": n.error,
+        "kek_id": n.kek_id, "previous_kek_ids": n.previous_kek_ids,
     })
 }
 
@@ -48,8 +49,8 @@ pub fn cluster_status(out: &Out, endpoint: &str, r: &pb::StatusResponse) {
         return;
     }
     println!(
-        "{:>4}  {:<21}  {:<9}  {:>5}  {:>9}  {:>9}  {:>8}  {:>8}  chain head",
-        "node", "address", "role", "term", "log", "applied", "snapshot", "events"
+        "{:>4}  {:<21}  {:<9}  {:>5}  {:>9}  {:>9}  {:>8}  {:>8}  {:<16}  kek",
+        "node", "address", "role", "term", "log", "applied", "snapshot", "events", "chain head"
     );
     for n in members {
         if !n.reachable {
@@ -57,8 +58,13 @@ pub fn cluster_status(out: &Out, endpoint: &str, r: &pb::StatusResponse) {
             continue;
         }
         let head = n.chain_head.get(..16).unwrap_or(&n.chain_head);
+        // The current KEK's id, and how many older ones the node still holds.
+        let kek = match n.previous_kek_ids.len() {
+            0 => n.kek_id.clone(),
+            held => format!("{} (+{held} previous)", n.kek_id),
+        };
         println!(
-            "{:>4}  {:<21}  {:<9}  {:>5}  {:>9}  {:>9}  {:>8}  {:>8}  {head}",
+            "{:>4}  {:<21}  {:<9}  {:>5}  {:>9}  {:>9}  {:>8}  {:>8}  {head:<16}  {kek}",
             n.id,
             n.addr,
             n.role,

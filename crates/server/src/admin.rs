@@ -205,6 +205,8 @@ pub fn status_to_pb(s: &LocalStatus) -> pb::NodeStatus {
         log_entries: s.log_entries,
         reachable: true,
         error: String::new(),
+        kek_id: String::new(),
+        previous_kek_ids: Vec::new(),
     }
 }
 
@@ -252,7 +254,11 @@ impl AdminService {
     /// members say so).
     pub(crate) async fn statuses(&self, all_members: bool) -> Result<pb::StatusResponse, Status> {
         let local = self.node.status().map_err(convert::node_error)?;
-        let this = status_to_pb(&local);
+        let mut this = status_to_pb(&local);
+        if let Some(k) = &self.keystore {
+            this.kek_id = k.kek().id_hex();
+            this.previous_kek_ids = k.keks().previous.iter().map(|p| p.id_hex()).collect();
+        }
         let mut members = Vec::new();
         if all_members {
             for (id, (addr, _voter)) in &local.members {
