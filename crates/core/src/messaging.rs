@@ -181,6 +181,19 @@ pub mod keys {
         k
     }
 
+    /// The organisation and key id of a `keystore` key holding wrapped private keys (made
+    /// by [`keystore`]); `None` for a published-keys key or anything else.
+    pub fn wrapped_keys_of(key: &[u8]) -> Option<(HpiO, &str)> {
+        // An HPI-O is digits, so the first 0 or 1 byte is the separator.
+        let at = key.iter().position(|b| *b <= 1)?;
+        if key[at] != 0 {
+            return None;
+        }
+        let org = HpiO::parse(std::str::from_utf8(&key[..at]).ok()?).ok()?;
+        let key_id = std::str::from_utf8(&key[at + 1..]).ok()?;
+        Some((org, key_id))
+    }
+
     /// `keystore`: organisation, 1, key id → the public keys the organisation published
     /// under that id (every key set it ever had, so a message signed or sealed before a
     /// rotation still verifies and opens).
@@ -1311,5 +1324,19 @@ mod tests {
             keys::parse_deadline(&k),
             Some((42, deadline::UNACKNOWLEDGED, id, r))
         );
+    }
+
+    #[test]
+    fn a_wrapped_keys_key_reads_back_and_a_published_one_does_not() {
+        let org = HpiO::from_serial(4);
+        assert_eq!(
+            keys::wrapped_keys_of(&keys::keystore(&org, "k2")),
+            Some((org.clone(), "k2"))
+        );
+        assert_eq!(
+            keys::wrapped_keys_of(&keys::published_keys(&org, "k2")),
+            None
+        );
+        assert_eq!(keys::wrapped_keys_of(b"not a key"), None);
     }
 }

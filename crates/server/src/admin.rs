@@ -772,19 +772,17 @@ impl AdminService {
             )));
         }
         let current = keystore.kek().id_hex();
+        let key_sets = sets.len() as u64;
         let mut before = std::collections::BTreeMap::<String, u64>::new();
-        for (_, _, wrapped) in &sets {
-            let named = sealpost_crypto::kek::wrapped_by(wrapped)
+        let mut stale = Vec::new();
+        for set in sets {
+            let named = sealpost_crypto::kek::wrapped_by(&set.2)
                 .unwrap_or_else(|| "unreadable".to_string());
+            if named != current {
+                stale.push(set);
+            }
             *before.entry(named).or_default() += 1;
         }
-        let key_sets = sets.len() as u64;
-        let stale: Vec<_> = sets
-            .into_iter()
-            .filter(|(_, _, w)| {
-                sealpost_crypto::kek::wrapped_by(w).as_deref() != Some(current.as_str())
-            })
-            .collect();
         let mut rewrapped = 0;
         if !dry_run && !stale.is_empty() {
             let version = self
@@ -825,6 +823,17 @@ impl AdminService {
                 });
             }
             let total = proposals.len();
+            // A refusal part way names how many were committed before it (each committed
+            // one stands; running the re-wrap again does the rest).
+            let partial = |rewrapped: u64, e: Status| {
+                Status::new(
+                    e.code(),
+                    format!(
+                        "{} ({rewrapped} of {total} key sets were re-wrapped before this)",
+                        e.message()
+                    ),
+                )
+            };
             let mut left = proposals.into_iter();
             // Bounded: one round per REWRAP_PROPOSALS_PER_ENTRY_MAX key sets.
             loop {
@@ -833,15 +842,20 @@ impl AdminService {
                 if group.is_empty() {
                     break;
                 }
-                for r in self
+                let results = self
                     .node
                     .propose_group(group)
                     .await
-                    .map_err(convert::propose_error)?
-                {
-                    match r.map_err(convert::propose_error)?.outcome {
+                    .map_err(|e| partial(rewrapped, convert::propose_error(e)))?;
+                for r in results {
+                    match r
+                        .map_err(|e| partial(rewrapped, convert::propose_error(e)))?
+                        .outcome
+                    {
                         Outcome::Applied { .. } => rewrapped += 1,
-                        Outcome::Rejected(rej) => return Err(convert::rejection(rej)),
+                        Outcome::Rejected(rej) => {
+                            return Err(partial(rewrapped, convert::rejection(rej)));
+                        }
                     }
                 }
             }

@@ -1,7 +1,7 @@
 //! The node's operations listener: HTTP on `http_listen` (HTTPS with the node's certificate
-//! when `http_tls` is set), apart from the client port, serving `/metrics` (Prometheus text), `/health` (the process serves and its stores are
-//! readable) and `/ready` (this node knows a leader and has applied what it was told is
-//! committed, within a margin). Nothing here carries a payload, a key or a patient name:
+//! when `http_tls` is set), apart from the client port, serving `/metrics` (Prometheus
+//! text), `/health` (the process serves and its stores are readable) and `/ready` (this
+//! node knows a leader and has applied what it was told is committed, within a margin). Nothing here carries a payload, a key or a patient name:
 //! the labels are node ids, organisation ids (HPI-Os), provider names and status codes.
 //!
 //! Values that already live elsewhere (Raft's term and indexes, the views' queue depths,

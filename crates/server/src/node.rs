@@ -181,6 +181,20 @@ fn load_kek(cfg: &NodeConfig) -> Result<KekRing, ServerError> {
     Ok(KekRing { current, previous })
 }
 
+/// A listener's TLS from the node's `[tls]` files, with a worker (pushed onto `workers`)
+/// that reads them again every `api.tls_reload_ms` until `shutdown`.
+fn reloading_tls(
+    cfg: &NodeConfig,
+    alpn: &[&[u8]],
+    client_certs: sealpost_crypto::tls::ClientCerts,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    workers: &mut Vec<JoinHandle<()>>,
+) -> Result<crate::tls::ServerTls, ServerError> {
+    let t = crate::tls::ServerTls::load_with(&cfg.tls, alpn, client_certs)?;
+    workers.push(t.spawn_reloader(Duration::from_millis(cfg.api.tls_reload_ms), shutdown));
+    Ok(t)
+}
+
 /// Restores `backup` (a checked backup folder) into the stores of the node `cfg`
 /// describes, for a new cluster whose voters are `cfg.initial_members`, and marks the
 /// folder as this node's. The node must never have run: its stores must not exist. The
@@ -652,12 +666,13 @@ async fn start_inner(
     }
     let mut mllp_addrs = Vec::with_capacity(cfg.mllp.len());
     let mllp_tls = if cfg.mllp.iter().any(|m| m.tls) {
-        let t = crate::tls::ServerTls::load(&cfg.tls, &[])?;
-        workers.push(t.spawn_reloader(
-            Duration::from_millis(cfg.api.tls_reload_ms),
+        Some(reloading_tls(
+            &cfg,
+            &[],
+            sealpost_crypto::tls::ClientCerts::Required,
             workers_rx_mllp.clone(),
-        ));
-        Some(t)
+            &mut workers,
+        )?)
     } else {
         None
     };
@@ -688,16 +703,13 @@ async fn start_inner(
     let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
     // With `http_tls`, the node's certificate; a client certificate is optional there.
     let http_tls = if cfg.http_tls && http_listener.is_some() {
-        let t = crate::tls::ServerTls::load_with(
-            &cfg.tls,
+        Some(reloading_tls(
+            &cfg,
             &[b"http/1.1"],
             sealpost_crypto::tls::ClientCerts::Optional,
-        )?;
-        workers.push(t.spawn_reloader(
-            Duration::from_millis(cfg.api.tls_reload_ms),
             workers_rx.clone(),
-        ));
-        Some(t)
+            &mut workers,
+        )?)
     } else {
         None
     };

@@ -1671,19 +1671,8 @@ impl StateView {
                 return Ok((out, true));
             }
             let (k, v) = item.map_err(rocks_err(&live.path))?;
-            // `organisation, 0, key id` (wrapped) or `organisation, 1, key id` (published);
-            // an HPI-O is digits, so the first 0 or 1 byte is the separator.
-            let Some(at) = k.iter().position(|b| *b <= 1) else {
-                continue;
-            };
-            if k[at] != 0 {
-                continue;
-            }
-            let (Ok(Ok(org)), Ok(key_id)) = (
-                std::str::from_utf8(&k[..at]).map(HpiO::parse),
-                std::str::from_utf8(&k[at + 1..]),
-            ) else {
-                continue;
+            let Some((org, key_id)) = keys::wrapped_keys_of(&k) else {
+                continue; // published keys
             };
             if out.len() >= sets_max {
                 return Ok((out, true));
